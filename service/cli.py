@@ -1,0 +1,110 @@
+"""The `turnout` command line: argument parsing only.
+
+Every sub-command is declared here (so `--help` is one place) and runs a
+handler imported lazily from the module that owns the work, keeping start-up
+fast. Exit codes: 0 success, 1 failure (one line on stderr saying what to do),
+2 bad usage (argparse's own convention), 130 on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from service.errors import TurnoutError
+
+__all__ = ["build_parser", "main"]
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _lazy(target: str) -> Handler:
+    """A handler `module:function` imported only when the command runs."""
+
+    def run(args: argparse.Namespace) -> int:
+        module_name, _, func_name = target.partition(":")
+        func: Handler = getattr(importlib.import_module(module_name), func_name)
+        return func(args)
+
+    return run
+
+
+def _command(
+    sub: Any, name: str, target: str, help_text: str, description: str | None = None
+) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name, help=help_text, description=description or help_text
+    )
+    parser.set_defaults(handler=_lazy(target))
+    return parser
+
+
+def _add_broker(sub: Any) -> None:
+    p = _command(
+        sub,
+        "broker",
+        "service.kafka.broker:cli_main",
+        "run the embedded Kafka broker (Tansu, memory-only) in the foreground",
+    )
+    p.add_argument("--port", type=int, default=9092, help="listen port on 127.0.0.1 (default 9092)")
+    p.add_argument(
+        "--no-topics", action="store_true", help="do not create Turnout's topics after start"
+    )
+
+
+def _add_topics(sub: Any) -> None:
+    p = sub.add_parser("topics", help="manage Turnout's Kafka topics")
+    tsub = p.add_subparsers(dest="topics_command", metavar="COMMAND", required=True)
+    _command(
+        tsub,
+        "ensure",
+        "service.kafka.topics:cli_ensure",
+        "create the four topics with fixed partition counts (idempotent)",
+    )
+
+
+def _add_simulate(sub: Any) -> None:
+    p = _command(
+        sub,
+        "simulate",
+        "service.upstream.simulator.cli:cli_main",
+        "run the OpenRouter-compatible upstream simulator",
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8089)
+    p.add_argument("--latency-ms", type=float, default=None, help="fixed latency for every model")
+    p.add_argument(
+        "--error-rate", type=float, default=None, help="share of requests answered with a 503"
+    )
+    p.add_argument("--scenario", default=None, help="scenario TOML file (see README)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (overrides the scenario's)")
+    p.add_argument(
+        "--require-key", action="store_true", help="refuse requests without a bearer token"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="turnout",
+        description="Turnout: an event-sourced LLM request router on Kafka.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_broker(sub)
+    _add_topics(sub)
+    _add_simulate(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.handler(args)
+    except TurnoutError as err:
+        print(f"turnout: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return code

@@ -1,0 +1,80 @@
+"""The one source of time and ids for the shell.
+
+The functional core never reads the clock or randomness: the shell asks this
+module for `now` and fresh ids and hands them to the core as arguments. Tests
+replace the clock with `FixedClock` to get deterministic times and ids.
+
+Ids are UUIDv7 (RFC 9562): 48 bits of Unix milliseconds, then random bits, so
+they sort by creation time.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Protocol
+
+__all__ = ["Clock", "FixedClock", "SystemClock", "clock", "uuid7", "uuid7_at"]
+
+
+def uuid7_at(unix_ms: int, rand: bytes) -> uuid.UUID:
+    """A UUIDv7 for `unix_ms` with 74 random bits taken from `rand` (10 bytes)."""
+    value = (unix_ms & 0xFFFF_FFFF_FFFF) << 80
+    value |= int.from_bytes(rand[:10], "big") & ((1 << 80) - 1)
+    value &= ~(0xF << 76)
+    value |= 0x7 << 76  # version
+    value &= ~(0x3 << 62)
+    value |= 0x2 << 62  # RFC 4122 variant
+    return uuid.UUID(int=value)
+
+
+def uuid7() -> uuid.UUID:
+    return uuid7_at(time.time_ns() // 1_000_000, os.urandom(10))
+
+
+class Clock(Protocol):
+    def now_ms(self) -> int: ...
+    def monotonic(self) -> float: ...
+    def new_id(self) -> str: ...
+
+
+class SystemClock:
+    """Wall-clock time in Unix milliseconds and UUIDv7 ids."""
+
+    def now_ms(self) -> int:
+        return time.time_ns() // 1_000_000
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def new_id(self) -> str:
+        return str(uuid7())
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self.now_ms() / 1000, tz=UTC)
+
+
+class FixedClock:
+    """A clock for tests: time moves only when told; ids count up."""
+
+    def __init__(self, start_ms: int = 1_767_225_600_000) -> None:
+        self._now_ms = start_ms
+        self._seq = 0
+
+    def now_ms(self) -> int:
+        return self._now_ms
+
+    def monotonic(self) -> float:
+        return self._now_ms / 1000
+
+    def advance(self, ms: int) -> None:
+        self._now_ms += ms
+
+    def new_id(self) -> str:
+        self._seq += 1
+        return str(uuid7_at(self._now_ms, self._seq.to_bytes(10, "big")))
+
+
+clock: Clock = SystemClock()
