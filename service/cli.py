@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from service.core.config import ConfigError
 from service.errors import TurnoutError
 
 __all__ = ["build_parser", "main"]
@@ -104,6 +105,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.handler(args)
     except TurnoutError as err:
         print(f"turnout: error: {err}", file=sys.stderr)
+        return 1
+    except ConfigError as err:
+        print(f"turnout: error: refusing to start with a bad configuration: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

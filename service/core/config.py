@@ -1,0 +1,405 @@
+"""Configuration: a typed, frozen value built from plain data, or every problem at once.
+
+Rules:
+- `parse_config(raw, env)` takes the TOML document (already parsed) and the
+  environment, and returns a `Config` or raises `ConfigError` listing *every*
+  problem found; a bad config is never half-applied.
+- Every key may be overridden by `TURNOUT_<SECTION>_<KEY>` (for the tables
+  keyed by name: `TURNOUT_TENANTS_<ID>_<KEY>`, `TURNOUT_ROUTES_<TASK>_<KEY>`).
+  Values are read as TOML values (`true`, `5`, `["a", "b"]`), else as strings.
+- Tenant tables inherit every unset key from `[tenants.default]`.
+- The API key itself never appears here: only the name of the variable holding it.
+- No I/O: reading the file is the shell's job (`service.runtime.config`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import tomllib
+from collections.abc import Mapping
+from typing import Any, Final
+
+import msgspec
+
+__all__ = [
+    "FEATURES",
+    "STRATEGIES",
+    "BatchingConfig",
+    "BreakerConfig",
+    "CacheConfig",
+    "Config",
+    "ConfigError",
+    "DuckdbConfig",
+    "Features",
+    "KafkaConfig",
+    "PrivacyConfig",
+    "RetryConfig",
+    "RouteConfig",
+    "TenantLimits",
+    "UpstreamConfig",
+    "config_hash",
+    "config_to_dict",
+    "parse_config",
+]
+
+STRATEGIES: Final = ("priority", "weighted", "lowest_latency", "cheapest")
+COMPRESSIONS: Final = ("zstd", "gzip", "none")
+SCOPES: Final = ("tenant", "shared")
+DEFAULT_MODELS: Final = (
+    "openai/gpt-4o-mini",
+    "anthropic/claude-3.5-haiku",
+    "meta-llama/llama-3.1-8b-instruct",
+)
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; `problems` lists every one of them."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__(
+            f"{len(problems)} configuration problem(s):\n" + "\n".join(f"  - {p}" for p in problems)
+        )
+
+
+class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class KafkaConfig(_Section, frozen=True, kw_only=True):
+    bootstrap: str = "127.0.0.1:9092"
+    topic_prefix: str = "turnout"
+    group_id: str = "turnout-router"
+    session_timeout_ms: int = 6000
+    heartbeat_interval_ms: int = 1000
+    fetch_max_wait_ms: int = 20
+    replication_factor: int = 1
+
+
+class UpstreamConfig(_Section, frozen=True, kw_only=True):
+    base_url: str = "https://openrouter.ai/api/v1"
+    api_key_env: str = "OPENROUTER_API_KEY"
+    timeout_s: float = 30.0
+    connect_timeout_s: float = 5.0
+    pool_size: int = 100
+    keepalive_s: float = 30.0
+    referer: str = "https://github.com/turnout"
+    title: str = "Turnout"
+    pricing_ttl_s: float = 3600.0
+
+
+class RouteConfig(_Section, frozen=True, kw_only=True):
+    strategy: str = "priority"
+    models: tuple[str, ...] = DEFAULT_MODELS
+    weights: tuple[float, ...] | None = None
+    max_price_per_mtok: float | None = None
+
+
+class RetryConfig(_Section, frozen=True, kw_only=True):
+    max_retries: int = 3
+    base_delay_ms: int = 200
+    max_delay_ms: int = 10_000
+    retry_budget_ratio: float = 0.2
+    retry_budget_window_s: int = 60
+    retry_budget_min: int = 10
+
+
+class BreakerConfig(_Section, frozen=True, kw_only=True):
+    failure_threshold: int | None = 5
+    failure_rate: float | None = None
+    window_s: int = 60
+    min_calls: int = 10
+    recovery_timeout_s: float = 60.0
+    success_threshold: int = 3
+    call_timeout_s: float = 30.0
+
+
+class CacheConfig(_Section, frozen=True, kw_only=True):
+    ttl_s: int = 3600
+    max_bytes: int = 268_435_456
+    compression: str = "zstd"
+    scope: str = "tenant"
+    cache_nondeterministic: bool = False
+
+
+class BatchingConfig(_Section, frozen=True, kw_only=True):
+    max_records: int = 500
+    max_wait_ms: int = 5
+    max_in_flight: int = 256
+
+
+class TenantLimits(_Section, frozen=True, kw_only=True):
+    requests_per_minute: int | None = 600
+    requests_per_hour: int | None = 20_000
+    requests_per_day: int | None = 200_000
+    burst: int | None = 50
+    tokens_per_minute: int | None = 2_000_000
+    budget_usd_per_day: float | None = 50.0
+    budget_usd_per_month: float | None = 1000.0
+    budget_usd_lifetime: float | None = None
+    budget_soft_percent: float = 80.0
+    default_price_per_mtok: float = 10.0
+
+
+class Features(_Section, frozen=True, kw_only=True):
+    caching: bool = True
+    cache_compression: bool = True
+    request_coalescing: bool = True
+    batching: bool = True
+    circuit_breaker: bool = True
+    retries: bool = True
+    fallbacks: bool = True
+    rate_limiting: bool = True
+    budgets: bool = True
+    metrics: bool = True
+    health_checks: bool = True
+    tracing: bool = True
+
+
+FEATURES: Final = tuple(f.name for f in msgspec.structs.fields(Features))
+
+
+class PrivacyConfig(_Section, frozen=True, kw_only=True):
+    store_prompts: bool = False
+
+
+class DuckdbConfig(_Section, frozen=True, kw_only=True):
+    path: str = "./data/turnout.duckdb"
+
+
+class Config(msgspec.Struct, frozen=True, kw_only=True):
+    kafka: KafkaConfig = KafkaConfig()
+    upstream: UpstreamConfig = UpstreamConfig()
+    routes: dict[str, RouteConfig] = msgspec.field(
+        default_factory=lambda: {"general": RouteConfig()}
+    )
+    retry: RetryConfig = RetryConfig()
+    breaker: BreakerConfig = BreakerConfig()
+    cache: CacheConfig = CacheConfig()
+    batching: BatchingConfig = BatchingConfig()
+    tenants: dict[str, TenantLimits] = msgspec.field(
+        default_factory=lambda: {"default": TenantLimits()}
+    )
+    features: Features = Features()
+    privacy: PrivacyConfig = PrivacyConfig()
+    duckdb: DuckdbConfig = DuckdbConfig()
+
+    def tenant(self, tenant_id: str) -> TenantLimits:
+        """The limits in force for `tenant_id` (its own table, else the default)."""
+        return self.tenants.get(tenant_id) or self.tenants["default"]
+
+
+_FLAT_SECTIONS: Final[dict[str, type[_Section]]] = {
+    "kafka": KafkaConfig,
+    "upstream": UpstreamConfig,
+    "retry": RetryConfig,
+    "breaker": BreakerConfig,
+    "cache": CacheConfig,
+    "batching": BatchingConfig,
+    "features": Features,
+    "privacy": PrivacyConfig,
+    "duckdb": DuckdbConfig,
+}
+_NAMED_SECTIONS: Final[dict[str, type[_Section]]] = {
+    "routes": RouteConfig,
+    "tenants": TenantLimits,
+}
+
+
+def _field_names(cls: type[_Section]) -> list[str]:
+    return [f.name for f in msgspec.structs.fields(cls)]
+
+
+def _hint(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+# ---------------------------------------------------------------- environment
+
+
+def _env_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _split_named_key(rest: str, keys: list[str]) -> tuple[str, str] | None:
+    """`ACME_REQUESTS_PER_MINUTE` -> ("acme", "requests_per_minute")."""
+    lowered = rest.lower()
+    for key in sorted(keys, key=len, reverse=True):
+        suffix = "_" + key
+        if lowered.endswith(suffix) and len(lowered) > len(suffix):
+            return lowered[: -len(suffix)], key
+    return None
+
+
+def _apply_env(raw: dict[str, Any], env: Mapping[str, str], problems: list[str]) -> None:
+    for name, text in env.items():
+        if not name.startswith("TURNOUT_"):
+            continue
+        section, _, rest = name[len("TURNOUT_") :].partition("_")
+        section = section.lower()
+        if section in _FLAT_SECTIONS:
+            keys = _field_names(_FLAT_SECTIONS[section])
+            key = rest.lower()
+            if key in keys:
+                raw.setdefault(section, {})[key] = _env_value(text)
+        elif section in _NAMED_SECTIONS:
+            split = _split_named_key(rest, _field_names(_NAMED_SECTIONS[section]))
+            if split is None:
+                problems.append(f"{name}: no such key in [{section}.<name>]")
+                continue
+            table, key = split
+            raw.setdefault(section, {}).setdefault(table, {})[key] = _env_value(text)
+
+
+# ---------------------------------------------------------------- sections
+
+
+def _convert_section(
+    cls: type[_Section], where: str, table: Any, base: _Section | None, problems: list[str]
+) -> _Section | None:
+    if not isinstance(table, dict):
+        problems.append(f"[{where}] must be a table, got {type(table).__name__}")
+        return None
+    fields = {f.name: f for f in msgspec.structs.fields(cls)}
+    values: dict[str, Any] = {}
+    ok = True
+    for key, value in table.items():
+        field = fields.get(key)
+        if field is None:
+            problems.append(f"[{where}] unknown key {key!r}{_hint(key, list(fields))}")
+            ok = False
+            continue
+        try:
+            values[key] = msgspec.convert(value, field.type, strict=False)
+        except msgspec.ValidationError as err:
+            problems.append(f"[{where}] {key} = {value!r}: {err}")
+            ok = False
+    if not ok:
+        return None
+    if base is not None:
+        return msgspec.structs.replace(base, **values)
+    return cls(**values)
+
+
+def _check_positive(where: str, values: dict[str, Any], problems: list[str]) -> None:
+    for key, value in values.items():
+        if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
+            problems.append(f"[{where}] {key} must not be negative, got {value}")
+
+
+def _check_route(name: str, route: RouteConfig, problems: list[str]) -> None:
+    where = f"routes.{name}"
+    if route.strategy not in STRATEGIES:
+        problems.append(
+            f"[{where}] strategy {route.strategy!r} is not one of {', '.join(STRATEGIES)}"
+        )
+    if not route.models:
+        problems.append(f"[{where}] models must name at least one model")
+    if len(set(route.models)) != len(route.models):
+        problems.append(f"[{where}] models lists a model twice")
+    if route.strategy == "weighted":
+        if route.weights is None:
+            problems.append(f"[{where}] strategy 'weighted' needs weights")
+        elif len(route.weights) != len(route.models):
+            problems.append(
+                f"[{where}] weights has {len(route.weights)} entries for {len(route.models)} models"
+            )
+        elif any(w < 0 for w in route.weights) or sum(route.weights) <= 0:
+            problems.append(f"[{where}] weights must be non-negative with a positive sum")
+
+
+def _check_semantics(cfg: Config, problems: list[str]) -> None:
+    for section in ("kafka", "upstream", "retry", "breaker", "cache", "batching"):
+        _check_positive(section, msgspec.structs.asdict(getattr(cfg, section)), problems)
+    for tenant_id, limits in cfg.tenants.items():
+        _check_positive(f"tenants.{tenant_id}", msgspec.structs.asdict(limits), problems)
+        if not 0 <= limits.budget_soft_percent <= 100:
+            problems.append(f"[tenants.{tenant_id}] budget_soft_percent must be within 0..100")
+    for name, route in cfg.routes.items():
+        _check_route(name, route, problems)
+    if cfg.cache.compression not in COMPRESSIONS:
+        problems.append(f"[cache] compression must be one of {', '.join(COMPRESSIONS)}")
+    if cfg.cache.scope not in SCOPES:
+        problems.append(f"[cache] scope must be one of {', '.join(SCOPES)}")
+    breaker = cfg.breaker
+    if breaker.failure_threshold is None and breaker.failure_rate is None:
+        problems.append("[breaker] set failure_threshold or failure_rate")
+    if breaker.failure_rate is not None and not 0 < breaker.failure_rate <= 1:
+        problems.append("[breaker] failure_rate must be within (0, 1]")
+    if breaker.success_threshold < 1:
+        problems.append("[breaker] success_threshold must be at least 1")
+    if not 0 <= cfg.retry.retry_budget_ratio <= 1:
+        problems.append("[retry] retry_budget_ratio must be within 0..1")
+    if cfg.retry.base_delay_ms > cfg.retry.max_delay_ms:
+        problems.append("[retry] base_delay_ms must not exceed max_delay_ms")
+    if cfg.batching.max_records < 1 or cfg.batching.max_in_flight < 1:
+        problems.append("[batching] max_records and max_in_flight must be at least 1")
+    if not cfg.upstream.base_url.startswith(("http://", "https://")):
+        problems.append("[upstream] base_url must start with http:// or https://")
+
+
+def _parse_named(name: str, raw: Any, problems: list[str]) -> dict[str, Any]:
+    cls = _NAMED_SECTIONS[name]
+    if not isinstance(raw, dict):
+        problems.append(f"[{name}] must be a table of tables")
+        return {}
+    out: dict[str, Any] = {}
+    base: _Section | None = None
+    if name == "tenants":
+        default = _convert_section(cls, "tenants.default", raw.get("default", {}), None, problems)
+        base = default or TenantLimits()
+        out["default"] = base
+    for key, table in raw.items():
+        if name == "tenants" and key == "default":
+            continue
+        value = _convert_section(cls, f"{name}.{key}", table, base, problems)
+        if value is not None:
+            out[key] = value
+    return out
+
+
+def parse_config(raw: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Config:
+    """Build the config from a parsed TOML document plus `TURNOUT_*` overrides."""
+    problems: list[str] = []
+    doc: dict[str, Any] = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    for section in _NAMED_SECTIONS:
+        if isinstance(doc.get(section), dict):
+            doc[section] = {
+                k: (dict(v) if isinstance(v, dict) else v) for k, v in doc[section].items()
+            }
+    _apply_env(doc, env or {}, problems)
+    values: dict[str, Any] = {}
+    known = [*_FLAT_SECTIONS, *_NAMED_SECTIONS]
+    for section, table in doc.items():
+        if section in _FLAT_SECTIONS:
+            value = _convert_section(_FLAT_SECTIONS[section], section, table, None, problems)
+            if value is not None:
+                values[section] = value
+        elif section in _NAMED_SECTIONS:
+            values[section] = _parse_named(section, table, problems)
+        else:
+            problems.append(f"unknown section [{section}]{_hint(section, known)}")
+    routes = values.get("routes")
+    if routes is not None and "general" not in routes:
+        routes["general"] = RouteConfig()
+    cfg = Config(**values)
+    _check_semantics(cfg, problems)
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """Plain data for events and /healthz; holds no secret (only the key's variable name)."""
+    result: dict[str, Any] = msgspec.to_builtins(cfg)
+    return result
+
+
+def config_hash(cfg: Config) -> str:
+    """A stable hash of the configuration in force (sha256 of its canonical JSON)."""
+    return hashlib.sha256(msgspec.json.encode(config_to_dict(cfg), order="sorted")).hexdigest()

@@ -1,0 +1,79 @@
+"""Retry timing and the retry budget: pure functions of ids, counts and time.
+
+Rules:
+- Exponential backoff with full jitter: the delay before retry n is a uniform
+  sample of [0, min(max_delay, base * 2**(n-1))), the sample derived from the
+  request id and the attempt number (`sampling.uniform`), so replay agrees.
+- An upstream `Retry-After` is a floor: never retry sooner. When it is longer
+  than `max_delay_ms` the model is not retried: the request falls back instead.
+- The retry budget: within any `retry_budget_window_s`, retries may not exceed
+  `retry_budget_ratio` of requests (but `retry_budget_min` retries are always
+  allowed), so a failing upstream is not hammered. Counts live in per-second
+  buckets folded from events.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from service.core.config import RetryConfig
+from service.core.sampling import uniform
+
+__all__ = [
+    "RetryBudget",
+    "backoff_ms",
+    "note_request",
+    "note_retry",
+    "retry_allowed",
+    "retry_delay_ms",
+]
+
+
+def backoff_ms(request_id: str, attempt: int, cfg: RetryConfig) -> int:
+    """Full-jitter delay before retry number `attempt` (1 = the first retry)."""
+    cap = min(cfg.max_delay_ms, cfg.base_delay_ms * (1 << min(attempt - 1, 30)))
+    return int(uniform(request_id, attempt) * cap)
+
+
+def retry_delay_ms(
+    request_id: str, attempt: int, cfg: RetryConfig, retry_after_ms: int | None
+) -> int | None:
+    """The delay before retrying, or None when Retry-After is beyond max_delay_ms."""
+    delay = backoff_ms(request_id, attempt, cfg)
+    if retry_after_ms is None:
+        return delay
+    if retry_after_ms > cfg.max_delay_ms:
+        return None
+    return max(delay, retry_after_ms)
+
+
+class RetryBudget(msgspec.Struct, frozen=True, kw_only=True):
+    # (unix second, requests, retries), oldest first, only within the window.
+    buckets: tuple[tuple[int, int, int], ...] = ()
+
+
+def _bump(b: RetryBudget, now_ms: int, window_s: int, requests: int, retries: int) -> RetryBudget:
+    second = now_ms // 1000
+    kept = [x for x in b.buckets if x[0] > second - window_s]
+    if kept and kept[-1][0] == second:
+        _, req, ret = kept[-1]
+        kept[-1] = (second, req + requests, ret + retries)
+    else:
+        kept.append((second, requests, retries))
+    return RetryBudget(buckets=tuple(kept))
+
+
+def note_request(b: RetryBudget, now_ms: int, cfg: RetryConfig) -> RetryBudget:
+    return _bump(b, now_ms, cfg.retry_budget_window_s, 1, 0)
+
+
+def note_retry(b: RetryBudget, now_ms: int, cfg: RetryConfig) -> RetryBudget:
+    return _bump(b, now_ms, cfg.retry_budget_window_s, 0, 1)
+
+
+def retry_allowed(b: RetryBudget, now_ms: int, cfg: RetryConfig) -> bool:
+    """Would one more retry stay within the budget of the current window?"""
+    oldest = now_ms // 1000 - cfg.retry_budget_window_s
+    requests = sum(r for s, r, _ in b.buckets if s > oldest)
+    retries = sum(t for s, _, t in b.buckets if s > oldest)
+    return retries + 1 <= max(cfg.retry_budget_min, cfg.retry_budget_ratio * requests)

@@ -1,0 +1,82 @@
+"""Retry timing (full jitter, Retry-After) and the retry budget."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from service.core.config import RetryConfig
+from service.core.retry import (
+    RetryBudget,
+    backoff_ms,
+    note_request,
+    note_retry,
+    retry_allowed,
+    retry_delay_ms,
+)
+from service.core.sampling import uniform
+
+CFG = RetryConfig(
+    base_delay_ms=200,
+    max_delay_ms=10_000,
+    retry_budget_ratio=0.2,
+    retry_budget_window_s=60,
+    retry_budget_min=2,
+)
+
+
+@given(st.text(min_size=1), st.integers(min_value=1, max_value=40))
+def test_backoff_is_within_the_exponential_cap_and_replays_identically(
+    request_id: str, attempt: int
+) -> None:
+    delay = backoff_ms(request_id, attempt, CFG)
+    assert 0 <= delay < min(CFG.max_delay_ms, 200 * 2 ** (attempt - 1)) or delay == 0
+    assert delay == backoff_ms(request_id, attempt, CFG)
+
+
+def test_jitter_spreads_requests_apart() -> None:
+    delays = {backoff_ms(f"req-{i}", 3, CFG) for i in range(200)}
+    assert len(delays) > 150 and max(delays) < 800
+
+
+def test_retry_after_is_a_floor_and_too_long_means_fall_back() -> None:
+    assert retry_delay_ms("r", 1, CFG, 3_000) == 3_000
+    assert retry_delay_ms("r", 1, CFG, None) == backoff_ms("r", 1, CFG)
+    assert retry_delay_ms("r", 1, CFG, 60_000) is None
+
+
+def test_uniform_is_in_unit_interval_and_depends_on_every_part() -> None:
+    assert 0 <= uniform("a", 1) < 1
+    assert uniform("a", 1) != uniform("a", 2)
+
+
+def test_budget_allows_the_minimum_then_a_share_of_requests() -> None:
+    b = RetryBudget()
+    for _ in range(2):
+        assert retry_allowed(b, 0, CFG)
+        b = note_retry(b, 0, CFG)
+    assert not retry_allowed(b, 0, CFG)
+    for _ in range(15):
+        b = note_request(b, 0, CFG)
+    assert retry_allowed(b, 0, CFG)  # 3 <= 0.2 * 15
+    b = note_retry(b, 0, CFG)
+    assert not retry_allowed(b, 0, CFG)  # 4 > 3
+    assert retry_allowed(b, 61_000, CFG)  # the window moved on
+
+
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 3_000)), max_size=300))
+def test_retries_never_exceed_the_budget_in_any_window(steps: list[tuple[bool, int]]) -> None:
+    b, now, log = RetryBudget(), 0, []
+    for is_retry, gap in steps:
+        now += gap
+        if not is_retry:
+            b = note_request(b, now, CFG)
+            log.append((now // 1000, 1, 0))
+        elif retry_allowed(b, now, CFG):
+            b = note_retry(b, now, CFG)
+            log.append((now // 1000, 0, 1))
+    for end in {s for s, _, _ in log}:
+        window = [x for x in log if end - 60 < x[0] <= end]
+        requests = sum(x[1] for x in window)
+        retries = sum(x[2] for x in window)
+        assert retries <= max(2, 0.2 * requests)
