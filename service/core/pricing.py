@@ -1,0 +1,50 @@
+"""Prices and costs in integer micro-dollars.
+
+Upstreams publish prices as USD per token (decimal strings, e.g. OpenRouter's
+`/models`). Money in the core is always an integer number of micro-dollars
+(1e-6 USD); conversions round half up once, at the edge.
+"""
+
+from __future__ import annotations
+
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+
+import msgspec
+
+__all__ = ["Price", "cost_micros", "parse_price", "usd_to_micros"]
+
+_MICRO = Decimal(1_000_000)
+
+
+class Price(msgspec.Struct, frozen=True, kw_only=True):
+    """USD per token, for the prompt and the completion."""
+
+    prompt: float
+    completion: float
+
+    @property
+    def per_mtok(self) -> float:
+        """USD per million tokens, prompt and completion averaged."""
+        return (self.prompt + self.completion) * 500_000
+
+
+def usd_to_micros(usd: float | str | Decimal) -> int:
+    value = Decimal(str(usd)) * _MICRO
+    return int(value.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def parse_price(prompt: str, completion: str) -> Price | None:
+    """A price from decimal strings, or None when either is not a non-negative number."""
+    try:
+        p, c = Decimal(prompt), Decimal(completion)
+    except (InvalidOperation, TypeError):
+        return None
+    if not (p.is_finite() and c.is_finite()) or p < 0 or c < 0:
+        return None
+    return Price(prompt=float(p), completion=float(c))
+
+
+def cost_micros(price: Price, prompt_tokens: int, completion_tokens: int) -> int:
+    usd = Decimal(str(price.prompt)) * prompt_tokens
+    usd += Decimal(str(price.completion)) * completion_tokens
+    return usd_to_micros(usd)
