@@ -1,0 +1,184 @@
+"""Running a simulator: in the foreground (the CLI) or in a thread (tests, demo).
+
+Job: put a `SimulatorApp` behind uvicorn on a socket we bind ourselves, so a
+caller knows the port before the first request (port 0 = any free port).
+
+Rules:
+- uvicorn with uvloop and httptools when installed (else asyncio and h11),
+  access log off, warnings only: the simulator must never be the bottleneck.
+- Stopping is clean and bounded: held "timeout" requests are released first,
+  in-flight ones get `GRACEFUL_S` to finish. In the foreground, SIGINT and
+  SIGTERM stop the server and `run_foreground` returns (no re-raised signal).
+- `start_in_thread` runs the server on its own event loop in a daemon thread,
+  so sync and async clients in the calling thread both work against it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from types import TracebackType
+from typing import Any
+
+import uvicorn
+
+from .app import SimulatorApp
+from .state import SimulatorOptions
+
+__all__ = ["GRACEFUL_S", "RunningSimulator", "bind_socket", "run_foreground", "start_in_thread"]
+
+GRACEFUL_S = 3.0
+_START_TIMEOUT_S = 10.0
+_HAS_UVLOOP = importlib.util.find_spec("uvloop") is not None
+_HAS_HTTPTOOLS = importlib.util.find_spec("httptools") is not None
+
+
+class _Server(uvicorn.Server):
+    """uvicorn.Server that releases held requests first and exits quietly on signals."""
+
+    def __init__(self, config: uvicorn.Config, app: SimulatorApp) -> None:
+        super().__init__(config)
+        self._sim_app = app
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self._sim_app.close()
+        await super().shutdown(sockets=sockets)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        handled = (signal.SIGINT, signal.SIGTERM)
+        originals = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+        try:
+            yield
+        finally:
+            for sig, handler in originals.items():
+                signal.signal(sig, handler)
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A bound TCP socket (port 0 = a free port); OSError when taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _server(app: SimulatorApp, sock: socket.socket, *, own_logging: bool) -> _Server:
+    """A configured server; `own_logging=False` leaves the host's logging alone."""
+    host, port = sock.getsockname()[:2]
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        loop="uvloop" if _HAS_UVLOOP else "asyncio",
+        http="httptools" if _HAS_HTTPTOOLS else "h11",
+        lifespan="on",
+        ws="none",
+        access_log=False,
+        log_level="warning",
+        log_config=uvicorn.config.LOGGING_CONFIG if own_logging else None,
+        timeout_keep_alive=60,
+        timeout_graceful_shutdown=int(GRACEFUL_S),
+    )
+    return _Server(config, app)
+
+
+def _run(main: Coroutine[Any, Any, None]) -> None:
+    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    if _HAS_UVLOOP:
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(main)
+
+
+def run_foreground(app: SimulatorApp, sock: socket.socket) -> None:
+    """Serve on `sock` until SIGINT/SIGTERM; returns after a clean stop."""
+    server = _server(app, sock, own_logging=True)
+    try:
+        _run(server.serve(sockets=[sock]))
+    finally:
+        sock.close()
+
+
+class RunningSimulator:
+    """A simulator serving from a background thread; a context manager."""
+
+    def __init__(self, app: SimulatorApp, sock: socket.socket) -> None:
+        self.app = app
+        self.host, self.port = sock.getsockname()[:2]
+        self._sock = sock
+        self._server = _server(app, sock, own_logging=False)
+        self._thread = threading.Thread(
+            target=self._serve, name=f"simulator-{self.port}", daemon=True
+        )
+        self._error: BaseException | None = None
+
+    @property
+    def url(self) -> str:
+        """`http://127.0.0.1:PORT`, for the simulator's own endpoints."""
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        """The OpenAI/OpenRouter base URL: `http://127.0.0.1:PORT/api/v1`."""
+        return f"{self.url}/api/v1"
+
+    def _serve(self) -> None:
+        try:
+            _run(self._server.serve(sockets=[self._sock]))
+        except BaseException as err:  # reported by start()
+            self._error = err
+
+    def start(self) -> RunningSimulator:
+        self._thread.start()
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self._sock.close()
+                raise RuntimeError(f"simulator did not start: {self._error!r}")
+            time.sleep(0.005)
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and wait for the thread (bounded by GRACEFUL_S)."""
+        self._server.should_exit = True
+        self._thread.join(GRACEFUL_S + 5)
+        self._sock.close()
+
+    def __enter__(self) -> RunningSimulator:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def start_in_thread(
+    options: SimulatorOptions | None = None, *, host: str = "127.0.0.1", port: int = 0
+) -> RunningSimulator:
+    """Start a simulator on `host:port` (0 = free port) and return once it serves.
+
+    with start_in_thread(SimulatorOptions(scenario=parse_scenario(text))) as sim:
+        client = AsyncOpenAI(base_url=sim.base_url, api_key="sk-test")
+    """
+    return RunningSimulator(SimulatorApp(options), bind_socket(host, port)).start()
