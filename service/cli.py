@@ -87,6 +87,38 @@ def _add_simulate(sub: Any) -> None:
     )
 
 
+def _add_analytics(sub: Any) -> None:
+    p = _command(
+        sub,
+        "sink",
+        "analytics.sink:cli_main",
+        "stream events from Kafka into the DuckDB archive",
+    )
+    p.add_argument("--config", default=None, help="TOML config file")
+    p.add_argument("--duckdb", default=None, help="archive path (default [duckdb] path)")
+    p = _command(
+        sub,
+        "sql",
+        "analytics.sql:cli_main",
+        "run one read-only query on the archive and print the result",
+    )
+    p.add_argument("query", nargs="?", help="the SQL query (or --file)")
+    p.add_argument("--file", default=None, help="read the query from a file")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    p.add_argument("--duckdb", default=None, help="archive path (default [duckdb] path)")
+    p.add_argument("--config", default=None, help="TOML config file")
+    p = _command(
+        sub,
+        "alerts",
+        "analytics.alerts.runner:cli_main",
+        "evaluate SQL alert rules on the archive; emit fired/resolved events",
+    )
+    p.add_argument("--rules", default=None, help="rules TOML file (default: the shipped rules)")
+    p.add_argument("--once", action="store_true", help="evaluate every rule once and exit")
+    p.add_argument("--duckdb", default=None, help="archive path (default [duckdb] path)")
+    p.add_argument("--config", default=None, help="TOML config file")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="turnout",
@@ -96,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_broker(sub)
     _add_topics(sub)
     _add_simulate(sub)
+    _add_analytics(sub)
     return parser
 
 
