@@ -305,6 +305,7 @@ class AttemptSucceeded(_EventBase, frozen=True, kw_only=True):
     usage: Usage
     cost_micros: int
     generation_id: str | None = None
+    slow: bool = False  # slower than [breaker] call_timeout_s: counts as a breaker failure
 
 
 class AttemptFailed(_EventBase, frozen=True, kw_only=True):

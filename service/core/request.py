@@ -1,0 +1,397 @@
+"""The request decider: what happens next to a request, as events and effects.
+
+    decide_intake(state, request, ctx)          -> Decision
+    decide_result(state, request_id, result, ctx) -> Decision
+    decide_retry_due(state, request_id, ctx)    -> Decision
+
+Rules:
+- Pure: no clock, no randomness, no I/O. `ctx.now_ms` is the event time; the
+  shell folds the returned events into the state (`state.evolve`) and carries
+  out the effects (call the upstream, wait, answer).
+- Exactly one terminal event per request id: a request already finished is
+  answered again from state (`Resend`), never decided twice; a duplicate of a
+  request still in flight is ignored (the running one will answer).
+- Retry the same model while the failure is retryable, `max_retries` is not
+  spent, the retry budget allows it and its breaker still admits calls; then
+  fall back to the next callable candidate when the failure is worth it; else
+  fail with the last failure's code and every candidate's error.
+- Breaker transitions are decided here, right after the call outcome that
+  causes them, and recorded with their reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+
+from service.core import events as ev
+from service.core.breaker import Breaker, can_call, due_trigger, open_until, record_call
+from service.core.config import Config
+from service.core.outcomes import CLASSES
+from service.core.pricing import Price
+from service.core.retry import retry_allowed, retry_delay_ms
+from service.core.routing import decide_route
+from service.core.state import InFlight, RouterState, Terminal
+
+__all__ = [
+    "Call",
+    "CallResult",
+    "Context",
+    "Decision",
+    "IntakeRequest",
+    "Resend",
+    "Respond",
+    "Wait",
+    "decide_intake",
+    "decide_result",
+    "decide_retry_due",
+]
+
+
+class IntakeRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """A valid intake request as the core needs it (the wire codec builds it)."""
+
+    request_id: str
+    tenant: str
+    task_type: str = "general"
+    model: str | None = None
+    messages_hash: str
+    prompt_tokens_est: int
+    max_tokens: int | None = None
+    params: dict[str, Any] = {}
+    messages: list[dict[str, Any]] | None = None
+    reply_to: str | None = None
+    metadata: dict[str, Any] | None = None
+    intake_partition: int | None = None
+    intake_offset: int | None = None
+
+
+class CallResult(msgspec.Struct, frozen=True, kw_only=True):
+    """What the upstream client reports for one call (pure data)."""
+
+    model: str
+    attempt: int
+    ok: bool
+    latency_ms: float
+    status: int | None = None
+    response: dict[str, Any] | None = None
+    usage: ev.Usage = ev.Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
+    cost_micros: int = 0
+    generation_id: str | None = None
+    error_class: str = "http_error"
+    message: str = ""
+    retry_after_ms: int | None = None
+    slow: bool = False
+
+
+class Call(msgspec.Struct, frozen=True, kw_only=True):
+    request_id: str
+    model: str
+    attempt: int
+
+
+class Wait(msgspec.Struct, frozen=True, kw_only=True):
+    """Call `decide_retry_due` for the request after `delay_ms`."""
+
+    request_id: str
+    delay_ms: int
+
+
+class Respond(msgspec.Struct, frozen=True, kw_only=True):
+    terminal: Terminal
+
+
+class Resend(msgspec.Struct, frozen=True, kw_only=True):
+    """A duplicate of a finished request: answer again with the recorded outcome."""
+
+    terminal: Terminal
+
+
+Effect = Call | Wait | Respond | Resend
+
+
+class Context(msgspec.Struct, frozen=True, kw_only=True):
+    now_ms: int
+    cfg: Config
+    prices: Mapping[str, Price] = {}
+
+
+class Decision(msgspec.Struct, frozen=True, kw_only=True):
+    events: list[Any]
+    effects: list[Effect]
+
+
+def _accepted(req: IntakeRequest) -> ev.RequestAccepted:
+    return ev.RequestAccepted(
+        request_id=req.request_id,
+        tenant=req.tenant,
+        task_type=req.task_type,
+        model=req.model,
+        messages_hash=req.messages_hash,
+        prompt_tokens_est=req.prompt_tokens_est,
+        max_tokens=req.max_tokens,
+        params=req.params,
+        messages=req.messages,
+        cacheable=False,
+        reply_to=req.reply_to,
+        metadata=req.metadata,
+        intake_partition=req.intake_partition,
+        intake_offset=req.intake_offset,
+    )
+
+
+def _half_open_due(breakers: Mapping[str, Breaker], model: str, now_ms: int) -> list[Any]:
+    b = breakers.get(model)
+    if b is not None and b.status == "open" and can_call(b, now_ms):
+        return [ev.BreakerHalfOpened(model=model)]
+    return []
+
+
+def _failed(
+    flight: InFlight, code: str, message: str, now_ms: int, errors: tuple[ev.CandidateError, ...]
+) -> ev.RequestFailed:
+    return ev.RequestFailed(
+        request_id=flight.request_id,
+        tenant=flight.tenant,
+        code=code,
+        message=message,
+        attempts=flight.attempt,
+        latency_ms=float(now_ms - flight.accepted_at_ms),
+        errors=list(errors),
+        reply_to=flight.reply_to,
+    )
+
+
+def _start(
+    flight: InFlight, model: str, model_attempt: int, ctx: Context, state: RouterState
+) -> tuple[list[Any], Call]:
+    attempt = flight.attempt + 1
+    events: list[Any] = _half_open_due(state.breakers, model, ctx.now_ms)
+    events.append(
+        ev.AttemptStarted(
+            request_id=flight.request_id,
+            tenant=flight.tenant,
+            model=model,
+            attempt=attempt,
+            model_attempt=model_attempt,
+        )
+    )
+    return events, Call(request_id=flight.request_id, model=model, attempt=attempt)
+
+
+def decide_intake(state: RouterState, req: IntakeRequest, ctx: Context) -> Decision:
+    """A new intake record: accept it, route it and start its first attempt."""
+    done = state.finished.get(req.request_id)
+    if done is not None:
+        return Decision(events=[], effects=[Resend(terminal=done)])
+    if req.request_id in state.inflight:
+        return Decision(events=[], effects=[])
+    route_cfg = ctx.cfg.routes[req.task_type]
+    route = decide_route(
+        route_cfg,
+        request_id=req.request_id,
+        pinned=req.model,
+        now_ms=ctx.now_ms,
+        breakers=state.breakers if ctx.cfg.features.circuit_breaker else {},
+        latency=state.latency,
+        prices=ctx.prices,
+    )
+    events: list[Any] = [
+        _accepted(req),
+        ev.RouteDecided(
+            request_id=req.request_id,
+            tenant=req.tenant,
+            task_type=req.task_type,
+            strategy=route.strategy,
+            candidates=list(route.candidates),
+            order=list(route.order),
+            skipped=[ev.SkippedModel(model=m, reason=r) for m, r in route.skipped],
+            sample=route.sample,
+        ),
+    ]
+    flight = InFlight(
+        request_id=req.request_id,
+        tenant=req.tenant,
+        task_type=req.task_type,
+        accepted_at_ms=ctx.now_ms,
+        reply_to=req.reply_to,
+        order=route.order,
+    )
+    if not route.order:
+        reasons = ", ".join(f"{m}: {r}" for m, r in route.skipped)
+        terminal = _failed(
+            flight, "upstream_unavailable", f"no candidate model ({reasons})", ctx.now_ms, ()
+        )
+        return Decision(events=[*events, terminal], effects=[Respond(terminal=terminal)])
+    started, call = _start(flight, route.order[0], 1, ctx, state)
+    return Decision(events=events + started, effects=[call])
+
+
+def _breaker_events(
+    state: RouterState, model: str, failed: bool, ctx: Context, retry_after_ms: int | None
+) -> tuple[list[Any], Breaker]:
+    """The transition (if any) this call outcome causes, and the breaker after it."""
+    cfg = ctx.cfg.breaker
+    b = record_call(state.breakers.get(model, Breaker()), failed=failed, now_ms=ctx.now_ms, cfg=cfg)
+    if not ctx.cfg.features.circuit_breaker:
+        return [], b
+    due = due_trigger(b, ctx.now_ms, cfg)
+    if due is None:
+        return [], b
+    trigger, reason = due
+    if trigger in ("trip", "probe_failed"):
+        until = open_until(ctx.now_ms, cfg, retry_after_ms)
+        calls = sum(c for _, c, _ in b.buckets) or b.consecutive_failures
+        opened = ev.BreakerOpened(
+            model=model,
+            reason=reason,
+            failures=b.consecutive_failures or b.probe_failures,
+            calls=calls,
+            open_until_ms=until,
+        )
+        return [opened], Breaker(status="open", open_until_ms=until)
+    if trigger == "probes_passed":
+        return [ev.BreakerClosed(model=model, successes=b.probe_successes)], Breaker()
+    return [], b
+
+
+def _completed(flight: InFlight, result: CallResult, now_ms: int) -> ev.RequestCompleted:
+    return ev.RequestCompleted(
+        request_id=flight.request_id,
+        tenant=flight.tenant,
+        model=result.model,
+        cached=False,
+        coalesced=False,
+        attempts=flight.attempt,
+        latency_ms=float(now_ms - flight.accepted_at_ms),
+        usage=result.usage,
+        cost_micros=result.cost_micros,
+        response=result.response or {},
+        reply_to=flight.reply_to,
+    )
+
+
+def decide_result(
+    state: RouterState, request_id: str, result: CallResult, ctx: Context
+) -> Decision:
+    """An upstream call finished: record it, then complete, retry, fall back or fail."""
+    flight = state.inflight.get(request_id)
+    if flight is None or result.attempt != flight.attempt:
+        return Decision(events=[], effects=[])  # a stale answer: the request moved on
+    if result.ok:
+        return _on_success(state, flight, result, ctx)
+    return _on_failure(state, flight, result, ctx)
+
+
+def _on_success(state: RouterState, flight: InFlight, result: CallResult, ctx: Context) -> Decision:
+    succeeded = ev.AttemptSucceeded(
+        request_id=flight.request_id,
+        tenant=flight.tenant,
+        model=result.model,
+        attempt=result.attempt,
+        status=result.status or 200,
+        latency_ms=result.latency_ms,
+        usage=result.usage,
+        cost_micros=result.cost_micros,
+        generation_id=result.generation_id,
+        slow=result.slow,
+    )
+    breaker, _ = _breaker_events(state, result.model, result.slow, ctx, None)
+    terminal = _completed(flight, result, ctx.now_ms)
+    return Decision(events=[succeeded, *breaker, terminal], effects=[Respond(terminal=terminal)])
+
+
+def _on_failure(state: RouterState, flight: InFlight, result: CallResult, ctx: Context) -> Decision:
+    cls = CLASSES.get(result.error_class, CLASSES["http_error"])
+    failed = ev.AttemptFailed(
+        request_id=flight.request_id,
+        tenant=flight.tenant,
+        model=result.model,
+        attempt=result.attempt,
+        status=result.status,
+        error_class=cls.name,
+        message=result.message,
+        latency_ms=result.latency_ms,
+        retryable=cls.retryable,
+        breaker_failure=cls.breaker_failure,
+        fallback=cls.fallback,
+        retry_after_ms=result.retry_after_ms,
+    )
+    breaker_events, breaker = _breaker_events(
+        state, result.model, cls.breaker_failure, ctx, result.retry_after_ms
+    )
+    errors = (
+        *flight.errors,
+        ev.CandidateError(model=result.model, code=cls.name, message=result.message),
+    )
+    events: list[Any] = [failed, *breaker_events]
+    retry = _plan_retry(state, flight, result, ctx, cls.retryable, breaker)
+    if retry is not None:
+        return Decision(
+            events=[*events, retry],
+            effects=[Wait(request_id=flight.request_id, delay_ms=retry.delay_ms)],
+        )
+    nxt = (
+        _next_candidate(state, flight, ctx) if cls.fallback and ctx.cfg.features.fallbacks else None
+    )
+    if nxt is not None:
+        moved = msgspec.structs.replace(flight, errors=errors)
+        taken = ev.FallbackTaken(
+            request_id=flight.request_id,
+            tenant=flight.tenant,
+            from_model=result.model,
+            to_model=nxt,
+            reason=cls.name,
+        )
+        started, call = _start(moved, nxt, 1, ctx, state)
+        return Decision(events=[*events, taken, *started], effects=[call])
+    code = cls.code if not cls.fallback or len(errors) == 1 else "upstream_unavailable"
+    terminal = _failed(flight, code, result.message or cls.name, ctx.now_ms, errors)
+    return Decision(events=[*events, terminal], effects=[Respond(terminal=terminal)])
+
+
+def _plan_retry(
+    state: RouterState,
+    flight: InFlight,
+    result: CallResult,
+    ctx: Context,
+    retryable: bool,
+    breaker: Breaker,
+) -> ev.RetryScheduled | None:
+    cfg = ctx.cfg
+    if not (retryable and cfg.features.retries) or flight.model_attempt > cfg.retry.max_retries:
+        return None
+    if breaker.status == "open" or not retry_allowed(state.retry_budget, ctx.now_ms, cfg.retry):
+        return None
+    delay = retry_delay_ms(
+        flight.request_id, flight.model_attempt, cfg.retry, result.retry_after_ms
+    )
+    if delay is None:
+        return None
+    return ev.RetryScheduled(
+        request_id=flight.request_id,
+        tenant=flight.tenant,
+        model=result.model,
+        attempt=flight.attempt + 1,
+        delay_ms=delay,
+        reason=result.error_class,
+    )
+
+
+def _next_candidate(state: RouterState, flight: InFlight, ctx: Context) -> str | None:
+    for model in flight.order[flight.index + 1 :]:
+        b = state.breakers.get(model)
+        if b is None or not ctx.cfg.features.circuit_breaker or can_call(b, ctx.now_ms):
+            return model
+    return None
+
+
+def decide_retry_due(state: RouterState, request_id: str, ctx: Context) -> Decision:
+    """A scheduled retry's delay has passed: start the next attempt on the same model."""
+    flight = state.inflight.get(request_id)
+    if flight is None or flight.model is None:
+        return Decision(events=[], effects=[])
+    started, call = _start(flight, flight.model, flight.model_attempt + 1, ctx, state)
+    return Decision(events=started, effects=[call])

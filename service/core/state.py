@@ -1,0 +1,187 @@
+"""Router state and its one reducer: `evolve(state, event, cfg)`.
+
+Everything the router knows — circuit breakers, latency statistics, the retry
+budget, requests in flight and the outcome of every finished request — is the
+fold of `turnout.events`. Replaying the same events with the same config gives
+the same state; folding in two halves equals folding at once.
+
+Rules:
+- `evolve` never decides: it records what events say (an opening breaker's
+  deadline comes from `BreakerOpened.open_until_ms`, never recomputed).
+- State holders are mutable for speed (the hot path folds ~10 events per
+  request); the values inside them (`Breaker`, `InFlight`, ...) are frozen.
+- Finished requests are remembered for idempotence (a redelivered record is
+  answered from here) up to `FINISHED_LIMIT` ids, oldest forgotten first.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Final
+
+import msgspec
+
+from service.core import events as ev
+from service.core.breaker import Breaker, Trigger, apply_trigger, record_call
+from service.core.config import Config
+from service.core.retry import RetryBudget, note_request, note_retry
+from service.core.stats import LatencyStat, observe_latency
+
+__all__ = ["FINISHED_LIMIT", "InFlight", "RouterState", "Terminal", "evolve", "fold"]
+
+FINISHED_LIMIT: Final = 200_000
+
+Terminal = ev.RequestCompleted | ev.RequestFailed | ev.RequestRejected
+
+
+class InFlight(msgspec.Struct, frozen=True, kw_only=True):
+    """A request between `accepted` and its terminal event."""
+
+    request_id: str
+    tenant: str
+    task_type: str
+    accepted_at_ms: int
+    reply_to: str | None = None
+    order: tuple[str, ...] = ()
+    index: int = 0  # position in `order` of the model being tried
+    attempt: int = 0  # attempts started, over every model
+    model_attempt: int = 0  # attempts started on the current model
+    errors: tuple[ev.CandidateError, ...] = ()
+
+    @property
+    def model(self) -> str | None:
+        return self.order[self.index] if self.index < len(self.order) else None
+
+
+class RouterState:
+    """The projection a router serves from; see the module docstring."""
+
+    __slots__ = ("breakers", "finished", "inflight", "latency", "retry_budget")
+
+    def __init__(self) -> None:
+        self.breakers: dict[str, Breaker] = {}
+        self.latency: dict[str, LatencyStat] = {}
+        self.retry_budget = RetryBudget()
+        self.inflight: dict[str, InFlight] = {}
+        self.finished: OrderedDict[str, Terminal] = OrderedDict()
+
+    def snapshot(self) -> dict[str, object]:
+        """Plain data for comparisons (replay verify) and /healthz."""
+        return {
+            "breakers": {m: msgspec.to_builtins(b) for m, b in sorted(self.breakers.items())},
+            "latency": {m: msgspec.to_builtins(s) for m, s in sorted(self.latency.items())},
+            "retry_budget": msgspec.to_builtins(self.retry_budget),
+            "inflight": sorted(self.inflight),
+            "finished": len(self.finished),
+        }
+
+
+def _breaker_call(state: RouterState, model: str, failed: bool, now_ms: int, cfg: Config) -> None:
+    b = state.breakers.get(model, Breaker())
+    state.breakers[model] = record_call(b, failed=failed, now_ms=now_ms, cfg=cfg.breaker)
+
+
+def _finish(state: RouterState, terminal: Terminal) -> None:
+    state.inflight.pop(terminal.request_id, None)
+    state.finished[terminal.request_id] = terminal
+    state.finished.move_to_end(terminal.request_id)
+    while len(state.finished) > FINISHED_LIMIT:
+        state.finished.popitem(last=False)
+
+
+def _update(state: RouterState, request_id: str, **changes: object) -> None:
+    current = state.inflight.get(request_id)
+    if current is not None:
+        state.inflight[request_id] = msgspec.structs.replace(current, **changes)
+
+
+def _evolve_request(state: RouterState, event: object, now_ms: int, cfg: Config) -> None:
+    match event:
+        case ev.RequestAccepted():
+            state.inflight[event.request_id] = InFlight(
+                request_id=event.request_id,
+                tenant=event.tenant,
+                task_type=event.task_type,
+                accepted_at_ms=now_ms,
+                reply_to=event.reply_to,
+            )
+            state.retry_budget = note_request(state.retry_budget, now_ms, cfg.retry)
+        case ev.RouteDecided():
+            _update(state, event.request_id, order=tuple(event.order), index=0)
+        case ev.AttemptStarted():
+            current = state.inflight.get(event.request_id)
+            if current is not None:
+                index = current.order.index(event.model) if event.model in current.order else 0
+                _update(
+                    state,
+                    event.request_id,
+                    index=index,
+                    attempt=event.attempt,
+                    model_attempt=event.model_attempt,
+                )
+        case ev.RetryScheduled():
+            state.retry_budget = note_retry(state.retry_budget, now_ms, cfg.retry)
+        case ev.RequestCompleted() | ev.RequestFailed() | ev.RequestRejected():
+            _finish(state, event)
+
+
+def _evolve_model(state: RouterState, event: object, now_ms: int, cfg: Config) -> None:
+    match event:
+        case ev.AttemptSucceeded():
+            state.latency[event.model] = observe_latency(
+                state.latency.get(event.model, LatencyStat()), event.latency_ms
+            )
+            _breaker_call(state, event.model, event.slow, now_ms, cfg)
+        case ev.AttemptFailed():
+            _breaker_call(state, event.model, event.breaker_failure, now_ms, cfg)
+            current = state.inflight.get(event.request_id)
+            if current is not None:
+                error = ev.CandidateError(
+                    model=event.model, code=event.error_class, message=event.message
+                )
+                _update(state, event.request_id, errors=(*current.errors, error))
+        case ev.BreakerOpened():
+            _breaker_transition(state, event.model, "open", event.open_until_ms)
+        case ev.BreakerHalfOpened():
+            _breaker_transition(state, event.model, "half_open", 0)
+        case ev.BreakerClosed():
+            _breaker_transition(state, event.model, "closed", 0)
+
+
+_TRIGGER_TO: Final[dict[tuple[str, str], Trigger]] = {
+    ("closed", "open"): "trip",
+    ("half_open", "open"): "probe_failed",
+    ("open", "half_open"): "recovery_due",
+    ("half_open", "closed"): "probes_passed",
+}
+
+
+def _breaker_transition(state: RouterState, model: str, target: str, open_until_ms: int) -> None:
+    """Apply a recorded transition; a repeat (two routers saw the same trip) is a no-op."""
+    b = state.breakers.get(model, Breaker())
+    if b.status == target:
+        if target == "open" and open_until_ms > b.open_until_ms:
+            state.breakers[model] = msgspec.structs.replace(b, open_until_ms=open_until_ms)
+        return
+    trigger = _TRIGGER_TO.get((b.status, target))
+    if trigger is None:  # e.g. closed seen while open: the half-open event was lost
+        state.breakers[model] = Breaker(status=target, open_until_ms=open_until_ms)  # type: ignore[arg-type]
+        return
+    state.breakers[model] = apply_trigger(b, trigger, open_until_ms=open_until_ms)
+
+
+def evolve(state: RouterState, event: object, now_ms: int, cfg: Config) -> RouterState:
+    """Fold one event (decoded data, with its event time) into the state."""
+    _evolve_request(state, event, now_ms, cfg)
+    _evolve_model(state, event, now_ms, cfg)
+    return state
+
+
+def fold(
+    events: list[tuple[int, object]], cfg: Config, state: RouterState | None = None
+) -> RouterState:
+    """Fold `(time_ms, event)` pairs, in log order, into `state` (or a fresh one)."""
+    state = state if state is not None else RouterState()
+    for now_ms, event in events:
+        evolve(state, event, now_ms, cfg)
+    return state
