@@ -1,0 +1,12 @@
+"""The Kafka shell: settings, topic bootstrap, producer and consumer adapters, embedded broker.
+
+- `settings`: `KafkaSettings` and `Topics` (no Kafka client imported);
+- `topics`: `ensure_topics` / `ensure_topic`, `turnout topics ensure`;
+- `producer`: `Producer` (acks=all, no idempotence, 1 MB record limit);
+- `consumer`: `GroupConsumer` (manual commits, rebalance hooks) and `Reader`;
+- `broker`: `EmbeddedBroker` (Tansu) and `turnout broker`;
+- `errors`: the one translation of aiokafka failures into Turnout errors.
+
+Every module follows BROKER.md's rules for code that must run on
+both Tansu and Apache Kafka; each says which ones it applies.
+"""

@@ -1,0 +1,331 @@
+"""The consumer adapters: a group member for the router, a reader for replays.
+
+`GroupConsumer` joins a consumer group, hands out `getmany` batches and
+commits only when told to (offsets are committed after the work is
+acknowledged). Its `on_assigned` / `on_revoked` hooks (called only with a
+non-empty set) let the router rebuild per-partition state before serving and
+drop it when partitions leave. A hook that fails is re-raised from the next
+`getmany`, never swallowed (aiokafka would only log it). `stop()` runs
+`on_revoked` for what is still assigned, then leaves the group.
+
+`Reader` is not a group member: it reads explicit partitions from the
+beginning (or given offsets) until a condition holds, for catch-up and replay.
+
+BROKER.md rules followed here:
+- 3: `subscribe` auto-creates missing topics on Tansu, so create them first
+  (`topics.ensure_topics`); `topic_partitions` finds partitions without probing.
+- 4 and 5: `auto_offset_reset="earliest"` always; no end offsets, no
+  seek_to_end, no offsets_for_times. "Until the end" is a caller's condition
+  on what it reads (for example a sentinel record it produced).
+- 11: short session (6 s) and heartbeat (1 s); `wait_for_assignment` before
+  relying on a group member.
+- 12: short `fetch_max_wait_ms` (Tansu never answers a waiting fetch early).
+- 13: no static membership; committed offsets are read with `committed(tp)`.
+- 15: every commit runs under `commit_timeout_ms` and raises `CommitTimeout`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import suppress
+from types import TracebackType
+from typing import Any, Self, TypeAlias
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
+from aiokafka.errors import KafkaError
+from aiokafka.protocol.group import LeaveGroupRequest
+from aiokafka.structs import ConsumerRecord, TopicPartition
+
+from service.errors import TurnoutError
+from service.kafka.errors import CommitTimeout, kafka_errors, start_client
+from service.kafka.settings import KafkaSettings
+from service.kafka.topics import existing_topics
+
+__all__ = [
+    "Batch",
+    "ConsumerRecord",
+    "GroupConsumer",
+    "PartitionsHook",
+    "Reader",
+    "TopicPartition",
+    "consumer_config",
+    "next_offsets",
+    "topic_partitions",
+]
+
+Record: TypeAlias = ConsumerRecord  # ConsumerRecord[bytes, bytes]
+Batch: TypeAlias = dict[TopicPartition, list[Record]]
+PartitionsHook: TypeAlias = Callable[[frozenset[TopicPartition]], Awaitable[None] | None]
+
+
+def consumer_config(settings: KafkaSettings, *, group_id: str | None) -> dict[str, Any]:
+    """The AIOKafkaConsumer keyword arguments every Turnout consumer uses."""
+    return {
+        "bootstrap_servers": settings.bootstrap,
+        "client_id": settings.client_id,
+        "group_id": group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "session_timeout_ms": settings.session_timeout_ms,
+        "heartbeat_interval_ms": settings.heartbeat_interval_ms,
+        "fetch_max_wait_ms": settings.fetch_max_wait_ms,
+        "max_poll_records": settings.max_poll_records,
+        "request_timeout_ms": settings.request_timeout_ms,
+    }
+
+
+def next_offsets(batch: Batch) -> dict[TopicPartition, int]:
+    """The offsets to commit once every record of `batch` is done."""
+    return {tp: records[-1].offset + 1 for tp, records in batch.items() if records}
+
+
+async def topic_partitions(settings: KafkaSettings, topics: Iterable[str]) -> list[TopicPartition]:
+    """Every partition of `topics`, read without auto-creating anything (rule 3)."""
+    counts = await existing_topics(settings)
+    missing = [t for t in topics if t not in counts]
+    if missing:
+        raise TurnoutError(
+            f"topic(s) {', '.join(missing)} do not exist on {settings.bootstrap}: "
+            "run `turnout topics ensure`"
+        )
+    return [TopicPartition(t, p) for t in topics for p in range(counts[t])]
+
+
+class _Client:
+    """Start/stop and context management shared by both adapters."""
+
+    def __init__(self, settings: KafkaSettings, *, group_id: str | None) -> None:
+        self.settings = settings
+        self._consumer = AIOKafkaConsumer(**consumer_config(settings, group_id=group_id))
+
+    async def _start(self) -> None:
+        c, s = self._consumer, self.settings
+        await start_client(c.start, c.stop, bootstrap=s.bootstrap, timeout_ms=s.connect_timeout_ms)
+
+    async def start(self) -> None:
+        await self._start()
+
+    async def stop(self) -> None:
+        with kafka_errors(self.settings.bootstrap):
+            await self._consumer.stop()
+
+    async def getmany(self, *, timeout_ms: int = 100, max_records: int | None = None) -> Batch:
+        """The records fetched so far, by partition; waits up to `timeout_ms` for some."""
+        with kafka_errors(self.settings.bootstrap):
+            batch: Batch = await self._consumer.getmany(
+                timeout_ms=timeout_ms, max_records=max_records
+            )
+        return batch
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+
+def _leave_even_at_generation_zero(consumer: AIOKafkaConsumer) -> None:
+    """Make a stopping member send LeaveGroup also in generation 0.
+
+    Tansu numbers a group's first generation 0, and aiokafka sends LeaveGroup
+    only for generations above 0. Without this, the first member of a group
+    never leaves it, and the next member's join waits until that member's
+    session expires: 11 s instead of 3 s with a 6 s session. Kafka starts at
+    generation 1, where this changes nothing.
+    """
+    coordinator = getattr(consumer, "_coordinator", None)
+    leave = getattr(coordinator, "_maybe_leave_group", None)
+    if coordinator is None or leave is None:  # another aiokafka: leave it alone
+        return
+
+    async def maybe_leave_group() -> None:
+        if coordinator.generation == 0 and coordinator.member_id:
+            request = LeaveGroupRequest(coordinator.group_id, coordinator.member_id)
+            with suppress(KafkaError):
+                await coordinator._send_req(request)
+        await leave()
+
+    coordinator._maybe_leave_group = maybe_leave_group
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
+    def __init__(self, owner: GroupConsumer) -> None:
+        self._owner = owner
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._owner._revoked(frozenset(revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self._owner._assigned(frozenset(assigned))
+
+
+class GroupConsumer(_Client):
+    """A member of `group_id` (default `settings.group_id`) reading `topics`."""
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        topics: Sequence[str],
+        *,
+        group_id: str | None = None,
+        on_assigned: PartitionsHook | None = None,
+        on_revoked: PartitionsHook | None = None,
+    ) -> None:
+        self.group_id = group_id or settings.group_id
+        super().__init__(settings, group_id=self.group_id)
+        self.topics = tuple(topics)
+        self.on_assigned = on_assigned
+        self.on_revoked = on_revoked
+        self._ready = asyncio.Event()
+        self._hook_error: BaseException | None = None
+
+    async def start(self) -> None:
+        """Connect, then join the group in the background (see `wait_for_assignment`)."""
+        await self._start()  # subscribing first would make start() wait for the join
+        _leave_even_at_generation_zero(self._consumer)
+        self._consumer.subscribe(self.topics, listener=_Listener(self))
+
+    async def stop(self) -> None:
+        """Run `on_revoked` for the partitions still assigned, then leave the group.
+
+        A hook failure not yet raised elsewhere is raised here, after leaving.
+        """
+        if self.assignment:
+            await self._revoked(self.assignment)
+        await super().stop()
+        self._raise_hook_error()
+
+    @property
+    def assignment(self) -> frozenset[TopicPartition]:
+        return frozenset(self._consumer.assignment())
+
+    async def wait_for_assignment(self, timeout_s: float = 30.0) -> frozenset[TopicPartition]:
+        """Wait until partitions are assigned and `on_assigned` has finished for them."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._ready.wait()
+        except TimeoutError:
+            raise TurnoutError(
+                f"no partitions assigned to group {self.group_id!r} within "
+                f"{timeout_s:g} s: is Kafka at {self.settings.bootstrap} healthy?"
+            ) from None
+        self._raise_hook_error()
+        return self.assignment
+
+    async def getmany(self, *, timeout_ms: int = 100, max_records: int | None = None) -> Batch:
+        self._raise_hook_error()
+        return await super().getmany(timeout_ms=timeout_ms, max_records=max_records)
+
+    async def commit(self, offsets: Mapping[TopicPartition, int] | None = None) -> None:
+        """Commit `offsets` (next offset to read, per partition; default: all consumed)."""
+        seconds = self.settings.commit_timeout_ms / 1000
+        try:
+            async with asyncio.timeout(seconds):
+                with kafka_errors(self.settings.bootstrap):
+                    await self._consumer.commit(dict(offsets) if offsets is not None else None)
+        except TimeoutError:
+            raise CommitTimeout(
+                f"offset commit to Kafka at {self.settings.bootstrap} did not finish within "
+                f"{seconds:g} s: if the broker restarted, run `turnout topics ensure` and "
+                "restart the consumer",
+                retriable=True,
+            ) from None
+
+    async def committed(self, tp: TopicPartition) -> int | None:
+        """The group's committed offset for `tp` (None when nothing is committed)."""
+        with kafka_errors(self.settings.bootstrap):
+            offset: int | None = await self._consumer.committed(tp)
+        return offset
+
+    async def _assigned(self, partitions: frozenset[TopicPartition]) -> None:
+        await self._run_hook(self.on_assigned, partitions)
+        if partitions:
+            self._ready.set()
+
+    async def _revoked(self, partitions: frozenset[TopicPartition]) -> None:
+        self._ready.clear()
+        await self._run_hook(self.on_revoked, partitions)
+
+    async def _run_hook(
+        self, hook: PartitionsHook | None, partitions: frozenset[TopicPartition]
+    ) -> None:
+        if hook is None or not partitions:
+            return
+        try:
+            result = hook(partitions)
+            if inspect.isawaitable(result):
+                await result
+        except Exception as err:  # aiokafka would log and go on: keep it for getmany
+            self._hook_error = err
+            self._ready.set()  # wake wait_for_assignment, which raises it
+
+    def _raise_hook_error(self) -> None:
+        err, self._hook_error = self._hook_error, None
+        if err is not None:
+            raise err
+
+
+class Reader(_Client):
+    """Reads explicit partitions from the beginning (or `start_offsets`); no group.
+
+    The partitions must exist (find them with `topic_partitions`): reading a
+    missing topic would auto-create it on Tansu.
+    """
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        partitions: Iterable[TopicPartition],
+        *,
+        start_offsets: Mapping[TopicPartition, int] | None = None,
+    ) -> None:
+        super().__init__(settings, group_id=None)
+        self.partitions = tuple(partitions)
+        self.start_offsets = dict(start_offsets or {})
+
+    async def start(self) -> None:
+        await self._start()
+        self._consumer.assign(list(self.partitions))
+        with kafka_errors(self.settings.bootstrap):
+            await self._consumer.seek_to_beginning(*self.partitions)
+        for tp, offset in self.start_offsets.items():
+            self._consumer.seek(tp, offset)
+
+    async def read_until(
+        self, done: Callable[[Record], bool], *, timeout_s: float = 30.0
+    ) -> list[Record]:
+        """Records in arrival order up to and including the first one where `done` holds.
+
+        Records fetched after that one are not lost: the next read returns them.
+        Raises TimeoutError if `done` never holds within `timeout_s`.
+        """
+        out: list[Record] = []
+        try:
+            async with asyncio.timeout(timeout_s):
+                while True:
+                    if self._take_until(await self.getmany(timeout_ms=200), done, out):
+                        return out
+        except TimeoutError:
+            raise TimeoutError(
+                f"condition not met within {timeout_s:g} s ({len(out)} records read)"
+            ) from None
+
+    def _take_until(self, batch: Batch, done: Callable[[Record], bool], out: list[Record]) -> bool:
+        """Append records of `batch` to `out` until `done`; rewind past the rest."""
+        found = False
+        for tp, records in batch.items():
+            for record in records:
+                if found:  # fetched but not returned: read it again next time
+                    self._consumer.seek(tp, record.offset)
+                    break
+                out.append(record)
+                found = done(record)
+        return found

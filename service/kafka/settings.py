@@ -1,0 +1,166 @@
+"""Kafka settings: one frozen value object for every Kafka client Turnout opens.
+
+The config loader builds `KafkaSettings` from the `[kafka]` section (key names
+match the field names); `from_env` layers `TURNOUT_KAFKA_<FIELD>` variables on
+top of a base. This module imports no Kafka client, so configuration code can
+use it cheaply.
+
+BROKER.md rules followed here:
+- 6 and 7: the producer settings below are always acks=all without idempotence
+  (see `producer.py`); nothing here can turn them off.
+- 9: `max_record_bytes` is the record-size limit Turnout enforces itself;
+  it may be lowered, never raised above 1 MB.
+- 11 and 12: short group session (6 s, heartbeat 1 s) and a short fetch wait
+  (20 ms) by default, because Tansu joins in session/2 and never answers a
+  waiting fetch early.
+- 14: topic names are validated here (`[A-Za-z0-9._-]`, at most 249
+  characters), because Tansu accepts anything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from service.errors import TurnoutError
+
+__all__ = [
+    "COMPRESSION_TYPES",
+    "MAX_RECORD_BYTES",
+    "KafkaSettings",
+    "KafkaSettingsError",
+    "Topics",
+    "validate_topic_name",
+]
+
+MAX_RECORD_BYTES = 1_000_000
+"""Key + value + headers of one record. Kafka's default `message.max.bytes` is
+1 MiB for a whole batch with its overhead; Tansu has no limit at all."""
+
+COMPRESSION_TYPES = ("none", "gzip", "snappy", "lz4", "zstd")
+
+_TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
+_ENV_PREFIX = "TURNOUT_KAFKA_"
+
+
+def validate_topic_name(name: str) -> str:
+    """Return `name` if Kafka would accept it as a topic name, else raise."""
+    if not _TOPIC_NAME.fullmatch(name) or name in (".", ".."):
+        raise TurnoutError(
+            f"invalid Kafka topic name {name!r}: use 1-249 characters from "
+            "letters, digits, '.', '_' and '-'"
+        )
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """The four topic names of one Turnout installation."""
+
+    requests: str
+    events: str
+    responses: str
+    dlq: str
+
+    @classmethod
+    def for_prefix(cls, prefix: str) -> Topics:
+        names = {role: validate_topic_name(f"{prefix}.{role}") for role in _ROLES}
+        return cls(**names)
+
+    def as_dict(self) -> dict[str, str]:
+        """Role (`requests`, `events`, `responses`, `dlq`) to topic name."""
+        return {role: getattr(self, role) for role in _ROLES}
+
+
+_ROLES = tuple(f.name for f in dataclasses.fields(Topics))
+
+
+class KafkaSettingsError(TurnoutError):
+    """Kafka settings that cannot work; `problems` lists every reason."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("invalid [kafka] settings: " + "; ".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KafkaSettings:
+    """Where Kafka is and how Turnout's clients talk to it."""
+
+    bootstrap: str = "127.0.0.1:9092"
+    topic_prefix: str = "turnout"
+    group_id: str = "turnout-router"
+    client_id: str = "turnout"
+    replication_factor: int = 1
+    connect_timeout_ms: int = 10_000
+    request_timeout_ms: int = 30_000
+    session_timeout_ms: int = 6_000
+    heartbeat_interval_ms: int = 1_000
+    fetch_max_wait_ms: int = 20
+    max_poll_records: int = 500
+    commit_timeout_ms: int = 10_000
+    linger_ms: int = 5
+    max_batch_bytes: int = 65_536
+    compression: str = "none"
+    max_record_bytes: int = MAX_RECORD_BYTES
+
+    def __post_init__(self) -> None:
+        if problems := self.problems():
+            raise KafkaSettingsError(problems)
+
+    def problems(self) -> list[str]:
+        """Every reason these settings cannot work (empty when they can)."""
+        problems = [] if self.bootstrap.strip() else ["bootstrap is empty"]
+        try:
+            self.topics  # noqa: B018 (validates every topic name)
+        except TurnoutError as err:
+            problems.append(f"topic_prefix: {err}")
+        problems += [f"{name} must be positive" for name in _POSITIVE if getattr(self, name) <= 0]
+        if self.linger_ms < 0:
+            problems.append("linger_ms may not be negative")
+        if self.compression not in COMPRESSION_TYPES:
+            problems.append(f"compression must be one of {', '.join(COMPRESSION_TYPES)}")
+        if self.max_record_bytes > MAX_RECORD_BYTES:
+            problems.append(f"max_record_bytes may not exceed {MAX_RECORD_BYTES} (Kafka: ~1 MB)")
+        if self.heartbeat_interval_ms >= self.session_timeout_ms:
+            problems.append("heartbeat_interval_ms must be below session_timeout_ms")
+        return problems
+
+    @property
+    def topics(self) -> Topics:
+        return Topics.for_prefix(self.topic_prefix)
+
+    def replace(self, **changes: Any) -> KafkaSettings:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_env(
+        cls, base: KafkaSettings | None = None, environ: Mapping[str, str] | None = None
+    ) -> KafkaSettings:
+        """`base` (default: built-in defaults) with `TURNOUT_KAFKA_<FIELD>` overrides."""
+        env = os.environ if environ is None else environ
+        changes: dict[str, Any] = {}
+        problems: list[str] = []
+        for field in dataclasses.fields(cls):
+            name = _ENV_PREFIX + field.name.upper()
+            if name not in env:
+                continue
+            raw = env[name].strip()
+            if field.type != "int":
+                changes[field.name] = raw
+            elif raw.lstrip("-").isdigit():
+                changes[field.name] = int(raw)
+            else:
+                problems.append(f"{name}={raw!r} is not a whole number")
+        if problems:
+            raise KafkaSettingsError(problems)
+        return dataclasses.replace(base or cls(), **changes)
+
+
+_POSITIVE = tuple(
+    f.name for f in dataclasses.fields(KafkaSettings) if f.type == "int" and f.name != "linger_ms"
+)

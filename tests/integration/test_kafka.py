@@ -1,0 +1,273 @@
+"""The Kafka shell against a real broker: topics, producer, consumers, errors.
+
+No mocks: every test talks to the session's Kafka (see tests/conftest.py).
+Tests read with the non-group `Reader` where a group is not the point, since a
+group join costs session_timeout/2 on Tansu (BROKER.md rule 11).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from service.errors import TurnoutError
+from service.kafka.broker import free_port
+from service.kafka.consumer import (
+    GroupConsumer,
+    Reader,
+    TopicPartition,
+    next_offsets,
+    topic_partitions,
+)
+from service.kafka.errors import KafkaUnavailable, RecordTooLarge
+from service.kafka.producer import OutRecord, Producer
+from service.kafka.settings import MAX_RECORD_BYTES, KafkaSettings, KafkaSettingsError, Topics
+from service.kafka.topics import ensure_topic, ensure_topics, existing_topics
+
+HEADERS = [
+    ("ce_specversion", b"1.0"),
+    ("ce_type", b"turnout.request.accepted"),
+    ("ce_id", "0192-é".encode()),
+    ("empty", b""),
+    ("dup", b"1"),
+    ("dup", b"2"),
+]
+
+
+def _records(n: int, topic: str, key: bytes = b"acme") -> list[OutRecord]:
+    return [OutRecord(topic, f"value-{i}".encode(), key=key, headers=HEADERS) for i in range(n)]
+
+
+async def _read_all(settings: KafkaSettings, topic: str, count: int) -> list:
+    async with Reader(settings, await topic_partitions(settings, [topic])) as reader:
+        seen = itertools.count(1)
+        return await reader.read_until(lambda _: next(seen) == count)
+
+
+# -- topics -----------------------------------------------------------------
+
+
+async def test_ensure_topics_creates_four_topics_then_nothing(kafka_settings: KafkaSettings):
+    first = await ensure_topics(kafka_settings)
+    second = await ensure_topics(kafka_settings)
+
+    p = kafka_settings.topic_prefix
+    expected = {f"{p}.requests": 12, f"{p}.events": 12, f"{p}.responses": 12, f"{p}.dlq": 3}
+    on_broker = await existing_topics(kafka_settings)
+    assert {t.name: t.actual_partitions for t in first.created} == expected
+    assert {name: on_broker[name] for name in expected} == expected
+    assert second.nothing_to_do and not second.warnings
+    assert [(t.name, t.created) for t in second.topics] == [(n, False) for n in expected]
+
+
+async def test_ensure_topic_creates_one_and_warns_on_other_partition_count(
+    kafka_settings: KafkaSettings,
+):
+    name = f"{kafka_settings.topic_prefix}.replies.client-1"
+    created = await ensure_topic(kafka_settings, name, 2)
+    again = await ensure_topic(kafka_settings, name, 5)
+
+    assert created.created and created.actual_partitions == 2 and created.warning is None
+    assert not again.created and again.actual_partitions == 2
+    assert again.warning and "has 2 partitions" in again.warning and "expects 5" in again.warning
+
+
+@pytest.mark.parametrize("prefix", ["bad name!", "x" * 245, "ünï"])
+def test_invalid_topic_prefix_is_refused_before_any_broker_sees_it(prefix: str):
+    with pytest.raises(TurnoutError, match="invalid Kafka topic name"):
+        KafkaSettings(topic_prefix=prefix)
+
+
+def test_settings_from_env_override_defaults():
+    env = {
+        "TURNOUT_KAFKA_BOOTSTRAP": "kafka-1:9092,kafka-2:9092",
+        "TURNOUT_KAFKA_TOPIC_PREFIX": "prod",
+        "TURNOUT_KAFKA_GROUP_ID": "routers",
+        "TURNOUT_KAFKA_REPLICATION_FACTOR": "3",
+    }
+    settings = KafkaSettings.from_env(environ=env)
+    assert settings.bootstrap == "kafka-1:9092,kafka-2:9092"
+    assert settings.topics == Topics("prod.requests", "prod.events", "prod.responses", "prod.dlq")
+    assert (settings.group_id, settings.replication_factor) == ("routers", 3)
+    with pytest.raises(KafkaSettingsError, match="TURNOUT_KAFKA_LINGER_MS='soon'"):
+        KafkaSettings.from_env(environ={"TURNOUT_KAFKA_LINGER_MS": "soon"})
+
+
+def test_bad_settings_list_every_problem():
+    with pytest.raises(KafkaSettingsError) as err:
+        KafkaSettings(heartbeat_interval_ms=9000, compression="brotli", max_record_bytes=2**21)
+    assert len(err.value.problems) == 3
+
+
+# -- unreachable broker ----------------------------------------------------------
+
+
+async def test_unreachable_broker_gives_one_clear_error_fast(kafka_settings: KafkaSettings):
+    settings = kafka_settings.replace(bootstrap=f"127.0.0.1:{free_port()}", connect_timeout_ms=2000)
+    message = (
+        f"cannot reach Kafka at {settings.bootstrap}: start one with `turnout broker` "
+        "or set TURNOUT_KAFKA_BOOTSTRAP"
+    )
+    with pytest.raises(KafkaUnavailable) as producer_err:
+        await Producer(settings).start()
+    with pytest.raises(KafkaUnavailable) as admin_err:
+        await ensure_topics(settings)
+    with pytest.raises(KafkaUnavailable):
+        await GroupConsumer(settings, [settings.topics.events]).start()
+    assert str(producer_err.value) == str(admin_err.value) == message
+
+
+# -- producer and consumers ------------------------------------------------------
+
+
+async def test_plain_aiokafka_record_roundtrips_through_the_reader(
+    kafka_settings: KafkaSettings, kafka_topics: Topics
+):
+    raw = AIOKafkaProducer(bootstrap_servers=kafka_settings.bootstrap, acks="all")
+    await raw.start()
+    try:
+        sent = await raw.send_and_wait(
+            kafka_topics.requests, b'{"x": 1}', key=b"acme", headers=HEADERS
+        )
+    finally:
+        await raw.stop()
+
+    (got,) = await _read_all(kafka_settings, kafka_topics.requests, 1)
+    assert (got.key, got.value, list(got.headers)) == (b"acme", b'{"x": 1}', HEADERS)
+    assert (got.partition, got.offset) == (sent.partition, sent.offset)
+
+
+async def test_adapter_records_roundtrip_through_plain_aiokafka(
+    kafka_settings: KafkaSettings, kafka_topics: Topics
+):
+    async with Producer(kafka_settings) as producer:
+        metas = await producer.send_batch(_records(5, kafka_topics.events))
+        tombstone = await (await producer.send(kafka_topics.events, None, key=b"acme"))
+
+    tp = TopicPartition(kafka_topics.events, metas[0].partition)
+    raw = AIOKafkaConsumer(bootstrap_servers=kafka_settings.bootstrap, enable_auto_commit=False)
+    await raw.start()
+    try:
+        raw.assign([tp])
+        await raw.seek_to_beginning(tp)
+        got = [await raw.getone() for _ in range(6)]
+    finally:
+        await raw.stop()
+
+    assert [m.partition for m in metas] == [tp.partition] * 5 == [tombstone.partition] * 5
+    assert [r.value for r in got] == [f"value-{i}".encode() for i in range(5)] + [None]
+    assert all(r.key == b"acme" for r in got)
+    assert [list(r.headers) for r in got[:5]] == [HEADERS] * 5
+
+
+async def test_records_over_the_size_limit_are_refused_before_sending(
+    kafka_settings: KafkaSettings, kafka_topics: Topics
+):
+    key = b"acme"
+    fits = b"x" * (MAX_RECORD_BYTES - len(key))
+    async with Producer(kafka_settings) as producer:
+        with pytest.raises(RecordTooLarge, match=f"over the {MAX_RECORD_BYTES}-byte limit"):
+            await producer.send(kafka_topics.dlq, fits + b"x", key=key)
+        with pytest.raises(RecordTooLarge):
+            await producer.send(kafka_topics.dlq, fits, key=key, headers=[("h", b"1")])
+        meta = await (await producer.send(kafka_topics.dlq, fits, key=key))
+
+    reader = Reader(kafka_settings, [TopicPartition(kafka_topics.dlq, meta.partition)])
+    async with reader:
+        (got,) = await reader.read_until(lambda r: True)
+    assert (got.offset, len(got.value)) == (0, len(fits))
+
+
+async def test_reader_returns_records_after_the_condition_on_the_next_read(
+    kafka_settings: KafkaSettings, kafka_topics: Topics
+):
+    async with Producer(kafka_settings) as producer:
+        metas = await producer.send_batch(_records(10, kafka_topics.responses))
+    tp = TopicPartition(kafka_topics.responses, metas[0].partition)
+
+    async with Reader(kafka_settings, [tp]) as reader:
+        first = await reader.read_until(lambda r: r.offset == 3)
+        rest = await reader.read_until(lambda r: r.offset == 9)
+        with pytest.raises(TimeoutError, match="0 records read"):
+            await reader.read_until(lambda r: True, timeout_s=0.3)
+    async with Reader(kafka_settings, [tp], start_offsets={tp: 7}) as reader:
+        tail = await reader.read_until(lambda r: r.offset == 9)
+
+    assert [r.offset for r in first] == [0, 1, 2, 3]
+    assert [r.offset for r in rest] == [4, 5, 6, 7, 8, 9]
+    assert [r.offset for r in tail] == [7, 8, 9]
+
+
+async def _consume(consumer: GroupConsumer, count: int) -> list:
+    records: list = []
+    async with asyncio.timeout(20):
+        while len(records) < count:
+            for batch in (await consumer.getmany(timeout_ms=200)).values():
+                records += batch
+    return records
+
+
+async def test_commit_then_a_new_member_starts_after_the_committed_offset(
+    kafka_settings: KafkaSettings, kafka_topics: Topics
+):
+    async with Producer(kafka_settings) as producer:
+        metas = await producer.send_batch(_records(10, kafka_topics.dlq))
+    tp = TopicPartition(kafka_topics.dlq, metas[0].partition)
+
+    async with GroupConsumer(kafka_settings, [kafka_topics.dlq]) as first:
+        records = await _consume(first, 10)
+        await first.commit(next_offsets({tp: records[:6]}))
+        assert await first.committed(tp) == 6
+
+    async with GroupConsumer(kafka_settings, [kafka_topics.dlq]) as second:
+        # the first member left the group: no wait for its session to expire
+        await second.wait_for_assignment(timeout_s=kafka_settings.session_timeout_ms / 1000)
+        resumed = await _consume(second, 4)
+        assert await second.committed(tp) == 6
+    assert [r.offset for r in resumed] == [6, 7, 8, 9]
+
+
+async def test_rebalance_hooks_fire_with_the_assigned_partitions(
+    kafka_settings: KafkaSettings, kafka_topics: Topics
+):
+    calls: list[tuple[str, str, frozenset]] = []
+
+    def member(name: str) -> GroupConsumer:
+        def hook(kind: str):
+            async def record(tps: frozenset) -> None:
+                calls.append((name, kind, tps))
+
+            return record
+
+        return GroupConsumer(
+            kafka_settings,
+            [kafka_topics.dlq],
+            on_assigned=hook("assigned"),
+            on_revoked=hook("revoked"),
+        )
+
+    everything = frozenset(TopicPartition(kafka_topics.dlq, p) for p in range(3))
+    async with member("a") as a:
+        assert await a.wait_for_assignment() == everything
+        assert calls == [("a", "assigned", everything)]
+        async with member("b") as b:
+            theirs = await b.wait_for_assignment()
+            mine = await a.wait_for_assignment()  # a took part in that rebalance
+        assert mine | theirs == everything and not mine & theirs
+        assert ("a", "revoked", everything) in calls
+        assert ("a", "assigned", mine) in calls and ("b", "assigned", theirs) in calls
+        assert ("b", "revoked", theirs) in calls  # stop() hands partitions back
+
+
+async def test_a_failing_assignment_hook_is_raised_not_swallowed(
+    kafka_settings: KafkaSettings, kafka_topics: Topics
+):
+    def explode(tps: frozenset) -> None:
+        raise RuntimeError(f"cannot rebuild state for {len(tps)} partitions")
+
+    async with GroupConsumer(kafka_settings, [kafka_topics.dlq], on_assigned=explode) as member:
+        with pytest.raises(RuntimeError, match="cannot rebuild state for 3 partitions"):
+            await member.wait_for_assignment()
