@@ -123,7 +123,7 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
     effects: list[Effect]
 
 
-def _accepted(req: IntakeRequest) -> ev.RequestAccepted:
+def _accepted(req: IntakeRequest, cfg: Config) -> ev.RequestAccepted:
     return ev.RequestAccepted(
         request_id=req.request_id,
         tenant=req.tenant,
@@ -133,7 +133,7 @@ def _accepted(req: IntakeRequest) -> ev.RequestAccepted:
         prompt_tokens_est=req.prompt_tokens_est,
         max_tokens=req.max_tokens,
         params=req.params,
-        messages=req.messages,
+        messages=req.messages if cfg.privacy.store_prompts else None,
         cacheable=False,
         reply_to=req.reply_to,
         metadata=req.metadata,
@@ -199,7 +199,7 @@ def decide_intake(state: RouterState, req: IntakeRequest, ctx: Context) -> Decis
         prices=ctx.prices,
     )
     events: list[Any] = [
-        _accepted(req),
+        _accepted(req, ctx.cfg),
         ev.RouteDecided(
             request_id=req.request_id,
             tenant=req.tenant,

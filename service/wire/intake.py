@@ -1,0 +1,131 @@
+"""Intake records (`turnout.requests`) → `IntakeRequest`, or a `WireError` with a path.
+
+Rules:
+- A record is at most `MAX_RECORD_BYTES` (Kafka's ~1 MB limit, enforced here
+  because the embedded broker accepts anything).
+- The tenant comes from the body, else from the record key; none is an error.
+- `request_id` is the client's idempotency key; when absent it is derived from
+  the record's position (topic, partition, offset), so a redelivered record
+  gets the same id and is never answered twice.
+- `messages` must be a non-empty list of objects with a string `role`; every
+  other OpenAI chat parameter is passed through untouched (`params`).
+- The prompt is never kept unless `store_prompts`: events carry a hash of the
+  messages and an estimated token count (characters / 4, rounded up).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Final
+
+import msgspec
+
+from service.core.request import IntakeRequest
+from service.wire.errors import MALFORMED_JSON, SCHEMA_VIOLATION, WireError, from_msgspec
+
+__all__ = [
+    "MAX_RECORD_BYTES",
+    "RECORD_TOO_LARGE",
+    "Intake",
+    "decode_intake",
+    "estimate_tokens",
+    "messages_hash",
+]
+
+MAX_RECORD_BYTES: Final = 1_000_000
+RECORD_TOO_LARGE: Final = "record_too_large"
+NO_TENANT: Final = "missing_tenant"
+NO_MESSAGES: Final = "empty_messages"
+
+_RESERVED: Final = frozenset(
+    {"request_id", "tenant", "task_type", "model", "messages", "cache", "reply_to",
+     "metadata", "stream"}
+)  # fmt: skip
+
+
+class Message(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
+    role: str
+
+
+class Intake(msgspec.Struct, kw_only=True):
+    """The intake schema (CONTRACT.md); unknown keys are OpenAI parameters."""
+
+    request_id: str | None = None
+    tenant: str | None = None
+    task_type: str = "general"
+    model: str | None = None
+    messages: list[Message] = []
+    max_tokens: int | None = None
+    cache: bool | None = None
+    reply_to: str | None = None
+    metadata: dict[str, Any] | None = None
+
+
+_decoder: Final = msgspec.json.Decoder(dict[str, Any])
+_encoder: Final = msgspec.json.Encoder(order="sorted")
+
+
+def messages_hash(messages: list[dict[str, Any]]) -> str:
+    return hashlib.sha256(_encoder.encode(messages)).hexdigest()
+
+
+def estimate_tokens(messages: list[dict[str, Any]]) -> int:
+    chars = 0
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, str):
+            chars += len(content)
+        elif content is not None:
+            chars += len(_encoder.encode(content))
+    return -(-chars // 4)
+
+
+def _parse(value: bytes) -> tuple[dict[str, Any], Intake]:
+    if len(value) > MAX_RECORD_BYTES:
+        raise WireError(
+            RECORD_TOO_LARGE, f"{len(value)} bytes is over the {MAX_RECORD_BYTES} byte limit"
+        )
+    try:
+        body = _decoder.decode(value)
+        return body, msgspec.convert(body, Intake)
+    except msgspec.MsgspecError as err:
+        raise from_msgspec(err) from None
+
+
+def decode_intake(
+    value: bytes | None,
+    *,
+    key: bytes | None,
+    topic: str,
+    partition: int,
+    offset: int,
+) -> IntakeRequest:
+    """Validate one intake record; raise `WireError` (code, detail, JSON path) when bad."""
+    if not value:
+        raise WireError(MALFORMED_JSON, "the record has no value")
+    body, intake = _parse(value)
+    tenant = intake.tenant or (key.decode("utf-8", "replace") if key else None)
+    if not tenant:
+        raise WireError(NO_TENANT, "no tenant in the body and no record key", "$.tenant")
+    if not intake.messages:
+        raise WireError(NO_MESSAGES, "messages must hold at least one message", "$.messages")
+    if body.get("stream"):
+        raise WireError(
+            SCHEMA_VIOLATION, "streaming is not supported on the intake topic", "$.stream"
+        )
+    messages: list[dict[str, Any]] = body["messages"]
+    return IntakeRequest(
+        request_id=intake.request_id or f"{topic}-{partition}-{offset}",
+        tenant=tenant,
+        task_type=intake.task_type,
+        model=intake.model,
+        messages_hash=messages_hash(messages),
+        prompt_tokens_est=estimate_tokens(messages),
+        max_tokens=intake.max_tokens,
+        params={k: v for k, v in body.items() if k not in _RESERVED},
+        messages=messages,
+        reply_to=intake.reply_to,
+        metadata=intake.metadata,
+        intake_partition=partition,
+        intake_offset=offset,
+    )

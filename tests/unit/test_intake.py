@@ -1,0 +1,92 @@
+"""Intake records: valid ones become requests, bad ones a WireError with a path."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from service.core import events as ev
+from service.core.config import parse_config
+from service.core.request import Context, decide_intake
+from service.core.state import RouterState
+from service.wire.errors import WireError
+from service.wire.intake import MAX_RECORD_BYTES, decode_intake
+
+POS = {"topic": "turnout.requests", "partition": 3, "offset": 41}
+MSGS = [{"role": "user", "content": "Say hello in eight words please"}]
+
+
+def decode(body: object, key: bytes | None = b"acme") -> object:
+    return decode_intake(json.dumps(body).encode(), key=key, **POS)
+
+
+def test_a_full_request_keeps_openai_parameters_and_hashes_the_prompt() -> None:
+    req = decode(
+        {
+            "request_id": "r-1",
+            "tenant": "acme",
+            "task_type": "code",
+            "model": "a/b",
+            "messages": MSGS,
+            "max_tokens": 64,
+            "temperature": 0,
+            "top_p": 0.5,
+            "reply_to": "my.responses",
+            "metadata": {"ticket": 7},
+        }
+    )
+    assert req.request_id == "r-1" and req.task_type == "code" and req.model == "a/b"
+    assert req.params == {"max_tokens": 64, "temperature": 0, "top_p": 0.5}
+    assert req.prompt_tokens_est == 8 and len(req.messages_hash) == 64
+    assert (req.intake_partition, req.intake_offset) == (3, 41)
+
+
+def test_tenant_falls_back_to_the_key_and_a_missing_id_is_stable_per_record() -> None:
+    req = decode({"messages": MSGS}, key=b"globex")
+    assert req.tenant == "globex"
+    assert req.request_id == "turnout.requests-3-41" == decode({"messages": MSGS}).request_id
+
+
+@pytest.mark.parametrize(
+    ("value", "code", "path"),
+    [
+        (b"not json", "malformed_json", None),
+        (b"", "malformed_json", None),
+        (b'{"messages": "hi"}', "schema_violation", "$.messages"),
+        (b'{"messages": [{"content": "no role"}]}', "schema_violation", "$.messages[0].role"),
+        (b'{"messages": [], "tenant": "a"}', "empty_messages", "$.messages"),
+        (
+            b'{"messages": [{"role": "user"}], "max_tokens": "lots"}',
+            "schema_violation",
+            "$.max_tokens",
+        ),
+        (b'{"messages": [{"role": "user"}], "stream": true}', "schema_violation", "$.stream"),
+    ],
+)
+def test_bad_records_are_refused_with_a_code_and_a_json_path(
+    value: bytes, code: str, path: str | None
+) -> None:
+    with pytest.raises(WireError) as info:
+        decode_intake(value, key=b"acme", **POS)
+    assert info.value.code == code
+    assert info.value.path == path
+
+
+def test_no_tenant_anywhere_and_huge_records_are_refused() -> None:
+    with pytest.raises(WireError, match="missing_tenant"):
+        decode({"messages": MSGS}, key=None)
+    huge = json.dumps({"messages": [{"role": "user", "content": "x" * MAX_RECORD_BYTES}]})
+    with pytest.raises(WireError, match="record_too_large"):
+        decode_intake(huge.encode(), key=b"acme", **POS)
+
+
+@pytest.mark.parametrize("store", [False, True])
+def test_the_prompt_reaches_events_only_when_store_prompts_is_on(store: bool) -> None:
+    cfg = parse_config({"privacy": {"store_prompts": store}}, {})
+    req = decode({"messages": MSGS})
+    decision = decide_intake(RouterState(), req, Context(now_ms=0, cfg=cfg))
+    accepted = decision.events[0]
+    assert isinstance(accepted, ev.RequestAccepted)
+    assert (accepted.messages == MSGS) is store
+    assert accepted.messages_hash == req.messages_hash
