@@ -1,0 +1,280 @@
+"""Synthetic event streams: a mixed workload built from the real event structs.
+
+For tests and benchmarks of the archive, the sink and the dashboards: each
+`Story` is one request told as the router would tell it (ok, retried,
+fallback, cached, coalesced, failed, rejected, dead-lettered, still in
+flight), and `workload` interleaves many of them with a few global events
+(breakers, alerts). Pure and deterministic: times and ids come from the
+arguments (ids are UUIDv7 from `uuid7_at`), so two runs give the same log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from itertools import count
+from typing import TypedDict
+
+from service.clock import uuid7_at
+from service.core import events as ev
+from service.core.events import Event, Usage
+from service.wire.cloudevents import Envelope, wrap
+
+__all__ = ["KINDS", "MODELS", "Story", "envelopes", "story", "workload"]
+
+MODELS = ("openai/gpt-4o-mini", "anthropic/claude-3.5-haiku", "meta-llama/llama-3.1-8b-instruct")
+KINDS = (
+    "ok",
+    "retried",
+    "fallback",
+    "cached",
+    "coalesced",
+    "failed",
+    "rejected",
+    "deadlettered",
+    "in_flight",
+)
+_USAGE = Usage(prompt_tokens=12, completion_tokens=40, total_tokens=52)
+_COST = 210
+_RESPONSE = {
+    "id": "gen-1",
+    "object": "chat.completion",
+    "model": MODELS[0],
+    "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "Hi."}, "finish_reason": "stop"}
+    ],
+    "usage": {"prompt_tokens": 12, "completion_tokens": 40, "total_tokens": 52},
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Story:
+    """One request's events in order, and what the `requests` view must say about it."""
+
+    request_id: str | None
+    tenant: str
+    kind: str
+    events: tuple[Event, ...]
+
+
+class _Req(TypedDict):
+    request_id: str
+    tenant: str
+
+
+def _r(request_id: str, tenant: str) -> _Req:
+    return {"request_id": request_id, "tenant": tenant}
+
+
+def _accepted(rid: str, tenant: str) -> list[Event]:
+    r = _r(rid, tenant)
+    return [
+        ev.RequestAccepted(**r, task_type="general", messages_hash="sha256:00",
+                           prompt_tokens_est=12, cacheable=True, cache_key=f"k-{rid}"),
+        ev.RouteDecided(**r, task_type="general", strategy="priority",
+                        candidates=list(MODELS), order=list(MODELS)),
+        ev.BudgetReserved(**r, amount_micros=1000, day="2026-01-01", month="2026-01"),
+    ]  # fmt: skip
+
+
+def _attempt_ok(rid: str, tenant: str, model: str, attempt: int) -> list[Event]:
+    r = _r(rid, tenant)
+    return [
+        ev.AttemptStarted(**r, model=model, attempt=attempt, model_attempt=1),
+        ev.AttemptSucceeded(**r, model=model, attempt=attempt, status=200, latency_ms=80.0,
+                            usage=_USAGE, cost_micros=_COST),
+    ]  # fmt: skip
+
+
+def _attempt_failed(
+    rid: str, tenant: str, model: str, attempt: int, *, fallback: bool
+) -> list[Event]:
+    r = _r(rid, tenant)
+    return [
+        ev.AttemptStarted(**r, model=model, attempt=attempt, model_attempt=1),
+        ev.AttemptFailed(**r, model=model, attempt=attempt, status=503, error_class="http_503",
+                         message="upstream down", latency_ms=20.0, retryable=not fallback,
+                         breaker_failure=True, fallback=fallback),
+    ]  # fmt: skip
+
+
+def _completed(
+    rid: str,
+    tenant: str,
+    model: str,
+    attempts: int,
+    *,
+    cached: bool = False,
+    coalesced: bool = False,
+) -> list[Event]:
+    r = _r(rid, tenant)
+    free = cached or coalesced
+    cost = 0 if free else _COST
+    done: list[Event] = [
+        ev.RequestCompleted(
+            **r,
+            model=model,
+            cached=cached,
+            coalesced=coalesced,
+            attempts=attempts,
+            latency_ms=float(100 * attempts + 5),
+            usage=_USAGE,
+            cost_micros=cost,
+            response=_RESPONSE,
+        ),
+    ]
+    if not free:
+        done.insert(0, ev.BudgetCharged(**r, amount_micros=cost, day="2026-01-01", month="2026-01"))
+    return done  # fmt: skip
+
+
+def _ok(rid: str, t: str) -> list[Event]:
+    return [
+        *_accepted(rid, t),
+        *_attempt_ok(rid, t, MODELS[0], 1),
+        *_completed(rid, t, MODELS[0], 1),
+    ]
+
+
+def _retried(rid: str, t: str) -> list[Event]:
+    retry = ev.RetryScheduled(**_r(rid, t), model=MODELS[0], attempt=2, delay_ms=200, reason="503")
+    return [
+        *_accepted(rid, t),
+        *_attempt_failed(rid, t, MODELS[0], 1, fallback=False),
+        retry,
+        *_attempt_ok(rid, t, MODELS[0], 2),
+        *_completed(rid, t, MODELS[0], 2),
+    ]
+
+
+def _fallback(rid: str, t: str) -> list[Event]:
+    hop = ev.FallbackTaken(**_r(rid, t), from_model=MODELS[0], to_model=MODELS[1], reason="503")
+    return [
+        *_accepted(rid, t),
+        *_attempt_failed(rid, t, MODELS[0], 1, fallback=True),
+        hop,
+        *_attempt_ok(rid, t, MODELS[1], 2),
+        *_completed(rid, t, MODELS[1], 2),
+    ]
+
+
+def _cached(rid: str, t: str) -> list[Event]:
+    r = _r(rid, t)
+    hit = ev.CacheHit(**r, cache_key=f"k-{rid}", model=MODELS[0], stored_at_ms=1,
+                      saved_usage=_USAGE, saved_cost_micros=_COST)  # fmt: skip
+    release = ev.BudgetReleased(**r, amount_micros=1000, day="2026-01-01", month="2026-01")
+    return [*_accepted(rid, t), hit, release, *_completed(rid, t, MODELS[0], 0, cached=True)]
+
+
+def _coalesced(rid: str, t: str) -> list[Event]:
+    wait = ev.RequestCoalesced(**_r(rid, t), leader_request_id="leader-1", cache_key=f"k-{rid}")
+    return [*_accepted(rid, t)[:1], wait, *_completed(rid, t, MODELS[0], 0, coalesced=True)]
+
+
+def _failed(rid: str, t: str) -> list[Event]:
+    r = _r(rid, t)
+    errors = [ev.CandidateError(model=m, code="http_503", message="down") for m in MODELS[:2]]
+    return [
+        *_accepted(rid, t),
+        *_attempt_failed(rid, t, MODELS[0], 1, fallback=True),
+        *_attempt_failed(rid, t, MODELS[1], 2, fallback=True),
+        ev.BudgetReleased(**r, amount_micros=1000, day="2026-01-01", month="2026-01"),
+        ev.RequestFailed(**r, code="upstream_unavailable", message="all candidates failed",
+                         attempts=2, latency_ms=250.0, errors=errors),
+    ]  # fmt: skip
+
+
+def _rejected(rid: str, t: str) -> list[Event]:
+    r = _r(rid, t)
+    return [
+        ev.RatelimitExceeded(**r, limit="requests_per_minute", limit_value=600, retry_after_ms=900),
+        ev.RequestRejected(**r, code="rate_limited", message="over 600/min", retry_after_ms=900),
+    ]
+
+
+def _offset(rid: str) -> int:
+    return int(hashlib.sha256(rid.encode()).hexdigest()[:6], 16)
+
+
+def _deadlettered(rid: str, t: str) -> list[Event]:
+    return [
+        ev.RequestDeadlettered(tenant=t, code="malformed_json", detail="not JSON",
+                               topic="turnout.requests", partition=0, offset=_offset(rid)),
+    ]  # fmt: skip
+
+
+def _in_flight(rid: str, t: str) -> list[Event]:
+    return [*_accepted(rid, t), ev.AttemptStarted(**_r(rid, t), model=MODELS[0], attempt=1,
+                                                  model_attempt=1)]  # fmt: skip
+
+
+_STORIES: dict[str, Callable[[str, str], list[Event]]] = {
+    "ok": _ok,
+    "retried": _retried,
+    "fallback": _fallback,
+    "cached": _cached,
+    "coalesced": _coalesced,
+    "failed": _failed,
+    "rejected": _rejected,
+    "deadlettered": _deadlettered,
+    "in_flight": _in_flight,
+}
+
+
+def story(kind: str, request_id: str, tenant: str) -> Story:
+    """The events of one request of `kind` (one of `KINDS`)."""
+    events = tuple(_STORIES[kind](request_id, tenant))
+    return Story(None if kind == "deadlettered" else request_id, tenant, kind, events)
+
+
+def _global_events(i: int) -> list[Event]:
+    model = MODELS[i % len(MODELS)]
+    return [
+        ev.BreakerOpened(model=model, reason="failures", failures=5, calls=5, open_until_ms=60_000),
+        ev.BreakerHalfOpened(model=model),
+        ev.BreakerClosed(model=model, successes=3),
+        ev.AlertFired(rule="error_rate", severity="page", labels={"model": model}, value=0.5,
+                      op=">", threshold=0.1, pending_since_ms=1_000),
+        ev.AlertResolved(rule="error_rate", severity="page", labels={"model": model}, value=0.0,
+                         fired_at_ms=2_000),
+    ]  # fmt: skip
+
+
+def workload(requests: int, *, tenants: int = 3, start: int = 0) -> list[Story]:
+    """`requests` stories cycling through `KINDS` and tenants `t0`..; ids from `start`."""
+    out = []
+    for i in range(start, start + requests):
+        kind = KINDS[i % len(KINDS)]
+        rid = "req-" + hashlib.sha256(str(i).encode()).hexdigest()[:12] + f"-{i:04x}"
+        out.append(story(kind, rid, f"t{i % tenants}"))
+    return out
+
+
+def envelopes(
+    stories: list[Story],
+    *,
+    t0_ms: int = 1_767_225_600_000,
+    step_ms: float = 7,
+    seed: int = 0,
+) -> Iterator[Envelope]:
+    """The stories' events as envelopes: up to 50 requests in flight at once, each
+    in its own order, a burst of global events every 10 rounds; `step_ms` apart (a fraction of a
+    millisecond makes a dense log: 0.01 is 100k events/s)."""
+    ids = count()
+    waiting = deque(list(s.events) for s in stories)
+    active: list[list[Event]] = []
+    for round_ in count():
+        while len(active) < 50 and waiting:
+            active.append(waiting.popleft())
+        if not active:
+            return
+        burst = _global_events(round_ // 10) if round_ % 10 == 9 else []
+        for event in [*(q.pop(0) for q in active), *burst]:
+            n = next(ids)
+            time_ms = t0_ms + int(n * step_ms)
+            eid = str(uuid7_at(time_ms, (seed << 40 | n).to_bytes(10, "big")))
+            yield wrap(event, id=eid, time_ms=time_ms, source="turnout/router/synthetic",
+                       traceparent=f"00-{n + 1:032x}-{n + 1:016x}-01")  # fmt: skip
+        active = [q for q in active if q]

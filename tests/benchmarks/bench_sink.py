@@ -1,0 +1,159 @@
+"""Benchmark: `turnout sink` ingestion from the embedded broker vs a direct DuckDB load.
+
+Run: `.venv/bin/python tests/benchmarks/bench_sink.py [--requests N]`
+
+Both sides store the same synthetic mixed workload (`analytics.synthetic`,
+about 6 events per request, real event structs, CloudEvents-encoded):
+
+- sink: the events are produced to the embedded Tansu broker first; then a
+  `Sink` (the real one, default options: group consumer, column batches
+  checked by DuckDB, one transaction per batch, offset commits, derived
+  tables and snapshots for readers) consumes them into a fresh archive.
+  Reported: events/s from the first stored batch to the last (the group
+  join, 3-4 s on Tansu, is reported apart), and the final fold + snapshot.
+  Event times are as dense as 100k/s, so the per-minute rollup works on
+  real minutes.
+- direct: the same rows, decoded once beforehand, stored into another fresh
+  archive with one `Archive.load_batch` call (one Arrow table, one INSERT),
+  then one `publish` (fold + checkpoint + snapshot copy).
+
+Target: sink >= 100,000 events/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from aiokafka import AIOKafkaProducer
+from rich.console import Console
+
+from analytics.archive import Archive
+from analytics.rows import EventRow, KafkaPosition, record_row
+from analytics.sink import Reporter, Sink, SinkOptions
+from analytics.synthetic import envelopes, workload
+from service.kafka.broker import EmbeddedBroker
+from service.kafka.settings import KafkaSettings
+from service.kafka.topics import ensure_topics
+from service.wire.cloudevents import encode
+
+Record = tuple[bytes, bytes, list[tuple[str, bytes]]]
+
+
+def records(requests: int) -> list[Record]:
+    # event times as dense as the target rate: the per-minute rollup sees real minutes
+    return [encode(env) for env in envelopes(workload(requests), step_ms=0.01)]
+
+
+async def produce(settings: KafkaSettings, recs: list[Record]) -> float:
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap, acks="all", linger_ms=5, max_batch_size=256 * 1024
+    )
+    await producer.start()
+    started = time.perf_counter()
+    try:
+        for i in range(0, len(recs), 20_000):
+            sends = [await producer.send(settings.topics.events, v, key=k, headers=h)
+                     for k, v, h in recs[i : i + 20_000]]  # fmt: skip
+            await asyncio.gather(*sends)
+    finally:
+        await producer.stop()
+    return len(recs) / (time.perf_counter() - started)
+
+
+async def sink(
+    settings: KafkaSettings, path: Path, total: int, options: SinkOptions
+) -> dict[str, float]:
+    archive = Archive.open(path)
+    reporter = Reporter(Console(file=io.StringIO()))
+    runner = Sink(settings, archive, options=options, reporter=reporter)
+    stop = asyncio.Event()
+    started = time.perf_counter()
+    task = asyncio.create_task(runner.run(stop))
+    first_at, first_n = 0.0, 0
+    while runner.stats.stored < total:
+        await asyncio.sleep(0.005)
+        if not first_n and runner.stats.stored:
+            first_at, first_n = time.perf_counter(), runner.stats.stored
+        if task.done():
+            task.result()
+    done_at = time.perf_counter()
+    stop.set()
+    await task
+    stopped_at = time.perf_counter()
+    archive.close()
+    return {
+        "events/s": (total - first_n) / (done_at - first_at),
+        "join_s": first_at - started,
+        "snapshots": runner.stats.snapshots,
+        "stop_s": stopped_at - done_at,
+    }
+
+
+def direct(recs: list[Record], path: Path) -> dict[str, float]:
+    t0 = time.perf_counter()
+    rows = [
+        record_row(k, v, h, KafkaPosition("b.events", i % 12, i))
+        for i, (k, v, h) in enumerate(recs)
+    ]
+    decoded = time.perf_counter()
+    assert all(type(r) is EventRow for r in rows)
+    with Archive.open(path) as archive:
+        loaded_at = time.perf_counter()
+        archive.load_batch(rows)  # type: ignore[arg-type]
+        loaded = time.perf_counter()
+        archive.publish()
+        published = time.perf_counter()
+    return {
+        "decode events/s": len(rows) / (decoded - t0),
+        "load events/s": len(rows) / (loaded - loaded_at),
+        "publish_s": published - loaded,
+    }
+
+
+async def main(requests: int, options: SinkOptions) -> None:
+    recs = records(requests)
+    workdir = Path(tempfile.mkdtemp(prefix="bench_sink-"))
+    try:
+        with EmbeddedBroker() as broker:
+            settings = KafkaSettings(bootstrap=broker.bootstrap, topic_prefix="bench")
+            await ensure_topics(settings)
+            produced = await produce(settings, recs)
+            result = await sink(settings, workdir / "sink.duckdb", len(recs), options)
+        baseline = await asyncio.to_thread(direct, recs, workdir / "direct.duckdb")
+        size_mb = (workdir / "sink.duckdb").stat().st_size / 1e6
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(f"events: {len(recs):,} ({requests:,} requests); produced at {produced:,.0f}/s")
+    print(
+        f"sink:   {result['events/s']:>10,.0f} events/s  (group join {result['join_s']:.1f} s, "
+        f"{result['snapshots']:.0f} snapshots, final fold+snapshot {result['stop_s']:.2f} s, "
+        f"archive {size_mb:,.0f} MB)"
+    )
+    print(
+        f"direct: {baseline['load events/s']:>10,.0f} events/s  (one load_batch; "
+        f"decoding first ran at {baseline['decode events/s']:,.0f}/s; "
+        f"fold+snapshot {baseline['publish_s']:.2f} s)"
+    )
+    verdict = "meets" if result["events/s"] >= 100_000 else "MISSES"
+    print(
+        f"sink/direct = {result['events/s'] / baseline['load events/s']:.2f}; "
+        f"{verdict} the 100k/s target"
+    )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--requests", type=int, default=150_000, help="synthetic requests (~6 events each)"
+    )
+    parser.add_argument("--batch", type=int, default=SinkOptions().max_batch_records)
+    parser.add_argument("--wait", type=float, default=SinkOptions().max_batch_wait_s)
+    args = parser.parse_args()
+    options = SinkOptions(max_batch_records=args.batch, max_batch_wait_s=args.wait)
+    asyncio.run(main(args.requests, options))

@@ -1,0 +1,179 @@
+"""`turnout sink` on a real broker: every event exactly once, also across a SIGKILL."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.structs import RecordMetadata
+from rich.console import Console
+
+from analytics.archive import open_reader
+from analytics.sink import Reporter, SinkOptions, run_sink
+from analytics.synthetic import envelopes, workload
+from service.core.events import RawEvent
+from service.errors import TurnoutError
+from service.kafka.settings import KafkaSettings, Topics
+from service.wire.cloudevents import Envelope, encode
+
+Record = tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]
+FAST = SinkOptions(max_batch_wait_s=0.05, min_publish_interval_s=0.2, report_interval_s=1.0)
+
+
+async def produce(settings: KafkaSettings, records: Iterable[Record]) -> list[RecordMetadata]:
+    """Send with a plain aiokafka producer, as any client would."""
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        topic = settings.topics.events
+        futures = [await producer.send(topic, v, key=k, headers=h) for k, v, h in records]
+        return list(await asyncio.gather(*futures))
+    finally:
+        await producer.stop()
+
+
+def archived(path: Path, sql: str = "SELECT count(*) FROM events") -> int:
+    """A number from the published snapshot (0 while there is none)."""
+    try:
+        con = open_reader(path)
+    except TurnoutError:
+        return 0
+    try:
+        return int(con.execute(sql).fetchall()[0][0])
+    finally:
+        con.close()
+
+
+async def wait_for(check: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting: {what}"
+        await asyncio.sleep(0.1)
+
+
+def synthetic_records(requests: int, *, seed: int = 0) -> tuple[list[str], list[Record]]:
+    envs = list(envelopes(workload(requests), seed=seed))
+    return [e.id for e in envs], [encode(e) for e in envs]
+
+
+async def test_sink_stores_events_once_and_records_unreadable_ones(
+    kafka_settings: KafkaSettings, kafka_topics: Topics, tmp_path: Path
+) -> None:
+    path = tmp_path / "turnout.duckdb"
+    ids, good = synthetic_records(60)
+    future = Envelope(
+        id="future-1", type="turnout.future.thing", time_ms=1, source="turnout/v9/x",
+        tenant="acme", data=RawEvent(type="turnout.future.thing", data={"n": 1}, raw=b'{"n": 1}'),
+    )  # fmt: skip
+    _, _, headers = good[0]
+    bad_id = [(k, b"bad-1" if k == "ce_id" else v) for k, v in headers]
+    off_schema = [(k, b"off-1" if k == "ce_id" else v) for k, v in headers]
+    unreadable: list[Record] = [(b"acme", b"{not json", bad_id), (b"acme", good[1][1], [])]
+    stop = asyncio.Event()
+    reporter = Reporter(Console(file=io.StringIO()), interval_s=1.0)
+    sink = asyncio.create_task(
+        run_sink(kafka_settings, path, stop=stop, options=FAST, reporter=reporter)
+    )
+
+    sent_bad = await produce(kafka_settings, unreadable)
+    await produce(kafka_settings, [*good, encode(future), (b"acme", b'{"n": 2}', off_schema)])
+    expected = {*ids, "future-1", "off-1"}
+    await wait_for(lambda: archived(path) == len(expected), 30, "every readable event archived")
+    stop.set()
+    stats = await sink
+
+    assert (stats.stored, stats.errors) == (len(expected), 2)
+    con = open_reader(path)
+    assert {r[0] for r in con.execute("SELECT id FROM events").fetchall()} == expected
+    raw = con.execute("SELECT id, data FROM events WHERE id IN ('future-1', 'off-1') ORDER BY id")
+    assert [(i, json.loads(d)) for i, d in raw.fetchall()] == [
+        ("future-1", {"n": 1}),
+        ("off-1", {"n": 2}),
+    ]
+    errors = con.execute(
+        "SELECT topic, kafka_partition, kafka_offset, code FROM sink_errors ORDER BY code"
+    ).fetchall()
+    topic = kafka_settings.topics.events
+    codes = ["malformed_json", "missing_header"]
+    assert errors == [
+        (topic, m.partition, m.offset, c) for m, c in zip(sent_bad, codes, strict=True)
+    ]
+    assert "events stored" in reporter.console.file.getvalue()  # type: ignore[attr-defined]
+
+
+def start_sink(settings: KafkaSettings, path: Path, log: Path) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "TURNOUT_KAFKA_BOOTSTRAP": settings.bootstrap,
+        "TURNOUT_KAFKA_TOPIC_PREFIX": settings.topic_prefix,
+        "TURNOUT_KAFKA_SESSION_TIMEOUT_MS": "6000",
+        "TURNOUT_KAFKA_HEARTBEAT_INTERVAL_MS": "1000",
+        "TURNOUT_DUCKDB_PATH": str(path),
+    }
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "service", "sink"],
+            cwd=path.parent, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+
+async def test_a_sink_killed_mid_stream_and_restarted_stores_every_event_exactly_once(
+    kafka_settings: KafkaSettings, kafka_topics: Topics, tmp_path: Path
+) -> None:
+    path, log = tmp_path / "turnout.duckdb", tmp_path / "sink.log"
+    ids, records = synthetic_records(3000, seed=7)  # about 18k events
+    procs = [start_sink(kafka_settings, path, log)]
+    try:
+        producing = asyncio.create_task(trickle(kafka_settings, records))
+        await wait_for(lambda: archived(path) > 0, 30, f"first sink stored something: {log}")
+        procs[0].send_signal(signal.SIGKILL)
+        assert await asyncio.to_thread(procs[0].wait, 10) == -signal.SIGKILL
+        await producing
+        procs.append(start_sink(kafka_settings, path, log))
+        await wait_for(lambda: archived(path) >= len(ids), 45, f"all archived: {log}")
+        procs[1].send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(procs[1].wait, 15) == 0, log.read_text()
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+    assert archived(path, "SELECT count(DISTINCT id) FROM events") == len(ids)
+    assert archived(path) == len(ids)
+    con = open_reader(path)
+    stored = {r[0] for r in con.execute("SELECT id FROM events").fetchall()}
+    assert stored == set(ids)
+    assert con.execute("SELECT count(*) FROM sink_errors").fetchall() == [(0,)]
+    cli = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "service", "sql", "select count(*) as n from events",
+         "--format", "csv", "--duckdb", str(path)],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert cli.returncode == 0, cli.stderr
+    assert cli.stdout.split() == ["n", str(len(ids))]
+
+
+async def trickle(settings: KafkaSettings, records: list[Record], chunks: int = 30) -> None:
+    """Produce `records` over a few seconds, so that a kill lands mid-stream."""
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        size = -(-len(records) // chunks)
+        for i in range(0, len(records), size):
+            chunk = records[i : i + size]
+            sends = [await producer.send(settings.topics.events, v, key=k, headers=h)
+                     for k, v, h in chunk]  # fmt: skip
+            await asyncio.gather(*sends)
+            await asyncio.sleep(0.15)
+    finally:
+        await producer.stop()
