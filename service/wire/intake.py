@@ -88,7 +88,7 @@ def _parse(value: bytes) -> tuple[dict[str, Any], Intake]:
     try:
         body = _decoder.decode(value)
         return body, msgspec.convert(body, Intake)
-    except msgspec.MsgspecError as err:
+    except (msgspec.MsgspecError, UnicodeDecodeError) as err:
         raise from_msgspec(err) from None
 
 

@@ -435,6 +435,14 @@ def test_bad_key_or_value_raises_wire_error(
     assert (err.value.code, err.value.path) == (code, path)
 
 
+def test_a_string_that_is_not_utf8_is_malformed_for_known_and_unknown_types() -> None:
+    value = b'{"request_id": "\xff", "tenant": "acme", "cache_key": "k"}'
+    for type_ in (b"turnout.cache.miss", b"turnout.future.thing"):
+        with pytest.raises(WireError) as err:
+            decode(GOOD_KEY, value, _with("ce_type", type_))
+        assert err.value.code == "malformed_json"
+
+
 def test_unknown_type_without_key_or_tenant_is_refused() -> None:
     with pytest.raises(WireError) as err:
         decode(None, b"[]", _with("ce_type", b"turnout.future.x"))
@@ -442,7 +450,7 @@ def test_unknown_type_without_key_or_tenant_is_refused() -> None:
 
 
 @given(
-    type_=st.sampled_from(sorted(EVENT_TYPES)),
+    type_=st.sampled_from([*sorted(EVENT_TYPES), "turnout.future.thing"]),
     value=st.binary(max_size=64) | json_values.map(lambda v: json.dumps(v).encode()),
 )
 def test_any_value_decodes_or_raises_wire_error(type_: str, value: bytes) -> None:

@@ -52,6 +52,7 @@ def test_tenant_falls_back_to_the_key_and_a_missing_id_is_stable_per_record() ->
     ("value", "code", "path"),
     [
         (b"not json", "malformed_json", None),
+        (b'{"messages": [{"role": "user", "content": "\xff"}]}', "malformed_json", None),
         (b"", "malformed_json", None),
         (b'{"messages": "hi"}', "schema_violation", "$.messages"),
         (b'{"messages": [{"content": "no role"}]}', "schema_violation", "$.messages[0].role"),
