@@ -47,7 +47,6 @@ from rich.console import Console
 
 from analytics.archive import Archive, LoadResult, Published
 from analytics.records import RecordBatch, record_batch
-from service.core.config import Config
 from service.kafka.consumer import Batch, GroupConsumer, TopicPartition, next_offsets
 from service.kafka.errors import CommitTimeout, KafkaFailure, quiet_client_logs
 from service.kafka.settings import KafkaSettings
@@ -61,7 +60,6 @@ __all__ = [
     "SinkOptions",
     "SinkStats",
     "cli_main",
-    "kafka_settings",
     "sink_group_id",
 ]
 
@@ -102,22 +100,6 @@ class SinkStats:
 def sink_group_id(settings: KafkaSettings) -> str:
     """The sink's consumer group: one per topic prefix."""
     return f"{settings.topic_prefix}-sink"
-
-
-def kafka_settings(cfg: Config) -> KafkaSettings:
-    """The Kafka settings of `[kafka]`, with `TURNOUT_KAFKA_*` overrides for the rest."""
-    k = cfg.kafka
-    base = KafkaSettings(
-        bootstrap=k.bootstrap,
-        topic_prefix=k.topic_prefix,
-        group_id=k.group_id,
-        client_id="turnout-sink",
-        session_timeout_ms=k.session_timeout_ms,
-        heartbeat_interval_ms=k.heartbeat_interval_ms,
-        fetch_max_wait_ms=k.fetch_max_wait_ms,
-        replication_factor=k.replication_factor,
-    )
-    return KafkaSettings.from_env(base)
 
 
 class Reporter:
@@ -392,6 +374,6 @@ def cli_main(args: argparse.Namespace) -> int:
     quiet_client_logs()
     cfg = load_config(args.config)
     path = args.duckdb or cfg.duckdb.path
-    code = asyncio.run(_main(kafka_settings(cfg), path))
+    code = asyncio.run(_main(KafkaSettings.from_config(cfg.kafka, client_id="turnout-sink"), path))
     sys.stderr.flush()
     return code

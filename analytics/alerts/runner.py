@@ -40,7 +40,7 @@ import sys
 import threading
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager, suppress
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TextIO
 
@@ -79,7 +79,6 @@ __all__ = [
     "Webhooks",
     "cli_main",
     "format_table",
-    "kafka_settings",
     "next_due",
     "open_runner",
     "serve",
@@ -569,13 +568,6 @@ def _stop_on_signals(stack: AsyncExitStack) -> asyncio.Event:
     return stop
 
 
-def kafka_settings(cfg: Any) -> KafkaSettings:
-    """KafkaSettings from the config's `[kafka]` section plus `TURNOUT_KAFKA_*`."""
-    names = {f.name for f in fields(KafkaSettings)}
-    base = {n: getattr(cfg.kafka, n) for n in names if hasattr(cfg.kafka, n)}
-    return KafkaSettings.from_env(KafkaSettings(**base))
-
-
 def cli_main(args: argparse.Namespace) -> int:
     """`turnout alerts [--rules FILE] [--once] [--duckdb PATH] [--config FILE]`."""
     from service.kafka.errors import quiet_client_logs
@@ -585,7 +577,10 @@ def cli_main(args: argparse.Namespace) -> int:
     rules = load_rules(args.rules)
     _setup_logging(logging.WARNING if args.once else logging.INFO)
     quiet_client_logs()
-    options = RunnerOptions(archive=Path(args.duckdb or cfg.duckdb.path), kafka=kafka_settings(cfg))
+    options = RunnerOptions(
+        archive=Path(args.duckdb or cfg.duckdb.path),
+        kafka=KafkaSettings.from_config(cfg.kafka, client_id="turnout-alerts"),
+    )
     if not args.once:
         log.info("%d rule(s) on %s; publishing to %s", len(rules), options.archive,
                  options.kafka.topics.events)  # fmt: skip

@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from service.core.config import KafkaConfig
 from service.errors import TurnoutError
 
 __all__ = [
@@ -136,6 +137,21 @@ class KafkaSettings:
 
     def replace(self, **changes: Any) -> KafkaSettings:
         return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_config(cls, kafka: KafkaConfig, *, client_id: str = "turnout") -> KafkaSettings:
+        """The settings of a `[kafka]` section, then `TURNOUT_KAFKA_*` overrides for the rest."""
+        base = cls(
+            bootstrap=kafka.bootstrap,
+            topic_prefix=kafka.topic_prefix,
+            group_id=kafka.group_id,
+            client_id=client_id,
+            session_timeout_ms=kafka.session_timeout_ms,
+            heartbeat_interval_ms=kafka.heartbeat_interval_ms,
+            fetch_max_wait_ms=kafka.fetch_max_wait_ms,
+            replication_factor=kafka.replication_factor,
+        )
+        return cls.from_env(base)
 
     @classmethod
     def from_env(
