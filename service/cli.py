@@ -87,6 +87,18 @@ def _add_simulate(sub: Any) -> None:
     )
 
 
+def _add_router(sub: Any) -> None:
+    p = _command(
+        sub,
+        "router",
+        "service.runtime.serve:cli_main",
+        "run one router instance (several form one consumer group)",
+    )
+    p.add_argument("--config", default=None, help="TOML config file (default ./turnout.toml)")
+    p.add_argument("--health-port", type=int, default=8080, help="0 turns the endpoints off")
+    p.add_argument("--instance", default=None, help="instance name in event sources")
+
+
 def _add_analytics(sub: Any) -> None:
     p = _command(
         sub,
@@ -128,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_broker(sub)
     _add_topics(sub)
     _add_simulate(sub)
+    _add_router(sub)
     _add_analytics(sub)
     return parser
 

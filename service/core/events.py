@@ -138,6 +138,7 @@ class RequestRejected(_EventBase, frozen=True, kw_only=True):
     code: str
     message: str
     retry_after_ms: int | None = None
+    reply_to: str | None = None
 
 
 class RequestDeadlettered(_EventBase, frozen=True, kw_only=True):

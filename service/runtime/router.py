@@ -1,0 +1,404 @@
+"""`turnout router`: the shell around the pure request decider.
+
+Job: read intake records as a consumer-group member, turn each into an input
+for `service.core.request`, fold the decided events into `RouterState`,
+publish them, carry out the effects (upstream calls, retry timers, responses)
+and commit offsets only once a record's work is acknowledged.
+
+Rules:
+- State is the fold of `turnout.events`. On every assignment the router
+  rebuilds it from the event partitions of its request partitions (requests
+  and events are co-partitioned by tenant) plus the `_system` partition
+  (breakers), reading until a marker it wrote itself comes back — never end
+  offsets, which the embedded broker gets wrong.
+- Decide and fold happen with no `await` in between, so concurrent requests
+  always decide on the state that includes every earlier decision.
+- A request's terminal event is acknowledged before its response is sent, and
+  both before its offset can be committed; a redelivered record is answered
+  from state without a new upstream call.
+- A record off its tenant's home partition (another client's partitioner, or
+  no key) is forwarded to the home partition before anything is decided.
+- Bad records go to the DLQ with `turnout-error` headers and a
+  `turnout.request.deadlettered` event; nothing a producer sends stops the loop.
+  A record too large for Kafka keeps its first 900 kB there, with a
+  `turnout-error-truncated-from` header giving its size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from aiokafka import TopicPartition
+from aiokafka.partitioner import murmur2
+
+from service.clock import Clock, clock
+from service.core import events as ev
+from service.core.config import Config, config_hash, config_to_dict
+from service.core.pricing import cost_micros, usd_to_micros
+from service.core.request import (
+    Call,
+    CallResult,
+    Context,
+    Decision,
+    Resend,
+    Respond,
+    Wait,
+    decide_intake,
+    decide_result,
+    decide_retry_due,
+)
+from service.core.state import RouterState, Terminal, evolve
+from service.kafka.consumer import GroupConsumer, Reader
+from service.kafka.producer import Producer
+from service.kafka.settings import KafkaSettings
+from service.upstream import client as upstream
+from service.upstream.pricing import PriceCache
+from service.wire import cloudevents as ce
+from service.wire.errors import WireError
+from service.wire.intake import decode_intake
+from service.wire.response import encode_response
+
+__all__ = ["PARTITIONS", "Router", "home_partition"]
+
+log = logging.getLogger("turnout.router")
+
+PARTITIONS = 12
+DLQ_VALUE_LIMIT = 900_000  # an oversized record's first bytes, leaving room for headers
+Position = tuple[TopicPartition, int]
+
+
+def home_partition(tenant: str, partitions: int = PARTITIONS) -> int:
+    """The partition Java and aiokafka clients pick for key `tenant` (murmur2)."""
+    return int(murmur2(tenant.encode()) & 0x7FFFFFFF) % partitions
+
+
+class Offsets:
+    """Which intake offsets are done, and how far each partition may be committed."""
+
+    def __init__(self) -> None:
+        self.busy: dict[TopicPartition, set[int]] = {}
+        self.seen: dict[TopicPartition, int] = {}
+
+    def start(self, pos: Position) -> None:
+        tp, offset = pos
+        self.busy.setdefault(tp, set()).add(offset)
+        self.seen[tp] = max(self.seen.get(tp, -1), offset)
+
+    def finish(self, pos: Position) -> None:
+        self.busy.get(pos[0], set()).discard(pos[1])
+
+    def committable(self) -> dict[TopicPartition, int]:
+        return {tp: min(self.busy.get(tp) or {hi + 1}) for tp, hi in self.seen.items()}
+
+    def in_progress(self, tps: Iterable[TopicPartition] | None = None) -> int:
+        keys = self.busy if tps is None else tps
+        return sum(len(self.busy.get(tp, ())) for tp in keys)
+
+    def drop(self, tps: Iterable[TopicPartition]) -> None:
+        for tp in tps:
+            self.busy.pop(tp, None)
+            self.seen.pop(tp, None)
+
+
+class Router:
+    """One router instance; several form one consumer group."""
+
+    def __init__(self, cfg: Config, *, instance: str, time: Clock = clock) -> None:
+        self.cfg = cfg
+        self.instance = instance
+        self.clock = time
+        self.source = f"turnout/router/{instance}"
+        self.kafka = KafkaSettings.from_config(cfg.kafka, client_id=f"turnout-router-{instance}")
+        self.topics = self.kafka.topics
+        self.state = RouterState()
+        self.offsets = Offsets()
+        self.bodies: dict[str, dict[str, Any]] = {}
+        self.positions: dict[str, list[Position]] = {}
+        self.ready = asyncio.Event()
+        self.slots = asyncio.Semaphore(cfg.batching.max_in_flight)
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.producer = Producer(self.kafka)
+        self.consumer = GroupConsumer(
+            self.kafka, [self.topics.requests],
+            on_assigned=self._on_assigned, on_revoked=self._on_revoked,
+        )  # fmt: skip
+        self.upstream = upstream.UpstreamClient(
+            upstream.ClientOptions.from_config(cfg.upstream, cfg.breaker)
+        )
+        self.prices = PriceCache(self.upstream, ttl_s=cfg.upstream.pricing_ttl_s)
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.producer.start()
+        try:
+            await self.consumer.start()
+            await self._publish([self._config_applied()])
+            if self._needs_prices():
+                await self.prices.refresh()
+            await self._serve(stop)
+        finally:
+            await self._drain()
+            await self.consumer.stop()
+            await self.producer.stop()
+            await self.upstream.aclose()
+
+    async def _serve(self, stop: asyncio.Event) -> None:
+        committer = asyncio.create_task(self._commit_every(0.2))
+        try:
+            while not stop.is_set():
+                batch = await self.consumer.getmany(
+                    timeout_ms=100, max_records=self.cfg.batching.max_records
+                )
+                for records in batch.values():
+                    for record in records:
+                        await self.slots.acquire()
+                        self._spawn(self._handle(record))
+        finally:
+            committer.cancel()
+
+    async def _drain(self, timeout_s: float = 30.0) -> None:
+        """Finish the work in flight (bounded), then commit what is done."""
+        await self._settle(None, timeout_s)
+        await self._commit()
+
+    async def _settle(self, tps: Iterable[TopicPartition] | None, timeout_s: float) -> None:
+        """Wait (bounded) until no record of `tps` (None: any) is in progress."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        # polled, not an Event: records finish in many places
+        while self.offsets.in_progress(tps) and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("router task failed", exc_info=task.exception())
+
+    # ------------------------------------------------------------ state
+
+    async def _on_assigned(self, assigned: frozenset[TopicPartition]) -> None:
+        self.ready.clear()
+        partitions = {tp.partition for tp in assigned} | {home_partition(ev.SYSTEM_TENANT)}
+        self.state = await self._rebuild(sorted(partitions))
+        self.ready.set()
+        log.info("serving partitions %s", sorted(tp.partition for tp in assigned))
+
+    async def _on_revoked(self, revoked: frozenset[TopicPartition]) -> None:
+        self.ready.clear()
+        await self._settle(revoked, 10.0)
+        await self._commit()
+        self.offsets.drop(revoked)
+
+    async def _rebuild(self, partitions: Sequence[int]) -> RouterState:
+        """Fold the event partitions up to a marker this router writes to each of them."""
+        marker_id = self.clock.new_id()
+        for p in partitions:
+            marker = ev.RouterMarker(
+                tenant=ev.SYSTEM_TENANT, instance=self.instance, marker_id=marker_id, partition=p
+            )
+            key, value, headers = ce.encode(self._wrap(marker))
+            await (
+                await self.producer.send(
+                    self.topics.events, value, key=key, headers=headers, partition=p
+                )
+            )
+        state, waiting = RouterState(), set(partitions)
+        reader = Reader(self.kafka, [TopicPartition(self.topics.events, p) for p in partitions])
+        async with reader:
+            while waiting:
+                batch = await reader.getmany(timeout_ms=200)
+                for records in batch.values():
+                    for record in records:
+                        self._fold_record(state, record, marker_id, waiting)
+        return state
+
+    def _fold_record(
+        self, state: RouterState, record: Any, marker_id: str, waiting: set[int]
+    ) -> None:
+        try:
+            env = ce.decode(record.key, record.value, record.headers)
+        except WireError:
+            return  # not ours to judge here: the sink records unreadable events
+        data = env.data
+        if isinstance(data, ev.RouterMarker) and data.marker_id == marker_id:
+            waiting.discard(record.partition)
+        evolve(state, data, env.time_ms, self.cfg)
+
+    # ------------------------------------------------------------ intake
+
+    async def _handle(self, record: Any) -> None:
+        pos: Position = (TopicPartition(record.topic, record.partition), record.offset)
+        self.offsets.start(pos)
+        try:
+            await self._intake(record, pos)
+        except Exception:
+            log.exception("failed on %s[%d]@%d", record.topic, record.partition, record.offset)
+            self._finish(pos)
+
+    async def _intake(self, record: Any, pos: Position) -> None:
+        try:
+            req = decode_intake(
+                record.value, key=record.key, topic=record.topic,
+                partition=record.partition, offset=record.offset,
+            )  # fmt: skip
+            if req.task_type not in self.cfg.routes:
+                raise WireError(
+                    "unknown_task_type", f"no route for task type {req.task_type!r}", "$.task_type"
+                )
+        except WireError as err:
+            await self._deadletter(record, err)
+            self._finish(pos)
+            return
+        home = home_partition(req.tenant)
+        if home != record.partition:
+            await (await self.producer.send(
+                self.topics.requests, record.value, key=req.tenant.encode(),
+                headers=list(record.headers), partition=home,
+            ))  # fmt: skip
+            self._finish(pos)
+            return
+        decision = decide_intake(self.state, req, self._ctx())
+        if any(isinstance(e, Call) for e in decision.effects) or not decision.effects:
+            self.bodies.setdefault(req.request_id, {"messages": req.messages, **req.params})
+        self.positions.setdefault(req.request_id, []).append(pos)
+        await self._apply(decision, req.request_id)
+        if not decision.effects or isinstance(decision.effects[0], Resend):
+            self._finish_one(req.request_id, pos)  # a duplicate: the first record answers
+
+    async def _deadletter(self, record: Any, err: WireError) -> None:
+        headers = [*record.headers, ("turnout-error", err.code.encode()),
+                   ("turnout-error-detail", str(err).encode())]  # fmt: skip
+        value = record.value
+        if value is not None and len(value) > DLQ_VALUE_LIMIT:  # Kafka would refuse it whole
+            headers.append(("turnout-error-truncated-from", str(len(value)).encode()))
+            value = value[:DLQ_VALUE_LIMIT]
+        await (await self.producer.send(self.topics.dlq, value, key=record.key, headers=headers))
+        tenant = record.key.decode("utf-8", "replace") if record.key else "_unknown"
+        await self._publish([ev.RequestDeadlettered(
+            tenant=tenant, code=err.code, detail=err.detail, path=err.path,
+            topic=record.topic, partition=record.partition, offset=record.offset,
+        )])  # fmt: skip
+
+    # ------------------------------------------------------------ effects
+
+    def _ctx(self) -> Context:
+        return Context(now_ms=self.clock.now_ms(), cfg=self.cfg, prices=self.prices.table)
+
+    async def _apply(self, decision: Decision, request_id: str) -> None:
+        now = self.clock.now_ms()
+        for event in decision.events:  # fold before any await: the next decision sees it
+            evolve(self.state, event, now, self.cfg)
+        await self._publish(decision.events)
+        for effect in decision.effects:
+            match effect:
+                case Call():
+                    self._spawn(self._call(effect))
+                case Wait():
+                    asyncio.get_running_loop().call_later(
+                        effect.delay_ms / 1000, lambda: self._spawn(self._retry_due(request_id))
+                    )
+                case Respond():
+                    await self._respond(effect.terminal)
+                    self._finish_request(request_id)
+                case Resend():
+                    await self._respond(effect.terminal)
+
+    async def _call(self, call: Call) -> None:
+        body = self.bodies.get(call.request_id)
+        if body is None:
+            return
+        result = await self.upstream.call(call.model, body)
+        decision = decide_result(
+            self.state, call.request_id, self._result(call, result), self._ctx()
+        )
+        await self._apply(decision, call.request_id)
+
+    async def _retry_due(self, request_id: str) -> None:
+        await self._apply(decide_retry_due(self.state, request_id, self._ctx()), request_id)
+
+    def _result(self, call: Call, r: upstream.CallResult) -> CallResult:
+        usage = r.usage or ev.Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
+        cost = 0
+        if r.cost_usd is not None:
+            cost = usd_to_micros(r.cost_usd)
+        elif (price := self.prices.price(call.model)) is not None:
+            cost = cost_micros(price, usage.prompt_tokens, usage.completion_tokens)
+        return CallResult(
+            model=call.model, attempt=call.attempt, ok=r.ok, latency_ms=r.latency_ms,
+            status=r.status, response=r.response, usage=usage, cost_micros=cost,
+            generation_id=r.generation_id, error_class=r.error_class or "http_error",
+            message=r.message or "", retry_after_ms=r.retry_after_ms, slow=r.slow,
+        )  # fmt: skip
+
+    async def _respond(self, terminal: Terminal) -> None:
+        topic = terminal.reply_to or self.topics.responses
+        value = encode_response(terminal)
+        await (await self.producer.send(topic, value, key=terminal.request_id.encode()))
+
+    def _finish_request(self, request_id: str) -> None:
+        """The request has its terminal event and response: its records are done."""
+        for pos in self.positions.pop(request_id, []):
+            self._finish(pos)
+        self.bodies.pop(request_id, None)
+
+    def _finish_one(self, request_id: str, pos: Position) -> None:
+        positions = self.positions.get(request_id, [])
+        if pos in positions:
+            positions.remove(pos)
+            self._finish(pos)
+        if not positions:
+            self.positions.pop(request_id, None)
+
+    def _finish(self, pos: Position) -> None:
+        self.offsets.finish(pos)
+        self.slots.release()
+
+    # ------------------------------------------------------------ events, commits
+
+    def _wrap(self, event: Any) -> ce.Envelope:
+        return ce.wrap(
+            event, id=self.clock.new_id(), time_ms=self.clock.now_ms(), source=self.source
+        )
+
+    async def _publish(self, events: Sequence[Any]) -> None:
+        futures = []
+        for event in events:
+            key, value, headers = ce.encode(self._wrap(event))
+            futures.append(
+                await self.producer.send(self.topics.events, value, key=key, headers=headers)
+            )
+        if futures:
+            await asyncio.gather(*futures)
+
+    def _config_applied(self) -> ev.ConfigApplied:
+        return ev.ConfigApplied(
+            instance=self.instance, config_hash=config_hash(self.cfg),
+            config=config_to_dict(self.cfg),
+            features={k: bool(v) for k, v in config_to_dict(self.cfg)["features"].items()},
+        )  # fmt: skip
+
+    def _needs_prices(self) -> bool:
+        routes = self.cfg.routes.values()
+        return any(r.strategy == "cheapest" or r.max_price_per_mtok is not None for r in routes)
+
+    async def _commit_every(self, period_s: float) -> None:
+        while True:
+            await asyncio.sleep(period_s)
+            await self._commit()
+            if self._needs_prices():
+                await self.prices.refresh()
+
+    async def _commit(self) -> None:
+        offsets = {
+            tp: o for tp, o in self.offsets.committable().items() if tp in self.consumer.assignment
+        }
+        if offsets:
+            await self.consumer.commit(offsets)

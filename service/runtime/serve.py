@@ -1,0 +1,44 @@
+"""`turnout router`: load config, run one router with its health server until signalled."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import socket
+
+from service.clock import clock
+from service.runtime.config import load_config
+
+__all__ = ["cli_main"]
+
+
+async def _main(args: argparse.Namespace) -> int:
+    from service.health import start_health
+    from service.kafka.errors import quiet_client_logs
+    from service.runtime.router import Router
+
+    cfg = load_config(args.config)
+    quiet_client_logs()
+    instance = args.instance or f"{socket.gethostname()}-{clock.new_id()[-6:]}"
+    router = Router(cfg, instance=instance)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    health = await start_health(router, args.health_port) if args.health_port else None
+    print(f"router {instance}: consuming {router.topics.requests} on {router.kafka.bootstrap}"
+          + (f", health on http://127.0.0.1:{args.health_port}/healthz" if health else ""),
+          flush=True)  # fmt: skip
+    try:
+        await router.run(stop)
+    finally:
+        if health is not None:
+            await health.cleanup()
+    return 0
+
+
+def cli_main(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return asyncio.run(_main(args))

@@ -1,0 +1,183 @@
+"""The router end to end: a plain Kafka client, the embedded broker, the simulator."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from service.core.config import Config, parse_config
+from service.kafka.settings import KafkaSettings, Topics
+from service.runtime.router import Router, home_partition
+from service.upstream.simulator import SimulatorOptions, start_in_thread
+from service.upstream.simulator.server import RunningSimulator
+
+
+@pytest.fixture
+def simulator() -> Iterator[RunningSimulator]:
+    with start_in_thread(SimulatorOptions()) as sim:
+        yield sim
+
+
+def config(settings: KafkaSettings, sim: RunningSimulator, **extra: Any) -> Config:
+    raw = {
+        "kafka": {"bootstrap": settings.bootstrap, "topic_prefix": settings.topic_prefix,
+                  "group_id": settings.group_id},
+        "upstream": {"base_url": sim.base_url},
+    } | extra  # fmt: skip
+    return parse_config(raw, {})
+
+
+@asynccontextmanager
+async def running(cfg: Config, instance: str = "r1") -> AsyncIterator[Router]:
+    router = Router(cfg, instance=instance)
+    stop = asyncio.Event()
+    task = asyncio.create_task(router.run(stop))
+    try:
+        await asyncio.wait_for(router.ready.wait(), 30)
+        yield router
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 60)
+
+
+def request(rid: str, tenant: str = "acme", **extra: Any) -> bytes:
+    body = {"request_id": rid, "tenant": tenant, "temperature": 0,
+            "messages": [{"role": "user", "content": f"question {rid}"}]} | extra  # fmt: skip
+    return json.dumps(body).encode()
+
+
+async def produce(
+    bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes, int | None]]
+) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, v, key=k, partition=p) for k, v, p in records]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def collect(bootstrap: str, topic: str, count: int, timeout_s: float = 60) -> list[Any]:
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                enable_auto_commit=False, fetch_max_wait_ms=20)  # fmt: skip
+    await consumer.start()
+    out: list[Any] = []
+    try:
+        async with asyncio.timeout(timeout_s):
+            while len(out) < count:
+                batch = await consumer.getmany(timeout_ms=200)
+                out.extend(r for records in batch.values() for r in records)
+    finally:
+        await consumer.stop()
+    return out
+
+
+def sim_calls(sim: RunningSimulator) -> int:
+    stats = httpx.get(f"{sim.url}/_sim/stats").json()
+    return int(sum(stats["by_model"].values()))
+
+
+async def test_every_request_gets_one_response_and_a_repeat_costs_no_upstream_call(
+    kafka_settings: KafkaSettings, kafka_topics: Topics, simulator: RunningSimulator
+) -> None:
+    ids = [f"req-{i}" for i in range(200)]
+    tenants = ["acme", "globex", "initech", "umbrella"]
+    records = [
+        (tenants[i % 4].encode(), request(rid, tenants[i % 4]), None) for i, rid in enumerate(ids)
+    ]
+    async with running(config(kafka_settings, simulator)):
+        await produce(kafka_settings.bootstrap, kafka_topics.requests, records)
+        first = await collect(kafka_settings.bootstrap, kafka_topics.responses, len(ids))
+        calls = sim_calls(simulator)
+        await produce(kafka_settings.bootstrap, kafka_topics.requests, records)
+        both = await collect(kafka_settings.bootstrap, kafka_topics.responses, 2 * len(ids))
+    bodies = [json.loads(r.value) for r in first]
+    assert sorted(b["request_id"] for b in bodies) == sorted(ids)
+    assert all(b["status"] == "ok" and b["usage"]["total_tokens"] > 0 for b in bodies)
+    assert calls == len(ids)
+    assert sim_calls(simulator) == calls  # the repeat was answered from state
+    by_id: dict[str, set[bytes]] = {}
+    for r in both:
+        by_id.setdefault(r.key.decode(), set()).add(r.value)
+    assert all(len(values) == 1 for values in by_id.values())  # the same answer twice
+
+
+async def test_malformed_records_go_to_the_dlq_and_the_router_keeps_serving(
+    kafka_settings: KafkaSettings, kafka_topics: Topics, simulator: RunningSimulator
+) -> None:
+    bad = [
+        (b"acme", b"not json", None),
+        (b"acme", json.dumps({"messages": "hi"}).encode(), None),
+        (b"acme", json.dumps({"messages": []}).encode(), None),
+        (b"acme", request("unknown-task", task_type="poetry"), None),
+        (
+            b"acme",
+            b'{"messages": [{"role": "user", "content": "' + b"x" * 1_000_001 + b'"}]}',
+            None,
+        ),
+    ]
+    async with running(config(kafka_settings, simulator)):
+        producer = AIOKafkaProducer(
+            bootstrap_servers=kafka_settings.bootstrap, max_request_size=2_000_000
+        )
+        await producer.start()
+        for key, value, _ in bad:
+            await producer.send_and_wait(kafka_topics.requests, value, key=key)
+        await producer.stop()
+        await produce(
+            kafka_settings.bootstrap, kafka_topics.requests, [(b"acme", request("good-1"), None)]
+        )
+        dlq = await collect(kafka_settings.bootstrap, kafka_topics.dlq, len(bad))
+        (answer,) = await collect(kafka_settings.bootstrap, kafka_topics.responses, 1)
+    codes = sorted(dict(r.headers)["turnout-error"].decode() for r in dlq)
+    assert codes == sorted(["malformed_json", "schema_violation", "empty_messages",
+                            "unknown_task_type", "record_too_large"])  # fmt: skip
+    assert all(dict(r.headers)["turnout-error-detail"] for r in dlq)
+    kept = {r.value for r in dlq if "turnout-error-truncated-from" not in dict(r.headers)}
+    assert kept == {v for _, v, _ in bad[:4]}  # original bytes kept
+    (huge,) = [r for r in dlq if "turnout-error-truncated-from" in dict(r.headers)]
+    assert bad[4][1].startswith(huge.value)
+    assert json.loads(answer.value)["status"] == "ok"
+
+
+async def test_a_record_off_its_tenants_home_partition_is_forwarded_and_answered(
+    kafka_settings: KafkaSettings, kafka_topics: Topics, simulator: RunningSimulator
+) -> None:
+    wrong = (home_partition("acme") + 1) % 12
+    async with running(config(kafka_settings, simulator)):
+        await produce(kafka_settings.bootstrap, kafka_topics.requests,
+                      [(None, request("keyless-1"), wrong)])  # fmt: skip
+        (answer,) = await collect(kafka_settings.bootstrap, kafka_topics.responses, 1)
+        home = await collect(kafka_settings.bootstrap, kafka_topics.requests, 2)
+    assert json.loads(answer.value)["request_id"] == "keyless-1"
+    assert sorted((r.partition, r.key) for r in home) == sorted(
+        [(wrong, None), (home_partition("acme"), b"acme")]
+    )
+
+
+async def test_state_is_rebuilt_from_events_after_a_restart(
+    kafka_settings: KafkaSettings, kafka_topics: Topics, simulator: RunningSimulator
+) -> None:
+    cfg = config(kafka_settings, simulator)
+    async with running(cfg, "first"):
+        await produce(
+            kafka_settings.bootstrap, kafka_topics.requests, [(b"acme", request("once"), None)]
+        )
+        await collect(kafka_settings.bootstrap, kafka_topics.responses, 1)
+    calls = sim_calls(simulator)
+    async with running(cfg, "second") as router:
+        assert "once" in router.state.finished
+        await produce(
+            kafka_settings.bootstrap, kafka_topics.requests, [(b"acme", request("once"), None)]
+        )
+        answers = await collect(kafka_settings.bootstrap, kafka_topics.responses, 2)
+    assert sim_calls(simulator) == calls
+    assert answers[0].value == answers[1].value
