@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -15,8 +16,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from service.core.config import Config, parse_config
 from service.kafka.settings import KafkaSettings, Topics
 from service.runtime.router import Router, home_partition
-from service.upstream.simulator import SimulatorOptions, start_in_thread
+from service.upstream.simulator import SimulatorOptions, parse_scenario, start_in_thread
 from service.upstream.simulator.server import RunningSimulator
+from service.wire import cloudevents as ce
 
 
 @pytest.fixture
@@ -181,3 +183,83 @@ async def test_state_is_rebuilt_from_events_after_a_restart(
         answers = await collect(kafka_settings.bootstrap, kafka_topics.responses, 2)
     assert sim_calls(simulator) == calls
     assert answers[0].value == answers[1].value
+
+
+async def read_events(bootstrap: str, topic: str, done: Any, timeout_s: float = 60) -> list[Any]:
+    """Decoded events of `topic` from the beginning until `done(events)` holds."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                enable_auto_commit=False, fetch_max_wait_ms=20)  # fmt: skip
+    await consumer.start()
+    out: list[Any] = []
+    try:
+        async with asyncio.timeout(timeout_s):
+            while not done(out):
+                batch = await consumer.getmany(timeout_ms=200)
+                for records in batch.values():
+                    out.extend(ce.decode(r.key, r.value, r.headers) for r in records)
+    finally:
+        await consumer.stop()
+    return sorted(out, key=lambda e: (e.time_ms, e.id))
+
+
+def of_type(envs: list[Any], suffix: str) -> list[Any]:
+    return [e for e in envs if e.type == f"turnout.{suffix}"]
+
+
+async def test_a_failing_model_trips_its_breaker_traffic_falls_back_and_it_recovers(
+    kafka_settings: KafkaSettings, kafka_topics: Topics
+) -> None:
+    scenario = parse_scenario(
+        '[[rule]]\nmodel = "bad/*"\nfrom_s = 0\nto_s = 3\noutcome = 503\nretry_after_s = 0\n'
+    )
+    with start_in_thread(SimulatorOptions(scenario=scenario)) as sim:
+        cfg = config(
+            kafka_settings, sim,
+            routes={"general": {"models": ["bad/model", "good/model"]}},
+            retry={"max_retries": 0},
+            breaker={"failure_threshold": 3, "recovery_timeout_s": 1, "success_threshold": 2},
+        )  # fmt: skip
+        async with running(cfg):
+            await asyncio.to_thread(httpx.post, f"{sim.url}/_sim/reset?restart=1")
+            for i in range(40):  # one request every 100 ms, across the failure and after it
+                await produce(kafka_settings.bootstrap, kafka_topics.requests,
+                              [(b"acme", request(f"b{i}"), None)])  # fmt: skip
+                await asyncio.sleep(0.1)
+            envs = await read_events(
+                kafka_settings.bootstrap, kafka_topics.events,
+                lambda es: len(of_type(es, "request.completed")) == 40,
+            )  # fmt: skip
+    transitions = [e.type.rsplit(".", 1)[1] for e in envs if e.type.startswith("turnout.breaker.")]
+    assert transitions[:3] == ["opened", "half_opened", "opened"] or transitions[:1] == ["opened"]
+    assert transitions[-2:] == ["half_opened", "closed"]
+    for before, after in itertools.pairwise(transitions):
+        assert (before, after) in {("opened", "half_opened"), ("half_opened", "opened"),
+                                   ("half_opened", "closed"), ("closed", "opened")}  # fmt: skip
+    assert of_type(envs, "fallback.taken")
+    skipped = [e for e in of_type(envs, "route.decided") if e.data.skipped]
+    assert skipped and skipped[0].data.skipped[0].reason == "breaker_open"
+    assert all(e.data.model == "good/model" for e in of_type(envs, "request.completed")[:5])
+    assert of_type(envs, "request.completed")[-1].data.model == "bad/model"  # recovered
+
+
+async def test_a_429_with_retry_after_is_retried_no_sooner_than_it_says(
+    kafka_settings: KafkaSettings, kafka_topics: Topics
+) -> None:
+    scenario = parse_scenario(
+        '[[rule]]\nmodel = "*"\nfrom_s = 0\nto_s = 1\noutcome = 429\nretry_after_s = 3\n'
+    )
+    with start_in_thread(SimulatorOptions(scenario=scenario)) as sim:
+        cfg = config(kafka_settings, sim, routes={"general": {"models": ["only/model"]}})
+        async with running(cfg):
+            await asyncio.to_thread(httpx.post, f"{sim.url}/_sim/reset?restart=1")
+            await produce(kafka_settings.bootstrap, kafka_topics.requests,
+                          [(b"acme", request("limited"), None)])  # fmt: skip
+            envs = await read_events(
+                kafka_settings.bootstrap, kafka_topics.events,
+                lambda es: bool(of_type(es, "request.completed")),
+            )  # fmt: skip
+    started = of_type(envs, "attempt.started")
+    assert [e.data.attempt for e in started] == [1, 2]
+    assert of_type(envs, "retry.scheduled")[0].data.delay_ms >= 3000
+    assert started[1].time_ms - started[0].time_ms >= 3000
+    assert of_type(envs, "request.completed")[0].data.attempts == 2
