@@ -9,8 +9,11 @@ Rules:
   shell folds the returned events into the state (`state.evolve`) and carries
   out the effects (call the upstream, wait, answer).
 - Exactly one terminal event per request id: a request already finished is
-  answered again from state (`Resend`), never decided twice; a duplicate of a
-  request still in flight is ignored (the running one will answer).
+  answered again from state (`Resend`) when a client sends it again, never
+  decided twice; the same intake record redelivered (same partition and
+  offset) is not answered again, because the shell acknowledges a response
+  before the terminal event that records it; a duplicate of a request still in
+  flight is ignored (the running one will answer).
 - Retry the same model while the failure is retryable, `max_retries` is not
   spent, the retry budget allows it and its breaker still admits calls; then
   fall back to the next callable candidate when the failure is worth it; else
@@ -185,6 +188,10 @@ def decide_intake(state: RouterState, req: IntakeRequest, ctx: Context) -> Decis
     """A new intake record: accept it, route it and start its first attempt."""
     done = state.finished.get(req.request_id)
     if done is not None:
+        if state.intake.get(req.request_id) == (req.intake_partition, req.intake_offset):
+            # the very record that was answered, redelivered (crash before commit):
+            # its response was acknowledged before its terminal event, so say nothing
+            return Decision(events=[], effects=[])
         return Decision(events=[], effects=[Resend(terminal=done)])
     if req.request_id in state.inflight:
         return Decision(events=[], effects=[])

@@ -56,7 +56,7 @@ class InFlight(msgspec.Struct, frozen=True, kw_only=True):
 class RouterState:
     """The projection a router serves from; see the module docstring."""
 
-    __slots__ = ("breakers", "finished", "inflight", "latency", "retry_budget")
+    __slots__ = ("breakers", "finished", "inflight", "intake", "latency", "retry_budget")
 
     def __init__(self) -> None:
         self.breakers: dict[str, Breaker] = {}
@@ -64,6 +64,8 @@ class RouterState:
         self.retry_budget = RetryBudget()
         self.inflight: dict[str, InFlight] = {}
         self.finished: OrderedDict[str, Terminal] = OrderedDict()
+        # request id -> (partition, offset) of the intake record that was accepted
+        self.intake: dict[str, tuple[int, int]] = {}
 
     def snapshot(self) -> dict[str, object]:
         """Plain data for comparisons (replay verify) and /healthz."""
@@ -86,7 +88,8 @@ def _finish(state: RouterState, terminal: Terminal) -> None:
     state.finished[terminal.request_id] = terminal
     state.finished.move_to_end(terminal.request_id)
     while len(state.finished) > FINISHED_LIMIT:
-        state.finished.popitem(last=False)
+        forgotten, _ = state.finished.popitem(last=False)
+        state.intake.pop(forgotten, None)
 
 
 def _update(state: RouterState, request_id: str, **changes: object) -> None:
@@ -105,6 +108,8 @@ def _evolve_request(state: RouterState, event: object, now_ms: int, cfg: Config)
                 accepted_at_ms=now_ms,
                 reply_to=event.reply_to,
             )
+            if event.intake_partition is not None and event.intake_offset is not None:
+                state.intake[event.request_id] = (event.intake_partition, event.intake_offset)
             state.retry_budget = note_request(state.retry_budget, now_ms, cfg.retry)
         case ev.RouteDecided():
             _update(state, event.request_id, order=tuple(event.order), index=0)

@@ -58,7 +58,7 @@ from service.upstream import client as upstream
 from service.upstream.pricing import PriceCache
 from service.wire import cloudevents as ce
 from service.wire.errors import WireError
-from service.wire.intake import decode_intake
+from service.wire.intake import REQUEST_ID_HEADER, decode_intake
 from service.wire.response import encode_response
 
 __all__ = ["PARTITIONS", "Router", "home_partition"]
@@ -248,6 +248,7 @@ class Router:
             req = decode_intake(
                 record.value, key=record.key, topic=record.topic,
                 partition=record.partition, offset=record.offset,
+                request_id=dict(record.headers).get(REQUEST_ID_HEADER),
             )  # fmt: skip
             if req.task_type not in self.cfg.routes:
                 raise WireError(
@@ -258,10 +259,12 @@ class Router:
             self._finish(pos)
             return
         home = home_partition(req.tenant)
-        if home != record.partition:
+        if home != record.partition:  # keep the id, so a second forward is a duplicate
+            headers = [(k, v) for k, v in record.headers if k != REQUEST_ID_HEADER]
+            headers.append((REQUEST_ID_HEADER, req.request_id.encode()))
             await (await self.producer.send(
                 self.topics.requests, record.value, key=req.tenant.encode(),
-                headers=list(record.headers), partition=home,
+                headers=headers, partition=home,
             ))  # fmt: skip
             self._finish(pos)
             return
@@ -296,7 +299,15 @@ class Router:
         now = self.clock.now_ms()
         for event in decision.events:  # fold before any await: the next decision sees it
             evolve(self.state, event, now, self.cfg)
-        await self._publish(decision.events)
+        events = decision.events
+        responds = [e for e in decision.effects if isinstance(e, Respond)]
+        if responds:  # the response is acknowledged before the terminal event records it
+            terminals = [e for e in events if isinstance(e, Terminal)]
+            await self._publish([e for e in events if not isinstance(e, Terminal)])
+            for respond in responds:
+                await self._respond(respond.terminal)
+            events = terminals
+        await self._publish(events)
         for effect in decision.effects:
             match effect:
                 case Call():
@@ -306,7 +317,6 @@ class Router:
                         effect.delay_ms / 1000, lambda: self._spawn(self._retry_due(request_id))
                     )
                 case Respond():
-                    await self._respond(effect.terminal)
                     self._finish_request(request_id)
                 case Resend():
                     await self._respond(effect.terminal)

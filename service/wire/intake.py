@@ -6,7 +6,8 @@ Rules:
 - The tenant comes from the body, else from the record key; none is an error.
 - `request_id` is the client's idempotency key; when absent it is derived from
   the record's position (topic, partition, offset), so a redelivered record
-  gets the same id and is never answered twice.
+  gets the same id and is never answered twice; a forwarded record carries
+  that id in the `turnout-request-id` header.
 - `messages` must be a non-empty list of objects with a string `role`; every
   other OpenAI chat parameter is passed through untouched (`params`).
 - The prompt is never kept unless `store_prompts`: events carry a hash of the
@@ -26,6 +27,7 @@ from service.wire.errors import MALFORMED_JSON, SCHEMA_VIOLATION, WireError, fro
 __all__ = [
     "MAX_RECORD_BYTES",
     "RECORD_TOO_LARGE",
+    "REQUEST_ID_HEADER",
     "Intake",
     "decode_intake",
     "estimate_tokens",
@@ -33,6 +35,8 @@ __all__ = [
 ]
 
 MAX_RECORD_BYTES: Final = 1_000_000
+REQUEST_ID_HEADER: Final = "turnout-request-id"
+"""Set by a router that forwards a record to its tenant's home partition."""
 RECORD_TOO_LARGE: Final = "record_too_large"
 NO_TENANT: Final = "missing_tenant"
 NO_MESSAGES: Final = "empty_messages"
@@ -99,6 +103,7 @@ def decode_intake(
     topic: str,
     partition: int,
     offset: int,
+    request_id: bytes | None = None,
 ) -> IntakeRequest:
     """Validate one intake record; raise `WireError` (code, detail, JSON path) when bad."""
     if not value:
@@ -115,7 +120,10 @@ def decode_intake(
         )
     messages: list[dict[str, Any]] = body["messages"]
     return IntakeRequest(
-        request_id=intake.request_id or f"{topic}-{partition}-{offset}",
+        request_id=intake.request_id
+        or (
+            request_id.decode("utf-8", "replace") if request_id else f"{topic}-{partition}-{offset}"
+        ),
         tenant=tenant,
         task_type=intake.task_type,
         model=intake.model,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -256,3 +257,14 @@ def test_any_run_ends_each_request_once_and_replay_rebuilds_the_state(
     assert (
         fold(loop.log[half:], CFG, fold(loop.log[:half], CFG)).snapshot() == loop.state.snapshot()
     )
+
+
+def test_the_same_record_redelivered_is_not_answered_twice_but_a_resubmission_is() -> None:
+    loop = Loop(ok)
+    first = msgspec.structs.replace(request(), intake_partition=3, intake_offset=41)
+    loop.submit(first)
+    loop.submit(first)  # redelivered after a crash before commit: already answered
+    assert len(loop.answers) == 1
+    loop.submit(msgspec.structs.replace(first, intake_offset=97))  # the client sent it again
+    assert len(loop.answers) == 2 and loop.answers[0] == loop.answers[1]
+    assert loop.types().count("request.completed") == 1
