@@ -10,10 +10,13 @@ Rules:
   rebuilds it from the event partitions of its request partitions (requests
   and events are co-partitioned by tenant) plus the `_system` partition
   (breakers), reading until a marker it wrote itself comes back — never end
-  offsets, which the embedded broker gets wrong.
+  offsets, which the embedded broker gets wrong. Requests left in flight by
+  a router that died are dropped from the rebuilt state: their intake records
+  were not committed, so they come again and are decided afresh (a second
+  `accepted`, still exactly one terminal event).
 - Decide and fold happen with no `await` in between, so concurrent requests
   always decide on the state that includes every earlier decision.
-- A request's terminal event is acknowledged before its response is sent, and
+- A request's response is acknowledged before its terminal event is sent, and
   both before its offset can be committed; a redelivered record is answered
   from state without a new upstream call.
 - A record off its tenant's home partition (another client's partitioner, or
@@ -153,6 +156,8 @@ class Router:
                 batch = await self.consumer.getmany(
                     timeout_ms=100, max_records=self.cfg.batching.max_records
                 )
+                if batch:  # fetching may run ahead of a rebuild: decide on rebuilt state only
+                    await self.ready.wait()
                 for records in batch.values():
                     for record in records:
                         await self.slots.acquire()
@@ -187,7 +192,11 @@ class Router:
     async def _on_assigned(self, assigned: frozenset[TopicPartition]) -> None:
         self.ready.clear()
         partitions = {tp.partition for tp in assigned} | {home_partition(ev.SYSTEM_TENANT)}
-        self.state = await self._rebuild(sorted(partitions))
+        state = await self._rebuild(sorted(partitions))
+        for request_id in list(state.inflight):
+            if request_id not in self.positions:  # an orphan of a router that died
+                del state.inflight[request_id]  # its redelivered record starts it again
+        self.state = state
         self.ready.set()
         log.info("serving partitions %s", sorted(tp.partition for tp in assigned))
 

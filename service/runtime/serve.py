@@ -41,4 +41,5 @@ async def _main(args: argparse.Namespace) -> int:
 
 def cli_main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per upstream call is noise
     return asyncio.run(_main(args))
