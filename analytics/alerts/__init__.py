@@ -2,7 +2,8 @@
 
 - `rules`: the rules TOML file, loaded and checked (every problem listed at once);
 - `engine`: the pure episode state machine (ok -> pending -> firing -> resolved);
-- `runner`: the shell: schedule, read-only queries, Kafka events, webhooks, CLI.
+- `runner`: the shell: schedule, read-only queries, state rebuilt at start, CLI;
+- `delivery`: the Kafka outbox and the webhook POSTs, retried in the background.
 
 The shipped default rules live in `analytics/rules/default.toml`.
 """

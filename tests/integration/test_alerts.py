@@ -22,15 +22,10 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from analytics.alerts.delivery import WebhookPolicy
 from analytics.alerts.engine import Phase, phase_of
 from analytics.alerts.rules import Rule, load_rules
-from analytics.alerts.runner import (
-    AlertRunner,
-    RunnerOptions,
-    WebhookPolicy,
-    open_runner,
-    serve,
-)
+from analytics.alerts.runner import AlertRunner, RunnerOptions, open_runner, serve
 from analytics.archive import Archive
 from analytics.rows import EventRow, KafkaPosition, event_row, record_row
 from analytics.synthetic import MODELS, envelopes, story, workload
