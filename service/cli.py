@@ -99,6 +99,27 @@ def _add_router(sub: Any) -> None:
     p.add_argument("--instance", default=None, help="instance name in event sources")
 
 
+def _add_submit(sub: Any) -> None:
+    p = _command(
+        sub,
+        "submit",
+        "service.submit:cli_main",
+        "submit one request to the intake topic; with --wait print its response",
+    )
+    p.add_argument("prompt", metavar="PROMPT", help="the user message")
+    p.add_argument("--tenant", default="default", help="tenant id (default 'default')")
+    p.add_argument("--task-type", default="general", help="route to use (default 'general')")
+    p.add_argument("--model", default=None, help="pin the first candidate model")
+    p.add_argument("--request-id", default=None, help="idempotency key (default: a new UUIDv7)")
+    p.add_argument("--max-tokens", type=int, default=None, help="OpenAI max_tokens")
+    p.add_argument("--temperature", type=float, default=None, help="OpenAI temperature")
+    p.add_argument("--wait", action="store_true", help="wait for the response and print it")
+    p.add_argument(
+        "--timeout", type=float, default=120.0, help="seconds to wait with --wait (default 120)"
+    )
+    p.add_argument("--config", default=None, help="TOML config file (default ./turnout.toml)")
+
+
 def _add_analytics(sub: Any) -> None:
     p = _command(
         sub,
@@ -141,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_topics(sub)
     _add_simulate(sub)
     _add_router(sub)
+    _add_submit(sub)
     _add_analytics(sub)
     return parser
 

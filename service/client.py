@@ -1,0 +1,412 @@
+"""The Python client: call Turnout from a program as a library.
+
+`AsyncTurnout` is an async context manager. `route(...)` sends one request to
+the intake topic and waits for its response document; `submit(...)` sends and
+returns the request id at once. `Turnout` is the same for synchronous code: it
+runs an `AsyncTurnout` on its own event loop in a background thread.
+
+Rules:
+- One response reader per client, never one consumer per call. On start the
+  client creates its own reply topic `<prefix>.replies.<client id>` (client id:
+  a UUIDv7) with one partition, reads it from the beginning with a non-group
+  `Reader` in a background task and resolves waiting calls by request id.
+  Every request it sends carries `"reply_to"` = that topic.
+- Topics are created explicitly (BROKER.md rule 1) and the intake topic must
+  already exist: producing to a missing topic would auto-create it on Tansu
+  with the wrong partition count (rules 1 and 3), so the client refuses.
+- No end offsets (rule 4): the reply topic is new, so "from the beginning" is
+  "from now".
+- Requests are keyed by tenant, so aiokafka's murmur2 sends them straight to
+  the tenant's home partition.
+- Closing deletes nothing unless asked (`delete_reply_topic=True`): on the
+  embedded broker, deleting a topic is the only way to free its memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections import OrderedDict
+from collections.abc import Coroutine, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+from service.clock import clock
+from service.core.config import Config
+from service.errors import TurnoutError
+from service.kafka.consumer import Reader, TopicPartition
+from service.kafka.producer import Producer
+from service.kafka.settings import KafkaSettings, validate_topic_name
+from service.kafka.topics import admin_client, ensure_topic, existing_topics
+
+__all__ = ["AsyncTurnout", "Turnout", "build_request", "reply_topic"]
+
+Messages = str | Sequence[Mapping[str, Any]]
+T = TypeVar("T")
+
+_KEEP_UNCLAIMED = 10_000
+"""Responses nobody waits for yet (e.g. after `submit`), kept for a later `wait`."""
+
+
+def reply_topic(prefix: str, client_id: str) -> str:
+    """The reply topic of client `client_id`: `<prefix>.replies.<client id>`."""
+    return validate_topic_name(f"{prefix}.replies.{client_id}")
+
+
+def build_request(
+    prompt_or_messages: Messages,
+    *,
+    request_id: str,
+    tenant: str,
+    task_type: str = "general",
+    model: str | None = None,
+    reply_to: str | None = None,
+    **params: Any,
+) -> dict[str, Any]:
+    """The intake request document (CONTRACT.md); `params` are OpenAI chat parameters."""
+    if isinstance(prompt_or_messages, str):
+        messages: list[dict[str, Any]] = [{"role": "user", "content": prompt_or_messages}]
+    else:
+        messages = [dict(m) for m in prompt_or_messages]
+    if not messages:
+        raise ValueError("a request needs at least one message")
+    if not tenant:
+        raise ValueError("tenant may not be empty")
+    body: dict[str, Any] = {
+        "request_id": request_id,
+        "tenant": tenant,
+        "task_type": task_type,
+        "messages": messages,
+    }
+    if model is not None:
+        body["model"] = model
+    if reply_to is not None:
+        body["reply_to"] = reply_to
+    body.update({k: v for k, v in params.items() if v is not None})
+    return body
+
+
+def _settings(
+    settings: KafkaSettings | None, config: Config | None, client_id: str
+) -> KafkaSettings:
+    if settings is not None:
+        return settings.replace(client_id=f"turnout-client-{client_id}")
+    if config is None:
+        from service.runtime.config import load_config
+
+        config = load_config()
+    return KafkaSettings.from_config(config.kafka, client_id=f"turnout-client-{client_id}")
+
+
+class AsyncTurnout:
+    """Turnout as an async library: `async with AsyncTurnout() as t: await t.route("hi")`.
+
+    `settings` wins over `config`; with neither, the configuration in force
+    (`./turnout.toml` if present, then `TURNOUT_*` variables) is used.
+    `replies=False` opens no reply topic: `submit` then sends no `reply_to`
+    (the response goes to the shared responses topic) and `route` is refused.
+    """
+
+    def __init__(
+        self,
+        settings: KafkaSettings | None = None,
+        *,
+        config: Config | None = None,
+        replies: bool = True,
+    ) -> None:
+        self.client_id = clock.new_id()
+        self.settings = _settings(settings, config, self.client_id)
+        self.topics = self.settings.topics
+        self.reply_topic = reply_topic(self.settings.topic_prefix, self.client_id)
+        self.replies = replies
+        self._producer: Producer | None = None
+        self._reader: Reader | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._unclaimed: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._failure: BaseException | None = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Check the intake topic, create the reply topic, start producer and reader."""
+        if self._producer is not None:
+            return
+        counts = await existing_topics(self.settings)
+        if self.topics.requests not in counts:
+            raise TurnoutError(
+                f"intake topic {self.topics.requests} does not exist on "
+                f"{self.settings.bootstrap}: run `turnout topics ensure` (or start a router)"
+            )
+        producer = Producer(self.settings)
+        await producer.start()
+        self._producer = producer
+        if not self.replies:
+            return
+        try:
+            await ensure_topic(self.settings, self.reply_topic, 1)
+            self._reader = Reader(self.settings, [TopicPartition(self.reply_topic, 0)])
+            await self._reader.start()
+        except BaseException:
+            await self.close()
+            raise
+        self._reader_task = asyncio.create_task(self._read_replies())
+
+    async def close(self, *, delete_reply_topic: bool = False) -> None:
+        """Stop reading and producing; calls still waiting fail. Deletes nothing by default."""
+        task, self._reader_task = self._reader_task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            await reader.stop()
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await producer.stop()
+        self._fail_waiting(TurnoutError("the Turnout client was closed before the response came"))
+        if delete_reply_topic and self.replies:
+            async with admin_client(self.settings) as admin:
+                await admin.delete_topics([self.reply_topic])
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------ calls
+
+    async def submit(
+        self,
+        prompt_or_messages: Messages,
+        *,
+        task_type: str = "general",
+        tenant: str = "default",
+        model: str | None = None,
+        request_id: str | None = None,
+        **params: Any,
+    ) -> str:
+        """Send one request; return its id without waiting for the response."""
+        rid = request_id or clock.new_id()
+        body = build_request(
+            prompt_or_messages, request_id=rid, tenant=tenant, task_type=task_type, model=model,
+            reply_to=self.reply_topic if self.replies else None, **params,
+        )  # fmt: skip
+        await self._send(body)
+        return rid
+
+    async def route(
+        self,
+        prompt_or_messages: Messages,
+        *,
+        task_type: str = "general",
+        tenant: str = "default",
+        model: str | None = None,
+        request_id: str | None = None,
+        timeout_s: float = 120,
+        **params: Any,
+    ) -> dict[str, Any]:
+        """Send one request and return its response document (CONTRACT.md).
+
+        Raises `TimeoutError` when no response arrives within `timeout_s`.
+        A response with status "error" or "rejected" is returned, not raised.
+        """
+        self._require_replies()
+        rid = request_id or clock.new_id()
+        future = self._expect(rid)
+        body = build_request(
+            prompt_or_messages, request_id=rid, tenant=tenant, task_type=task_type, model=model,
+            reply_to=self.reply_topic, **params,
+        )  # fmt: skip
+        try:
+            await self._send(body)
+        except BaseException:
+            self._forget(rid, future)
+            raise
+        return await self._await(rid, future, timeout_s)
+
+    async def wait(self, request_id: str, *, timeout_s: float = 120) -> dict[str, Any]:
+        """The response to a request this client `submit`ted (raises `TimeoutError`)."""
+        self._require_replies()
+        return await self._await(request_id, self._expect(request_id), timeout_s)
+
+    # ------------------------------------------------------------ internals
+
+    def _require_replies(self) -> None:
+        if not self.replies:
+            raise TurnoutError("this client was opened with replies=False: use submit()")
+        if self._reader_task is None:
+            raise TurnoutError("the Turnout client is not started: use `async with AsyncTurnout()`")
+        if self._failure is not None:
+            raise TurnoutError(f"the response reader stopped: {self._failure}")
+
+    def _expect(self, rid: str) -> asyncio.Future[dict[str, Any]]:
+        future = self._waiting.get(rid)
+        if future is None:
+            future = asyncio.get_running_loop().create_future()
+            self._waiting[rid] = future
+        if (doc := self._unclaimed.pop(rid, None)) is not None:
+            future.set_result(doc)
+        return future
+
+    def _forget(self, rid: str, future: asyncio.Future[dict[str, Any]]) -> None:
+        if self._waiting.get(rid) is future:
+            del self._waiting[rid]
+
+    async def _await(
+        self, rid: str, future: asyncio.Future[dict[str, Any]], timeout_s: float
+    ) -> dict[str, Any]:
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await asyncio.shield(future)
+        except TimeoutError:
+            raise TimeoutError(
+                f"no response to request {rid} within {timeout_s:g} s: is a router running "
+                f"on {self.settings.bootstrap} (topic prefix {self.settings.topic_prefix!r})?"
+            ) from None
+        finally:
+            self._forget(rid, future)  # a late response is kept as unclaimed
+
+    async def _send(self, body: dict[str, Any]) -> None:
+        if self._producer is None:
+            raise TurnoutError("the Turnout client is not started: use `async with AsyncTurnout()`")
+        value = json.dumps(body, separators=(",", ":")).encode()
+        await (await self._producer.send(self.topics.requests, value, key=body["tenant"].encode()))
+
+    async def _read_replies(self) -> None:
+        assert self._reader is not None
+        try:
+            while True:
+                batch = await self._reader.getmany(timeout_ms=200)
+                for records in batch.values():
+                    for record in records:
+                        self._resolve(record.key, record.value)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:  # the broker went away: fail every waiting call
+            self._failure = err
+            self._fail_waiting(TurnoutError(f"the response reader stopped: {err}"))
+
+    def _resolve(self, key: bytes | None, value: bytes | None) -> None:
+        try:
+            doc = json.loads(value or b"")
+        except ValueError:
+            return  # not a response document: nothing waits for it
+        if not isinstance(doc, dict):
+            return
+        rid = doc.get("request_id") or (key.decode("utf-8", "replace") if key else None)
+        if not isinstance(rid, str):
+            return
+        future = self._waiting.pop(rid, None)
+        if future is not None:
+            if not future.done():
+                future.set_result(doc)
+            return
+        self._unclaimed[rid] = doc
+        while len(self._unclaimed) > _KEEP_UNCLAIMED:
+            self._unclaimed.popitem(last=False)
+
+    def _fail_waiting(self, err: BaseException) -> None:
+        waiting, self._waiting = self._waiting, {}
+        for future in waiting.values():
+            if not future.done():
+                future.set_exception(err)
+                future.exception()  # retrieved: a call may have stopped waiting already
+
+
+class Turnout:
+    """Turnout for synchronous code: `with Turnout() as t: t.route("hi")`.
+
+    Runs an `AsyncTurnout` on a private event loop in a daemon thread; every
+    method blocks the calling thread until that loop has the answer.
+    """
+
+    def __init__(
+        self,
+        settings: KafkaSettings | None = None,
+        *,
+        config: Config | None = None,
+        replies: bool = True,
+    ) -> None:
+        self._client = AsyncTurnout(settings, config=config, replies=replies)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def client_id(self) -> str:
+        return self._client.client_id
+
+    @property
+    def reply_topic(self) -> str:
+        return self._client.reply_topic
+
+    def start(self) -> None:
+        if self._loop is not None:
+            return
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(
+            target=loop.run_forever, name=f"turnout-client-{self.client_id}", daemon=True
+        )
+        thread.start()
+        self._loop, self._thread = loop, thread
+        try:
+            self._run(self._client.start())
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    def close(self, *, delete_reply_topic: bool = False) -> None:
+        if self._loop is None:
+            return
+        try:
+            self._run(self._client.close(delete_reply_topic=delete_reply_topic))
+        finally:
+            self._stop_loop()
+
+    def submit(self, prompt_or_messages: Messages, **kwargs: Any) -> str:
+        """See `AsyncTurnout.submit`."""
+        return self._run(self._client.submit(prompt_or_messages, **kwargs))
+
+    def route(self, prompt_or_messages: Messages, **kwargs: Any) -> dict[str, Any]:
+        """See `AsyncTurnout.route`; raises `TimeoutError` when no response comes in time."""
+        return self._run(self._client.route(prompt_or_messages, **kwargs))
+
+    def wait(self, request_id: str, *, timeout_s: float = 120) -> dict[str, Any]:
+        """See `AsyncTurnout.wait`."""
+        return self._run(self._client.wait(request_id, timeout_s=timeout_s))
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self._loop is None:
+            coro.close()
+            raise TurnoutError("the Turnout client is not started: use `with Turnout()`")
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def _stop_loop(self) -> None:
+        loop, thread = self._loop, self._thread
+        self._loop = self._thread = None
+        if loop is None or thread is None:
+            return
+        asyncio.run_coroutine_threadsafe(loop.shutdown_asyncgens(), loop).result()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.close()
