@@ -24,6 +24,7 @@ Rules:
 
 from __future__ import annotations
 
+import fcntl
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -32,7 +33,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import IO, Any
 
 import duckdb
 import pyarrow as pa
@@ -41,6 +42,7 @@ from analytics.records import RecordBatch
 from analytics.rows import ErrorRow, EventRow, decode_records, errors_table, events_table
 from analytics.snapshot import copy_atomically, open_error, open_reader, snapshot_path
 from service.clock import clock
+from service.errors import TurnoutError
 
 __all__ = [
     "DERIVED_VERSION",
@@ -139,11 +141,31 @@ class Published:
     seconds: float
 
 
+def _writer_lock(path: Path) -> IO[bytes]:
+    """Hold `<archive>.lock` for the writer's life: one writer per archive.
+
+    DuckDB's own lock is an fcntl lock, which POSIX drops as soon as the process
+    closes *any* descriptor of the file (the snapshot copy does), so it cannot
+    be the guard; a flock on a separate file is kept until `close()`.
+    """
+    fh = path.with_name(path.name + ".lock").open("ab")
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        raise TurnoutError(
+            f"the archive {path} is open in another process (one `turnout sink` per archive): "
+            "stop that one, or give this one another --duckdb path"
+        ) from None
+    return fh
+
+
 class Archive:
     """The archive's main file, opened read-write by its one writer (the sink)."""
 
-    def __init__(self, path: Path, con: duckdb.DuckDBPyConnection) -> None:
+    def __init__(self, path: Path, con: duckdb.DuckDBPyConnection, lock: IO[bytes]) -> None:
         self.path = path
+        self._lock = lock
         self.snapshot = snapshot_path(path)
         self._con = con
         self._seq = self._state("batch_seq")
@@ -153,16 +175,19 @@ class Archive:
         """Open (or create) the archive at `path` read-write and bring its schema up to date."""
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
+        lock = _writer_lock(p)
         try:
             con = duckdb.connect(str(p))
         except (duckdb.IOException, duckdb.ResourceInUseException) as err:
+            lock.close()
             raise open_error(p, err, writing=True) from None
         try:
             _prepare(con)
         except BaseException:
             con.close()
+            lock.close()
             raise
-        return cls(p, con)
+        return cls(p, con, lock)
 
     @property
     def connection(self) -> duckdb.DuckDBPyConnection:
@@ -306,6 +331,7 @@ class Archive:
 
     def close(self) -> None:
         self._con.close()
+        self._lock.close()
 
     def __enter__(self) -> Archive:
         return self

@@ -129,6 +129,18 @@ def test_a_second_writer_is_refused_with_a_clear_message(path: Path) -> None:
     assert "is open in another process" in proc.stderr
 
 
+def test_a_second_writer_is_refused_also_after_a_snapshot_was_published(path: Path) -> None:
+    # the snapshot copy closes a descriptor of the main file, which drops DuckDB's fcntl lock
+    code = "import sys; from analytics.archive import Archive; Archive.open(sys.argv[1])"
+    with Archive.open(path) as archive:
+        archive.publish()
+        proc = subprocess.run(
+            [sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=30
+        )
+    assert proc.returncode != 0
+    assert "is open in another process" in proc.stderr
+
+
 # --- views --------------------------------------------------------------------
 
 
