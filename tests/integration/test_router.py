@@ -263,3 +263,35 @@ async def test_a_429_with_retry_after_is_retried_no_sooner_than_it_says(
     assert of_type(envs, "retry.scheduled")[0].data.delay_ms >= 3000
     assert started[1].time_ms - started[0].time_ms >= 3000
     assert of_type(envs, "request.completed")[0].data.attempts == 2
+
+
+async def test_health_endpoints_say_alive_ready_and_what_is_in_force(
+    kafka_settings: KafkaSettings, kafka_topics: Topics, simulator: RunningSimulator
+) -> None:
+    from service.health import start_health
+    from service.kafka.broker import free_port
+
+    cfg = config(kafka_settings, simulator)
+    router = Router(cfg, instance="health")
+    port = free_port()
+    health = await start_health(router, port)
+    stop = asyncio.Event()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(base_url=base) as http:
+            assert (await http.get("/livez")).status_code == 200
+            not_ready = await http.get("/readyz")
+            assert not_ready.status_code == 503 and not_ready.json()["status"] == "not ready"
+            task = asyncio.create_task(router.run(stop))
+            await asyncio.wait_for(router.ready.wait(), 30)
+            assert (await http.get("/readyz")).status_code == 200
+            details = (await http.get("/healthz")).json()
+            stop.set()
+            await asyncio.wait_for(task, 60)
+    finally:
+        await health.cleanup()
+    assert details["partitions"] == list(range(12))
+    assert details["features"]["circuit_breaker"] is True
+    assert details["broker"] == kafka_settings.bootstrap
+    assert len(details["config_hash"]) == 64
+    assert "api_key" not in json.dumps(details).lower().replace("api_key_env", "")
