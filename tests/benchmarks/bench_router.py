@@ -1,0 +1,522 @@
+"""Benchmark: the router end to end (throughput, CPU per request, added latency, rebuild).
+
+    .venv/bin/python tests/benchmarks/bench_router.py [--requests 2000] [--latency-seconds 4]
+        [--fold-events 100000] [--profile /tmp/router.svg] [--only throughput,latency,fold]
+
+Real sizes: --requests 20000 --latency-seconds 20 --fold-events 1000000.
+
+What runs (every process started here is stopped here):
+- the embedded broker (Tansu), and `turnout simulate` in its own process,
+  pinned to CPU 0 when there are two (0 ms; a second one at 50 ms for part 2);
+- ONE router per scenario: `python -m service router --health-port 0` with a
+  unique topic prefix and group id (TURNOUT_KAFKA_* / TURNOUT_UPSTREAM_BASE_URL
+  in its environment) and a config file that lifts the tenant limits, so no
+  request is refused; topics are created first with `ensure_topics`;
+- this process is the client: one aiokafka producer (16 tenant keys, distinct
+  request ids and prompts, so every request is a cache miss) and one aiokafka
+  consumer on `<prefix>.responses` (and `<prefix>.events` in part 2).
+
+Figures:
+1. Sustained throughput: N requests produced as fast as possible after a
+   warm-up; requests/s from the first produce to the last response, and the
+   router's CPU time per request (utime+stime from /proc/<pid>/stat), plus the
+   broker's and the simulator's. Baseline in the same run: N chat calls
+   straight to the simulator with 256 in flight (the router's max_in_flight),
+   through httpx + the aiohttp transport and through raw aiohttp.
+   Targets: >= 2,000 req/s, <= 0.5 ms router CPU per request.
+2. Added latency at a fixed 500 req/s with a 50 ms upstream: response arrival
+   - produce time - the attempt's upstream latency (`latency_ms` of the
+   router's `turnout.attempt.succeeded` event); p50/p99 at the default fetch
+   wait (20 ms) and at 5 ms (the same fetch wait for the router and for this
+   client's consumer). Target: p99 <= 10 ms.
+3. Projection rebuild: `service.core.state.fold` over a synthetic event mix
+   (analytics.synthetic), events/s; and CloudEvents decode + evolve of the
+   encoded records. Target: >= 200,000 events/s for the fold.
+
+`--profile PATH` runs `py-spy record` on the router during the measured part of
+(1) and writes PATH (a flame graph; `--profile-format raw` for collapsed
+stacks). py-spy pauses the router to sample it: take figures from a run
+without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import httpx
+import msgspec
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from httpx_aiohttp import AiohttpTransport
+
+from analytics.synthetic import envelopes, workload
+from service.core.config import parse_config
+from service.core.events import AttemptSucceeded
+from service.core.state import RouterState, evolve, fold
+from service.kafka.broker import EmbeddedBroker
+from service.kafka.settings import KafkaSettings, Topics
+from service.kafka.topics import ensure_topics
+from service.wire import cloudevents as ce
+
+ROOT = Path(__file__).resolve().parents[2]
+TENANTS = [f"tenant-{i:02d}" for i in range(16)]
+IN_FLIGHT = 256  # the router's [batching] max_in_flight default
+POOL = 100  # the router's [upstream] pool_size default
+MODEL = "openai/gpt-4o-mini"
+BIG = 1_000_000_000
+# every tenant limit out of the way: the benchmark measures the path, not the refusals
+CONFIG = f"""
+[tenants.default]
+requests_per_minute = {BIG}
+requests_per_hour = {BIG}
+requests_per_day = {BIG}
+burst = {BIG}
+tokens_per_minute = {BIG}
+budget_usd_per_day = 1e9
+budget_usd_per_month = 1e9
+"""
+SUCCEEDED = AttemptSucceeded.TYPE
+ROUTER_ENV: list[str] = []  # --router-env KEY=VALUE: extra settings for every router
+_json = msgspec.json.Encoder()
+_response = msgspec.json.Decoder(dict[str, Any])
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def cpu_s(pid: int | None) -> float:
+    """utime + stime of process `pid` in seconds (0 when it is gone)."""
+    if pid is None:
+        return 0.0
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def pinned(command: list[str], cpu: int) -> list[str]:
+    if (os.cpu_count() or 1) >= 2 and shutil.which("taskset"):
+        return ["taskset", "-c", str(cpu), *command]
+    return command
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout_s: float = 35.0) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextlib.contextmanager
+def simulator(latency_ms: float) -> Iterator[tuple[str, int]]:
+    """`turnout simulate` in a subprocess on CPU 0: (base URL, pid)."""
+    command = [sys.executable, "-m", "service", "simulate", "--port", "0",
+               "--latency-ms", str(latency_ms)]  # fmt: skip
+    proc = subprocess.Popen(
+        pinned(command, 0), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        match = re.search(r"(http://\S+/api/v1)", line)
+        if match is None:
+            raise SystemExit(f"simulator did not start: {line!r}")
+        yield match.group(1), proc.pid
+    finally:
+        stop_process(proc, 10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+@dataclass
+class RouterProc:
+    proc: subprocess.Popen[bytes]
+    topics: Topics
+    fetch_max_wait_ms: int
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+
+@contextlib.contextmanager
+def router(
+    bootstrap: str, base_url: str, config_path: str, fetch_max_wait_ms: int
+) -> Iterator[RouterProc]:
+    """One `turnout router` on fresh topics; returns once it serves its partitions."""
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    settings = KafkaSettings(bootstrap=bootstrap, topic_prefix=prefix)
+    asyncio.run(ensure_topics(settings))
+    env = (
+        os.environ
+        | {
+            "TURNOUT_KAFKA_BOOTSTRAP": bootstrap,
+            "TURNOUT_KAFKA_TOPIC_PREFIX": prefix,
+            "TURNOUT_KAFKA_GROUP_ID": f"{prefix}-router",
+            "TURNOUT_KAFKA_FETCH_MAX_WAIT_MS": str(fetch_max_wait_ms),
+            "TURNOUT_UPSTREAM_BASE_URL": base_url,
+        }
+        | dict(kv.split("=", 1) for kv in ROUTER_ENV)
+    )
+    command = [sys.executable, "-m", "service", "router", "--health-port", "0",
+               "--config", config_path, "--instance", "bench"]  # fmt: skip
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while b"serving partitions" not in _read(log):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    tail = _read(log).decode(errors="replace")[-2000:]
+                    raise SystemExit(f"router did not become ready:\n{tail}")
+                time.sleep(0.05)
+            yield RouterProc(proc, settings.topics, fetch_max_wait_ms)
+        finally:
+            stop_process(proc)
+            errors = [ln for ln in _read(log).decode(errors="replace").splitlines()
+                      if " ERROR " in ln or "Traceback" in ln]  # fmt: skip
+            if errors:
+                print(f"  router logged {len(errors)} error lines, first: {errors[0][:200]}")
+
+
+def _read(log: Any) -> bytes:
+    log.seek(0)
+    return bytes(log.read())
+
+
+@contextlib.contextmanager
+def py_spy(pid: int, path: str | None, fmt: str) -> Iterator[None]:
+    """`py-spy record` on `pid` while the block runs (nothing when `path` is None)."""
+    binary = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if path is None:
+        yield
+        return
+    if not Path(binary).exists():
+        print("  py-spy not installed: no profile")
+        yield
+        return
+    command = [binary, "record", "--pid", str(pid), "-o", path, "--format", fmt, "-r", "200"]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    time.sleep(1.0)  # let it attach
+    try:
+        yield
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            _, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+        print(f"  py-spy: wrote {path} ({err.decode(errors='replace').strip()[-120:]})")
+
+
+# --------------------------------------------------------------------------- load
+
+
+def request(rid: str, tenant: str) -> bytes:
+    return _json.encode({
+        "request_id": rid, "tenant": tenant, "temperature": 0,
+        "messages": [{"role": "user", "content": f"Say hello to request {rid}."}],
+    })  # fmt: skip
+
+
+@dataclass
+class Run:
+    sent_at: dict[str, float] = field(default_factory=dict)
+    arrived_at: dict[str, float] = field(default_factory=dict)
+    upstream_ms: dict[str, float] = field(default_factory=dict)
+    not_ok: int = 0
+    first_sent: float = 0.0
+    last_arrived: float = 0.0
+
+    @property
+    def wall_s(self) -> float:
+        return self.last_arrived - self.first_sent
+
+
+async def drive(
+    bootstrap: str,
+    topics: Topics,
+    n: int,
+    *,
+    tag: str,
+    rate: float | None = None,
+    fetch_max_wait_ms: int = 20,
+    with_events: bool = False,
+    timeout_s: float = 300,
+) -> Run:
+    """Produce `n` requests (as fast as possible, or at `rate`/s) and collect their answers."""
+    run = Run()
+    ids = [f"{tag}-{i:07d}" for i in range(n)]
+    records = [
+        (TENANTS[i % 16].encode(), request(rid, TENANTS[i % 16])) for i, rid in enumerate(ids)
+    ]
+    wanted = set(ids)
+    subscribed = [topics.responses, topics.events] if with_events else [topics.responses]
+    consumer = AIOKafkaConsumer(
+        *subscribed, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+        enable_auto_commit=False, fetch_max_wait_ms=fetch_max_wait_ms, max_poll_records=5000,
+    )  # fmt: skip
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
+                                linger_ms=0 if rate else 5, max_batch_size=262_144)  # fmt: skip
+    await consumer.start()
+    await producer.start()
+
+    def complete() -> bool:
+        return len(run.arrived_at) >= n and (not with_events or len(run.upstream_ms) >= n)
+
+    async def collect() -> None:
+        while not complete():
+            batch = await consumer.getmany(timeout_ms=100)
+            now = time.perf_counter()
+            for records_ in batch.values():
+                for r in records_:
+                    if r.topic == topics.responses:
+                        rid = r.key.decode()
+                        if rid in wanted and rid not in run.arrived_at:
+                            run.arrived_at[rid] = now
+                            run.last_arrived = now
+                            if _response.decode(r.value).get("status") != "ok":
+                                run.not_ok += 1
+                    elif ce.decode_type(r.headers) == SUCCEEDED:
+                        data = ce.decode(r.key, r.value, r.headers).data
+                        if isinstance(data, AttemptSucceeded) and data.request_id in wanted:
+                            run.upstream_ms[data.request_id] = data.latency_ms
+
+    try:
+        await consumer.getmany(timeout_ms=50)  # joined the partitions before timing
+        collector = asyncio.create_task(collect())
+        run.first_sent = time.perf_counter()
+        futures = []
+        for i, (key, value) in enumerate(records):
+            if rate is not None:
+                delay = run.first_sent + i / rate - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            run.sent_at[ids[i]] = time.perf_counter()
+            futures.append(await producer.send(topics.requests, value, key=key))
+            if len(futures) >= 1000:
+                await asyncio.gather(*futures)
+                futures.clear()
+        await asyncio.gather(*futures)
+        await asyncio.wait_for(collector, timeout_s)
+    except TimeoutError:
+        print(f"  TIMEOUT: {len(run.arrived_at)}/{n} responses")
+        raise
+    finally:
+        await producer.stop()
+        await consumer.stop()
+    return run
+
+
+# --------------------------------------------------------------------------- part 1
+
+
+async def baseline(base_url: str, n: int) -> dict[str, tuple[float, float]]:
+    """N chat calls straight to the simulator, 256 in flight: name -> (req/s, CPU ms/req)."""
+    url = f"{base_url}/chat/completions"
+    bodies = [_json.encode({"model": MODEL, "temperature": 0, "stream": False,
+                            "messages": [{"role": "user", "content": f"Say hello to {i}."}]})
+              for i in range(n)]  # fmt: skip
+    headers = {"content-type": "application/json"}
+    limits = httpx.Limits(max_connections=POOL, max_keepalive_connections=POOL)
+    out: dict[str, tuple[float, float]] = {}
+    async with (
+        httpx.AsyncClient(
+            base_url=base_url, transport=AiohttpTransport(limits=limits), timeout=120
+        ) as hx,
+        aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=POOL), timeout=aiohttp.ClientTimeout(total=120)
+        ) as session,
+    ):
+
+        async def via_httpx(body: bytes) -> None:
+            response = await hx.post("/chat/completions", content=body, headers=headers)
+            msgspec.json.decode(response.content)
+
+        async def via_aiohttp(body: bytes) -> None:
+            async with session.post(url, data=body, headers=headers) as response:
+                msgspec.json.decode(await response.read())
+
+        for name, call in (("httpx + aiohttp transport", via_httpx),
+                           ("aiohttp.ClientSession", via_aiohttp)):  # fmt: skip
+            for size in (min(n, 500), n):  # warm-up, then measured
+                it = iter(bodies[:size])
+
+                async def worker(call: Any = call, it: Iterator[bytes] = it) -> None:
+                    for body in it:
+                        await call(body)
+
+                cpu0, wall0 = time.process_time(), time.perf_counter()
+                await asyncio.gather(*(worker() for _ in range(IN_FLIGHT)))
+                wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+            out[name] = (n / wall, cpu / n * 1000)
+    return out
+
+
+def part_throughput(args: argparse.Namespace, bootstrap: str, broker_pid: int | None) -> None:
+    print(f"\n== 1. sustained throughput: {args.requests:,} requests, 0 ms upstream")
+    with simulator(0) as (base_url, sim_pid):
+        with router(bootstrap, base_url, args.config_path, 20) as r:
+            asyncio.run(drive(bootstrap, r.topics, args.warmup, tag="warm"))
+            pids = {"router": r.pid, "broker": broker_pid, "simulator": sim_pid}
+            before = {k: cpu_s(p) for k, p in pids.items()}
+            with py_spy(r.pid, args.profile, args.profile_format):
+                run = asyncio.run(drive(bootstrap, r.topics, args.requests, tag="load"))
+            used = {k: cpu_s(p) - before[k] for k, p in pids.items()}
+            rps = args.requests / run.wall_s
+            router_ms = used["router"] / args.requests * 1000
+            print(f"  router            {rps:>9,.0f} req/s  (target >= 2,000)   "
+                  f"{run.wall_s:.2f} s, {run.not_ok} not ok")  # fmt: skip
+            print(f"  router CPU        {router_ms:>9.3f} ms/req (target <= 0.5)")
+            for name in ("broker", "simulator"):
+                print(f"  {name} CPU {used[name] / args.requests * 1000:>15.3f} ms/req")
+        print(f"  baseline: the same {args.requests:,} calls straight to the simulator, "
+              f"{IN_FLIGHT} in flight")  # fmt: skip
+        cpu0 = cpu_s(sim_pid)
+        figures = asyncio.run(baseline(base_url, args.requests))
+        sim_ms = (cpu_s(sim_pid) - cpu0) / (2 * args.requests + 2 * min(args.requests, 500)) * 1000
+        for name, (b_rps, b_ms) in figures.items():
+            print(f"  {name:<26} {b_rps:>9,.0f} req/s  {b_ms:.3f} ms client CPU/req")
+        print(f"  simulator CPU in the baseline: {sim_ms:.3f} ms/req")
+
+
+# --------------------------------------------------------------------------- part 2
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
+def part_latency(args: argparse.Namespace, bootstrap: str) -> None:
+    n = int(args.rate * args.latency_seconds)
+    print(f"\n== 2. added latency: {n:,} requests at {args.rate:g} req/s, 50 ms upstream")
+    print("  added = response arrival - produce - attempt latency (attempt.succeeded latency_ms)")
+    with simulator(50) as (base_url, _):
+        for wait_ms in args.fetch_waits:
+            with router(bootstrap, base_url, args.config_path, wait_ms) as r:
+                asyncio.run(drive(bootstrap, r.topics, 200, tag="warm", rate=args.rate,
+                                  fetch_max_wait_ms=wait_ms))  # fmt: skip
+                run = asyncio.run(drive(bootstrap, r.topics, n, tag="lat", rate=args.rate,
+                                        fetch_max_wait_ms=wait_ms, with_events=True))  # fmt: skip
+            total = [(run.arrived_at[k] - run.sent_at[k]) * 1000 for k in run.arrived_at]
+            added = [t - run.upstream_ms[k] for k, t in zip(run.arrived_at, total, strict=True)]
+            upstream = list(run.upstream_ms.values())
+            achieved = n / (max(run.sent_at.values()) - run.first_sent)
+            print(f"  fetch_max_wait_ms={wait_ms:<3} (router and client)"
+                  f"  sent at {achieved:,.0f}/s, {run.not_ok} not ok")  # fmt: skip
+            print(f"    added    p50 {percentile(added, 50):7.2f}  p90 {percentile(added, 90):7.2f}"
+                  f"  p99 {percentile(added, 99):7.2f}  max {max(added):7.2f} ms"
+                  "  (target p99 <= 10)")  # fmt: skip
+            print(f"    total    p50 {percentile(total, 50):7.2f}  p99 {percentile(total, 99):7.2f}"
+                  f"   upstream p50 {statistics.median(upstream):6.2f}"
+                  f"  p99 {percentile(upstream, 99):6.2f} ms")  # fmt: skip
+
+
+# --------------------------------------------------------------------------- part 3
+
+
+def part_fold(args: argparse.Namespace) -> None:
+    n = args.fold_events
+    print(f"\n== 3. projection rebuild: {n:,} events (analytics.synthetic mix)")
+    cfg = parse_config({}, {})
+    t0 = time.perf_counter()
+    envs = list(itertools.islice(envelopes(workload(n // 3 + 1000, tenants=16), step_ms=0.01), n))
+    print(f"  generated in {time.perf_counter() - t0:.1f} s")
+    pairs = [(env.time_ms, env.data) for env in envs]
+    times = []
+    for _ in range(args.fold_rounds):
+        t0 = time.perf_counter()
+        state = fold(pairs, cfg)
+        times.append(time.perf_counter() - t0)
+    best, med = min(times), statistics.median(times)
+    print(f"  fold                {n / med:>11,.0f} events/s (median of {len(times)};"
+          f" best {n / best:,.0f})  target >= 200,000")  # fmt: skip
+    print(f"    state: {len(state.inflight):,} in flight, {len(state.finished):,} finished")
+    encoded = [ce.encode(env) for env in envs]
+    del envs, pairs
+    times = []
+    for _ in range(args.fold_rounds):
+        state = RouterState()
+        t0 = time.perf_counter()
+        for key, value, headers in encoded:
+            env = ce.decode(key, value, headers)
+            evolve(state, env.data, env.time_ms, cfg)
+        times.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    for key, value, headers in encoded:
+        ce.decode(key, value, headers)
+    decode_only = time.perf_counter() - t0
+    print(f"  decode + evolve     {n / statistics.median(times):>11,.0f} events/s"
+          f"   (decode alone {n / decode_only:,.0f}/s)")  # fmt: skip
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--requests", type=int, default=2000, help="part 1 (real: 20000)")
+    parser.add_argument("--warmup", type=int, default=500)
+    parser.add_argument("--rate", type=float, default=500.0, help="part 2 requests/s")
+    parser.add_argument("--latency-seconds", type=float, default=4.0, help="part 2 (real: 20)")
+    parser.add_argument("--fetch-waits", type=lambda s: [int(x) for x in s.split(",")],
+                        default=[20, 5], help="part 2 fetch_max_wait_ms values")  # fmt: skip
+    parser.add_argument("--fold-events", type=int, default=100_000, help="part 3 (real: 1000000)")
+    parser.add_argument("--fold-rounds", type=int, default=3)
+    parser.add_argument("--profile", default=None, help="py-spy output for part 1's router")
+    parser.add_argument("--profile-format", default="flamegraph",
+                        choices=["flamegraph", "raw", "speedscope"])  # fmt: skip
+    parser.add_argument("--only", default="throughput,latency,fold")
+    parser.add_argument("--router-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="router environment, e.g. TURNOUT_KAFKA_LINGER_MS=0")  # fmt: skip
+    args = parser.parse_args()
+    ROUTER_ENV.extend(args.router_env)
+    parts = set(args.only.split(","))
+    print(f"{os.cpu_count()} CPUs; simulator pinned to CPU 0; router, broker, client float")
+    with tempfile.NamedTemporaryFile("w", suffix=".toml") as config_file:
+        config_file.write(CONFIG)
+        config_file.flush()
+        args.config_path = config_file.name
+        if parts & {"throughput", "latency"}:
+            if bootstrap := os.environ.get("TURNOUT_KAFKA_BOOTSTRAP"):
+                if "throughput" in parts:
+                    part_throughput(args, bootstrap, None)
+                if "latency" in parts:
+                    part_latency(args, bootstrap)
+            else:
+                with EmbeddedBroker() as broker:
+                    if "throughput" in parts:
+                        part_throughput(args, broker.bootstrap, broker.pid)
+                    if "latency" in parts:
+                        part_latency(args, broker.bootstrap)
+    if "fold" in parts:
+        part_fold(args)
+
+
+if __name__ == "__main__":
+    main()
