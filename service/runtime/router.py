@@ -57,6 +57,7 @@ from service.core.state import RouterState, Terminal, evolve
 from service.kafka.consumer import GroupConsumer, Reader
 from service.kafka.producer import Producer
 from service.kafka.settings import KafkaSettings
+from service.telemetry import Telemetry
 from service.upstream import client as upstream
 from service.upstream.pricing import PriceCache
 from service.wire import cloudevents as ce
@@ -109,8 +110,11 @@ class Offsets:
 class Router:
     """One router instance; several form one consumer group."""
 
-    def __init__(self, cfg: Config, *, instance: str, time: Clock = clock) -> None:
+    def __init__(
+        self, cfg: Config, *, instance: str, time: Clock = clock, telemetry: Telemetry | None = None
+    ) -> None:
         self.cfg = cfg
+        self.telemetry = telemetry or Telemetry()  # no-op unless the composition root says so
         self.instance = instance
         self.clock = time
         self.source = f"turnout/router/{instance}"
@@ -281,6 +285,8 @@ class Router:
         if any(isinstance(e, Call) for e in decision.effects) or not decision.effects:
             self.bodies.setdefault(req.request_id, {"messages": req.messages, **req.params})
         self.positions.setdefault(req.request_id, []).append(pos)
+        if decision.events:  # accepted: its span opens before its first event is published
+            self.telemetry.start_request(req, record.headers, topic=record.topic)
         await self._apply(decision, req.request_id)
         if not decision.effects or isinstance(decision.effects[0], Resend):
             self._finish_one(req.request_id, pos)  # a duplicate: the first record answers
@@ -334,7 +340,9 @@ class Router:
         body = self.bodies.get(call.request_id)
         if body is None:
             return
+        attempt = self.telemetry.start_attempt(call.request_id, call.model, call.attempt)
         result = await self.upstream.call(call.model, body)
+        self.telemetry.end_attempt(attempt, result)
         decision = decide_result(
             self.state, call.request_id, self._result(call, result), self._ctx()
         )
@@ -382,20 +390,23 @@ class Router:
 
     # ------------------------------------------------------------ events, commits
 
-    def _wrap(self, event: Any) -> ce.Envelope:
+    def _wrap(self, event: Any, traceparent: str | None = None) -> ce.Envelope:
         return ce.wrap(
-            event, id=self.clock.new_id(), time_ms=self.clock.now_ms(), source=self.source
-        )
+            event, id=self.clock.new_id(), time_ms=self.clock.now_ms(), source=self.source,
+            traceparent=traceparent,
+        )  # fmt: skip
 
     async def _publish(self, events: Sequence[Any]) -> None:
         futures = []
         for event in events:
-            key, value, headers = ce.encode(self._wrap(event))
+            traceparent = self.telemetry.traceparent(getattr(event, "request_id", None))
+            key, value, headers = ce.encode(self._wrap(event, traceparent))
             futures.append(
                 await self.producer.send(self.topics.events, value, key=key, headers=headers)
             )
         if futures:
             await asyncio.gather(*futures)
+            self.telemetry.published(events)
 
     def _config_applied(self) -> ev.ConfigApplied:
         return ev.ConfigApplied(

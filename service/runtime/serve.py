@@ -18,11 +18,15 @@ async def _main(args: argparse.Namespace) -> int:
     from service.health import start_health
     from service.kafka.errors import quiet_client_logs
     from service.runtime.router import Router
+    from service.telemetry import Telemetry
 
     cfg = load_config(args.config)
     quiet_client_logs()
     instance = args.instance or f"{socket.gethostname()}-{clock.new_id()[-6:]}"
-    router = Router(cfg, instance=instance)
+    telemetry = Telemetry.from_env(
+        tracing=cfg.features.tracing, metrics=cfg.features.metrics, instance=instance
+    )
+    router = Router(cfg, instance=instance, telemetry=telemetry)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -36,6 +40,7 @@ async def _main(args: argparse.Namespace) -> int:
     finally:
         if health is not None:
             await health.cleanup()
+        await asyncio.to_thread(telemetry.shutdown)  # flush spans and metrics before exit
     return 0
 
 
