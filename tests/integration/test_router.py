@@ -90,7 +90,7 @@ def sim_calls(sim: RunningSimulator) -> int:
 async def test_every_request_gets_one_response_and_a_repeat_costs_no_upstream_call(
     kafka_settings: KafkaSettings, kafka_topics: Topics, simulator: RunningSimulator
 ) -> None:
-    ids = [f"req-{i}" for i in range(200)]
+    ids = [f"req-{i}" for i in range(1000)]
     tenants = ["acme", "globex", "initech", "umbrella"]
     records = [
         (tenants[i % 4].encode(), request(rid, tenants[i % 4]), None) for i, rid in enumerate(ids)
