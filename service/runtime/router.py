@@ -123,6 +123,7 @@ class Router:
         self.state = RouterState()
         self.offsets = Offsets()
         self.bodies: dict[str, dict[str, Any]] = {}
+        self.unacked: dict[str, list[asyncio.Future[Any]]] = {}  # sent, ack not yet awaited
         self.positions: dict[str, list[Position]] = {}
         self.ready = asyncio.Event()
         self.slots = asyncio.Semaphore(cfg.batching.max_in_flight)
@@ -316,13 +317,14 @@ class Router:
             evolve(self.state, event, now, self.cfg)
         events = decision.events
         responds = [e for e in decision.effects if isinstance(e, Respond)]
-        if responds:  # the response is acknowledged before the terminal event records it
+        if responds:  # every earlier event and the response are acked before the terminal
             terminals = [e for e in events if isinstance(e, Terminal)]
-            await self._publish([e for e in events if not isinstance(e, Terminal)])
+            await self._publish([e for e in events if not isinstance(e, Terminal)], request_id)
             for respond in responds:
                 await self._respond(respond.terminal)
-            events = terminals
-        await self._publish(events)
+            await self._publish(terminals)
+        else:  # not awaited: acks are collected before the request's response
+            await self._publish(events, request_id, wait=False)
         for effect in decision.effects:
             match effect:
                 case Call():
@@ -375,6 +377,7 @@ class Router:
         for pos in self.positions.pop(request_id, []):
             self._finish(pos)
         self.bodies.pop(request_id, None)
+        self.unacked.pop(request_id, None)
 
     def _finish_one(self, request_id: str, pos: Position) -> None:
         positions = self.positions.get(request_id, [])
@@ -396,7 +399,10 @@ class Router:
             traceparent=traceparent,
         )  # fmt: skip
 
-    async def _publish(self, events: Sequence[Any]) -> None:
+    async def _publish(
+        self, events: Sequence[Any], request_id: str | None = None, *, wait: bool = True
+    ) -> None:
+        """Send events in order; with `wait`, await their acks and the request's earlier ones."""
         futures = []
         for event in events:
             traceparent = self.telemetry.traceparent(getattr(event, "request_id", None))
@@ -404,8 +410,13 @@ class Router:
             futures.append(
                 await self.producer.send(self.topics.events, value, key=key, headers=headers)
             )
-        if futures:
-            await asyncio.gather(*futures)
+        if not wait and request_id is not None:
+            self.unacked.setdefault(request_id, []).extend(futures)
+        else:
+            earlier = self.unacked.pop(request_id, []) if request_id is not None else []
+            if futures or earlier:
+                await asyncio.gather(*earlier, *futures)
+        if events:
             self.telemetry.published(events)
 
     def _config_applied(self) -> ev.ConfigApplied:
