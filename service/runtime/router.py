@@ -14,6 +14,8 @@ Rules:
   a router that died are dropped from the rebuilt state: their intake records
   were not committed, so they come again and are decided afresh (a second
   `accepted`, still exactly one terminal event).
+- Breakers are global: their transitions are keyed `_system`, and every
+  router tails that partition to fold other routers' transitions as they happen.
 - Decide and fold happen with no `await` in between, so concurrent requests
   always decide on the state that includes every earlier decision.
 - A request's response is acknowledged before its terminal event is sent, and
@@ -126,6 +128,9 @@ class Router:
         self.unacked: dict[str, list[asyncio.Future[Any]]] = {}  # sent, ack not yet awaited
         self.positions: dict[str, list[Position]] = {}
         self.ready = asyncio.Event()
+        self.system = TopicPartition(self.topics.events, home_partition(ev.SYSTEM_TENANT))
+        self._system_next = 0  # the _system offset just after the last rebuild's marker
+        self._tail: asyncio.Task[None] | None = None
         self.slots = asyncio.Semaphore(cfg.batching.max_in_flight)
         self.tasks: set[asyncio.Task[None]] = set()
         self.producer = Producer(self.kafka)
@@ -150,6 +155,8 @@ class Router:
             await self._serve(stop)
         finally:
             await self._drain()
+            if self._tail is not None:
+                self._tail.cancel()
             await self.consumer.stop()
             await self.producer.stop()
             await self.upstream.aclose()
@@ -202,6 +209,9 @@ class Router:
             if request_id not in self.positions:  # an orphan of a router that died
                 del state.inflight[request_id]  # its redelivered record starts it again
         self.state = state
+        if self._tail is not None:
+            self._tail.cancel()
+        self._tail = asyncio.create_task(self._tail_system(self._system_next))
         self.ready.set()
         log.info("serving partitions %s", sorted(tp.partition for tp in assigned))
 
@@ -244,7 +254,34 @@ class Router:
         data = env.data
         if isinstance(data, ev.RouterMarker) and data.marker_id == marker_id:
             waiting.discard(record.partition)
+            if record.partition == self.system.partition:
+                self._system_next = record.offset + 1
         evolve(state, data, env.time_ms, self.cfg)
+
+    async def _tail_system(self, offset: int) -> None:
+        """Fold other routers' breaker transitions as they happen (global breakers).
+
+        Restarted from the rebuild's marker on every assignment, so nothing the
+        rebuilt state already holds is folded twice; our own transitions are
+        folded when decided, so only other sources count here.
+        """
+        reader = Reader(self.kafka, [self.system], start_offsets={self.system: offset})
+        async with reader:
+            while True:
+                batch = await reader.getmany(timeout_ms=200)
+                for records in batch.values():
+                    for record in records:
+                        self._fold_breaker(record)
+
+    def _fold_breaker(self, record: Any) -> None:
+        try:
+            if not ce.decode_type(record.headers).startswith("turnout.breaker."):
+                return
+            env = ce.decode(record.key, record.value, record.headers)
+        except WireError:
+            return
+        if env.source != self.source:
+            evolve(self.state, env.data, env.time_ms, self.cfg)
 
     # ------------------------------------------------------------ intake
 

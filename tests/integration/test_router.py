@@ -295,3 +295,32 @@ async def test_health_endpoints_say_alive_ready_and_what_is_in_force(
     assert details["broker"] == kafka_settings.bootstrap
     assert len(details["config_hash"]) == 64
     assert "api_key" not in json.dumps(details).lower().replace("api_key_env", "")
+
+
+async def test_a_breaker_one_router_opens_is_open_for_the_other_router_too(
+    kafka_settings: KafkaSettings, kafka_topics: Topics
+) -> None:
+    scenario = parse_scenario('[[rule]]\nmodel = "bad/*"\noutcome = 503\nretry_after_s = 0\n')
+    with start_in_thread(SimulatorOptions(scenario=scenario)) as sim:
+        cfg = config(
+            kafka_settings, sim,
+            routes={"general": {"models": ["bad/model", "good/model"]}},
+            retry={"max_retries": 0},
+            breaker={"failure_threshold": 3, "recovery_timeout_s": 60},
+        )  # fmt: skip
+        async with running(cfg, "one") as one, running(cfg, "two") as two:
+            await asyncio.wait_for(one.ready.wait(), 30)  # re-ready after the second joined
+            owner, other = (one, two) if one.consumer.assignment and any(
+                tp.partition == home_partition("acme") for tp in one.consumer.assignment
+            ) else (two, one)  # fmt: skip
+            records = [(b"acme", request(f"t{i}"), None) for i in range(3)]
+            await produce(kafka_settings.bootstrap, kafka_topics.requests, records)
+            await collect(kafka_settings.bootstrap, kafka_topics.responses, 3)
+            async with asyncio.timeout(10):  # the other router learns from the _system tail
+                while other.state.breakers.get("bad/model") is None:  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+            assert owner.state.breakers["bad/model"].status == "open"
+            assert other.state.breakers["bad/model"].status == "open"
+            assert not any(
+                tp.partition == home_partition("acme") for tp in other.consumer.assignment
+            )
