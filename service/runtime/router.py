@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable, Sequence
+from contextlib import suppress
 from typing import Any
 
 from aiokafka import TopicPartition
@@ -155,8 +156,7 @@ class Router:
             await self._serve(stop)
         finally:
             await self._drain()
-            if self._tail is not None:
-                self._tail.cancel()
+            await self._stop_tail()
             await self.consumer.stop()
             await self.producer.stop()
             await self.upstream.aclose()
@@ -209,8 +209,7 @@ class Router:
             if request_id not in self.positions:  # an orphan of a router that died
                 del state.inflight[request_id]  # its redelivered record starts it again
         self.state = state
-        if self._tail is not None:
-            self._tail.cancel()
+        await self._stop_tail()
         self._tail = asyncio.create_task(self._tail_system(self._system_next))
         self.ready.set()
         log.info("serving partitions %s", sorted(tp.partition for tp in assigned))
@@ -266,12 +265,22 @@ class Router:
         folded when decided, so only other sources count here.
         """
         reader = Reader(self.kafka, [self.system], start_offsets={self.system: offset})
-        async with reader:
+        try:  # not `async with`: a cancel during start() must still close the consumer
+            await reader.start()
             while True:
                 batch = await reader.getmany(timeout_ms=200)
                 for records in batch.values():
                     for record in records:
                         self._fold_breaker(record)
+        finally:
+            await reader.stop()
+
+    async def _stop_tail(self) -> None:
+        if self._tail is not None:
+            self._tail.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._tail
+            self._tail = None
 
     def _fold_breaker(self, record: Any) -> None:
         try:
