@@ -11,7 +11,7 @@ from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
 import msgspec
 
-__all__ = ["Price", "cost_micros", "parse_price", "usd_to_micros"]
+__all__ = ["Price", "call_cost_micros", "cost_micros", "parse_price", "usd_to_micros"]
 
 _MICRO = Decimal(1_000_000)
 
@@ -48,3 +48,15 @@ def cost_micros(price: Price, prompt_tokens: int, completion_tokens: int) -> int
     usd = Decimal(str(price.prompt)) * prompt_tokens
     usd += Decimal(str(price.completion)) * completion_tokens
     return usd_to_micros(usd)
+
+
+def call_cost_micros(
+    reported_usd: float | None, price: Price | None, prompt_tokens: int, completion_tokens: int
+) -> int:
+    """What one call cost: the upstream's own figure when it reports one (OpenRouter's
+    `usage.cost`), else tokens at the published price, else nothing known (0)."""
+    if reported_usd is not None:
+        return usd_to_micros(reported_usd)
+    if price is not None:
+        return cost_micros(price, prompt_tokens, completion_tokens)
+    return 0

@@ -43,7 +43,7 @@ from aiokafka.partitioner import murmur2
 from service.clock import Clock, clock
 from service.core import events as ev
 from service.core.config import Config, config_hash, config_to_dict
-from service.core.pricing import cost_micros, usd_to_micros
+from service.core.pricing import call_cost_micros
 from service.core.request import (
     Call,
     CallResult,
@@ -401,11 +401,9 @@ class Router:
 
     def _result(self, call: Call, r: upstream.CallResult) -> CallResult:
         usage = r.usage or ev.Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
-        cost = 0
-        if r.cost_usd is not None:
-            cost = usd_to_micros(r.cost_usd)
-        elif (price := self.prices.price(call.model)) is not None:
-            cost = cost_micros(price, usage.prompt_tokens, usage.completion_tokens)
+        cost = call_cost_micros(
+            r.cost_usd, self.prices.price(call.model), usage.prompt_tokens, usage.completion_tokens
+        )
         return CallResult(
             model=call.model, attempt=call.attempt, ok=r.ok, latency_ms=r.latency_ms,
             status=r.status, response=r.response, usage=usage, cost_micros=cost,

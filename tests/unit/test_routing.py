@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from service.core.breaker import Breaker
 from service.core.config import RouteConfig
-from service.core.pricing import Price, cost_micros, parse_price, usd_to_micros
+from service.core.pricing import Price, call_cost_micros, cost_micros, parse_price, usd_to_micros
 from service.core.routing import RouteDecision, decide_route
 from service.core.stats import LatencyStat, observe_latency
 
@@ -88,3 +88,10 @@ def test_latency_ewma_stays_within_the_observed_range(samples: list[float]) -> N
         stat = observe_latency(stat, s)
     assert stat.count == len(samples)
     assert min(samples) - 1e-6 <= stat.ewma_ms <= max(samples) + 1e-6
+
+
+def test_a_call_costs_what_the_upstream_reports_else_tokens_at_the_published_price() -> None:
+    price = Price(prompt=1e-6, completion=2e-6)
+    assert call_cost_micros(0.000123, price, 1_000, 1_000) == 123
+    assert call_cost_micros(None, price, 1_000, 1_000) == 3_000
+    assert call_cost_micros(None, None, 1_000, 1_000) == 0
