@@ -140,6 +140,7 @@ class TenantLimits(_Section, frozen=True, kw_only=True):
     budget_usd_lifetime: float | None = None
     budget_soft_percent: float = 80.0
     default_price_per_mtok: float = 10.0
+    default_max_tokens: int = 1024
 
 
 class Features(_Section, frozen=True, kw_only=True):
