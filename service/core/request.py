@@ -67,6 +67,8 @@ class IntakeRequest(msgspec.Struct, frozen=True, kw_only=True):
     messages: list[dict[str, Any]] | None = None
     reply_to: str | None = None
     metadata: dict[str, Any] | None = None
+    cache: bool | None = None  # the request's own cache opt-in (True) or opt-out (False)
+    redrive_of: str | None = None  # the request id this one re-submits (`turnout replay redrive`)
     intake_partition: int | None = None
     intake_offset: int | None = None
 
@@ -142,6 +144,7 @@ def _accepted(req: IntakeRequest, cfg: Config) -> ev.RequestAccepted:
         metadata=req.metadata,
         intake_partition=req.intake_partition,
         intake_offset=req.intake_offset,
+        redrive_of=req.redrive_of,
     )
 
 

@@ -43,7 +43,7 @@ NO_MESSAGES: Final = "empty_messages"
 
 _RESERVED: Final = frozenset(
     {"request_id", "tenant", "task_type", "model", "messages", "cache", "reply_to",
-     "metadata", "stream"}
+     "metadata", "stream", "redrive_of"}
 )  # fmt: skip
 
 
@@ -63,6 +63,7 @@ class Intake(msgspec.Struct, kw_only=True):
     cache: bool | None = None
     reply_to: str | None = None
     metadata: dict[str, Any] | None = None
+    redrive_of: str | None = None
 
 
 _decoder: Final = msgspec.json.Decoder(dict[str, Any])
@@ -134,6 +135,8 @@ def decode_intake(
         messages=messages,
         reply_to=intake.reply_to,
         metadata=intake.metadata,
+        cache=intake.cache,
+        redrive_of=intake.redrive_of,
         intake_partition=partition,
         intake_offset=offset,
     )
