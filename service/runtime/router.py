@@ -32,6 +32,7 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Iterable, Sequence
 from contextlib import suppress
@@ -80,6 +81,12 @@ Position = tuple[TopicPartition, int]
 def home_partition(tenant: str, partitions: int = PARTITIONS) -> int:
     """The partition Java and aiokafka clients pick for key `tenant` (murmur2)."""
     return int(murmur2(tenant.encode()) & 0x7FFFFFFF) % partitions
+
+
+@functools.lru_cache(maxsize=65_536)
+def _key_partition(key: bytes | None) -> int | None:
+    """murmur2 of a tenant key, once per tenant (aiokafka's is pure Python)."""
+    return None if key is None else home_partition(key.decode())
 
 
 class Offsets:
@@ -452,8 +459,11 @@ class Router:
             traceparent = self.telemetry.traceparent(getattr(event, "request_id", None))
             key, value, headers = ce.encode(self._wrap(event, traceparent))
             futures.append(
-                await self.producer.send(self.topics.events, value, key=key, headers=headers)
-            )
+                await self.producer.send(
+                    self.topics.events, value, key=key, headers=headers,
+                    partition=_key_partition(key),
+                )
+            )  # fmt: skip
         if not wait and request_id is not None:
             self.unacked.setdefault(request_id, []).extend(futures)
         else:

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import signal
 import socket
+from collections.abc import Callable
 
 from service.clock import clock
 from service.runtime.config import load_config
@@ -47,4 +48,14 @@ async def _main(args: argparse.Namespace) -> int:
 def cli_main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per upstream call is noise
-    return asyncio.run(_main(args))
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        return runner.run(_main(args))
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop where it is installed (every asyncio piece gets a little cheaper)."""
+    try:
+        import uvloop
+    except ImportError:  # Windows
+        return None
+    return uvloop.new_event_loop

@@ -440,3 +440,35 @@ async def test_the_price_cache_refreshes_after_ttl_and_keeps_the_last_good_table
     assert (stats.fetches, stats.failures, stats.fetched_at_ms) == (3, 1, 60_000)
     assert stats.last_error is not None and stats.last_error.startswith("GET /models")
     assert stats.next_refresh_ms == 130_000
+
+
+async def test_calls_go_through_the_proxy_named_in_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """HTTP_PROXY is honoured (trust_env): a plain HTTP proxy sees the absolute URL."""
+    from aiohttp import web
+
+    seen: list[str] = []
+
+    async def proxy(request: web.Request) -> web.Response:
+        seen.append(str(request.url))
+        return web.json_response({"data": []})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", proxy)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    try:
+        options = ClientOptions(base_url="http://upstream.example/api/v1")
+        async with UpstreamClient(options, environ={}) as client:
+            result = await client.get_json("/models")
+        assert result.ok, result.message
+        assert seen == ["http://upstream.example/api/v1/models"]
+    finally:
+        await runner.cleanup()
