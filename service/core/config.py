@@ -74,6 +74,7 @@ class KafkaConfig(_Section, frozen=True, kw_only=True):
     session_timeout_ms: int = 6000
     heartbeat_interval_ms: int = 1000
     fetch_max_wait_ms: int = 20
+    linger_ms: int = 0
     replication_factor: int = 1
 
 

@@ -149,6 +149,7 @@ class KafkaSettings:
             session_timeout_ms=kafka.session_timeout_ms,
             heartbeat_interval_ms=kafka.heartbeat_interval_ms,
             fetch_max_wait_ms=kafka.fetch_max_wait_ms,
+            linger_ms=kafka.linger_ms,
             replication_factor=kafka.replication_factor,
         )
         return cls.from_env(base)
