@@ -170,6 +170,10 @@ class RequestCompleted(_EventBase, frozen=True, kw_only=True):
     cost_micros: int
     response: dict[str, Any]
     reply_to: str | None = None
+    # a cache hit or a coalesced follower used nothing itself: what the answer cost when it
+    # was made (so savings are visible, while usage/cost above count what this request used)
+    saved_usage: Usage | None = None
+    saved_cost_micros: int = 0
 
 
 class RequestFailed(_EventBase, frozen=True, kw_only=True):

@@ -25,14 +25,17 @@ Rules:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 
+from service.core import budget, ratelimit
+from service.core import cache as caching
 from service.core import events as ev
 from service.core.breaker import Breaker, can_call, due_trigger, open_until, record_call
-from service.core.config import Config
+from service.core.config import Config, RouteConfig
 from service.core.outcomes import CLASSES
+from service.core.partitioning import PARTITIONS, home_partition
 from service.core.pricing import Price
 from service.core.retry import retry_allowed, retry_delay_ms
 from service.core.routing import decide_route
@@ -47,6 +50,7 @@ __all__ = [
     "Resend",
     "Respond",
     "Wait",
+    "admission_key",
     "decide_intake",
     "decide_result",
     "decide_retry_due",
@@ -89,6 +93,7 @@ class CallResult(msgspec.Struct, frozen=True, kw_only=True):
     message: str = ""
     retry_after_ms: int | None = None
     slow: bool = False
+    cache_body: caching.EncodedBody | None = None  # the answer, encoded, when it may be cached
 
 
 class Call(msgspec.Struct, frozen=True, kw_only=True):
@@ -128,7 +133,7 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
     effects: list[Effect]
 
 
-def _accepted(req: IntakeRequest, cfg: Config) -> ev.RequestAccepted:
+def _accepted(req: IntakeRequest, cfg: Config, key: str | None) -> ev.RequestAccepted:
     return ev.RequestAccepted(
         request_id=req.request_id,
         tenant=req.tenant,
@@ -139,7 +144,8 @@ def _accepted(req: IntakeRequest, cfg: Config) -> ev.RequestAccepted:
         max_tokens=req.max_tokens,
         params=req.params,
         messages=req.messages if cfg.privacy.store_prompts else None,
-        cacheable=False,
+        cache_key=key,
+        cacheable=key is not None,
         reply_to=req.reply_to,
         metadata=req.metadata,
         intake_partition=req.intake_partition,
@@ -187,8 +193,120 @@ def _start(
     return events, Call(request_id=flight.request_id, model=model, attempt=attempt)
 
 
-def decide_intake(state: RouterState, req: IntakeRequest, ctx: Context) -> Decision:
-    """A new intake record: accept it, route it and start its first attempt."""
+def admission_key(req: IntakeRequest, cfg: Config) -> str | None:
+    """The request's cache key when its answer may be cached (and coalesced), else None.
+
+    The shell calls it too: on a live entry it decodes the stored answer and hands it
+    to `decide_intake` (the core cannot decompress)."""
+    if req.messages is None or not caching.is_cacheable(req.params, req.cache, cfg):
+        return None
+    return caching.cache_key(
+        tenant=req.tenant,
+        scope=cfg.cache.scope,
+        model=req.model,
+        task_type=req.task_type,
+        messages=req.messages,
+        params=req.params,
+    )
+
+
+def _rejected(req: IntakeRequest, code: str, message: str, retry_after_ms: int | None) -> Decision:
+    terminal = ev.RequestRejected(
+        request_id=req.request_id,
+        tenant=req.tenant,
+        code=code,
+        message=message,
+        retry_after_ms=retry_after_ms,
+        reply_to=req.reply_to,
+    )
+    return Decision(events=[terminal], effects=[Respond(terminal=terminal)])
+
+
+def _over_limit(state: RouterState, req: IntakeRequest, ctx: Context, hit: bool) -> Decision | None:
+    """Rejected by a rate limit (a cache hit counts as a request, not as tokens)."""
+    if not ctx.cfg.features.rate_limiting:
+        return None
+    limits = ctx.cfg.tenant(req.tenant)
+    tokens = 0 if hit else ratelimit.token_estimate(req.prompt_tokens_est, req.max_tokens, limits)
+    exceeded = ratelimit.check(
+        state.limits.get(req.tenant), limits, now_ms=ctx.now_ms, tokens=tokens
+    )
+    if exceeded is None:
+        return None
+    message = (
+        f"{exceeded.limit} = {exceeded.limit_value} reached for tenant {req.tenant!r}; "
+        f"retry after {exceeded.retry_after_ms} ms"
+    )
+    rejected = _rejected(req, "rate_limited", message, exceeded.retry_after_ms)
+    event = exceeded.event(request_id=req.request_id, tenant=req.tenant)
+    return Decision(events=[event, *rejected.events], effects=rejected.effects)
+
+
+def _hit(
+    req: IntakeRequest, key: str, lookup: caching.Lookup, response: dict[str, Any], ctx: Context
+) -> Decision:
+    entry = lookup.entry
+    assert entry is not None
+    terminal = ev.RequestCompleted(
+        request_id=req.request_id,
+        tenant=req.tenant,
+        model=entry.model,
+        cached=True,
+        coalesced=False,
+        attempts=0,
+        latency_ms=0.0,
+        usage=_NO_USAGE,
+        cost_micros=0,
+        response=response,
+        reply_to=req.reply_to,
+        saved_usage=entry.usage,
+        saved_cost_micros=entry.cost_micros,
+    )
+    events = [_accepted(req, ctx.cfg, key), *lookup.events, terminal]
+    return Decision(events=events, effects=[Respond(terminal=terminal)])
+
+
+_DEFAULT_ROUTE: Final = RouteConfig()
+_NO_USAGE = ev.Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
+
+
+def _reserve(
+    state: RouterState, req: IntakeRequest, order: tuple[str, ...], ctx: Context
+) -> list[Any]:
+    """`[BudgetReserved]`, `[BudgetExceeded]` (hard: reject) or `[]` (budgets off)."""
+    if not ctx.cfg.features.budgets:
+        return []
+    limits = ctx.cfg.tenant(req.tenant)
+    amount = budget.reservation_micros(
+        req.prompt_tokens_est, req.max_tokens, [ctx.prices.get(m) for m in order], limits=limits
+    )
+    return budget.decide_reserve(
+        state.budgets.get(req.tenant),
+        tenant=req.tenant,
+        request_id=req.request_id,
+        amount_micros=amount,
+        limits=limits,
+        now_ms=ctx.now_ms,
+    )
+
+
+def decide_intake(
+    state: RouterState,
+    req: IntakeRequest,
+    ctx: Context,
+    *,
+    cached_response: dict[str, Any] | None = None,
+    resume: bool = False,
+) -> Decision:
+    """A new intake record: answer a duplicate from state; else admit it (rate limits),
+    answer it from the cache, join an identical request in flight, or reserve its
+    budget, route it and start its first attempt.
+
+    `cached_response` is the decoded answer of the live cache entry for this request's
+    key (the shell decodes it); None when there is none or it could not be decoded.
+    `resume`: the request is in flight in the state but no process works on it (its
+    router died): start it again where it stands, without admitting, reserving or
+    counting it a second time."""
     done = state.finished.get(req.request_id)
     if done is not None:
         if state.intake.get(req.request_id) == (req.intake_partition, req.intake_offset):
@@ -196,8 +314,84 @@ def decide_intake(state: RouterState, req: IntakeRequest, ctx: Context) -> Decis
             # its response was acknowledged before its terminal event, so say nothing
             return Decision(events=[], effects=[])
         return Decision(events=[], effects=[Resend(terminal=done)])
-    if req.request_id in state.inflight:
+    flight = state.inflight.get(req.request_id)
+    if flight is not None:
+        return _resume(state, flight, ctx) if resume else Decision(events=[], effects=[])
+    key = admission_key(req, ctx.cfg)
+    lookup: caching.Lookup | None = None
+    if key is not None:
+        index = _index(state, req.tenant)
+        lookup = caching.decide_lookup(
+            index, request_id=req.request_id, tenant=req.tenant, key=key, now_ms=ctx.now_ms
+        )
+        if lookup.entry is not None and cached_response is None:  # unreadable: drop it
+            evicted = ev.CacheEvicted(
+                tenant=req.tenant, cache_key=key, reason="corrupt",
+                stored_bytes=lookup.entry.stored_bytes,
+            )  # fmt: skip
+            miss = ev.CacheMiss(request_id=req.request_id, tenant=req.tenant, cache_key=key)
+            lookup = caching.Lookup(entry=None, events=[evicted, miss])
+    hit = lookup is not None and lookup.entry is not None
+    refused = _over_limit(state, req, ctx, hit)
+    if refused is not None:
+        return refused
+    if hit:
+        assert key is not None and lookup is not None and cached_response is not None
+        return _hit(req, key, lookup, cached_response, ctx)
+    looked = lookup.events if lookup is not None else []
+    if key is not None:
+        joined = caching.decide_coalesce(
+            _index(state, req.tenant),
+            request_id=req.request_id, tenant=req.tenant, key=key, cfg=ctx.cfg,
+        )  # fmt: skip
+        if joined is not None:  # the leader's answer will answer this one too
+            return Decision(events=[_accepted(req, ctx.cfg, key), *looked, joined], effects=[])
+    return _route_and_start(state, req, ctx, key, looked)
+
+
+_EMPTY_INDEX: Final = caching.CacheIndex()
+
+
+def _index(state: RouterState, tenant: str) -> caching.CacheIndex:
+    """The tenant's partition's cache index, read-only (an empty one when none yet)."""
+    index = state.cache.get(home_partition(tenant))
+    return _EMPTY_INDEX if index is None else index  # not `or`: an index with no entries is falsy
+
+
+def _resume(state: RouterState, flight: InFlight, ctx: Context) -> Decision:
+    """Re-route an orphaned request and start its next attempt (a follower keeps waiting
+    while its leader is in flight)."""
+    index = state.cache.get(home_partition(flight.tenant))
+    leader = index.leader_of(flight.request_id) if index is not None else None
+    if leader is not None and leader in state.inflight:
         return Decision(events=[], effects=[])
+    route = decide_route(
+        ctx.cfg.routes.get(flight.task_type, _DEFAULT_ROUTE),
+        request_id=flight.request_id,
+        pinned=flight.order[0] if flight.order else None,
+        now_ms=ctx.now_ms,
+        breakers=state.breakers if ctx.cfg.features.circuit_breaker else {},
+        latency=state.latency,
+        prices=ctx.prices,
+    )
+    decided = ev.RouteDecided(
+        request_id=flight.request_id, tenant=flight.tenant, task_type=flight.task_type,
+        strategy=route.strategy, candidates=list(route.candidates), order=list(route.order),
+        skipped=[ev.SkippedModel(model=m, reason=r) for m, r in route.skipped],
+        sample=route.sample,
+    )  # fmt: skip
+    moved = msgspec.structs.replace(flight, order=route.order, index=0)
+    if not route.order:
+        terminal = _failed(moved, "upstream_unavailable", "no candidate model", ctx.now_ms, ())
+        released = _settle(state, flight, None, ctx)
+        return _with_followers(state, flight, terminal, [decided, *released, terminal], ctx)
+    started, call = _start(moved, route.order[0], 1, ctx, state)
+    return Decision(events=[decided, *started], effects=[call])
+
+
+def _route_and_start(
+    state: RouterState, req: IntakeRequest, ctx: Context, key: str | None, looked: list[Any]
+) -> Decision:
     route_cfg = ctx.cfg.routes[req.task_type]
     route = decide_route(
         route_cfg,
@@ -208,8 +402,23 @@ def decide_intake(state: RouterState, req: IntakeRequest, ctx: Context) -> Decis
         latency=state.latency,
         prices=ctx.prices,
     )
+    reserved: list[Any] = []
+    if route.order:
+        reserved = _reserve(state, req, route.order, ctx)
+        if reserved and isinstance(reserved[0], ev.BudgetExceeded):
+            over = reserved[0]
+            message = (
+                f"the {over.period} budget of tenant {req.tenant!r} would be exceeded: "
+                f"spent {over.spent_micros / 1e6:.6f} + reserved {over.reserved_micros / 1e6:.6f} "
+                f"+ this request {over.requested_micros / 1e6:.6f} > "
+                f"{over.limit_micros / 1e6:.6f} USD"
+            )
+            rejected = _rejected(req, "budget_exceeded", message, None)
+            return Decision(events=[over, *rejected.events], effects=rejected.effects)
     events: list[Any] = [
-        _accepted(req, ctx.cfg),
+        _accepted(req, ctx.cfg, key),
+        *reserved,
+        *looked,
         ev.RouteDecided(
             request_id=req.request_id,
             tenant=req.tenant,
@@ -227,6 +436,7 @@ def decide_intake(state: RouterState, req: IntakeRequest, ctx: Context) -> Decis
         task_type=req.task_type,
         accepted_at_ms=ctx.now_ms,
         reply_to=req.reply_to,
+        cache_key=key,
         order=route.order,
     )
     if not route.order:
@@ -310,7 +520,70 @@ def _on_success(state: RouterState, flight: InFlight, result: CallResult, ctx: C
     )
     breaker, _ = _breaker_events(state, result.model, result.slow, ctx, None)
     terminal = _completed(flight, result, ctx.now_ms)
-    return Decision(events=[succeeded, *breaker, terminal], effects=[Respond(terminal=terminal)])
+    settled = _settle(state, flight, result.cost_micros, ctx)
+    stored = _store(state, flight, result, ctx)
+    events: list[Any] = [succeeded, *breaker, *settled, *stored, terminal]
+    return _with_followers(state, flight, terminal, events, ctx)
+
+
+def _settle(state: RouterState, flight: InFlight, actual: int | None, ctx: Context) -> list[Any]:
+    """Charge the actual cost and release the rest of the reservation (None: release all)."""
+    return budget.decide_settle(
+        state.budgets.get(flight.tenant),
+        tenant=flight.tenant,
+        request_id=flight.request_id,
+        actual_micros=actual,
+        limits=ctx.cfg.tenant(flight.tenant),
+    )
+
+
+def _store(state: RouterState, flight: InFlight, result: CallResult, ctx: Context) -> list[Any]:
+    if flight.cache_key is None or result.cache_body is None:
+        return []
+    return caching.decide_store(
+        state.cache_index(flight.tenant),
+        request_id=flight.request_id,
+        tenant=flight.tenant,
+        key=flight.cache_key,
+        model=result.model,
+        body=result.cache_body,
+        usage=result.usage,
+        cost_micros=result.cost_micros,
+        now_ms=ctx.now_ms,
+        cfg=ctx.cfg,
+        max_bytes=ctx.cfg.cache.max_bytes // PARTITIONS,
+    )
+
+
+def _with_followers(
+    state: RouterState, leader: InFlight, terminal: Terminal, events: list[Any], ctx: Context
+) -> Decision:
+    """The leader's terminal, then one for every request coalesced onto it."""
+    effects: list[Effect] = [Respond(terminal=terminal)]
+    index = state.cache.get(home_partition(leader.tenant))
+    for follower_id in index.followers(leader.request_id) if index is not None else ():
+        follower = state.inflight.get(follower_id)
+        if follower is None:
+            continue
+        answer = _follower_terminal(follower, terminal, ctx.now_ms)
+        events.append(answer)
+        effects.append(Respond(terminal=answer))
+    return Decision(events=events, effects=effects)
+
+
+def _follower_terminal(follower: InFlight, leader: Terminal, now_ms: int) -> Terminal:
+    latency = float(now_ms - follower.accepted_at_ms)
+    if isinstance(leader, ev.RequestCompleted):
+        return msgspec.structs.replace(
+            leader, request_id=follower.request_id, tenant=follower.tenant,
+            reply_to=follower.reply_to, coalesced=True, attempts=0, latency_ms=latency,
+            usage=_NO_USAGE, cost_micros=0, saved_usage=leader.usage,
+            saved_cost_micros=leader.cost_micros,
+        )  # fmt: skip
+    return msgspec.structs.replace(
+        leader, request_id=follower.request_id, tenant=follower.tenant,
+        reply_to=follower.reply_to, attempts=0, latency_ms=latency,
+    )  # fmt: skip
 
 
 def _on_failure(state: RouterState, flight: InFlight, result: CallResult, ctx: Context) -> Decision:
@@ -359,7 +632,8 @@ def _on_failure(state: RouterState, flight: InFlight, result: CallResult, ctx: C
         return Decision(events=[*events, taken, *started], effects=[call])
     code = cls.code if not cls.fallback or len(errors) == 1 else "upstream_unavailable"
     terminal = _failed(flight, code, result.message or cls.name, ctx.now_ms, errors)
-    return Decision(events=[*events, terminal], effects=[Respond(terminal=terminal)])
+    released = _settle(state, flight, None, ctx)
+    return _with_followers(state, flight, terminal, [*events, *released, terminal], ctx)
 
 
 def _plan_retry(

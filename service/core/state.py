@@ -1,8 +1,9 @@
 """Router state and its one reducer: `evolve(state, event, cfg)`.
 
 Everything the router knows — circuit breakers, latency statistics, the retry
-budget, requests in flight and the outcome of every finished request — is the
-fold of `turnout.events`. Replaying the same events with the same config gives
+budget, rate-limit windows and budgets per tenant, the cache index per
+partition, requests in flight and the outcome of every finished request — is
+the fold of `turnout.events`. Replaying the same events with the same config gives
 the same state; folding in two halves equals folding at once.
 
 Rules:
@@ -10,6 +11,9 @@ Rules:
   deadline comes from `BreakerOpened.open_until_ms`, never recomputed).
 - State holders are mutable for speed (the hot path folds ~10 events per
   request); the values inside them (`Breaker`, `InFlight`, ...) are frozen.
+- Per-tenant parts (limits, budgets) and the per-partition cache index depend
+  only on their own partition's events, so they fold the same however the
+  partitions' events interleave (a tenant lives on one partition).
 - Finished requests are remembered for idempotence (a redelivered record is
   answered from here) up to `FINISHED_LIMIT` ids, oldest forgotten first.
 """
@@ -21,9 +25,14 @@ from typing import Final
 
 import msgspec
 
+from service.core import budget as budgets
 from service.core import events as ev
+from service.core import ratelimit
 from service.core.breaker import Breaker, Trigger, apply_trigger, record_call
+from service.core.budget import TenantBudget, evolve_budget
+from service.core.cache import CacheIndex, evolve_cache
 from service.core.config import Config
+from service.core.partitioning import home_partition
 from service.core.retry import RetryBudget, note_request, note_retry
 from service.core.stats import LatencyStat, observe_latency
 
@@ -42,6 +51,7 @@ class InFlight(msgspec.Struct, frozen=True, kw_only=True):
     task_type: str
     accepted_at_ms: int
     reply_to: str | None = None
+    cache_key: str | None = None  # set when the answer may be cached (and coalesced)
     order: tuple[str, ...] = ()
     index: int = 0  # position in `order` of the model being tried
     attempt: int = 0  # attempts started, over every model
@@ -56,7 +66,10 @@ class InFlight(msgspec.Struct, frozen=True, kw_only=True):
 class RouterState:
     """The projection a router serves from; see the module docstring."""
 
-    __slots__ = ("breakers", "finished", "inflight", "intake", "latency", "retry_budget")
+    __slots__ = (
+        "breakers", "budgets", "cache", "finished", "inflight", "intake", "latency", "limits",
+        "retry_budget",
+    )  # fmt: skip
 
     def __init__(self) -> None:
         self.breakers: dict[str, Breaker] = {}
@@ -66,6 +79,17 @@ class RouterState:
         self.finished: OrderedDict[str, Terminal] = OrderedDict()
         # request id -> (partition, offset) of the intake record that was accepted
         self.intake: dict[str, tuple[int, int]] = {}
+        self.limits: dict[str, ratelimit.TenantWindows] = {}
+        self.budgets: dict[str, TenantBudget] = {}
+        self.cache: dict[int, CacheIndex] = {}
+
+    def cache_index(self, tenant: str) -> CacheIndex:
+        """The cache index of the tenant's home partition (created empty when new)."""
+        partition = home_partition(tenant)
+        index = self.cache.get(partition)
+        if index is None:
+            index = self.cache[partition] = CacheIndex()
+        return index
 
     def snapshot(self) -> dict[str, object]:
         """Plain data for comparisons (replay verify) and /healthz."""
@@ -75,6 +99,9 @@ class RouterState:
             "retry_budget": msgspec.to_builtins(self.retry_budget),
             "inflight": sorted(self.inflight),
             "finished": len(self.finished),
+            "limits": {t: ratelimit.snapshot(w) for t, w in sorted(self.limits.items())},
+            "budgets": {t: budgets.snapshot(b) for t, b in sorted(self.budgets.items())},
+            "cache": {str(p): i.snapshot() for p, i in sorted(self.cache.items())},
         }
 
 
@@ -107,6 +134,7 @@ def _evolve_request(state: RouterState, event: object, now_ms: int, cfg: Config)
                 task_type=event.task_type,
                 accepted_at_ms=now_ms,
                 reply_to=event.reply_to,
+                cache_key=event.cache_key if event.cacheable else None,
             )
             if event.intake_partition is not None and event.intake_offset is not None:
                 state.intake[event.request_id] = (event.intake_partition, event.intake_offset)
@@ -175,8 +203,40 @@ def _breaker_transition(state: RouterState, model: str, target: str, open_until_
     state.breakers[model] = apply_trigger(b, trigger, open_until_ms=open_until_ms)
 
 
+def _evolve_tenant(state: RouterState, event: object, now_ms: int, cfg: Config) -> None:
+    match event:
+        case ev.RequestAccepted():
+            if cfg.features.rate_limiting:
+                limits = cfg.tenant(event.tenant)
+                windows = state.limits.get(event.tenant)
+                if windows is None:
+                    windows = state.limits[event.tenant] = ratelimit.TenantWindows()
+                tokens = ratelimit.token_estimate(event.prompt_tokens_est, event.max_tokens, limits)
+                ratelimit.admit(
+                    windows, limits, request_id=event.request_id, now_ms=now_ms, tokens=tokens
+                )
+        case ev.RequestCompleted() | ev.RequestFailed():
+            used = event.usage.total_tokens if isinstance(event, ev.RequestCompleted) else 0
+            windows = state.limits.get(event.tenant)
+            ratelimit.settle(windows, request_id=event.request_id, tokens=used)
+        case ev.BudgetReserved() | ev.BudgetCharged() | ev.BudgetReleased() | ev.BudgetExceeded():
+            b = state.budgets.get(event.tenant)
+            if b is None:
+                b = state.budgets[event.tenant] = TenantBudget()
+            evolve_budget(b, event)
+    if isinstance(event, _CACHE_EVENTS):
+        evolve_cache(state.cache_index(event.tenant), event)
+
+
+_CACHE_EVENTS: Final = (
+    ev.CacheStored, ev.CacheHit, ev.CacheEvicted, ev.RequestAccepted, ev.RequestCoalesced,
+    ev.RequestCompleted, ev.RequestFailed, ev.RequestRejected,
+)  # fmt: skip
+
+
 def evolve(state: RouterState, event: object, now_ms: int, cfg: Config) -> RouterState:
     """Fold one event (decoded data, with its event time) into the state."""
+    _evolve_tenant(state, event, now_ms, cfg)
     _evolve_request(state, event, now_ms, cfg)
     _evolve_model(state, event, now_ms, cfg)
     return state

@@ -36,23 +36,27 @@ import functools
 import logging
 from collections.abc import Iterable, Sequence
 from contextlib import suppress
-from typing import Any
+from typing import Any, Final
 
+import msgspec
 from aiokafka import TopicPartition
-from aiokafka.partitioner import murmur2
 
 from service.clock import Clock, clock
 from service.core import events as ev
-from service.core.config import Config, config_hash, config_to_dict
+from service.core.cache import encoding_for
+from service.core.config import BatchingConfig, Config, config_hash, config_to_dict
+from service.core.partitioning import PARTITIONS, home_partition
 from service.core.pricing import call_cost_micros
 from service.core.request import (
     Call,
     CallResult,
     Context,
     Decision,
+    IntakeRequest,
     Resend,
     Respond,
     Wait,
+    admission_key,
     decide_intake,
     decide_result,
     decide_retry_due,
@@ -61,6 +65,7 @@ from service.core.state import RouterState, Terminal, evolve
 from service.kafka.consumer import GroupConsumer, Reader
 from service.kafka.producer import Producer
 from service.kafka.settings import KafkaSettings
+from service.runtime.cachecodec import CacheCodecError, default_codec
 from service.telemetry import Telemetry
 from service.upstream import client as upstream
 from service.upstream.pricing import PriceCache
@@ -73,19 +78,35 @@ __all__ = ["PARTITIONS", "Router", "home_partition"]
 
 log = logging.getLogger("turnout.router")
 
-PARTITIONS = 12
 DLQ_VALUE_LIMIT = 900_000  # an oversized record's first bytes, leaving room for headers
 Position = tuple[TopicPartition, int]
 
 
-def home_partition(tenant: str, partitions: int = PARTITIONS) -> int:
-    """The partition Java and aiokafka clients pick for key `tenant` (murmur2)."""
-    return int(murmur2(tenant.encode()) & 0x7FFFFFFF) % partitions
+_ONE_AT_A_TIME: Final = BatchingConfig(max_records=1, max_wait_ms=100)
+
+
+class IntakeStats:
+    """How intake is read: batches and their sizes (for /healthz)."""
+
+    def __init__(self) -> None:
+        self.batches = 0
+        self.records = 0
+        self.largest = 0
+
+    def batch(self, size: int) -> None:
+        self.batches += 1
+        self.records += size
+        self.largest = max(self.largest, size)
+
+    def as_dict(self) -> dict[str, float]:
+        mean = self.records / self.batches if self.batches else 0.0
+        return {"batches": self.batches, "records": self.records, "largest_batch": self.largest,
+                "mean_batch": round(mean, 2)}  # fmt: skip
 
 
 @functools.lru_cache(maxsize=65_536)
 def _key_partition(key: bytes | None) -> int | None:
-    """murmur2 of a tenant key, once per tenant (aiokafka's is pure Python)."""
+    """The home partition of a tenant key (explicit, so aiokafka's partitioner is skipped)."""
     return None if key is None else home_partition(key.decode())
 
 
@@ -135,11 +156,15 @@ class Router:
         self.bodies: dict[str, dict[str, Any]] = {}
         self.unacked: dict[str, list[asyncio.Future[Any]]] = {}  # sent, ack not yet awaited
         self.positions: dict[str, list[Position]] = {}
+        self.orphans: set[str] = set()
+        self.codec = default_codec()
+        self.cache_encoding = encoding_for(cfg)
         self.ready = asyncio.Event()
         self.system = TopicPartition(self.topics.events, home_partition(ev.SYSTEM_TENANT))
         self._system_next = 0  # the _system offset just after the last rebuild's marker
         self._tail: asyncio.Task[None] | None = None
         self.slots = asyncio.Semaphore(cfg.batching.max_in_flight)
+        self.intake_stats = IntakeStats()
         self.tasks: set[asyncio.Task[None]] = set()
         self.producer = Producer(self.kafka)
         self.consumer = GroupConsumer(
@@ -171,11 +196,14 @@ class Router:
     async def _serve(self, stop: asyncio.Event) -> None:
         committer = asyncio.create_task(self._commit_every(0.2))
         try:
+            batching = self.cfg.batching if self.cfg.features.batching else _ONE_AT_A_TIME
             while not stop.is_set():
                 batch = await self.consumer.getmany(
-                    timeout_ms=100, max_records=self.cfg.batching.max_records
+                    timeout_ms=batching.max_wait_ms, max_records=batching.max_records
                 )
-                if batch:  # fetching may run ahead of a rebuild: decide on rebuilt state only
+                if batch:
+                    self.intake_stats.batch(sum(len(r) for r in batch.values()))
+                    # fetching may run ahead of a rebuild: decide on rebuilt state only
                     await self.ready.wait()
                 for records in batch.values():
                     for record in records:
@@ -212,9 +240,9 @@ class Router:
         self.ready.clear()
         partitions = {tp.partition for tp in assigned} | {home_partition(ev.SYSTEM_TENANT)}
         state = await self._rebuild(sorted(partitions))
-        for request_id in list(state.inflight):
-            if request_id not in self.positions:  # an orphan of a router that died
-                del state.inflight[request_id]  # its redelivered record starts it again
+        # in flight in the log, but no task here works on it (its router died): its
+        # redelivered record resumes it, without admitting or reserving it again
+        self.orphans = {rid for rid in state.inflight if rid not in self.positions}
         self.state = state
         await self._stop_tail()
         self._tail = asyncio.create_task(self._tail_system(self._system_next))
@@ -335,15 +363,35 @@ class Router:
             ))  # fmt: skip
             self._finish(pos)
             return
-        decision = decide_intake(self.state, req, self._ctx())
+        ctx = self._ctx()
+        resume = req.request_id in self.orphans
+        self.orphans.discard(req.request_id)
+        decision = decide_intake(
+            self.state, req, ctx, cached_response=self._cached(req, ctx), resume=resume
+        )
         if any(isinstance(e, Call) for e in decision.effects) or not decision.effects:
             self.bodies.setdefault(req.request_id, {"messages": req.messages, **req.params})
         self.positions.setdefault(req.request_id, []).append(pos)
         if decision.events:  # accepted: its span opens before its first event is published
             self.telemetry.start_request(req, record.headers, topic=record.topic)
         await self._apply(decision, req.request_id)
-        if not decision.effects or isinstance(decision.effects[0], Resend):
-            self._finish_one(req.request_id, pos)  # a duplicate: the first record answers
+        if not decision.events:  # a duplicate: the first record answers (or answered)
+            self._finish_one(req.request_id, pos)
+
+    def _cached(self, req: IntakeRequest, ctx: Context) -> dict[str, Any] | None:
+        """The decoded answer of the live cache entry for this request, if any."""
+        key = admission_key(req, ctx.cfg) if ctx.cfg.features.caching else None
+        if key is None:
+            return None
+        index = self.state.cache.get(home_partition(req.tenant))
+        entry = index.lookup(key, ctx.now_ms) if index is not None else None
+        if entry is None:
+            return None
+        try:
+            return self.codec.decode_response(entry)
+        except CacheCodecError:
+            log.warning("cache entry %s is unreadable: answering from the upstream", key)
+            return None
 
     async def _deadletter(self, record: Any, err: WireError) -> None:
         headers = [*record.headers, ("turnout-error", err.code.encode()),
@@ -387,7 +435,7 @@ class Router:
                         effect.delay_ms / 1000, lambda: self._spawn(self._retry_due(request_id))
                     )
                 case Respond():
-                    self._finish_request(request_id)
+                    self._finish_request(effect.terminal.request_id)
                 case Resend():
                     await self._respond(effect.terminal)
 
@@ -398,9 +446,12 @@ class Router:
         attempt = self.telemetry.start_attempt(call.request_id, call.model, call.attempt)
         result = await self.upstream.call(call.model, body)
         self.telemetry.end_attempt(attempt, result)
-        decision = decide_result(
-            self.state, call.request_id, self._result(call, result), self._ctx()
-        )
+        outcome = self._result(call, result)
+        flight = self.state.inflight.get(call.request_id)
+        if result.ok and result.response and flight is not None and flight.cache_key:
+            encoded = self.codec.encode_response(result.response, self.cache_encoding)
+            outcome = msgspec.structs.replace(outcome, cache_body=encoded)
+        decision = decide_result(self.state, call.request_id, outcome, self._ctx())
         await self._apply(decision, call.request_id)
 
     async def _retry_due(self, request_id: str) -> None:
@@ -458,12 +509,13 @@ class Router:
         for event in events:
             traceparent = self.telemetry.traceparent(getattr(event, "request_id", None))
             key, value, headers = ce.encode(self._wrap(event, traceparent))
-            futures.append(
-                await self.producer.send(
-                    self.topics.events, value, key=key, headers=headers,
-                    partition=_key_partition(key),
-                )
+            future = await self.producer.send(
+                self.topics.events, value, key=key, headers=headers,
+                partition=_key_partition(key),
             )  # fmt: skip
+            if not self.cfg.features.batching:
+                await future  # batching off: one record per produce request, in order
+            futures.append(future)
         if not wait and request_id is not None:
             self.unacked.setdefault(request_id, []).extend(futures)
         else:
@@ -481,6 +533,9 @@ class Router:
         )  # fmt: skip
 
     def _needs_prices(self) -> bool:
+        """Prices matter for `cheapest`, price caps and budget reservations."""
+        if self.cfg.features.budgets:
+            return True
         routes = self.cfg.routes.values()
         return any(r.strategy == "cheapest" or r.max_price_per_mtok is not None for r in routes)
 

@@ -32,7 +32,10 @@ async def _main(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    health = await start_health(router, args.health_port) if args.health_port else None
+    serve_health = args.health_port and cfg.features.health_checks
+    if args.health_port and not serve_health:
+        print("health checks are off ([features] health_checks): no health server", flush=True)
+    health = await start_health(router, args.health_port) if serve_health else None
     print(f"router {instance}: consuming {router.topics.requests} on {router.kafka.bootstrap}"
           + (f", health on http://127.0.0.1:{args.health_port}/healthz" if health else ""),
           flush=True)  # fmt: skip

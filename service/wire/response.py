@@ -33,16 +33,23 @@ def response_body(
     base: dict[str, Any] = {"request_id": terminal.request_id, "tenant": terminal.tenant}
     match terminal:
         case ev.RequestCompleted():
-            return base | {
+            body = base | {
                 "status": "ok",
                 "model": terminal.model,
                 "cached": terminal.cached,
+                "coalesced": terminal.coalesced,
                 "attempts": terminal.attempts,
                 "latency_ms": round(terminal.latency_ms, 3),
                 "cost_usd": terminal.cost_micros / 1_000_000,
                 "usage": _usage(terminal.usage),
                 "response": terminal.response,
             }
+            if terminal.saved_usage is not None:
+                body["saved"] = {
+                    "usage": _usage(terminal.saved_usage),
+                    "cost_usd": terminal.saved_cost_micros / 1_000_000,
+                }
+            return body
         case ev.RequestFailed():
             return base | {
                 "status": "error",

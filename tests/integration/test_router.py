@@ -27,11 +27,20 @@ def simulator() -> Iterator[RunningSimulator]:
         yield sim
 
 
+UNLIMITED: dict[str, Any] = {
+    "requests_per_minute": 10**9, "requests_per_hour": 10**9, "requests_per_day": 10**9,
+    "burst": 10**9, "tokens_per_minute": 10**12, "budget_usd_per_day": 10.0**6,
+    "budget_usd_per_month": 10.0**7,
+}  # fmt: skip
+"""Tenant limits no test here reaches (test_tenants.py tests the limits themselves)."""
+
+
 def config(settings: KafkaSettings, sim: RunningSimulator, **extra: Any) -> Config:
     raw = {
         "kafka": {"bootstrap": settings.bootstrap, "topic_prefix": settings.topic_prefix,
                   "group_id": settings.group_id},
         "upstream": {"base_url": sim.base_url},
+        "tenants": {"default": UNLIMITED},
     } | extra  # fmt: skip
     return parse_config(raw, {})
 

@@ -119,9 +119,12 @@ def test_a_healthy_request_is_accepted_routed_attempted_and_completed() -> None:
     loop.submit(request())
     assert loop.types() == [
         "request.accepted",
+        "budget.reserved",
         "route.decided",
         "attempt.started",
         "attempt.succeeded",
+        "budget.charged",
+        "budget.released",
         "request.completed",
     ]
     (answer,) = loop.answers
@@ -149,6 +152,7 @@ def test_retryable_failures_are_retried_then_fall_back_to_the_next_model() -> No
     loop.submit(request())
     assert loop.types() == [
         "request.accepted",
+        "budget.reserved",
         "route.decided",
         "attempt.started",
         "attempt.failed",
@@ -162,6 +166,8 @@ def test_retryable_failures_are_retried_then_fall_back_to_the_next_model() -> No
         "fallback.taken",
         "attempt.started",
         "attempt.succeeded",
+        "budget.charged",
+        "budget.released",
         "request.completed",
     ]
     assert loop.answers[0].model == "b/two" and loop.answers[0].attempts == 4
@@ -202,12 +208,14 @@ def test_an_open_breaker_is_skipped_then_half_opens_and_closes_after_recovery() 
     healthy["a/one"] = True
     loop.now += 10_000
     loop.submit(request("r3"))
-    assert loop.types()[-6:] == [
+    assert loop.types()[-8:] == [
         "route.decided",
         "breaker.half_opened",
         "attempt.started",
         "attempt.succeeded",
         "breaker.closed",
+        "budget.charged",
+        "budget.released",
         "request.completed",
     ]
     assert loop.state.breakers["a/one"].status == "closed"
