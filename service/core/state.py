@@ -21,7 +21,8 @@ Rules:
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Final
+from collections.abc import Callable
+from typing import Any, Final
 
 import msgspec
 
@@ -234,11 +235,35 @@ _CACHE_EVENTS: Final = (
 )  # fmt: skip
 
 
+_Folder = Callable[[RouterState, Any, int, Config], None]
+_PARTS: Final[tuple[tuple[_Folder, tuple[type, ...]], ...]] = (
+    (_evolve_tenant, (
+        ev.RequestAccepted, ev.RequestCompleted, ev.RequestFailed, ev.RequestRejected,
+        ev.RequestCoalesced, ev.BudgetReserved, ev.BudgetCharged, ev.BudgetReleased,
+        ev.BudgetExceeded, ev.CacheStored, ev.CacheHit, ev.CacheEvicted,
+    )),
+    (_evolve_request, (
+        ev.RequestAccepted, ev.RouteDecided, ev.AttemptStarted, ev.RetryScheduled,
+        ev.RequestCompleted, ev.RequestFailed, ev.RequestRejected,
+    )),
+    (_evolve_model, (
+        ev.AttemptSucceeded, ev.AttemptFailed, ev.BreakerOpened, ev.BreakerHalfOpened,
+        ev.BreakerClosed,
+    )),
+)  # fmt: skip
+_FOLDERS: Final[dict[type, tuple[_Folder, ...]]] = {
+    cls: tuple(folder for folder, classes in _PARTS if cls in classes)
+    for _, classes in _PARTS
+    for cls in classes
+}
+"""Which parts of the state each event type changes (the hot path folds ~10 events
+per request: one dict lookup instead of three `match` statements)."""
+
+
 def evolve(state: RouterState, event: object, now_ms: int, cfg: Config) -> RouterState:
     """Fold one event (decoded data, with its event time) into the state."""
-    _evolve_tenant(state, event, now_ms, cfg)
-    _evolve_request(state, event, now_ms, cfg)
-    _evolve_model(state, event, now_ms, cfg)
+    for folder in _FOLDERS.get(type(event), ()):
+        folder(state, event, now_ms, cfg)
     return state
 
 

@@ -236,10 +236,10 @@ def py_spy(pid: int, path: str | None, fmt: str) -> Iterator[None]:
 # --------------------------------------------------------------------------- load
 
 
-def request(rid: str, tenant: str) -> bytes:
+def request(rid: str, tenant: str, prompt: str | None = None) -> bytes:
     return _json.encode({
         "request_id": rid, "tenant": tenant, "temperature": 0,
-        "messages": [{"role": "user", "content": f"Say hello to request {rid}."}],
+        "messages": [{"role": "user", "content": f"Say hello to request {prompt or rid}."}],
     })  # fmt: skip
 
 
@@ -249,6 +249,7 @@ class Run:
     arrived_at: dict[str, float] = field(default_factory=dict)
     upstream_ms: dict[str, float] = field(default_factory=dict)
     not_ok: int = 0
+    cached: int = 0
     first_sent: float = 0.0
     last_arrived: float = 0.0
 
@@ -267,13 +268,16 @@ async def drive(
     fetch_max_wait_ms: int = 20,
     with_events: bool = False,
     timeout_s: float = 300,
+    prompts: str | None = None,
 ) -> Run:
     """Produce `n` requests (as fast as possible, or at `rate`/s) and collect their answers."""
     run = Run()
     ids = [f"{tag}-{i:07d}" for i in range(n)]
     records = [
-        (TENANTS[i % 16].encode(), request(rid, TENANTS[i % 16])) for i, rid in enumerate(ids)
-    ]
+        (TENANTS[i % 16].encode(),
+         request(rid, TENANTS[i % 16], f"{prompts}-{i}" if prompts else None))
+        for i, rid in enumerate(ids)
+    ]  # fmt: skip
     wanted = set(ids)
     subscribed = [topics.responses, topics.events] if with_events else [topics.responses]
     consumer = AIOKafkaConsumer(
@@ -299,8 +303,10 @@ async def drive(
                         if rid in wanted and rid not in run.arrived_at:
                             run.arrived_at[rid] = now
                             run.last_arrived = now
-                            if _response.decode(r.value).get("status") != "ok":
+                            answer = _response.decode(r.value)
+                            if answer.get("status") != "ok":
                                 run.not_ok += 1
+                            run.cached += bool(answer.get("cached"))
                     elif ce.decode_type(r.headers) == SUCCEEDED:
                         data = ce.decode(r.key, r.value, r.headers).data
                         if isinstance(data, AttemptSucceeded) and data.request_id in wanted:
@@ -404,6 +410,24 @@ def part_throughput(args: argparse.Namespace, bootstrap: str, broker_pid: int | 
         print(f"  simulator CPU in the baseline: {sim_ms:.3f} ms/req")
 
 
+# --------------------------------------------------------------------------- part 4
+
+
+def part_cache(args: argparse.Namespace, bootstrap: str) -> None:
+    """The cache-hit path end to end, against the cache-miss path of the same run."""
+    n = args.requests
+    print(f"\n== 4. cache: {n:,} requests that miss and are stored, then {n:,} that hit")
+    with simulator(0) as (base_url, _), router(bootstrap, base_url, args.config_path, 20) as r:
+        asyncio.run(drive(bootstrap, r.topics, args.warmup, tag="warm"))
+        for tag in ("miss", "hit"):
+            cpu0 = cpu_s(r.pid)
+            run = asyncio.run(drive(bootstrap, r.topics, n, tag=tag, prompts="cacheable"))
+            router_ms = (cpu_s(r.pid) - cpu0) / n * 1000
+            target = "  (target >= 5,000)" if tag == "hit" else "  (baseline)"
+            print(f"  {tag:<5} path {n / run.wall_s:>9,.0f} req/s{target}  {router_ms:.3f} ms "
+                  f"router CPU/req, {run.cached:,} cached, {run.not_ok} not ok")  # fmt: skip
+
+
 # --------------------------------------------------------------------------- part 2
 
 
@@ -491,7 +515,7 @@ def main() -> None:
     parser.add_argument("--profile", default=None, help="py-spy output for part 1's router")
     parser.add_argument("--profile-format", default="flamegraph",
                         choices=["flamegraph", "raw", "speedscope"])  # fmt: skip
-    parser.add_argument("--only", default="throughput,latency,fold")
+    parser.add_argument("--only", default="throughput,latency,fold,cache")
     parser.add_argument("--router-env", action="append", default=[], metavar="KEY=VALUE",
                         help="router environment, e.g. TURNOUT_KAFKA_LINGER_MS=0")  # fmt: skip
     args = parser.parse_args()
@@ -502,18 +526,22 @@ def main() -> None:
         config_file.write(CONFIG)
         config_file.flush()
         args.config_path = config_file.name
-        if parts & {"throughput", "latency"}:
+        if parts & {"throughput", "latency", "cache"}:
             if bootstrap := os.environ.get("TURNOUT_KAFKA_BOOTSTRAP"):
                 if "throughput" in parts:
                     part_throughput(args, bootstrap, None)
                 if "latency" in parts:
                     part_latency(args, bootstrap)
+                if "cache" in parts:
+                    part_cache(args, bootstrap)
             else:
                 with EmbeddedBroker() as broker:
                     if "throughput" in parts:
                         part_throughput(args, broker.bootstrap, broker.pid)
                     if "latency" in parts:
                         part_latency(args, broker.bootstrap)
+                    if "cache" in parts:
+                        part_cache(args, broker.bootstrap)
     if "fold" in parts:
         part_fold(args)
 
