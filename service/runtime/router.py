@@ -374,7 +374,7 @@ class Router:
         self.positions.setdefault(req.request_id, []).append(pos)
         if decision.events:  # accepted: its span opens before its first event is published
             self.telemetry.start_request(req, record.headers, topic=record.topic)
-        await self._apply(decision, req.request_id)
+        await self._apply(decision, req.request_id, ctx.now_ms)
         if not decision.events:  # a duplicate: the first record answers (or answered)
             self._finish_one(req.request_id, pos)
 
@@ -412,20 +412,23 @@ class Router:
     def _ctx(self) -> Context:
         return Context(now_ms=self.clock.now_ms(), cfg=self.cfg, prices=self.prices.table)
 
-    async def _apply(self, decision: Decision, request_id: str) -> None:
-        now = self.clock.now_ms()
+    async def _apply(self, decision: Decision, request_id: str, now: int) -> None:
+        """Fold the decision's events at `now` (the time it was decided at, also each
+        event's `ce_time`, so replaying the log folds them at the same instant), then
+        publish them and carry out the effects."""
         for event in decision.events:  # fold before any await: the next decision sees it
             evolve(self.state, event, now, self.cfg)
         events = decision.events
         responds = [e for e in decision.effects if isinstance(e, Respond)]
         if responds:  # every earlier event and the response are acked before the terminal
             terminals = [e for e in events if isinstance(e, Terminal)]
-            await self._publish([e for e in events if not isinstance(e, Terminal)], request_id)
+            early = [e for e in events if not isinstance(e, Terminal)]
+            await self._publish(early, request_id, time_ms=now)
             for respond in responds:
                 await self._respond(respond.terminal)
-            await self._publish(terminals)
+            await self._publish(terminals, time_ms=now)
         else:  # not awaited: acks are collected before the request's response
-            await self._publish(events, request_id, wait=False)
+            await self._publish(events, request_id, wait=False, time_ms=now)
         for effect in decision.effects:
             match effect:
                 case Call():
@@ -451,11 +454,13 @@ class Router:
         if result.ok and result.response and flight is not None and flight.cache_key:
             encoded = self.codec.encode_response(result.response, self.cache_encoding)
             outcome = msgspec.structs.replace(outcome, cache_body=encoded)
-        decision = decide_result(self.state, call.request_id, outcome, self._ctx())
-        await self._apply(decision, call.request_id)
+        ctx = self._ctx()
+        decision = decide_result(self.state, call.request_id, outcome, ctx)
+        await self._apply(decision, call.request_id, ctx.now_ms)
 
     async def _retry_due(self, request_id: str) -> None:
-        await self._apply(decide_retry_due(self.state, request_id, self._ctx()), request_id)
+        ctx = self._ctx()
+        await self._apply(decide_retry_due(self.state, request_id, ctx), request_id, ctx.now_ms)
 
     def _result(self, call: Call, r: upstream.CallResult) -> CallResult:
         usage = r.usage or ev.Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
@@ -495,20 +500,28 @@ class Router:
 
     # ------------------------------------------------------------ events, commits
 
-    def _wrap(self, event: Any, traceparent: str | None = None) -> ce.Envelope:
+    def _wrap(
+        self, event: Any, traceparent: str | None = None, time_ms: int | None = None
+    ) -> ce.Envelope:
         return ce.wrap(
-            event, id=self.clock.new_id(), time_ms=self.clock.now_ms(), source=self.source,
-            traceparent=traceparent,
+            event, id=self.clock.new_id(), source=self.source, traceparent=traceparent,
+            time_ms=self.clock.now_ms() if time_ms is None else time_ms,
         )  # fmt: skip
 
     async def _publish(
-        self, events: Sequence[Any], request_id: str | None = None, *, wait: bool = True
+        self,
+        events: Sequence[Any],
+        request_id: str | None = None,
+        *,
+        wait: bool = True,
+        time_ms: int | None = None,
     ) -> None:
-        """Send events in order; with `wait`, await their acks and the request's earlier ones."""
+        """Send events in order, stamped `time_ms` (default: now); with `wait`, await their
+        acks and the request's earlier ones."""
         futures = []
         for event in events:
             traceparent = self.telemetry.traceparent(getattr(event, "request_id", None))
-            key, value, headers = ce.encode(self._wrap(event, traceparent))
+            key, value, headers = ce.encode(self._wrap(event, traceparent, time_ms))
             future = await self.producer.send(
                 self.topics.events, value, key=key, headers=headers,
                 partition=_key_partition(key),
