@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo lint typecheck importlint unit integration install clean
+.PHONY: test demo lint typecheck importlint unit integration install clean browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,7 +34,14 @@ unit: $(STAMP)
 integration: $(STAMP)
 	$(BIN)/pytest tests/integration tests/e2e -q
 
-test: lint typecheck importlint
+# The dashboard's browser test drives Chromium: Debian's package, installed when apt-get is there.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { command -v apt-get >/dev/null 2>&1 && apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "make: no Chromium and no apt-get here: install Chromium for tests/e2e/test_dashboard_browser.py"
+
+test: lint typecheck importlint browser
 	$(BIN)/pytest -q
 
 demo: $(STAMP)

@@ -6,23 +6,42 @@ fallback, cached, coalesced, failed, rejected, dead-lettered, still in
 flight), and `workload` interleaves many of them with a few global events
 (breakers, alerts). Pure and deterministic: times and ids come from the
 arguments (ids are UUIDv7 from `uuid7_at`), so two runs give the same log.
+
+`KINDS` is the default mix. `EXTRA_KINDS` add what the dashboards show
+besides: a cache miss that stores its answer, a soft and a hard budget
+overrun, a cache eviction and an alert left firing. The last two
+(`REQUESTLESS`) are no request: their `Story.request_id` is None and they
+add no row to the `requests` view. `workload(..., kinds=ALL_KINDS)` mixes
+them in; the default output never changes.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import count
 from typing import TypedDict
+
+import msgspec
 
 from service.clock import uuid7_at
 from service.core import events as ev
 from service.core.events import Event, Usage
 from service.wire.cloudevents import Envelope, wrap
 
-__all__ = ["KINDS", "MODELS", "Story", "envelopes", "story", "workload"]
+__all__ = [
+    "ALL_KINDS",
+    "EXTRA_KINDS",
+    "KINDS",
+    "MODELS",
+    "REQUESTLESS",
+    "Story",
+    "envelopes",
+    "story",
+    "workload",
+]
 
 MODELS = ("openai/gpt-4o-mini", "anthropic/claude-3.5-haiku", "meta-llama/llama-3.1-8b-instruct")
 KINDS = (
@@ -36,6 +55,9 @@ KINDS = (
     "deadlettered",
     "in_flight",
 )
+EXTRA_KINDS = ("cache_miss", "budget_warned", "budget_rejected", "evicted", "alert_firing")
+ALL_KINDS = KINDS + EXTRA_KINDS
+REQUESTLESS = ("evicted", "alert_firing")
 _USAGE = Usage(prompt_tokens=12, completion_tokens=40, total_tokens=52)
 _COST = 210
 _RESPONSE = {
@@ -210,6 +232,53 @@ def _in_flight(rid: str, t: str) -> list[Event]:
                                                   model_attempt=1)]  # fmt: skip
 
 
+_SIZE_BYTES = 812  # the response JSON as cached: 812 bytes, 290 after zstd
+_STORED_BYTES = 290
+_DAY_LIMIT = 50_000_000
+
+
+def _cache_miss(rid: str, t: str) -> list[Event]:
+    r = _r(rid, t)
+    miss = ev.CacheMiss(**r, cache_key=f"k-{rid}")
+    stored = ev.CacheStored(**r, cache_key=f"k-{rid}", model=MODELS[0], stored_at_ms=1,
+                            expires_at_ms=3_600_001, encoding="zstd", body=b"(\xb5/\xfd synthetic",
+                            size_bytes=_SIZE_BYTES, stored_bytes=_STORED_BYTES, usage=_USAGE,
+                            cost_micros=_COST)  # fmt: skip
+    *done, completed = _completed(rid, t, MODELS[0], 1)
+    return [*_accepted(rid, t), miss, *_attempt_ok(rid, t, MODELS[0], 1), *done, stored,
+            completed]  # fmt: skip
+
+
+def _budget_exceeded(rid: str, t: str, level: str) -> ev.BudgetExceeded:
+    return ev.BudgetExceeded(request_id=rid, tenant=t, period="day", level=level,
+                             limit_micros=_DAY_LIMIT, spent_micros=_DAY_LIMIT * 4 // 5,
+                             reserved_micros=1000, requested_micros=1000)  # fmt: skip
+
+
+def _budget_warned(rid: str, t: str) -> list[Event]:
+    head = _accepted(rid, t)
+    return [*head, _budget_exceeded(rid, t, "soft"), *_ok(rid, t)[len(head) :]]
+
+
+def _budget_rejected(rid: str, t: str) -> list[Event]:
+    r = _r(rid, t)
+    return [
+        _budget_exceeded(rid, t, "hard"),
+        ev.RequestRejected(**r, code="budget_exceeded", message="over the daily budget"),
+    ]
+
+
+def _evicted(rid: str, t: str) -> list[Event]:
+    return [ev.CacheEvicted(tenant=t, cache_key=f"k-{rid}", reason="lru",
+                            stored_bytes=_STORED_BYTES)]  # fmt: skip
+
+
+def _alert_firing(rid: str, t: str) -> list[Event]:
+    return [ev.AlertFired(rule="budget_near_limit", severity="warning",
+                          labels={"tenant": t, "period": "day"}, value=0.8, op=">=",
+                          threshold=0.8, pending_since_ms=1_000)]  # fmt: skip
+
+
 _STORIES: dict[str, Callable[[str, str], list[Event]]] = {
     "ok": _ok,
     "retried": _retried,
@@ -220,13 +289,25 @@ _STORIES: dict[str, Callable[[str, str], list[Event]]] = {
     "rejected": _rejected,
     "deadlettered": _deadlettered,
     "in_flight": _in_flight,
+    "cache_miss": _cache_miss,
+    "budget_warned": _budget_warned,
+    "budget_rejected": _budget_rejected,
+    "evicted": _evicted,
+    "alert_firing": _alert_firing,
 }
 
 
-def story(kind: str, request_id: str, tenant: str) -> Story:
-    """The events of one request of `kind` (one of `KINDS`)."""
-    events = tuple(_STORIES[kind](request_id, tenant))
-    return Story(None if kind == "deadlettered" else request_id, tenant, kind, events)
+def story(kind: str, request_id: str, tenant: str, *, task_type: str = "general") -> Story:
+    """The events of one request of `kind` (one of `ALL_KINDS`), routed as `task_type`."""
+    events = tuple(_task_type(e, task_type) for e in _STORIES[kind](request_id, tenant))
+    no_id = kind == "deadlettered" or kind in REQUESTLESS
+    return Story(None if no_id else request_id, tenant, kind, events)
+
+
+def _task_type(event: Event, task_type: str) -> Event:
+    if task_type != "general" and isinstance(event, ev.RequestAccepted | ev.RouteDecided):
+        return msgspec.structs.replace(event, task_type=task_type)
+    return event
 
 
 def _global_events(i: int) -> list[Event]:
@@ -242,13 +323,22 @@ def _global_events(i: int) -> list[Event]:
     ]  # fmt: skip
 
 
-def workload(requests: int, *, tenants: int = 3, start: int = 0) -> list[Story]:
-    """`requests` stories cycling through `KINDS` and tenants `t0`..; ids from `start`."""
+def workload(
+    requests: int,
+    *,
+    tenants: int = 3,
+    start: int = 0,
+    kinds: Sequence[str] = KINDS,
+    task_types: Sequence[str] = ("general",),
+) -> list[Story]:
+    """`requests` stories cycling through `kinds`, tenants `t0`.. and `task_types`
+    (the next one every `tenants` stories); ids from `start`."""
     out = []
     for i in range(start, start + requests):
-        kind = KINDS[i % len(KINDS)]
+        kind = kinds[i % len(kinds)]
         rid = "req-" + hashlib.sha256(str(i).encode()).hexdigest()[:12] + f"-{i:04x}"
-        out.append(story(kind, rid, f"t{i % tenants}"))
+        task_type = task_types[(i // tenants) % len(task_types)]
+        out.append(story(kind, rid, f"t{i % tenants}", task_type=task_type))
     return out
 
 

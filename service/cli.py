@@ -96,6 +96,8 @@ def _add_router(sub: Any) -> None:
     )
     p.add_argument("--config", default=None, help="TOML config file (default ./turnout.toml)")
     p.add_argument("--health-port", type=int, default=8080, help="0 turns the endpoints off")
+    p.add_argument("--health-host", default="127.0.0.1",
+                   help="health listen address (0.0.0.0 in a container)")  # fmt: skip
     p.add_argument("--instance", default=None, help="instance name in event sources")
 
 
@@ -152,6 +154,146 @@ def _add_analytics(sub: Any) -> None:
     p.add_argument("--config", default=None, help="TOML config file")
 
 
+def _add_dashboard(sub: Any) -> None:
+    p = _command(
+        sub,
+        "dashboard",
+        "dashboards.cli:cli_main",
+        "serve the Streamlit dashboards (read-only on the archive)",
+    )
+    p.add_argument("--port", type=int, default=8501, help="listen port (default 8501)")
+    p.add_argument("--host", default="127.0.0.1", help="listen address (0.0.0.0: every one)")
+    p.add_argument("--duckdb", default=None, help="archive path (default [duckdb] path)")
+    p.add_argument("--config", default=None, help="TOML config file (budgets, retry budget)")
+    p.add_argument("--rules", default=None, help="alert rules shown (default: the shipped rules)")
+
+
+def _add_demo(sub: Any) -> None:
+    p = _command(
+        sub,
+        "demo",
+        "service.demo:cli_main",
+        "run broker, simulator, 2 routers, sink, alerts, dashboard, traffic; Ctrl-C stops all",
+    )
+    p.add_argument("--duration", type=float, default=None, help="stop S seconds after ready")
+    p.add_argument("--no-dashboard", action="store_true", help="do not start the dashboard")
+    p.add_argument(
+        "--rate", type=float, default=None, help="requests/s (default 5; 0.2 on OpenRouter)"
+    )
+    p.add_argument("--seed", type=int, default=7, help="seed of the traffic mix (default 7)")
+    p.add_argument("--data", default="data/demo", help="data and logs (default data/demo; emptied)")
+    p.add_argument("--simulator", action="store_true", help="use the simulator even when "
+                   "OPENROUTER_API_KEY is set")  # fmt: skip
+    p.add_argument("--kafka-port", type=int, default=None, help="default 9092, or a free one")
+    p.add_argument("--sim-port", type=int, default=None, help="default 8089, or a free one")
+    p.add_argument("--dashboard-port", type=int, default=None, help="default 8501, or a free one")
+    p = _command(
+        sub,
+        "traffic",
+        "service.traffic:cli_main",
+        "send a steady, seeded mix of tenants and task types (the demo's traffic)",
+    )
+    p.add_argument("--rate", type=float, default=5.0, help="requests per second (default 5)")
+    p.add_argument("--seed", type=int, default=7, help="seed of the mix (default 7)")
+    p.add_argument("--duration", type=float, default=None, help="stop after S seconds")
+    p.add_argument("--max-tokens", type=int, default=None, help="cap every request's max_tokens")
+    p.add_argument("--max-in-flight", type=int, default=256, help="unanswered requests at most")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each answer")
+    p.add_argument("--stats", default=None, help="write the counts to this JSON file every second")
+    p.add_argument("--config", default=None, help="TOML config file (default ./turnout.toml)")
+
+
+def _replay_source(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--source",
+        choices=("archive", "kafka"),
+        default="archive",
+        help="read the DuckDB archive (default) or the events topic itself",
+    )
+    p.add_argument("--duckdb", default=None, help="archive path (default [duckdb] path)")
+    p.add_argument("--config", default=None, help="TOML config file (default ./turnout.toml)")
+
+
+def _allow_relative_times(p: argparse.ArgumentParser) -> None:
+    """Let `--at -5m` through: argparse before 3.13 reads '-5m' as an unknown option."""
+    import re
+
+    p._negative_number_matcher = re.compile(r"^-\d+$|^-\d*\.\d+$|^-(\d+(\.\d+)?(ms|s|m|h|d))+$")
+
+
+def _add_replay(sub: Any) -> None:
+    p = sub.add_parser("replay", help="read the event log back: trail, state, verify, redrive")
+    rsub = p.add_subparsers(dest="replay_command", metavar="COMMAND", required=True)
+    t = _command(
+        rsub,
+        "trail",
+        "analytics.replay.cli:trail_main",
+        "every event of one request, in order, with timings and reasons",
+    )
+    t.add_argument("request_id", metavar="REQUEST_ID")
+    t.add_argument("--format", choices=("table", "json"), default="table")
+    _replay_source(t)
+    s = _command(
+        rsub,
+        "state",
+        "analytics.replay.cli:state_main",
+        "breakers, budgets, rate limits, cache, latency and in-flight requests as at TIME",
+    )
+    s.add_argument(
+        "--at",
+        required=True,
+        metavar="TIME",
+        help="RFC 3339, a date, 'now', or relative like -5m / -1h30m",
+    )
+    s.add_argument("--format", choices=("table", "json"), default="table")
+    _replay_source(s)
+    _allow_relative_times(s)
+    v = _command(
+        rsub,
+        "verify",
+        "analytics.replay.cli:verify_main",
+        "rebuild a live router's state from the log and compare; exit 1 on a difference",
+    )
+    live = v.add_mutually_exclusive_group()
+    live.add_argument(
+        "--health",
+        action="append",
+        metavar="URL",
+        help="a router's health URL, repeatable (default http://127.0.0.1:8080)",
+    )
+    live.add_argument("--snapshot", metavar="FILE", help="compare with a saved GET /state JSON")
+    _replay_source(v)
+    r = _command(
+        rsub,
+        "redrive",
+        "analytics.replay.cli:redrive_main",
+        "re-submit the requests accepted within a window, with new request ids",
+    )
+    r.add_argument("--from", dest="from_", required=True, metavar="TIME", help="window start")
+    r.add_argument("--to", required=True, metavar="TIME", help="window end (e.g. now)")
+    r.add_argument("--topic", default=None, help="send here instead of the intake topic")
+    r.add_argument("--tenant", default=None, help="only this tenant's requests")
+    r.add_argument("--dry-run", action="store_true", help="print what would be sent; send nothing")
+    _replay_source(r)
+    _allow_relative_times(r)
+
+
+def _add_cache(sub: Any) -> None:
+    p = sub.add_parser("cache", help="the response cache: warm it from a file of requests")
+    csub = p.add_subparsers(dest="cache_command", metavar="COMMAND", required=True)
+    w = _command(
+        csub,
+        "warm",
+        "service.warm:cli_main",
+        "send the JSONL requests of FILE through the normal path to fill the cache",
+    )
+    w.add_argument("file", metavar="FILE", help="one intake request (JSON) per line")
+    w.add_argument("--tenant", default="default", help="tenant of lines that name none")
+    w.add_argument("--concurrency", type=int, default=32, help="requests in flight at most")
+    w.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for each answer")
+    w.add_argument("--config", default=None, help="TOML config file (default ./turnout.toml)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="turnout",
@@ -164,6 +306,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_router(sub)
     _add_submit(sub)
     _add_analytics(sub)
+    _add_cache(sub)
+    _add_dashboard(sub)
+    _add_replay(sub)
+    _add_demo(sub)
     return parser
 
 

