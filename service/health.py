@@ -3,11 +3,15 @@
 `/livez`: the event loop answers. `/readyz`: partitions assigned and state
 rebuilt from the events topic. `/healthz`: the details an operator needs —
 config hash, feature switches, breaker states, work in flight, upstream pool
-statistics, memory — and 503 when not ready.
+statistics, memory — and 503 when not ready. `/state`: the router's
+projection (`RouterState.snapshot()`, the partitions it owns, the
+configuration it folds with, a summary of the finished requests) for
+`turnout replay verify` to compare with the log.
 """
 
 from __future__ import annotations
 
+import hashlib
 import resource
 from typing import Any
 
@@ -15,9 +19,10 @@ import msgspec
 from aiohttp import web
 
 from service.core.config import config_hash, config_to_dict
+from service.core.state import RouterState
 from service.runtime.router import Router
 
-__all__ = ["health_app", "start_health"]
+__all__ = ["finished_outcomes", "health_app", "start_health", "state_view"]
 
 
 def _json(body: dict[str, Any], ok: bool) -> web.Response:
@@ -38,7 +43,54 @@ def _details(router: Router) -> dict[str, Any]:
         "in_flight": router.offsets.in_progress(),
         "requests_in_flight": len(router.state.inflight),
         "upstream": msgspec.to_builtins(router.upstream.stats()),
+        "intake": router.intake_stats.as_dict(),
+        "cache": _cache(router),
+        "tenants": {"rate_limited": len(router.state.limits), "budgets": len(router.state.budgets)},
         "memory_max_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+    }
+
+
+def _cache(router: Router) -> dict[str, Any]:
+    """Entries and bytes over every owned partition's index, and the compression ratio."""
+    indexes = router.state.cache.values()
+    snaps = [i.snapshot() for i in indexes]
+    stored = sum(int(s.get("stored_bytes", 0)) for s in snaps)  # type: ignore[call-overload]
+    size = sum(int(s.get("size_bytes", 0)) for s in snaps)  # type: ignore[call-overload]
+    return {
+        "enabled": router.cfg.features.caching,
+        "encoding": router.cache_encoding,
+        "entries": sum(len(i) for i in indexes),
+        "stored_bytes": stored,
+        "uncompressed_bytes": size,
+        "compression_ratio": round(size / stored, 3) if stored else None,
+        "max_bytes": router.cfg.cache.max_bytes,
+    }
+
+
+def finished_outcomes(state: RouterState) -> dict[str, Any]:
+    """The finished requests in brief: a count per outcome, and a digest of every
+    (request id, outcome) pair, so two states agree on them without listing them."""
+    by_outcome: dict[str, int] = {}
+    lines = []
+    for request_id, terminal in state.finished.items():
+        outcome = terminal.TYPE.rsplit(".", 1)[1]
+        by_outcome[outcome] = by_outcome.get(outcome, 0) + 1
+        lines.append(f"{request_id}\t{outcome}\n")
+    digest = hashlib.sha256("".join(sorted(lines)).encode()).hexdigest()
+    return {"by_outcome": dict(sorted(by_outcome.items())), "digest": digest}
+
+
+def state_view(router: Router) -> dict[str, Any]:
+    """`GET /state`: what `turnout replay verify` compares with the log."""
+    return {
+        "instance": router.instance,
+        "ready": router.ready.is_set(),
+        "config_hash": config_hash(router.cfg),
+        "config": config_to_dict(router.cfg),  # what it folds with (no secrets: /healthz)
+        "partitions": sorted(tp.partition for tp in router.consumer.assignment),
+        "system_partition": router.system.partition,
+        "state": router.state.snapshot(),
+        "finished_outcomes": finished_outcomes(router.state),
     }
 
 
@@ -53,10 +105,14 @@ def health_app(router: Router) -> web.Application:
     async def healthz(_: web.Request) -> web.Response:
         return _json(_details(router), router.ready.is_set())
 
+    async def state(_: web.Request) -> web.Response:
+        return _json(state_view(router), router.ready.is_set())
+
     app = web.Application()
     app.add_routes(
         [web.get("/livez", livez), web.get("/readyz", readyz), web.get("/healthz", healthz)]
     )
+    app.add_routes([web.get("/state", state)])
     return app
 
 

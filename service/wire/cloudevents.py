@@ -13,7 +13,7 @@ Rules:
 - `decode` trusts nothing: bad headers, key or JSON raise `WireError` with a
   code and a path; a `ce_type` this reader does not know becomes a `RawEvent`
   that `encode` writes back byte for byte (old readers meet new writers);
-- an upcaster for a retired event version belongs in `_decode_data`;
+- an upcaster for a retired event version belongs in `decode_data`;
 - the hot path builds no dicts on encode and reuses one JSON encoder and one
   typed decoder per event type.
 """
@@ -46,6 +46,7 @@ __all__ = [
     "Envelope",
     "Headers",
     "decode",
+    "decode_data",
     "decode_type",
     "encode",
     "format_time",
@@ -235,7 +236,7 @@ def decode(
         _check_attributes(attrs)  # raises the precise error
         raise WireError(INVALID_HEADER, "unreadable CloudEvents headers")
     id_, source, type_, time_ms, subject, traceparent = found
-    data = _decode_data(type_, value)
+    data = decode_data(type_, value)
     return Envelope(
         id=id_,
         type=type_,
@@ -294,7 +295,8 @@ def decode_type(headers: Sequence[tuple[str, bytes]]) -> str:
     raise WireError(MISSING_HEADER, "no ce_type header", "headers.ce_type")
 
 
-def _decode_data(type_: str, value: bytes | None) -> Event | RawEvent:
+def decode_data(type_: str, value: bytes | None) -> Event | RawEvent:
+    """The event data of one record of type `type_` (upcasters applied), or a `RawEvent`."""
     if value is None:
         raise WireError(MALFORMED_JSON, "record has no value (tombstone)")
     decoder = _DECODERS.get(type_)
