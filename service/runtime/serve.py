@@ -35,9 +35,10 @@ async def _main(args: argparse.Namespace) -> int:
     serve_health = args.health_port and cfg.features.health_checks
     if args.health_port and not serve_health:
         print("health checks are off ([features] health_checks): no health server", flush=True)
-    health = await start_health(router, args.health_port) if serve_health else None
+    host = getattr(args, "health_host", "127.0.0.1")
+    health = await start_health(router, args.health_port, host) if serve_health else None
     print(f"router {instance}: consuming {router.topics.requests} on {router.kafka.bootstrap}"
-          + (f", health on http://127.0.0.1:{args.health_port}/healthz" if health else ""),
+          + (f", health on http://{host}:{args.health_port}/healthz" if health else ""),
           flush=True)  # fmt: skip
     try:
         await router.run(stop)
