@@ -62,8 +62,8 @@ __all__ = [
     "run_demo",
 ]
 
-DEMO_FILES: Final = Path(__file__).resolve().parents[1] / "demo"
-"""The demo's configuration, simulator scenario and alert rules (demo/ in the source tree)."""
+DEMO_FILES: Final = Path(__file__).resolve().parent / "demo_files"
+"""The demo's configuration, simulator scenario and alert rules (package data)."""
 
 _MARKER: Final = ".turnout-demo"
 _OPENROUTER_RATE: Final = 0.2
@@ -491,7 +491,7 @@ def cli_main(args: argparse.Namespace) -> int:
         from service.errors import TurnoutError
 
         raise TurnoutError(
-            f"the demo's files are missing ({DEMO_FILES}): run it from a source checkout "
-            "(git clone, then `make demo`)"
+            f"the demo's files are missing ({DEMO_FILES}): reinstall Turnout "
+            "(`pip install -e .`, or `make demo` in a clone)"
         )
     return run_demo(args)

@@ -3,7 +3,7 @@
 Job: drive a running Turnout with traffic that shows every part of it: two
 routes with different strategies, tenants that share prompts (temperature 0,
 so the cache answers repeats), one tenant sending faster than its rate limit
-and one spending past its budget (`demo/turnout.toml` sets those limits).
+and one spending past its budget (`service/demo_files/turnout.toml` sets those limits).
 `turnout demo` runs it as a child; it is just as usable alone against any
 Turnout (`turnout traffic --rate 20 --duration 60`).
 
@@ -87,7 +87,7 @@ DEFAULT_MIX: Final = (
     TenantMix(tenant="initech", weight=1.5, repeat_share=0.2, max_tokens=64),
     TenantMix(tenant="penny", weight=1.0, task_types=("code",), max_tokens=256),
 )
-"""The demo's tenants (limits in demo/turnout.toml): at 5 requests/s acme sends ~2/s,
+"""The demo's tenants (limits in service/demo_files/turnout.toml): at 5 requests/s acme sends ~2/s,
 globex ~1.3/s on both routes, initech ~1/s against a limit of 20 a minute, penny
 ~0.7/s of code questions against a budget of $0.008 a day."""
 
