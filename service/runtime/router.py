@@ -78,6 +78,7 @@ __all__ = ["PARTITIONS", "Router", "home_partition"]
 
 log = logging.getLogger("turnout.router")
 
+EVENT_PRODUCERS = 3
 DLQ_VALUE_LIMIT = 900_000  # an oversized record's first bytes, leaving room for headers
 Position = tuple[TopicPartition, int]
 
@@ -166,7 +167,11 @@ class Router:
         self.slots = asyncio.Semaphore(cfg.batching.max_in_flight)
         self.intake_stats = IntakeStats()
         self.tasks: set[asyncio.Task[None]] = set()
-        self.producer = Producer(self.kafka)
+        self.producer = Producer(self.kafka)  # responses, DLQ, forwards, markers
+        # aiokafka keeps one produce request in flight per broker connection: events go
+        # out on their own connections (by partition, so each partition keeps its order),
+        # and a response never queues behind a batch of events
+        self.event_producers = [Producer(self.kafka) for _ in range(EVENT_PRODUCERS)]
         self.consumer = GroupConsumer(
             self.kafka, [self.topics.requests],
             on_assigned=self._on_assigned, on_revoked=self._on_revoked,
@@ -180,6 +185,8 @@ class Router:
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.producer.start()
+        for producer in self.event_producers:
+            await producer.start()
         try:
             await self.consumer.start()
             await self._publish([self._config_applied()])
@@ -190,6 +197,8 @@ class Router:
             await self._drain()
             await self._stop_tail()
             await self.consumer.stop()
+            for producer in self.event_producers:
+                await producer.stop()
             await self.producer.stop()
             await self.upstream.aclose()
 
@@ -423,9 +432,11 @@ class Router:
         if responds:  # every earlier event and the response are acked before the terminal
             terminals = [e for e in events if isinstance(e, Terminal)]
             early = [e for e in events if not isinstance(e, Terminal)]
-            await self._publish(early, request_id, time_ms=now)
-            for respond in responds:
-                await self._respond(respond.terminal)
+            # sent together, acks awaited together: the response does not wait for the
+            # events' round trip (the terminal, which records it, still comes after both)
+            await self._publish(early, request_id, wait=False, time_ms=now)
+            sent = [await self._send_response(r.terminal) for r in responds]
+            await asyncio.gather(*self.unacked.pop(request_id, []), *sent)
             await self._publish(terminals, time_ms=now)
         else:  # not awaited: acks are collected before the request's response
             await self._publish(events, request_id, wait=False, time_ms=now)
@@ -475,9 +486,13 @@ class Router:
         )  # fmt: skip
 
     async def _respond(self, terminal: Terminal) -> None:
+        await (await self._send_response(terminal))
+
+    async def _send_response(self, terminal: Terminal) -> asyncio.Future[Any]:
+        """Send the response (to `reply_to` or the responses topic); the ack's future."""
         topic = terminal.reply_to or self.topics.responses
         value = encode_response(terminal)
-        await (await self.producer.send(topic, value, key=terminal.request_id.encode()))
+        return await self.producer.send(topic, value, key=terminal.request_id.encode())
 
     def _finish_request(self, request_id: str) -> None:
         """The request has its terminal event and response: its records are done."""
@@ -522,10 +537,11 @@ class Router:
         for event in events:
             traceparent = self.telemetry.traceparent(getattr(event, "request_id", None))
             key, value, headers = ce.encode(self._wrap(event, traceparent, time_ms))
-            future = await self.producer.send(
-                self.topics.events, value, key=key, headers=headers,
-                partition=_key_partition(key),
-            )  # fmt: skip
+            partition = _key_partition(key)
+            producer = self.event_producers[(partition or 0) % EVENT_PRODUCERS]
+            future = await producer.send(
+                self.topics.events, value, key=key, headers=headers, partition=partition
+            )
             if not self.cfg.features.batching:
                 await future  # batching off: one record per produce request, in order
             futures.append(future)
