@@ -33,17 +33,16 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 from service.kafka.broker import free_port, port_is_open
-from service.procs import Child, ChildFailure, Supervisor
+from service.procs import Child, ChildFailure, Supervisor, stop_requested
 
 __all__ = [
     "DEMO_FILES",
@@ -354,19 +353,6 @@ def _read_stats(path: Path) -> dict[str, Any] | None:
 # ---------------------------------------------------------------- the run
 
 
-@contextlib.contextmanager
-def _stop_requested() -> Iterator[threading.Event]:
-    """An event set by SIGINT or SIGTERM while the block runs."""
-    event = threading.Event()
-    signals = (signal.SIGINT, signal.SIGTERM)
-    previous = {sig: signal.signal(sig, lambda *_: event.set()) for sig in signals}
-    try:
-        yield event
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
 def _report_failure(failure: ChildFailure) -> None:
     print(f"turnout: error: {failure}", file=sys.stderr)
     for line in failure.tail:
@@ -459,7 +445,7 @@ def run_demo(args: argparse.Namespace) -> int:
     env = child_env(ports, paths, openrouter=openrouter)
     supervisor = Supervisor((sys.executable, "-m", "service"), env=env, logs=paths.logs)
     failure: ChildFailure | None = None
-    with _stop_requested() as stop:
+    with stop_requested() as stop:
         try:
             failure = _start_all(plan, supervisor, stop, paths)
             if failure is None and not stop.is_set():

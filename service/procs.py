@@ -31,7 +31,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -48,6 +48,7 @@ __all__ = [
     "log_tail",
     "proc_info",
     "proc_table",
+    "stop_requested",
 ]
 
 _PR_SET_PDEATHSIG = 1
@@ -139,6 +140,19 @@ def log_tail(path: Path, lines: int = 12) -> tuple[str, ...]:
         return ()
     kept = [ln.rstrip() for ln in _ANSI.sub("", text).splitlines() if ln.strip()]
     return tuple(kept[-lines:]) or ("(no output)",)
+
+
+@contextlib.contextmanager
+def stop_requested() -> Iterator[threading.Event]:
+    """An event set by SIGINT or SIGTERM while the block runs."""
+    event = threading.Event()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, lambda *_: event.set()) for sig in signals}
+    try:
+        yield event
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def die_with_parent() -> Callable[[], None] | None:

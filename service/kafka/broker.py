@@ -25,16 +25,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import atexit
-import contextlib
 import os
 import re
-import signal
 import socket
 import subprocess
 import tempfile
-import threading
 import time
-from collections.abc import Iterator
 from types import TracebackType
 from typing import IO
 
@@ -42,7 +38,7 @@ from service.errors import TurnoutError
 from service.kafka.errors import quiet_client_logs
 from service.kafka.settings import KafkaSettings
 from service.kafka.topics import EnsureReport, ensure_topics
-from service.procs import die_with_parent
+from service.procs import die_with_parent, stop_requested
 
 __all__ = ["EmbeddedBroker", "cli_main", "free_port", "port_is_open"]
 
@@ -205,24 +201,11 @@ class EmbeddedBroker:
         self.stop()
 
 
-@contextlib.contextmanager
-def _stop_requested() -> Iterator[threading.Event]:
-    """An event set by SIGINT or SIGTERM while the block runs."""
-    event = threading.Event()
-    signals = (signal.SIGINT, signal.SIGTERM)
-    previous = {sig: signal.signal(sig, lambda *_: event.set()) for sig in signals}
-    try:
-        yield event
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
 def cli_main(args: argparse.Namespace) -> int:
     """`turnout broker`: run the embedded broker in the foreground until Ctrl-C/SIGTERM."""
     quiet_client_logs()
     settings = KafkaSettings.from_env()
-    with _stop_requested() as stop, EmbeddedBroker(args.port) as broker:
+    with stop_requested() as stop, EmbeddedBroker(args.port) as broker:
         if not args.no_topics:
             report = asyncio.run(ensure_topics(settings.replace(bootstrap=broker.bootstrap)))
             print(_topics_line(report))
