@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import signal
 import socket
@@ -49,9 +50,19 @@ async def _main(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tune_gc() -> None:
+    """The router keeps many long-lived objects (the outcome of every finished request)
+    and allocates ~100 short-lived ones per request: with the default thresholds the
+    collector ran so often that it cost a quarter of the router's CPU (py-spy showed it
+    under aiokafka's create_future). Young objects are collected every 50,000
+    allocations instead of 700, and the old generations less often."""
+    gc.set_threshold(50_000, 20, 100)
+
+
 def cli_main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per upstream call is noise
+    _tune_gc()
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         return runner.run(_main(args))
 

@@ -427,7 +427,9 @@ def part_cache(args: argparse.Namespace, bootstrap: str) -> None:
         asyncio.run(drive(bootstrap, r.topics, args.warmup, tag="warm"))
         for tag in ("miss", "hit"):
             cpu0 = cpu_s(r.pid)
-            run = asyncio.run(drive(bootstrap, r.topics, n, tag=tag, prompts="cacheable"))
+            profile = args.profile if tag == "hit" and "throughput" not in args.only else None
+            with py_spy(r.pid, profile, args.profile_format):
+                run = asyncio.run(drive(bootstrap, r.topics, n, tag=tag, prompts="cacheable"))
             router_ms = (cpu_s(r.pid) - cpu0) / n * 1000
             target = "  (target >= 5,000)" if tag == "hit" else "  (baseline)"
             print(f"  {tag:<5} path {n / run.wall_s:>9,.0f} req/s{target}  {router_ms:.3f} ms "
