@@ -68,8 +68,10 @@ def main() -> None:
                 app.switch_page(f"screens/{page}.py").run()
                 times.append(time.perf_counter() - t)
                 assert not app.exception, app.exception[0].message
-            print(f"  {page:12s} cold {times[0] * 1000:6.0f} ms  warm "
-                  f"{statistics.median(times[1:]) * 1000:6.0f} ms")
+            print(
+                f"  {page:12s} cold {times[0] * 1000:6.0f} ms  warm "
+                f"{statistics.median(times[1:]) * 1000:6.0f} ms"
+            )
 
 
 if __name__ == "__main__":

@@ -18,8 +18,9 @@ What runs (every process started here is stopped here):
 
 Figures:
 1. Sustained throughput (cache off, as the issue defines it; limits and budgets
-   on, out of reach): N requests produced as fast as possible after a warm-up; requests/s from the first produce to the last response, and the
-   router's CPU time per request (utime+stime from /proc/<pid>/stat), plus the
+   on, out of reach): N requests produced as fast as possible after a warm-up;
+   requests/s from the first produce to the last response, and the router's CPU
+   time per request (utime+stime from /proc/<pid>/stat), plus the
    broker's and the simulator's. Baseline in the same run: N chat calls
    straight to the simulator with 256 in flight (the router's max_in_flight),
    through httpx + the aiohttp transport and through raw aiohttp.
