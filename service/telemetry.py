@@ -147,6 +147,17 @@ class Telemetry:
             if isinstance(event, ev.RequestCompleted | ev.RequestFailed | ev.RequestRejected):
                 self._end_request(event)
 
+    def abandon(self, request_ids: Iterable[str], reason: str) -> None:
+        """Requests this process stops working on without an outcome (their partition was
+        handed over, or the process stops): end their spans, marked, and count nothing
+        (the router that finishes them counts them)."""
+        for request_id in request_ids:
+            r = self._requests.pop(request_id, None)
+            if r is not None and r.span is not None:
+                r.span.set_attribute("turnout.outcome", reason)
+                r.span.set_status(Status(StatusCode.ERROR, reason))
+                r.span.end()
+
     def _end_request(self, terminal: Any) -> None:
         r = self._requests.pop(terminal.request_id, None)
         if r is None:

@@ -165,6 +165,8 @@ class Router:
         self._system_next = 0  # the _system offset just after the last rebuild's marker
         self._tail: asyncio.Task[None] | None = None
         self.slots = asyncio.Semaphore(cfg.batching.max_in_flight)
+        self.drain_timeout_s = 30.0  # on stop: how long work in flight may take to finish
+        self._stopping = False
         self.intake_stats = IntakeStats()
         self.tasks: set[asyncio.Task[None]] = set()
         self.producer = Producer(self.kafka)  # responses, DLQ, forwards, markers
@@ -194,7 +196,8 @@ class Router:
                 await self.prices.refresh()
             await self._serve(stop)
         finally:
-            await self._drain()
+            self._stopping = True
+            await self._drain(self.drain_timeout_s)
             await self._stop_tail()
             await self.consumer.stop()
             for producer in self.event_producers:
@@ -225,6 +228,7 @@ class Router:
         """Finish the work in flight (bounded), then commit what is done."""
         await self._settle(None, timeout_s)
         await self._commit()
+        self.telemetry.abandon(list(self.positions), "stopped")
 
     async def _settle(self, tps: Iterable[TopicPartition] | None, timeout_s: float) -> None:
         """Wait (bounded) until no record of `tps` (None: any) is in progress."""
@@ -260,9 +264,11 @@ class Router:
 
     async def _on_revoked(self, revoked: frozenset[TopicPartition]) -> None:
         self.ready.clear()
-        await self._settle(revoked, 10.0)
+        await self._settle(revoked, 0.0 if self._stopping else 10.0)  # stopping: drained already
         await self._commit()
         self.offsets.drop(revoked)
+        handed = [rid for rid, ps in self.positions.items() if any(tp in revoked for tp, _ in ps)]
+        self.telemetry.abandon(handed, "handed_over")
 
     async def _rebuild(self, partitions: Sequence[int]) -> RouterState:
         """Fold the event partitions up to a marker this router writes to each of them."""

@@ -23,7 +23,7 @@ from service.core.config import Config
 from service.kafka.settings import KafkaSettings, Topics
 from service.runtime.router import Router
 from service.telemetry import Telemetry
-from service.upstream.simulator import SimulatorOptions, start_in_thread
+from service.upstream.simulator import SimulatorOptions, parse_scenario, start_in_thread
 from service.upstream.simulator.server import RunningSimulator
 from tests.integration.test_router import collect, config, of_type, read_events, request
 from tests.integration.test_router_failover import SERVING, start_router, wait_for_line
@@ -195,3 +195,30 @@ async def test_the_router_process_exports_spans_over_otlp_http(
     assert resource["service.instance.id"] == "otel"
     metrics = metric_names(collector.exports("/v1/metrics")[-1])  # flushed at shutdown
     assert {"gen_ai.client.operation.duration", "turnout.requests"} <= metrics
+
+
+async def test_a_request_still_in_flight_when_the_router_stops_ends_its_span(
+    kafka_settings: KafkaSettings, kafka_topics: Topics
+) -> None:
+    exporter = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    telemetry = Telemetry(tracer_provider=tracer_provider, meter_provider=MeterProvider())
+    hang = parse_scenario('[[rule]]\nmodel = "*"\noutcome = "timeout"\n')  # answers never come
+    with start_in_thread(SimulatorOptions(scenario=hang, hang_max_s=3)) as slow:
+        router = Router(config(kafka_settings, slow), instance="stopping", telemetry=telemetry)
+        router.drain_timeout_s = 0.5
+        stop = asyncio.Event()
+        task = asyncio.create_task(router.run(stop))
+        await asyncio.wait_for(router.ready.wait(), 30)
+        await submit(kafka_settings.bootstrap, kafka_topics.requests, "slow-1", [])
+        async with asyncio.timeout(30):
+            while "slow-1" not in router.state.inflight:  # noqa: ASYNC110 (polls state)
+                await asyncio.sleep(0.05)
+        stop.set()
+        await asyncio.wait_for(task, 60)
+    (span,) = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.CONSUMER]
+    assert span.attributes is not None and span.attributes["turnout.request_id"] == "slow-1"
+    assert span.attributes["turnout.outcome"] == "stopped"
+    assert span.status.description == "stopped"
+    telemetry.shutdown()
