@@ -108,8 +108,12 @@ class Telemetry:
 
         resource = Resource.create({"service.name": SERVICE_NAME, "service.instance.id": instance})
         return cls(
-            tracer_provider=_tracer_provider(resource) if tracing else None,
-            meter_provider=_meter_provider(resource) if metrics else None,
+            tracer_provider=_tracer_provider(resource, _endpoint(environ, "traces"))
+            if tracing
+            else None,
+            meter_provider=_meter_provider(resource, _endpoint(environ, "metrics"))
+            if metrics
+            else None,
         )
 
     def shutdown(self) -> None:
@@ -275,20 +279,29 @@ def _end_attempt_span(span: trace.Span, attrs: dict[str, Any], result: CallResul
     span.end()
 
 
-def _tracer_provider(resource: Any) -> Any:
+def _endpoint(environ: Mapping[str, str], signal: str) -> str:
+    """The OTLP/HTTP URL of one signal, from `environ` (not only the process's own),
+    as the exporters derive it: the signal's own variable, else the base + /v1/<signal>."""
+    own = environ.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT")
+    if own:
+        return own
+    return environ["OTEL_EXPORTER_OTLP_ENDPOINT"].rstrip("/") + f"/v1/{signal}"
+
+
+def _tracer_provider(resource: Any, endpoint: str) -> Any:
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     provider = TracerProvider(resource=resource)
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
     return provider
 
 
-def _meter_provider(resource: Any) -> Any:
+def _meter_provider(resource: Any, endpoint: str) -> Any:
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
-    reader = PeriodicExportingMetricReader(OTLPMetricExporter())
+    reader = PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=endpoint))
     return MeterProvider(resource=resource, metric_readers=[reader])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -65,7 +65,7 @@ def request(rid: str, tenant: str = "acme", **extra: Any) -> bytes:
 
 
 async def produce(
-    bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes, int | None]]
+    bootstrap: str, topic: str, records: Sequence[tuple[bytes | None, bytes, int | None]]
 ) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     await producer.start()
