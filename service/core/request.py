@@ -20,6 +20,9 @@ Rules:
   fail with the last failure's code and every candidate's error.
 - Breaker transitions are decided here, right after the call outcome that
   causes them, and recorded with their reason.
+- What a tenant may do and what the cache can answer is decided at the door,
+  in `service.core.admission`; the inputs, effects and `Decision` are plain
+  data in `service.core.decision` (re-exported here).
 """
 
 from __future__ import annotations
@@ -29,17 +32,37 @@ from typing import Any, Final
 
 import msgspec
 
-from service.core import budget, ratelimit
 from service.core import cache as caching
 from service.core import events as ev
+from service.core.admission import (
+    accepted_event,
+    admission_key,
+    answer_from_cache,
+    cache_index,
+    over_limit,
+    rejected,
+    reserve,
+    settle,
+    store,
+    with_followers,
+)
 from service.core.breaker import Breaker, can_call, due_trigger, open_until, record_call
-from service.core.config import Config, RouteConfig
+from service.core.config import RouteConfig
+from service.core.decision import (
+    Call,
+    CallResult,
+    Context,
+    Decision,
+    IntakeRequest,
+    Resend,
+    Respond,
+    Wait,
+)
 from service.core.outcomes import CLASSES
-from service.core.partitioning import PARTITIONS, home_partition
-from service.core.pricing import Price
+from service.core.partitioning import home_partition
 from service.core.retry import retry_allowed, retry_delay_ms
 from service.core.routing import decide_route
-from service.core.state import InFlight, RouterState, Terminal
+from service.core.state import InFlight, RouterState
 
 __all__ = [
     "Call",
@@ -55,103 +78,6 @@ __all__ = [
     "decide_result",
     "decide_retry_due",
 ]
-
-
-class IntakeRequest(msgspec.Struct, frozen=True, kw_only=True):
-    """A valid intake request as the core needs it (the wire codec builds it)."""
-
-    request_id: str
-    tenant: str
-    task_type: str = "general"
-    model: str | None = None
-    messages_hash: str
-    prompt_tokens_est: int
-    max_tokens: int | None = None
-    params: dict[str, Any] = {}
-    messages: list[dict[str, Any]] | None = None
-    reply_to: str | None = None
-    metadata: dict[str, Any] | None = None
-    cache: bool | None = None  # the request's own cache opt-in (True) or opt-out (False)
-    redrive_of: str | None = None  # the request id this one re-submits (`turnout replay redrive`)
-    intake_partition: int | None = None
-    intake_offset: int | None = None
-
-
-class CallResult(msgspec.Struct, frozen=True, kw_only=True):
-    """What the upstream client reports for one call (pure data)."""
-
-    model: str
-    attempt: int
-    ok: bool
-    latency_ms: float
-    status: int | None = None
-    response: dict[str, Any] | None = None
-    usage: ev.Usage = ev.Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
-    cost_micros: int = 0
-    generation_id: str | None = None
-    error_class: str = "http_error"
-    message: str = ""
-    retry_after_ms: int | None = None
-    slow: bool = False
-    cache_body: caching.EncodedBody | None = None  # the answer, encoded, when it may be cached
-
-
-class Call(msgspec.Struct, frozen=True, kw_only=True):
-    request_id: str
-    model: str
-    attempt: int
-
-
-class Wait(msgspec.Struct, frozen=True, kw_only=True):
-    """Call `decide_retry_due` for the request after `delay_ms`."""
-
-    request_id: str
-    delay_ms: int
-
-
-class Respond(msgspec.Struct, frozen=True, kw_only=True):
-    terminal: Terminal
-
-
-class Resend(msgspec.Struct, frozen=True, kw_only=True):
-    """A duplicate of a finished request: answer again with the recorded outcome."""
-
-    terminal: Terminal
-
-
-Effect = Call | Wait | Respond | Resend
-
-
-class Context(msgspec.Struct, frozen=True, kw_only=True):
-    now_ms: int
-    cfg: Config
-    prices: Mapping[str, Price] = {}
-
-
-class Decision(msgspec.Struct, frozen=True, kw_only=True):
-    events: list[Any]
-    effects: list[Effect]
-
-
-def _accepted(req: IntakeRequest, cfg: Config, key: str | None) -> ev.RequestAccepted:
-    return ev.RequestAccepted(
-        request_id=req.request_id,
-        tenant=req.tenant,
-        task_type=req.task_type,
-        model=req.model,
-        messages_hash=req.messages_hash,
-        prompt_tokens_est=req.prompt_tokens_est,
-        max_tokens=req.max_tokens,
-        params=req.params,
-        messages=req.messages if cfg.privacy.store_prompts else None,
-        cache_key=key,
-        cacheable=key is not None,
-        reply_to=req.reply_to,
-        metadata=req.metadata,
-        intake_partition=req.intake_partition,
-        intake_offset=req.intake_offset,
-        redrive_of=req.redrive_of,
-    )
 
 
 def _half_open_due(breakers: Mapping[str, Breaker], model: str, now_ms: int) -> list[Any]:
@@ -193,101 +119,7 @@ def _start(
     return events, Call(request_id=flight.request_id, model=model, attempt=attempt)
 
 
-def admission_key(req: IntakeRequest, cfg: Config) -> str | None:
-    """The request's cache key when its answer may be cached (and coalesced), else None.
-
-    The shell calls it too: on a live entry it decodes the stored answer and hands it
-    to `decide_intake` (the core cannot decompress)."""
-    if req.messages is None or not caching.is_cacheable(req.params, req.cache, cfg):
-        return None
-    return caching.cache_key(
-        tenant=req.tenant,
-        scope=cfg.cache.scope,
-        model=req.model,
-        task_type=req.task_type,
-        messages=req.messages,
-        params=req.params,
-    )
-
-
-def _rejected(req: IntakeRequest, code: str, message: str, retry_after_ms: int | None) -> Decision:
-    terminal = ev.RequestRejected(
-        request_id=req.request_id,
-        tenant=req.tenant,
-        code=code,
-        message=message,
-        retry_after_ms=retry_after_ms,
-        reply_to=req.reply_to,
-    )
-    return Decision(events=[terminal], effects=[Respond(terminal=terminal)])
-
-
-def _over_limit(state: RouterState, req: IntakeRequest, ctx: Context, hit: bool) -> Decision | None:
-    """Rejected by a rate limit (a cache hit counts as a request, not as tokens)."""
-    if not ctx.cfg.features.rate_limiting:
-        return None
-    limits = ctx.cfg.tenant(req.tenant)
-    tokens = 0 if hit else ratelimit.token_estimate(req.prompt_tokens_est, req.max_tokens, limits)
-    exceeded = ratelimit.check(
-        state.limits.get(req.tenant), limits, now_ms=ctx.now_ms, tokens=tokens
-    )
-    if exceeded is None:
-        return None
-    message = (
-        f"{exceeded.limit} = {exceeded.limit_value} reached for tenant {req.tenant!r}; "
-        f"retry after {exceeded.retry_after_ms} ms"
-    )
-    rejected = _rejected(req, "rate_limited", message, exceeded.retry_after_ms)
-    event = exceeded.event(request_id=req.request_id, tenant=req.tenant)
-    return Decision(events=[event, *rejected.events], effects=rejected.effects)
-
-
-def _hit(
-    req: IntakeRequest, key: str, lookup: caching.Lookup, response: dict[str, Any], ctx: Context
-) -> Decision:
-    entry = lookup.entry
-    assert entry is not None
-    terminal = ev.RequestCompleted(
-        request_id=req.request_id,
-        tenant=req.tenant,
-        model=entry.model,
-        cached=True,
-        coalesced=False,
-        attempts=0,
-        latency_ms=0.0,
-        usage=_NO_USAGE,
-        cost_micros=0,
-        response=response,
-        reply_to=req.reply_to,
-        saved_usage=entry.usage,
-        saved_cost_micros=entry.cost_micros,
-    )
-    events = [_accepted(req, ctx.cfg, key), *lookup.events, terminal]
-    return Decision(events=events, effects=[Respond(terminal=terminal)])
-
-
 _DEFAULT_ROUTE: Final = RouteConfig()
-_NO_USAGE = ev.Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
-
-
-def _reserve(
-    state: RouterState, req: IntakeRequest, order: tuple[str, ...], ctx: Context
-) -> list[Any]:
-    """`[BudgetReserved]`, `[BudgetExceeded]` (hard: reject) or `[]` (budgets off)."""
-    if not ctx.cfg.features.budgets:
-        return []
-    limits = ctx.cfg.tenant(req.tenant)
-    amount = budget.reservation_micros(
-        req.prompt_tokens_est, req.max_tokens, [ctx.prices.get(m) for m in order], limits=limits
-    )
-    return budget.decide_reserve(
-        state.budgets.get(req.tenant),
-        tenant=req.tenant,
-        request_id=req.request_id,
-        amount_micros=amount,
-        limits=limits,
-        now_ms=ctx.now_ms,
-    )
 
 
 def decide_intake(
@@ -320,7 +152,7 @@ def decide_intake(
     key = admission_key(req, ctx.cfg)
     lookup: caching.Lookup | None = None
     if key is not None:
-        index = _index(state, req.tenant)
+        index = cache_index(state, req.tenant)
         lookup = caching.decide_lookup(
             index, request_id=req.request_id, tenant=req.tenant, key=key, now_ms=ctx.now_ms
         )
@@ -332,30 +164,21 @@ def decide_intake(
             miss = ev.CacheMiss(request_id=req.request_id, tenant=req.tenant, cache_key=key)
             lookup = caching.Lookup(entry=None, events=[evicted, miss])
     hit = lookup is not None and lookup.entry is not None
-    refused = _over_limit(state, req, ctx, hit)
+    refused = over_limit(state, req, ctx, hit)
     if refused is not None:
         return refused
     if hit:
         assert key is not None and lookup is not None and cached_response is not None
-        return _hit(req, key, lookup, cached_response, ctx)
+        return answer_from_cache(req, key, lookup, cached_response, ctx)
     looked = lookup.events if lookup is not None else []
     if key is not None:
         joined = caching.decide_coalesce(
-            _index(state, req.tenant),
+            cache_index(state, req.tenant),
             request_id=req.request_id, tenant=req.tenant, key=key, cfg=ctx.cfg,
         )  # fmt: skip
         if joined is not None:  # the leader's answer will answer this one too
-            return Decision(events=[_accepted(req, ctx.cfg, key), *looked, joined], effects=[])
+            return Decision(events=[accepted_event(req, ctx.cfg, key), *looked, joined], effects=[])
     return _route_and_start(state, req, ctx, key, looked)
-
-
-_EMPTY_INDEX: Final = caching.CacheIndex()
-
-
-def _index(state: RouterState, tenant: str) -> caching.CacheIndex:
-    """The tenant's partition's cache index, read-only (an empty one when none yet)."""
-    index = state.cache.get(home_partition(tenant))
-    return _EMPTY_INDEX if index is None else index  # not `or`: an index with no entries is falsy
 
 
 def _resume(state: RouterState, flight: InFlight, ctx: Context) -> Decision:
@@ -383,8 +206,8 @@ def _resume(state: RouterState, flight: InFlight, ctx: Context) -> Decision:
     moved = msgspec.structs.replace(flight, order=route.order, index=0)
     if not route.order:
         terminal = _failed(moved, "upstream_unavailable", "no candidate model", ctx.now_ms, ())
-        released = _settle(state, flight, None, ctx)
-        return _with_followers(state, flight, terminal, [decided, *released, terminal], ctx)
+        released = settle(state, flight, None, ctx)
+        return with_followers(state, flight, terminal, [decided, *released, terminal], ctx)
     started, call = _start(moved, route.order[0], 1, ctx, state)
     return Decision(events=[decided, *started], effects=[call])
 
@@ -404,7 +227,7 @@ def _route_and_start(
     )
     reserved: list[Any] = []
     if route.order:
-        reserved = _reserve(state, req, route.order, ctx)
+        reserved = reserve(state, req, route.order, ctx)
         if reserved and isinstance(reserved[0], ev.BudgetExceeded):
             over = reserved[0]
             message = (
@@ -413,10 +236,10 @@ def _route_and_start(
                 f"+ this request {over.requested_micros / 1e6:.6f} > "
                 f"{over.limit_micros / 1e6:.6f} USD"
             )
-            rejected = _rejected(req, "budget_exceeded", message, None)
-            return Decision(events=[over, *rejected.events], effects=rejected.effects)
+            refusal = rejected(req, "budget_exceeded", message, None)
+            return Decision(events=[over, *refusal.events], effects=refusal.effects)
     events: list[Any] = [
-        _accepted(req, ctx.cfg, key),
+        accepted_event(req, ctx.cfg, key),
         *reserved,
         *looked,
         ev.RouteDecided(
@@ -520,70 +343,10 @@ def _on_success(state: RouterState, flight: InFlight, result: CallResult, ctx: C
     )
     breaker, _ = _breaker_events(state, result.model, result.slow, ctx, None)
     terminal = _completed(flight, result, ctx.now_ms)
-    settled = _settle(state, flight, result.cost_micros, ctx)
-    stored = _store(state, flight, result, ctx)
+    settled = settle(state, flight, result.cost_micros, ctx)
+    stored = store(state, flight, result, ctx)
     events: list[Any] = [succeeded, *breaker, *settled, *stored, terminal]
-    return _with_followers(state, flight, terminal, events, ctx)
-
-
-def _settle(state: RouterState, flight: InFlight, actual: int | None, ctx: Context) -> list[Any]:
-    """Charge the actual cost and release the rest of the reservation (None: release all)."""
-    return budget.decide_settle(
-        state.budgets.get(flight.tenant),
-        tenant=flight.tenant,
-        request_id=flight.request_id,
-        actual_micros=actual,
-        limits=ctx.cfg.tenant(flight.tenant),
-    )
-
-
-def _store(state: RouterState, flight: InFlight, result: CallResult, ctx: Context) -> list[Any]:
-    if flight.cache_key is None or result.cache_body is None:
-        return []
-    return caching.decide_store(
-        state.cache_index(flight.tenant),
-        request_id=flight.request_id,
-        tenant=flight.tenant,
-        key=flight.cache_key,
-        model=result.model,
-        body=result.cache_body,
-        usage=result.usage,
-        cost_micros=result.cost_micros,
-        now_ms=ctx.now_ms,
-        cfg=ctx.cfg,
-        max_bytes=ctx.cfg.cache.max_bytes // PARTITIONS,
-    )
-
-
-def _with_followers(
-    state: RouterState, leader: InFlight, terminal: Terminal, events: list[Any], ctx: Context
-) -> Decision:
-    """The leader's terminal, then one for every request coalesced onto it."""
-    effects: list[Effect] = [Respond(terminal=terminal)]
-    index = state.cache.get(home_partition(leader.tenant))
-    for follower_id in index.followers(leader.request_id) if index is not None else ():
-        follower = state.inflight.get(follower_id)
-        if follower is None:
-            continue
-        answer = _follower_terminal(follower, terminal, ctx.now_ms)
-        events.append(answer)
-        effects.append(Respond(terminal=answer))
-    return Decision(events=events, effects=effects)
-
-
-def _follower_terminal(follower: InFlight, leader: Terminal, now_ms: int) -> Terminal:
-    latency = float(now_ms - follower.accepted_at_ms)
-    if isinstance(leader, ev.RequestCompleted):
-        return msgspec.structs.replace(
-            leader, request_id=follower.request_id, tenant=follower.tenant,
-            reply_to=follower.reply_to, coalesced=True, attempts=0, latency_ms=latency,
-            usage=_NO_USAGE, cost_micros=0, saved_usage=leader.usage,
-            saved_cost_micros=leader.cost_micros,
-        )  # fmt: skip
-    return msgspec.structs.replace(
-        leader, request_id=follower.request_id, tenant=follower.tenant,
-        reply_to=follower.reply_to, attempts=0, latency_ms=latency,
-    )  # fmt: skip
+    return with_followers(state, flight, terminal, events, ctx)
 
 
 def _on_failure(state: RouterState, flight: InFlight, result: CallResult, ctx: Context) -> Decision:
@@ -632,8 +395,8 @@ def _on_failure(state: RouterState, flight: InFlight, result: CallResult, ctx: C
         return Decision(events=[*events, taken, *started], effects=[call])
     code = cls.code if not cls.fallback or len(errors) == 1 else "upstream_unavailable"
     terminal = _failed(flight, code, result.message or cls.name, ctx.now_ms, errors)
-    released = _settle(state, flight, None, ctx)
-    return _with_followers(state, flight, terminal, [*events, *released, terminal], ctx)
+    released = settle(state, flight, None, ctx)
+    return with_followers(state, flight, terminal, [*events, *released, terminal], ctx)
 
 
 def _plan_retry(
