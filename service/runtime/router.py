@@ -79,6 +79,7 @@ __all__ = ["PARTITIONS", "Router", "home_partition"]
 log = logging.getLogger("turnout.router")
 
 EVENT_PRODUCERS = 3
+PRICES_AT_START_S = 5.0  # how long a start waits for the upstream's price table
 DLQ_VALUE_LIMIT = 900_000  # an oversized record's first bytes, leaving room for headers
 Position = tuple[TopicPartition, int]
 
@@ -167,6 +168,7 @@ class Router:
         self.slots = asyncio.Semaphore(cfg.batching.max_in_flight)
         self.drain_timeout_s = 30.0  # on stop: how long work in flight may take to finish
         self._stopping = False
+        self._pricing: asyncio.Task[Any] | None = None
         self.intake_stats = IntakeStats()
         self.tasks: set[asyncio.Task[None]] = set()
         self.producer = Producer(self.kafka)  # responses, DLQ, forwards, markers
@@ -192,8 +194,9 @@ class Router:
         try:
             await self.consumer.start()
             await self._publish([self._config_applied()])
-            if self._needs_prices():
-                await self.prices.refresh()
+            if self._needs_prices():  # bounded: a slow /models must not hold the start
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(self.prices.refresh(), PRICES_AT_START_S)
             await self._serve(stop)
         finally:
             self._stopping = True
@@ -223,6 +226,10 @@ class Router:
                         self._spawn(self._handle(record))
         finally:
             committer.cancel()
+            if self._pricing is not None:
+                self._pricing.cancel()
+                with suppress(asyncio.CancelledError):
+                    await self._pricing
 
     async def _drain(self, timeout_s: float = 30.0) -> None:
         """Finish the work in flight (bounded), then commit what is done."""
@@ -578,8 +585,9 @@ class Router:
         while True:
             await asyncio.sleep(period_s)
             await self._commit()
-            if self._needs_prices():
-                await self.prices.refresh()
+            if self._needs_prices() and (self._pricing is None or self._pricing.done()):
+                # its own task: a slow /models never holds up the commits
+                self._pricing = asyncio.create_task(self.prices.refresh())
 
     async def _commit(self) -> None:
         offsets = {

@@ -333,3 +333,33 @@ async def test_a_breaker_one_router_opens_is_open_for_the_other_router_too(
             assert not any(
                 tp.partition == home_partition("acme") for tp in other.consumer.assignment
             )
+
+
+async def test_an_upstream_that_never_answers_its_price_table_does_not_hold_the_start(
+    kafka_settings: KafkaSettings, kafka_topics: Topics
+) -> None:
+    """Budgets need /models prices, but a start waits for them only a few seconds."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def hold(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)  # accept, read nothing, answer nothing
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    kafka = {"bootstrap": kafka_settings.bootstrap, "topic_prefix": kafka_settings.topic_prefix,
+             "group_id": kafka_settings.group_id}  # fmt: skip
+    upstream = {"base_url": f"http://127.0.0.1:{port}/api/v1", "timeout_s": 120}
+    raw = {"kafka": kafka, "upstream": upstream}
+    router = Router(parse_config(raw, {}), instance="no-prices")
+    stop = asyncio.Event()
+    task = asyncio.create_task(router.run(stop))
+    try:
+        await asyncio.wait_for(router.ready.wait(), 30)  # not the upstream's 120 s
+        assert router.prices.table == {}
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 60)
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
