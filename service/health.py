@@ -53,9 +53,8 @@ def _details(router: Router) -> dict[str, Any]:
 def _cache(router: Router) -> dict[str, Any]:
     """Entries and bytes over every owned partition's index, and the compression ratio."""
     indexes = router.state.cache.values()
-    snaps = [i.snapshot() for i in indexes]
-    stored = sum(int(s.get("stored_bytes", 0)) for s in snaps)  # type: ignore[call-overload]
-    size = sum(int(s.get("size_bytes", 0)) for s in snaps)  # type: ignore[call-overload]
+    stored = sum(i.total_bytes for i in indexes)
+    size = sum(i.total_size_bytes for i in indexes)
     return {
         "enabled": router.cfg.features.caching,
         "encoding": router.cache_encoding,

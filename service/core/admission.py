@@ -33,6 +33,7 @@ __all__ = [
     "answer_from_cache",
     "cache_index",
     "follower_terminal",
+    "over_budget",
     "over_limit",
     "rejected",
     "reserve",
@@ -112,6 +113,18 @@ def over_limit(state: RouterState, req: IntakeRequest, ctx: Context, hit: bool) 
     refusal = rejected(req, "rate_limited", message, exceeded.retry_after_ms)
     event = exceeded.event(request_id=req.request_id, tenant=req.tenant)
     return Decision(events=[event, *refusal.events], effects=refusal.effects)
+
+
+def over_budget(req: IntakeRequest, over: ev.BudgetExceeded) -> Decision:
+    """Rejected because its reservation would pass a budget (`over` says which)."""
+    message = (
+        f"the {over.period} budget of tenant {req.tenant!r} would be exceeded: "
+        f"spent {over.spent_micros / 1e6:.6f} + reserved {over.reserved_micros / 1e6:.6f} "
+        f"+ this request {over.requested_micros / 1e6:.6f} > "
+        f"{over.limit_micros / 1e6:.6f} USD"
+    )
+    refusal = rejected(req, "budget_exceeded", message, None)
+    return Decision(events=[over, *refusal.events], effects=refusal.effects)
 
 
 def answer_from_cache(

@@ -39,8 +39,8 @@ from service.core.admission import (
     admission_key,
     answer_from_cache,
     cache_index,
+    over_budget,
     over_limit,
-    rejected,
     reserve,
     settle,
     store,
@@ -59,9 +59,8 @@ from service.core.decision import (
     Wait,
 )
 from service.core.outcomes import CLASSES
-from service.core.partitioning import home_partition
 from service.core.retry import retry_allowed, retry_delay_ms
-from service.core.routing import decide_route
+from service.core.routing import RouteDecision, decide_route
 from service.core.state import InFlight, RouterState
 
 __all__ = [
@@ -122,12 +121,20 @@ def _start(
 _DEFAULT_ROUTE: Final = RouteConfig()
 
 
+class _Unset:
+    """`cache_key` not given: compute it."""
+
+
+_UNSET: Final = _Unset()
+
+
 def decide_intake(
     state: RouterState,
     req: IntakeRequest,
     ctx: Context,
     *,
     cached_response: dict[str, Any] | None = None,
+    cache_key: str | _Unset | None = _UNSET,
     resume: bool = False,
 ) -> Decision:
     """A new intake record: answer a duplicate from state; else admit it (rate limits),
@@ -136,6 +143,7 @@ def decide_intake(
 
     `cached_response` is the decoded answer of the live cache entry for this request's
     key (the shell decodes it); None when there is none or it could not be decoded.
+    `cache_key`: `admission_key(req, ctx.cfg)` when the shell has computed it already.
     `resume`: the request is in flight in the state but no process works on it (its
     router died): start it again where it stands, without admitting, reserving or
     counting it a second time."""
@@ -149,7 +157,7 @@ def decide_intake(
     flight = state.inflight.get(req.request_id)
     if flight is not None:
         return _resume(state, flight, ctx) if resume else Decision(events=[], effects=[])
-    key = admission_key(req, ctx.cfg)
+    key = admission_key(req, ctx.cfg) if isinstance(cache_key, _Unset) else cache_key
     lookup: caching.Lookup | None = None
     if key is not None:
         index = cache_index(state, req.tenant)
@@ -184,25 +192,11 @@ def decide_intake(
 def _resume(state: RouterState, flight: InFlight, ctx: Context) -> Decision:
     """Re-route an orphaned request and start its next attempt (a follower keeps waiting
     while its leader is in flight)."""
-    index = state.cache.get(home_partition(flight.tenant))
-    leader = index.leader_of(flight.request_id) if index is not None else None
+    leader = cache_index(state, flight.tenant).leader_of(flight.request_id)
     if leader is not None and leader in state.inflight:
         return Decision(events=[], effects=[])
-    route = decide_route(
-        ctx.cfg.routes.get(flight.task_type, _DEFAULT_ROUTE),
-        request_id=flight.request_id,
-        pinned=flight.order[0] if flight.order else None,
-        now_ms=ctx.now_ms,
-        breakers=state.breakers if ctx.cfg.features.circuit_breaker else {},
-        latency=state.latency,
-        prices=ctx.prices,
-    )
-    decided = ev.RouteDecided(
-        request_id=flight.request_id, tenant=flight.tenant, task_type=flight.task_type,
-        strategy=route.strategy, candidates=list(route.candidates), order=list(route.order),
-        skipped=[ev.SkippedModel(model=m, reason=r) for m, r in route.skipped],
-        sample=route.sample,
-    )  # fmt: skip
+    pinned = flight.order[0] if flight.order else None
+    route, decided = _route(state, ctx, request=flight, pinned=pinned)
     moved = msgspec.structs.replace(flight, order=route.order, index=0)
     if not route.order:
         terminal = _failed(moved, "upstream_unavailable", "no candidate model", ctx.now_ms, ())
@@ -212,47 +206,39 @@ def _resume(state: RouterState, flight: InFlight, ctx: Context) -> Decision:
     return Decision(events=[decided, *started], effects=[call])
 
 
-def _route_and_start(
-    state: RouterState, req: IntakeRequest, ctx: Context, key: str | None, looked: list[Any]
-) -> Decision:
-    route_cfg = ctx.cfg.routes[req.task_type]
+def _route(
+    state: RouterState, ctx: Context, *, request: InFlight | IntakeRequest, pinned: str | None
+) -> tuple[RouteDecision, ev.RouteDecided]:
+    """The candidate order for a request, and the event that records it."""
+    request_id, tenant, task_type = request.request_id, request.tenant, request.task_type
     route = decide_route(
-        route_cfg,
-        request_id=req.request_id,
-        pinned=req.model,
+        ctx.cfg.routes.get(task_type, _DEFAULT_ROUTE),
+        request_id=request_id,
+        pinned=pinned,
         now_ms=ctx.now_ms,
         breakers=state.breakers if ctx.cfg.features.circuit_breaker else {},
         latency=state.latency,
         prices=ctx.prices,
     )
+    decided = ev.RouteDecided(
+        request_id=request_id, tenant=tenant, task_type=task_type, strategy=route.strategy,
+        candidates=list(route.candidates), order=list(route.order),
+        skipped=[ev.SkippedModel(model=m, reason=r) for m, r in route.skipped],
+        sample=route.sample,
+    )  # fmt: skip
+    return route, decided
+
+
+def _route_and_start(
+    state: RouterState, req: IntakeRequest, ctx: Context, key: str | None, looked: list[Any]
+) -> Decision:
+    route, decided = _route(state, ctx, request=req, pinned=req.model)
     reserved: list[Any] = []
     if route.order:
         reserved = reserve(state, req, route.order, ctx)
         if reserved and isinstance(reserved[0], ev.BudgetExceeded):
-            over = reserved[0]
-            message = (
-                f"the {over.period} budget of tenant {req.tenant!r} would be exceeded: "
-                f"spent {over.spent_micros / 1e6:.6f} + reserved {over.reserved_micros / 1e6:.6f} "
-                f"+ this request {over.requested_micros / 1e6:.6f} > "
-                f"{over.limit_micros / 1e6:.6f} USD"
-            )
-            refusal = rejected(req, "budget_exceeded", message, None)
-            return Decision(events=[over, *refusal.events], effects=refusal.effects)
-    events: list[Any] = [
-        accepted_event(req, ctx.cfg, key),
-        *reserved,
-        *looked,
-        ev.RouteDecided(
-            request_id=req.request_id,
-            tenant=req.tenant,
-            task_type=req.task_type,
-            strategy=route.strategy,
-            candidates=list(route.candidates),
-            order=list(route.order),
-            skipped=[ev.SkippedModel(model=m, reason=r) for m, r in route.skipped],
-            sample=route.sample,
-        ),
-    ]
+            return over_budget(req, reserved[0])
+    events: list[Any] = [accepted_event(req, ctx.cfg, key), *reserved, *looked, decided]
     flight = InFlight(
         request_id=req.request_id,
         tenant=req.tenant,

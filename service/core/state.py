@@ -225,22 +225,21 @@ def _evolve_tenant(state: RouterState, event: object, now_ms: int, cfg: Config) 
             if b is None:
                 b = state.budgets[event.tenant] = TenantBudget()
             evolve_budget(b, event)
-    if isinstance(event, _CACHE_EVENTS):
-        evolve_cache(state.cache_index(event.tenant), event)
 
 
-_CACHE_EVENTS: Final = (
-    ev.CacheStored, ev.CacheHit, ev.CacheEvicted, ev.RequestAccepted, ev.RequestCoalesced,
-    ev.RequestCompleted, ev.RequestFailed, ev.RequestRejected,
-)  # fmt: skip
+def _evolve_cache(state: RouterState, event: Any, _now_ms: int, _cfg: Config) -> None:
+    evolve_cache(state.cache_index(event.tenant), event)
 
 
 _Folder = Callable[[RouterState, Any, int, Config], None]
 _PARTS: Final[tuple[tuple[_Folder, tuple[type, ...]], ...]] = (
     (_evolve_tenant, (
-        ev.RequestAccepted, ev.RequestCompleted, ev.RequestFailed, ev.RequestRejected,
-        ev.RequestCoalesced, ev.BudgetReserved, ev.BudgetCharged, ev.BudgetReleased,
-        ev.BudgetExceeded, ev.CacheStored, ev.CacheHit, ev.CacheEvicted,
+        ev.RequestAccepted, ev.RequestCompleted, ev.RequestFailed, ev.BudgetReserved,
+        ev.BudgetCharged, ev.BudgetReleased, ev.BudgetExceeded,
+    )),
+    (_evolve_cache, (
+        ev.CacheStored, ev.CacheHit, ev.CacheEvicted, ev.RequestAccepted, ev.RequestCoalesced,
+        ev.RequestCompleted, ev.RequestFailed, ev.RequestRejected,
     )),
     (_evolve_request, (
         ev.RequestAccepted, ev.RouteDecided, ev.AttemptStarted, ev.RetryScheduled,

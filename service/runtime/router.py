@@ -32,7 +32,6 @@ Rules:
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from collections.abc import Iterable, Sequence
 from contextlib import suppress
@@ -43,6 +42,7 @@ from aiokafka import TopicPartition
 
 from service.clock import Clock, clock
 from service.core import events as ev
+from service.core.admission import cache_index
 from service.core.cache import encoding_for
 from service.core.config import BatchingConfig, Config, config_hash, config_to_dict
 from service.core.partitioning import PARTITIONS, home_partition
@@ -104,12 +104,6 @@ class IntakeStats:
         mean = self.records / self.batches if self.batches else 0.0
         return {"batches": self.batches, "records": self.records, "largest_batch": self.largest,
                 "mean_batch": round(mean, 2)}  # fmt: skip
-
-
-@functools.lru_cache(maxsize=65_536)
-def _key_partition(key: bytes | None) -> int | None:
-    """The home partition of a tenant key (explicit, so aiokafka's partitioner is skipped)."""
-    return None if key is None else home_partition(key.decode())
 
 
 class Offsets:
@@ -388,8 +382,9 @@ class Router:
         ctx = self._ctx()
         resume = req.request_id in self.orphans
         self.orphans.discard(req.request_id)
+        key, answer = self._cached(req, ctx)
         decision = decide_intake(
-            self.state, req, ctx, cached_response=self._cached(req, ctx), resume=resume
+            self.state, req, ctx, cached_response=answer, cache_key=key, resume=resume
         )
         if any(isinstance(e, Call) for e in decision.effects) or not decision.effects:
             self.bodies.setdefault(req.request_id, {"messages": req.messages, **req.params})
@@ -400,20 +395,17 @@ class Router:
         if not decision.events:  # a duplicate: the first record answers (or answered)
             self._finish_one(req.request_id, pos)
 
-    def _cached(self, req: IntakeRequest, ctx: Context) -> dict[str, Any] | None:
-        """The decoded answer of the live cache entry for this request, if any."""
-        key = admission_key(req, ctx.cfg) if ctx.cfg.features.caching else None
-        if key is None:
-            return None
-        index = self.state.cache.get(home_partition(req.tenant))
-        entry = index.lookup(key, ctx.now_ms) if index is not None else None
+    def _cached(self, req: IntakeRequest, ctx: Context) -> tuple[str | None, dict[str, Any] | None]:
+        """The request's cache key, and the decoded answer of its live entry, if any."""
+        key = admission_key(req, ctx.cfg)
+        entry = cache_index(self.state, req.tenant).lookup(key, ctx.now_ms) if key else None
         if entry is None:
-            return None
+            return key, None
         try:
-            return self.codec.decode_response(entry)
+            return key, self.codec.decode_response(entry)
         except CacheCodecError:
             log.warning("cache entry %s is unreadable: answering from the upstream", key)
-            return None
+            return key, None
 
     async def _deadletter(self, record: Any, err: WireError) -> None:
         headers = [*record.headers, ("turnout-error", err.code.encode()),
@@ -550,8 +542,9 @@ class Router:
         for event in events:
             traceparent = self.telemetry.traceparent(getattr(event, "request_id", None))
             key, value, headers = ce.encode(self._wrap(event, traceparent, time_ms))
-            partition = _key_partition(key)
-            producer = self.event_producers[(partition or 0) % EVENT_PRODUCERS]
+            # explicit (the event's key is its tenant): aiokafka's partitioner is pure Python
+            partition = home_partition(event.tenant)
+            producer = self.event_producers[partition % EVENT_PRODUCERS]
             future = await producer.send(
                 self.topics.events, value, key=key, headers=headers, partition=partition
             )
