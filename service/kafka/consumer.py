@@ -120,7 +120,11 @@ class _Client:
         return batch
 
     async def __aenter__(self) -> Self:
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:  # e.g. cancelled after connecting, while seeking
+            await self.stop()
+            raise
         return self
 
     async def __aexit__(

@@ -96,12 +96,20 @@ async def start_client(
     """Run a client's `start` within `timeout_ms`; on failure `close` it and raise.
 
     A client that failed to start is closed here, so it never leaks a
-    connection or an "Unclosed AIOKafka..." warning.
+    connection or an "Unclosed AIOKafka..." warning. A start cancelled from
+    outside is first let finish: aiokafka loses the connection it bootstraps
+    through when cancelled mid-start, and `close` could not close it.
     """
+    starting = asyncio.ensure_future(start())
     try:
         async with asyncio.timeout(timeout_ms / 1000):
-            await start()
+            await asyncio.shield(starting)
     except BaseException as err:
+        if not starting.done():
+            if isinstance(err, TimeoutError):  # no answer: stop waiting for one
+                starting.cancel()
+            with suppress(BaseException):  # bounded by aiokafka's own request timeout
+                await starting
         with suppress(Exception):
             await close()
         if isinstance(err, TimeoutError):

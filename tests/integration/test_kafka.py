@@ -8,7 +8,10 @@ group join costs session_timeout/2 on Tansu (BROKER.md rule 11).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import itertools
+import warnings
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -199,6 +202,31 @@ async def test_reader_returns_records_after_the_condition_on_the_next_read(
     assert [r.offset for r in first] == [0, 1, 2, 3]
     assert [r.offset for r in rest] == [4, 5, 6, 7, 8, 9]
     assert [r.offset for r in tail] == [7, 8, 9]
+
+
+async def test_a_client_cancelled_while_it_starts_leaves_no_connection_open(
+    kafka_settings: KafkaSettings, kafka_topics: Topics
+):
+    """A rebalance may stop a reader that is still starting: nothing may leak.
+
+    aiokafka drops the connection it bootstraps through when cancelled mid-start;
+    cancelling at every point of the first ~15 ms hits that window many times.
+    """
+    tp = TopicPartition(kafka_topics.events, 0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        for step in range(30):
+            reader = Reader(kafka_settings, [tp])
+            starting = asyncio.create_task(reader.start())
+            await asyncio.sleep(step / 2000)
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+            await reader.stop()
+            del reader, starting
+            gc.collect()
+
+    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
 
 
 async def _consume(consumer: GroupConsumer, count: int) -> list:
