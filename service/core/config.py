@@ -73,8 +73,9 @@ class KafkaConfig(_Section, frozen=True, kw_only=True):
     group_id: str = "turnout-router"
     session_timeout_ms: int = 6000
     heartbeat_interval_ms: int = 1000
-    fetch_max_wait_ms: int = 20
+    fetch_max_wait_ms: int = 10
     linger_ms: int = 0
+    events_linger_ms: int = 20
     replication_factor: int = 1
 
 

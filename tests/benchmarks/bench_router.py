@@ -14,7 +14,7 @@ What runs (every process started here is stopped here):
   request is refused; topics are created first with `ensure_topics`;
 - this process is the client: one aiokafka producer (16 tenant keys, distinct
   request ids and prompts, so every request is a cache miss) and one aiokafka
-  consumer on `<prefix>.responses` (and `<prefix>.events` in part 2).
+  consumer on `<prefix>.responses` (and one on `<prefix>.events` in part 2).
 
 Figures:
 1. Sustained throughput (cache off, as the issue defines it; limits and budgets
@@ -27,9 +27,13 @@ Figures:
    Targets: >= 2,000 req/s, <= 0.5 ms router CPU per request.
 2. Added latency at a fixed 500 req/s with a 50 ms upstream: response arrival
    - produce time - the attempt's upstream latency (`latency_ms` of the
-   router's `turnout.attempt.succeeded` event); p50/p99 at the default fetch
-   wait (20 ms) and at 5 ms (the same fetch wait for the router and for this
-   client's consumer). Target: p99 <= 10 ms.
+   router's `turnout.attempt.succeeded` event); p50/p99 at fetch waits of 20
+   and 10 ms (the default; the same for the router and this client's consumer).
+   Target: p99 <= 10 ms. Split by Kafka record timestamps into the hop in
+   (produce -> `request.accepted` produced), the router itself (-> response
+   produced, less the upstream) and the hop out (-> arrival). Baseline in the
+   same run: a relay process that answers each request the moment it reads it
+   (same fetch wait, linger 0), i.e. the two Kafka hops with no router at all.
 3. Projection rebuild: `service.core.state.fold` over a synthetic event mix
    (analytics.synthetic), events/s; and CloudEvents decode + evolve of the
    encoded records. Target: >= 200,000 events/s for the fold.
@@ -69,9 +73,10 @@ from httpx_aiohttp import AiohttpTransport
 
 from analytics.synthetic import envelopes, workload
 from service.core.config import parse_config
-from service.core.events import AttemptSucceeded
+from service.core.events import AttemptSucceeded, RequestAccepted
 from service.core.state import RouterState, evolve, fold
 from service.kafka.broker import EmbeddedBroker
+from service.kafka.consumer import topic_partitions
 from service.kafka.settings import KafkaSettings, Topics
 from service.kafka.topics import ensure_topics
 from service.wire import cloudevents as ce
@@ -94,10 +99,12 @@ budget_usd_per_day = 1e9
 budget_usd_per_month = 1e9
 """
 SUCCEEDED = AttemptSucceeded.TYPE
+ACCEPTED = RequestAccepted.TYPE
 CACHE_OFF = {"TURNOUT_FEATURES_CACHING": "false"}  # parts 1 and 2 measure the miss path
 ROUTER_ENV: list[str] = []  # --router-env KEY=VALUE: extra settings for every router
 _json = msgspec.json.Encoder()
 _response = msgspec.json.Decoder(dict[str, Any])
+_request = msgspec.json.Decoder(dict[str, Any])
 
 
 # --------------------------------------------------------------------------- processes
@@ -255,6 +262,11 @@ class Run:
     sent_at: dict[str, float] = field(default_factory=dict)
     arrived_at: dict[str, float] = field(default_factory=dict)
     upstream_ms: dict[str, float] = field(default_factory=dict)
+    # wall clock (s), to set against Kafka record timestamps (ms, wall clock)
+    sent_wall: dict[str, float] = field(default_factory=dict)
+    arrived_wall: dict[str, float] = field(default_factory=dict)
+    response_ts: dict[str, float] = field(default_factory=dict)  # the router produced it
+    accepted_ts: dict[str, float] = field(default_factory=dict)  # request.accepted produced
     not_ok: int = 0
     cached: int = 0
     first_sent: float = 0.0
@@ -286,42 +298,60 @@ async def drive(
         for i, rid in enumerate(ids)
     ]  # fmt: skip
     wanted = set(ids)
-    subscribed = [topics.responses, topics.events] if with_events else [topics.responses]
     consumer = AIOKafkaConsumer(
-        *subscribed, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+        topics.responses, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
         enable_auto_commit=False, fetch_max_wait_ms=fetch_max_wait_ms, max_poll_records=5000,
+    )  # fmt: skip
+    # events are off the timed path: their own consumer, fetching seldom (each fetch costs
+    # the broker CPU that the timed path would otherwise lose)
+    events = AIOKafkaConsumer(
+        topics.events, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+        enable_auto_commit=False, fetch_max_wait_ms=200, max_poll_records=5000,
     )  # fmt: skip
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
                                 linger_ms=0 if rate else 5, max_batch_size=262_144)  # fmt: skip
     await consumer.start()
+    if with_events:
+        await events.start()
     await producer.start()
 
-    def complete() -> bool:
-        return len(run.arrived_at) >= n and (not with_events or len(run.upstream_ms) >= n)
-
     async def collect() -> None:
-        while not complete():
+        while len(run.arrived_at) < n:
             batch = await consumer.getmany(timeout_ms=100)
-            now = time.perf_counter()
+            now, wall = time.perf_counter(), time.time()
             for records_ in batch.values():
                 for r in records_:
-                    if r.topic == topics.responses:
-                        rid = r.key.decode()
-                        if rid in wanted and rid not in run.arrived_at:
-                            run.arrived_at[rid] = now
-                            run.last_arrived = now
-                            answer = _response.decode(r.value)
-                            if answer.get("status") != "ok":
-                                run.not_ok += 1
-                            run.cached += bool(answer.get("cached"))
-                    elif ce.decode_type(r.headers) == SUCCEEDED:
-                        data = ce.decode(r.key, r.value, r.headers).data
-                        if isinstance(data, AttemptSucceeded) and data.request_id in wanted:
-                            run.upstream_ms[data.request_id] = data.latency_ms
+                    rid = r.key.decode()
+                    if rid in wanted and rid not in run.arrived_at:
+                        run.arrived_at[rid] = now
+                        run.arrived_wall[rid] = wall
+                        run.response_ts[rid] = r.timestamp / 1000
+                        run.last_arrived = now
+                        answer = _response.decode(r.value)
+                        if answer.get("status") != "ok":
+                            run.not_ok += 1
+                        run.cached += bool(answer.get("cached"))
+
+    async def collect_events() -> None:
+        while len(run.upstream_ms) < n or len(run.accepted_ts) < n:
+            batch = await events.getmany(timeout_ms=200)
+            for records_ in batch.values():
+                for r in records_:
+                    kind = ce.decode_type(r.headers)
+                    if kind not in (SUCCEEDED, ACCEPTED):
+                        continue
+                    data = ce.decode(r.key, r.value, r.headers).data
+                    if data.request_id not in wanted:
+                        continue
+                    if isinstance(data, AttemptSucceeded):
+                        run.upstream_ms[data.request_id] = data.latency_ms
+                    else:
+                        run.accepted_ts[data.request_id] = r.timestamp / 1000
 
     try:
         await consumer.getmany(timeout_ms=50)  # joined the partitions before timing
         collector = asyncio.create_task(collect())
+        event_collector = asyncio.create_task(collect_events()) if with_events else None
         run.first_sent = time.perf_counter()
         futures = []
         for i, (key, value) in enumerate(records):
@@ -330,18 +360,22 @@ async def drive(
                 if delay > 0:
                     await asyncio.sleep(delay)
             run.sent_at[ids[i]] = time.perf_counter()
+            run.sent_wall[ids[i]] = time.time()
             futures.append(await producer.send(topics.requests, value, key=key))
             if len(futures) >= 1000:
                 await asyncio.gather(*futures)
                 futures.clear()
         await asyncio.gather(*futures)
         await asyncio.wait_for(collector, timeout_s)
+        if event_collector is not None:
+            await asyncio.wait_for(event_collector, timeout_s)
     except TimeoutError:
-        print(f"  TIMEOUT: {len(run.arrived_at)}/{n} responses")
+        print(f"  TIMEOUT: {len(run.arrived_at)}/{n} responses, {len(run.upstream_ms)} attempts")
         raise
     finally:
         await producer.stop()
         await consumer.stop()
+        await events.stop()
     return run
 
 
@@ -393,7 +427,7 @@ async def baseline(base_url: str, n: int) -> dict[str, tuple[float, float]]:
 def part_throughput(args: argparse.Namespace, bootstrap: str, broker_pid: int | None) -> None:
     print(f"\n== 1. sustained throughput: {args.requests:,} requests, 0 ms upstream")
     with simulator(0) as (base_url, sim_pid):
-        with router(bootstrap, base_url, args.config_path, 20, CACHE_OFF) as r:
+        with router(bootstrap, base_url, args.config_path, 10, CACHE_OFF) as r:
             asyncio.run(drive(bootstrap, r.topics, args.warmup, tag="warm"))
             pids = {"router": r.pid, "broker": broker_pid, "simulator": sim_pid}
             before = {k: cpu_s(p) for k, p in pids.items()}
@@ -424,7 +458,7 @@ def part_cache(args: argparse.Namespace, bootstrap: str) -> None:
     """The cache-hit path end to end, against the cache-miss path of the same run."""
     n = args.requests
     print(f"\n== 4. cache: {n:,} requests that miss and are stored, then {n:,} that hit")
-    with simulator(0) as (base_url, _), router(bootstrap, base_url, args.config_path, 20) as r:
+    with simulator(0) as (base_url, _), router(bootstrap, base_url, args.config_path, 10) as r:
         asyncio.run(drive(bootstrap, r.topics, args.warmup, tag="warm"))
         for tag in ("miss", "hit"):
             cpu0 = cpu_s(r.pid)
@@ -451,23 +485,89 @@ def part_latency(args: argparse.Namespace, bootstrap: str) -> None:
     print("  added = response arrival - produce - attempt latency (attempt.succeeded latency_ms)")
     with simulator(50) as (base_url, _):
         for wait_ms in args.fetch_waits:
+            print(f"  fetch_max_wait_ms={wait_ms} (router, relay and client)")
             with router(bootstrap, base_url, args.config_path, wait_ms, CACHE_OFF) as r:
                 asyncio.run(drive(bootstrap, r.topics, 200, tag="warm", rate=args.rate,
                                   fetch_max_wait_ms=wait_ms))  # fmt: skip
                 run = asyncio.run(drive(bootstrap, r.topics, n, tag="lat", rate=args.rate,
                                         fetch_max_wait_ms=wait_ms, with_events=True))  # fmt: skip
-            total = [(run.arrived_at[k] - run.sent_at[k]) * 1000 for k in run.arrived_at]
-            added = [t - run.upstream_ms[k] for k, t in zip(run.arrived_at, total, strict=True)]
-            upstream = list(run.upstream_ms.values())
+            ids = [k for k in run.arrived_at if k in run.upstream_ms and k in run.accepted_ts]
+            up = run.upstream_ms
+            added = [(run.arrived_at[k] - run.sent_at[k]) * 1000 - up[k] for k in ids]
             achieved = n / (max(run.sent_at.values()) - run.first_sent)
-            print(f"  fetch_max_wait_ms={wait_ms:<3} (router and client)"
-                  f"  sent at {achieved:,.0f}/s, {run.not_ok} not ok")  # fmt: skip
-            print(f"    added    p50 {percentile(added, 50):7.2f}  p90 {percentile(added, 90):7.2f}"
-                  f"  p99 {percentile(added, 99):7.2f}  max {max(added):7.2f} ms"
-                  "  (target p99 <= 10)")  # fmt: skip
-            print(f"    total    p50 {percentile(total, 50):7.2f}  p99 {percentile(total, 99):7.2f}"
-                  f"   upstream p50 {statistics.median(upstream):6.2f}"
-                  f"  p99 {percentile(upstream, 99):6.2f} ms")  # fmt: skip
+            print(f"    router   added {spread(added)}  (target p99 <= 10)"
+                  f"   sent at {achieved:,.0f}/s, {run.not_ok} not ok")  # fmt: skip
+            hop_in = [(run.accepted_ts[k] - run.sent_wall[k]) * 1000 for k in ids]
+            own = [(run.response_ts[k] - run.accepted_ts[k]) * 1000 - up[k] for k in ids]
+            hop_out = [(run.arrived_wall[k] - run.response_ts[k]) * 1000 for k in ids]
+            print(f"      of it: Kafka in  {spread(hop_in, max_=False)}  (produce -> accepted)")
+            print(f"             router    {spread(own, max_=False)}  (accepted -> response"
+                  " produced, less the upstream)")  # fmt: skip
+            print(f"             Kafka out {spread(hop_out, max_=False)}  (response produced "
+                  "-> arrival; record timestamps: 1 ms steps)")  # fmt: skip
+            with relay(bootstrap, wait_ms) as topics:
+                asyncio.run(drive(bootstrap, topics, 200, tag="warm", rate=args.rate,
+                                  fetch_max_wait_ms=wait_ms))  # fmt: skip
+                base = asyncio.run(drive(bootstrap, topics, n, tag="lat", rate=args.rate,
+                                         fetch_max_wait_ms=wait_ms))  # fmt: skip
+            floor = [(base.arrived_at[k] - base.sent_at[k]) * 1000 for k in base.arrived_at]
+            print("    baseline: a relay that answers each request at once, no upstream")
+            print(f"             added {spread(floor)}  (the two Kafka hops alone)")
+
+
+def spread(values: list[float], max_: bool = True) -> str:
+    figures = f"p50 {percentile(values, 50):6.2f}  p90 {percentile(values, 90):6.2f}  "
+    figures += f"p99 {percentile(values, 99):6.2f}"
+    return figures + (f"  max {max(values):7.2f} ms" if max_ else " ms")
+
+
+@contextlib.contextmanager
+def relay(bootstrap: str, fetch_max_wait_ms: int) -> Iterator[Topics]:
+    """The latency baseline: a process that answers every request at once (`--relay`)."""
+    prefix = f"relay-{uuid.uuid4().hex[:8]}"
+    settings = KafkaSettings(bootstrap=bootstrap, topic_prefix=prefix)
+    asyncio.run(ensure_topics(settings))
+    command = [sys.executable, __file__, "--relay", prefix, "--relay-bootstrap", bootstrap,
+               "--relay-fetch-wait", str(fetch_max_wait_ms)]  # fmt: skip
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != b"relaying":
+            raise SystemExit("the relay did not start")
+        yield settings.topics
+    finally:
+        stop_process(proc, 10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+async def run_relay(bootstrap: str, prefix: str, fetch_max_wait_ms: int) -> None:
+    """Answer each request with `{"request_id", "status": "ok"}`, as a router's response
+    would go out: read with the same fetch wait, produce at once (linger 0)."""
+    settings = KafkaSettings(bootstrap=bootstrap, topic_prefix=prefix)
+    topics = settings.topics
+    partitions = await topic_partitions(settings, [topics.requests])
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                fetch_max_wait_ms=fetch_max_wait_ms)  # fmt: skip
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
+    await consumer.start()
+    await producer.start()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    try:
+        consumer.assign(list(partitions))
+        await consumer.seek_to_beginning()
+        print("relaying", flush=True)
+        while not stop.is_set():
+            batch = await consumer.getmany(timeout_ms=100)
+            for records in batch.values():
+                for r in records:
+                    rid = _request.decode(r.value)["request_id"]
+                    answer = _json.encode({"request_id": rid, "status": "ok"})
+                    await producer.send(topics.responses, answer, key=rid.encode())
+    finally:
+        await producer.stop()
+        await consumer.stop()
 
 
 # --------------------------------------------------------------------------- part 3
@@ -518,7 +618,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=500.0, help="part 2 requests/s")
     parser.add_argument("--latency-seconds", type=float, default=4.0, help="part 2 (real: 20)")
     parser.add_argument("--fetch-waits", type=lambda s: [int(x) for x in s.split(",")],
-                        default=[20, 5], help="part 2 fetch_max_wait_ms values")  # fmt: skip
+                        default=[20, 10], help="part 2 fetch_max_wait_ms values")  # fmt: skip
     parser.add_argument("--fold-events", type=int, default=100_000, help="part 3 (real: 1000000)")
     parser.add_argument("--fold-rounds", type=int, default=3)
     parser.add_argument("--profile", default=None, help="py-spy output for part 1's router")
@@ -527,7 +627,13 @@ def main() -> None:
     parser.add_argument("--only", default="throughput,latency,fold,cache")
     parser.add_argument("--router-env", action="append", default=[], metavar="KEY=VALUE",
                         help="router environment, e.g. TURNOUT_KAFKA_LINGER_MS=0")  # fmt: skip
+    parser.add_argument("--relay", default=None, help=argparse.SUPPRESS)  # part 2's baseline
+    parser.add_argument("--relay-bootstrap", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--relay-fetch-wait", type=int, default=20, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.relay:
+        asyncio.run(run_relay(args.relay_bootstrap, args.relay, args.relay_fetch_wait))
+        return
     ROUTER_ENV.extend(args.router_env)
     parts = set(args.only.split(","))
     print(f"{os.cpu_count()} CPUs; simulator pinned to CPU 0; router, broker, client float")
