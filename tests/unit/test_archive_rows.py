@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from analytics.records import HEADER_COLUMNS, record_batch
+from analytics.records import HEADER_COLUMNS, merge, record_batch
 from analytics.rows import ErrorRow, EventRow, KafkaPosition, record_row, trace_id
 from analytics.synthetic import KINDS, envelopes, story
 from service.core.events import RawEvent, RequestRejected
@@ -177,6 +177,34 @@ class _Rec(NamedTuple):
     topic: str = "t.events"
     partition: int = 2
     timestamp: int = 0
+
+
+_VALUES = st.sampled_from([_VALUE, b"[]", b"{nope", None, b'{"tenant": "t"}'])
+_CHUNKS = st.lists(st.lists(st.tuples(st.booleans(), _VALUES), max_size=6), max_size=5)
+
+
+@given(_CHUNKS)
+@settings(max_examples=200, deadline=None)
+def test_merged_chunks_are_the_batch_of_all_their_records(chunks: list) -> None:
+    """The sink builds each fetched chunk's columns apart and merges them: the result
+    must be what one batch of every record would be (rows, `i` numbering, refusals)."""
+    records, parts, offset = [], [], 0
+    for chunk in chunks:
+        part = []
+        for keyed, value in chunk:
+            part.append(_Rec(_KEY if keyed else None, value, _HEADERS, offset))
+            offset += 1
+        records += part
+        if part:
+            parts.append(record_batch(part))
+
+    whole, merged = record_batch(records), merge(parts)
+
+    assert merged.table.to_pydict() == whole.table.to_pydict()
+    assert merged.records == whole.records and merged.refused == whole.refused
+    assert [merged.records[i].offset for i in merged.table.column("i").to_pylist()] == [
+        r.offset for r in whole.records
+    ]
 
 
 def test_a_record_batch_holds_raw_columns_and_refuses_values_that_are_not_json() -> None:
