@@ -55,7 +55,7 @@ __all__ = [
     "view_names",
 ]
 
-DERIVED_VERSION = 1
+DERIVED_VERSION = 2  # 2: request_facts.skipped_open
 """Bump when a derived table (schema.sql) or derive.sql changes: they are rebuilt."""
 
 _EVENT_COLUMNS = (

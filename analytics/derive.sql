@@ -21,6 +21,8 @@ WITH e AS (
             "attempts": "INTEGER", "cached": "BOOLEAN", "coalesced": "BOOLEAN",
             "leader_request_id": "VARCHAR", "latency_ms": "DOUBLE", "code": "VARCHAR",
             "cost_micros": "BIGINT", "saved_cost_micros": "BIGINT",
+            "candidates": ["VARCHAR"], "order": ["VARCHAR"],
+            "skipped": [{"model": "VARCHAR", "reason": "VARCHAR"}],
             "usage": {"prompt_tokens": "BIGINT", "completion_tokens": "BIGINT",
                       "total_tokens": "BIGINT"}
         }') AS d,
@@ -33,7 +35,7 @@ WITH e AS (
           'turnout.request.accepted', 'turnout.request.rejected',
           'turnout.request.deadlettered', 'turnout.request.completed',
           'turnout.request.failed', 'turnout.request.coalesced',
-          'turnout.attempt.started', 'turnout.cache.hit')
+          'turnout.route.decided', 'turnout.attempt.started', 'turnout.cache.hit')
 )
 SELECT
     rid AS request_id,
@@ -48,6 +50,12 @@ SELECT
     arg_min(d.model, time) FILTER (WHERE type = 'turnout.request.completed') AS final_model,
     list(DISTINCT {'attempt': d.attempt, 'model': d.model})
         FILTER (WHERE type = 'turnout.attempt.started') AS tried,
+    -- a candidate skipped for an open breaker ahead of the first model tried is a
+    -- fallback (the request went elsewhere); one skipped over price is policy
+    max(len(list_filter(d.skipped, lambda s: s.reason = 'breaker_open'
+            AND coalesce(list_position(d.candidates, s.model)
+                         < list_position(d.candidates, struct_extract(d, 'order')[1]), true))))
+        FILTER (WHERE type = 'turnout.route.decided') AS skipped_open,
     greatest(max(d.attempts) FILTER (WHERE terminal), max(d.attempt)) AS attempts,
     bool_or(type = 'turnout.cache.hit' OR (type = 'turnout.request.completed' AND d.cached))
         AS cached,
@@ -82,6 +90,7 @@ SELECT
     CASE WHEN o.terminal_type IS NULL THEN n.error_code ELSE o.error_code END AS error_code,
     coalesce(o.final_model, n.final_model) AS final_model,
     list_distinct(list_concat(o.tried, n.tried)) AS tried,
+    greatest(o.skipped_open, n.skipped_open) AS skipped_open,
     greatest(o.attempts, n.attempts) AS attempts,
     coalesce(o.cached, false) OR coalesce(n.cached, false) AS cached,
     coalesce(o.coalesced, false) OR coalesce(n.coalesced, false) AS coalesced,

@@ -54,6 +54,8 @@ CREATE TABLE IF NOT EXISTS request_facts (
     error_code        VARCHAR,
     final_model       VARCHAR,
     tried             STRUCT(attempt INTEGER, model VARCHAR)[],
+    skipped_open      INTEGER,               -- candidates ahead of the first model tried, skipped
+                                             -- for an open breaker (fallbacks before any attempt)
     attempts          INTEGER,
     cached            BOOLEAN,
     coalesced         BOOLEAN,

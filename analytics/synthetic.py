@@ -12,7 +12,9 @@ besides: a cache miss that stores its answer, a soft and a hard budget
 overrun, a cache eviction and an alert left firing. The last two
 (`REQUESTLESS`) are no request: their `Story.request_id` is None and they
 add no row to the `requests` view. `workload(..., kinds=ALL_KINDS)` mixes
-them in; the default output never changes.
+them in; the default output never changes. `ROUTE_KINDS` are told only when
+asked for by name (`story`): the preferred model skipped for an open
+breaker (a fallback before any attempt), or over a price cap (policy).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ __all__ = [
     "KINDS",
     "MODELS",
     "REQUESTLESS",
+    "ROUTE_KINDS",
     "Story",
     "envelopes",
     "story",
@@ -58,6 +61,7 @@ KINDS = (
 EXTRA_KINDS = ("cache_miss", "budget_warned", "budget_rejected", "evicted", "alert_firing")
 ALL_KINDS = KINDS + EXTRA_KINDS
 REQUESTLESS = ("evicted", "alert_firing")
+ROUTE_KINDS = ("skipped_open", "skipped_price")
 _USAGE = Usage(prompt_tokens=12, completion_tokens=40, total_tokens=52)
 _COST = 210
 _RESPONSE = {
@@ -182,6 +186,23 @@ def _fallback(rid: str, t: str) -> list[Event]:
     ]
 
 
+def _skipped(reason: str) -> Callable[[str, str], list[Event]]:
+    """The first choice left out (`reason`); the second answers at the first attempt."""
+
+    def tell(rid: str, t: str) -> list[Event]:
+        accepted, route, reserved = _accepted(rid, t)
+        assert isinstance(route, ev.RouteDecided)
+        skip = [ev.SkippedModel(model=MODELS[0], reason=reason)]
+        route = msgspec.structs.replace(route, order=list(MODELS[1:]), skipped=skip)
+        return [
+            accepted, route, reserved,
+            *_attempt_ok(rid, t, MODELS[1], 1),
+            *_completed(rid, t, MODELS[1], 1),
+        ]  # fmt: skip
+
+    return tell
+
+
 def _cached(rid: str, t: str) -> list[Event]:
     r = _r(rid, t)
     hit = ev.CacheHit(**r, cache_key=f"k-{rid}", model=MODELS[0], stored_at_ms=1,
@@ -294,11 +315,13 @@ _STORIES: dict[str, Callable[[str, str], list[Event]]] = {
     "budget_rejected": _budget_rejected,
     "evicted": _evicted,
     "alert_firing": _alert_firing,
+    "skipped_open": _skipped("breaker_open"),
+    "skipped_price": _skipped("over_price"),
 }
 
 
 def story(kind: str, request_id: str, tenant: str, *, task_type: str = "general") -> Story:
-    """The events of one request of `kind` (one of `ALL_KINDS`), routed as `task_type`."""
+    """The events of one request of `kind` (`ALL_KINDS`, `ROUTE_KINDS`), routed as `task_type`."""
     events = tuple(_task_type(e, task_type) for e in _STORIES[kind](request_id, tenant))
     no_id = kind == "deadlettered" or kind in REQUESTLESS
     return Story(None if no_id else request_id, tenant, kind, events)

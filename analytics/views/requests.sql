@@ -3,8 +3,9 @@
 -- snapshot), so it never scans the event log. outcome is completed | failed |
 -- rejected | deadlettered, or in_flight until the terminal event arrives.
 -- models_tried is in attempt order; final_model answered (or, for a failed
--- request, was tried last); fallbacks counts model switches, retries the
--- attempts on the same model again; minute is the minute the request counts
+-- request, was tried last); fallbacks counts model switches, and the
+-- candidates ahead of the first model tried that were skipped for an open
+-- breaker; retries the attempts on the same model again; minute is the minute the request counts
 -- in for requests_per_minute (finished, else started).
 CREATE OR REPLACE VIEW requests AS
 WITH f AS (
@@ -32,7 +33,7 @@ SELECT
     END AS outcome,
     error_code,
     coalesce(attempts, len(tried_models), 0) AS attempts,
-    greatest(len(models_tried) - 1, 0) AS fallbacks,
+    greatest(len(models_tried) - 1, 0) + coalesce(skipped_open, 0) AS fallbacks,
     greatest(coalesce(attempts, len(tried_models), 0) - len(models_tried), 0) AS retries,
     coalesce(cached, false) AS cached,
     coalesce(coalesced, false) AS coalesced,

@@ -13,10 +13,11 @@ from typing import Any
 import duckdb
 import pytest
 
+from analytics import synthetic
 from analytics.archive import DERIVED_VERSION, Archive, open_reader, snapshot_path, view_names
 from analytics.records import record_batch
 from analytics.rows import ErrorRow, EventRow, KafkaPosition, record_row
-from analytics.synthetic import Story, envelopes, workload
+from analytics.synthetic import ROUTE_KINDS, Story, envelopes, workload
 from service.core import events as ev
 from service.errors import TurnoutError
 from service.wire.cloudevents import encode
@@ -151,6 +152,9 @@ def expected_request(story: Story) -> dict[str, Any]:
     end = next((e for e in story.events if type(e) in TERMINAL), None)
     done = end if isinstance(end, ev.RequestCompleted) else None
     accepted = next((e for e in story.events if isinstance(e, ev.RequestAccepted)), None)
+    route = next((e for e in story.events if isinstance(e, ev.RouteDecided)), None)
+    ahead = route.candidates[: route.candidates.index(route.order[0])] if route else []
+    skipped_open = [s for s in route.skipped if s.reason == "breaker_open"] if route else []
     return {
         "tenant": story.tenant,
         "task_type": accepted.task_type if accepted else None,
@@ -159,6 +163,7 @@ def expected_request(story: Story) -> dict[str, Any]:
         "outcome": TERMINAL[type(end)] if end else "in_flight",
         "error_code": getattr(end, "code", None),
         "attempts": getattr(end, "attempts", None) or max((e.attempt for e in started), default=0),
+        "fallbacks": max(len(tried) - 1, 0) + sum(s.model in ahead for s in skipped_open),
         "cached": any(isinstance(e, ev.CacheHit) for e in story.events),
         "coalesced": any(isinstance(e, ev.RequestCoalesced) for e in story.events),
         "latency_ms": getattr(end, "latency_ms", None),
@@ -186,6 +191,24 @@ def test_requests_agree_with_the_raw_events_of_a_mixed_workload(path: Path) -> N
         s.tenant for s in stories if s.kind == "deadlettered"
     )
     assert {r["error_code"] for r in dead} == {"malformed_json"}
+
+
+def test_a_first_choice_skipped_for_an_open_breaker_counts_as_a_fallback(path: Path) -> None:
+    """The breaker sent the request elsewhere before any attempt: `fallback_rate` must
+    see it. A model left out over a price cap is policy, not a fallback."""
+    stories = [synthetic.story(k, f"{k}-{i}", "acme") for k in ROUTE_KINDS for i in range(3)]
+    stories += [synthetic.story("ok", "ok-1", "acme"), synthetic.story("fallback", "fb-1", "acme")]
+    with Archive.open(path) as archive:
+        load(archive, rows_of(stories), batch=7)
+
+    con = open_reader(path)
+    got = dict(con.execute("SELECT request_id, fallbacks FROM requests").fetchall())
+    assert got == {s.request_id: expected_request(s)["fallbacks"] for s in stories}
+    assert {k: v for k, v in got.items() if v} == {
+        "skipped_open-0": 1, "skipped_open-1": 1, "skipped_open-2": 1, "fb-1": 1
+    }  # fmt: skip
+    (per_minute,) = con.execute("SELECT sum(fallbacks) FROM requests_per_minute").fetchone() or ()
+    assert per_minute == 4
 
 
 def test_folding_in_steps_equals_folding_at_once(tmp_path: Path) -> None:
