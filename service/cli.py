@@ -184,9 +184,24 @@ def _add_demo(sub: Any) -> None:
     p.add_argument("--data", default="data/demo", help="data and logs (default data/demo; emptied)")
     p.add_argument("--simulator", action="store_true", help="use the simulator even when "
                    "OPENROUTER_API_KEY is set")  # fmt: skip
-    p.add_argument("--kafka-port", type=int, default=None, help="default 9092, or a free one")
-    p.add_argument("--sim-port", type=int, default=None, help="default 8089, or a free one")
-    p.add_argument("--dashboard-port", type=int, default=None, help="default 8501, or a free one")
+    p.add_argument(
+        "--kafka-port",
+        type=int,
+        default=None,
+        help="default 9092 (a free one if taken); 0: any free one",
+    )
+    p.add_argument(
+        "--sim-port",
+        type=int,
+        default=None,
+        help="default 8089 (a free one if taken); 0: any free one",
+    )
+    p.add_argument(
+        "--dashboard-port",
+        type=int,
+        default=None,
+        help="default 8501 (a free one if taken); 0: any free one",
+    )
     p = _command(
         sub,
         "traffic",

@@ -80,6 +80,8 @@ class Ports:
 
 def pick_port(preferred: int, explicit: int | None, *, what: str) -> tuple[int, str | None]:
     """The port to use for `what`, and a note when the preferred one was taken."""
+    if explicit == 0:  # as for any server: 0 asks for a free port
+        return free_port(), None
     if explicit is not None:
         return explicit, None
     if not port_is_open("127.0.0.1", preferred):

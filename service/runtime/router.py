@@ -188,9 +188,13 @@ class Router:
     # ------------------------------------------------------------ lifecycle
 
     async def run(self, stop: asyncio.Event) -> None:
-        await self.producer.start()
-        for producer in self.event_producers:
-            await producer.start()
+        try:
+            await self.producer.start()
+            for producer in self.event_producers:
+                await producer.start()
+        except BaseException:  # e.g. Kafka unreachable: close every client made, not only one
+            await self._close()
+            raise
         try:
             await self.consumer.start()
             await self._publish([self._config_applied()])
@@ -202,11 +206,14 @@ class Router:
             self._stopping = True
             await self._drain(self.drain_timeout_s)
             await self._stop_tail()
-            await self.consumer.stop()
-            for producer in self.event_producers:
-                await producer.stop()
-            await self.producer.stop()
-            await self.upstream.aclose()
+            await self._close()
+
+    async def _close(self) -> None:
+        await self.consumer.stop()
+        for producer in self.event_producers:
+            await producer.stop()
+        await self.producer.stop()
+        await self.upstream.aclose()
 
     async def _serve(self, stop: asyncio.Event) -> None:
         committer = asyncio.create_task(self._commit_every(0.2))

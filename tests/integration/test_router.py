@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import json
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -14,6 +15,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from service.core.config import Config, parse_config
+from service.errors import TurnoutError
+from service.kafka.broker import free_port
 from service.kafka.settings import KafkaSettings, Topics
 from service.runtime.router import Router, home_partition
 from service.upstream.simulator import SimulatorOptions, parse_scenario, start_in_thread
@@ -363,3 +366,19 @@ async def test_an_upstream_that_never_answers_its_price_table_does_not_hold_the_
             writer.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_a_router_that_cannot_reach_kafka_says_so_and_leaves_no_client_open(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """All four Kafka clients are made up front: a failed start must close each one."""
+    raw = {"kafka": {"bootstrap": f"127.0.0.1:{free_port()}"},
+           "upstream": {"base_url": "http://127.0.0.1:9/api/v1"}}  # fmt: skip
+    router = Router(parse_config(raw, {}), instance="no-kafka")
+
+    with pytest.raises(TurnoutError, match="cannot reach Kafka"):
+        await router.run(asyncio.Event())
+    del router
+    gc.collect()
+
+    assert [r.getMessage() for r in caplog.records if "Unclosed" in r.getMessage()] == []

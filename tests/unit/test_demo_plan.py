@@ -100,6 +100,8 @@ def test_a_taken_default_port_is_replaced_and_said_but_a_given_one_is_kept() -> 
         port, note = pick_port(busy, None, what="Kafka")
         assert port != busy and note == f"port {busy} is taken: Kafka uses {port} instead"
         assert pick_port(busy, busy, what="Kafka") == (busy, None)
+        any_port, note = pick_port(busy, 0, what="Kafka")  # 0 asks for a free port
+        assert any_port not in (0, busy) and note is None
 
 
 def test_the_data_directory_is_fresh_each_run_but_a_foreign_one_is_left_alone(
