@@ -53,18 +53,21 @@ _JSON_HEADERS: Final = {"content-type": "application/json"}
 # --------------------------------------------------------------------------- values
 
 
+_UPSTREAM = UpstreamConfig()  # the defaults come from the config's, so they cannot drift
+
+
 class ClientOptions(msgspec.Struct, frozen=True, kw_only=True):
     """How the client connects; `from_config` builds it from `[upstream]` and `[breaker]`."""
 
-    base_url: str = "https://openrouter.ai/api/v1"
-    api_key_env: str = "OPENROUTER_API_KEY"
-    timeout_s: float = 30.0
-    connect_timeout_s: float = 5.0
-    pool_size: int = 100
-    keepalive_s: float = 30.0
-    referer: str = ""
-    title: str = ""
-    call_timeout_s: float = 30.0
+    base_url: str = _UPSTREAM.base_url
+    api_key_env: str = _UPSTREAM.api_key_env
+    timeout_s: float = _UPSTREAM.timeout_s
+    connect_timeout_s: float = _UPSTREAM.connect_timeout_s
+    pool_size: int = _UPSTREAM.pool_size
+    keepalive_s: float = _UPSTREAM.keepalive_s
+    referer: str = _UPSTREAM.referer
+    title: str = _UPSTREAM.title
+    call_timeout_s: float = BreakerConfig().call_timeout_s
     trust_env: bool = True  # proxies from HTTP(S)_PROXY, also over the aiohttp transport
 
     @classmethod

@@ -330,6 +330,8 @@ def test_options_come_from_the_config_sections() -> None:
         upstream.referer,
         upstream.title,
     )
+    # a client made without a config behaves as one made from the default config
+    assert ClientOptions() == ClientOptions.from_config(UpstreamConfig(), BreakerConfig())
 
 
 # --------------------------------------------------------------------------- translation
