@@ -184,24 +184,9 @@ def _add_demo(sub: Any) -> None:
     p.add_argument("--data", default="data/demo", help="data and logs (default data/demo; emptied)")
     p.add_argument("--simulator", action="store_true", help="use the simulator even when "
                    "OPENROUTER_API_KEY is set")  # fmt: skip
-    p.add_argument(
-        "--kafka-port",
-        type=int,
-        default=None,
-        help="default 9092 (a free one if taken); 0: any free one",
-    )
-    p.add_argument(
-        "--sim-port",
-        type=int,
-        default=None,
-        help="default 8089 (a free one if taken); 0: any free one",
-    )
-    p.add_argument(
-        "--dashboard-port",
-        type=int,
-        default=None,
-        help="default 8501 (a free one if taken); 0: any free one",
-    )
+    for name, port in (("kafka", 9092), ("sim", 8089), ("dashboard", 8501)):
+        p.add_argument(f"--{name}-port", type=int, default=None,
+                       help=f"default {port} (a free one if taken); 0: any free one")  # fmt: skip
     p = _command(
         sub,
         "traffic",

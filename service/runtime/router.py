@@ -188,14 +188,10 @@ class Router:
     # ------------------------------------------------------------ lifecycle
 
     async def run(self, stop: asyncio.Event) -> None:
-        try:
+        try:  # every client is made in __init__: a failed start must still close them all
             await self.producer.start()
             for producer in self.event_producers:
                 await producer.start()
-        except BaseException:  # e.g. Kafka unreachable: close every client made, not only one
-            await self._close()
-            raise
-        try:
             await self.consumer.start()
             await self._publish([self._config_applied()])
             if self._needs_prices():  # bounded: a slow /models must not hold the start
@@ -206,14 +202,11 @@ class Router:
             self._stopping = True
             await self._drain(self.drain_timeout_s)
             await self._stop_tail()
-            await self._close()
-
-    async def _close(self) -> None:
-        await self.consumer.stop()
-        for producer in self.event_producers:
-            await producer.stop()
-        await self.producer.stop()
-        await self.upstream.aclose()
+            await self.consumer.stop()
+            for producer in self.event_producers:
+                await producer.stop()
+            await self.producer.stop()
+            await self.upstream.aclose()
 
     async def _serve(self, stop: asyncio.Event) -> None:
         committer = asyncio.create_task(self._commit_every(0.2))
@@ -331,16 +324,13 @@ class Router:
         # another router's breaker transition may arrive a little late: fetch seldom
         wait = max(self.kafka.fetch_max_wait_ms, TAIL_FETCH_WAIT_MS)
         settings = self.kafka.replace(fetch_max_wait_ms=wait)
-        reader = Reader(settings, [self.system], start_offsets={self.system: offset})
-        try:  # not `async with`: a cancel during start() must still close the consumer
-            await reader.start()
+        # `async with` closes the reader also when a rebalance cancels it while it starts
+        async with Reader(settings, [self.system], start_offsets={self.system: offset}) as reader:
             while True:
                 batch = await reader.getmany(timeout_ms=200)
                 for records in batch.values():
                     for record in records:
                         self._fold_breaker(record)
-        finally:
-            await reader.stop()
 
     async def _stop_tail(self) -> None:
         if self._tail is not None:

@@ -103,8 +103,7 @@ ACCEPTED = RequestAccepted.TYPE
 CACHE_OFF = {"TURNOUT_FEATURES_CACHING": "false"}  # parts 1 and 2 measure the miss path
 ROUTER_ENV: list[str] = []  # --router-env KEY=VALUE: extra settings for every router
 _json = msgspec.json.Encoder()
-_response = msgspec.json.Decoder(dict[str, Any])
-_request = msgspec.json.Decoder(dict[str, Any])
+_object = msgspec.json.Decoder(dict[str, Any])  # a response or a request
 
 
 # --------------------------------------------------------------------------- processes
@@ -327,7 +326,7 @@ async def drive(
                         run.arrived_wall[rid] = wall
                         run.response_ts[rid] = r.timestamp / 1000
                         run.last_arrived = now
-                        answer = _response.decode(r.value)
+                        answer = _object.decode(r.value)
                         if answer.get("status") != "ok":
                             run.not_ok += 1
                         run.cached += bool(answer.get("cached"))
@@ -562,7 +561,7 @@ async def run_relay(bootstrap: str, prefix: str, fetch_max_wait_ms: int) -> None
             batch = await consumer.getmany(timeout_ms=100)
             for records in batch.values():
                 for r in records:
-                    rid = _request.decode(r.value)["request_id"]
+                    rid = _object.decode(r.value)["request_id"]
                     answer = _json.encode({"request_id": rid, "status": "ok"})
                     await producer.send(topics.responses, answer, key=rid.encode())
     finally:
