@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo lint typecheck importlint unit integration install clean browser
+.PHONY: test demo lint typecheck importlint unit integration install clean browser kafka kcat
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,10 +41,26 @@ browser:
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 	  echo "make: no Chromium and no apt-get here: install Chromium for tests/e2e/test_dashboard_browser.py"
 
-test: lint typecheck importlint browser
+# Apache Kafka's jars, resolved from Maven Central once (Java >= 17 and Maven), then cached in
+# ~/.cache/turnout/kafka. Without Java the suite and the demo run on Tansu and say so.
+kafka: $(STAMP)
+	@{ command -v java >/dev/null 2>&1 && command -v mvn >/dev/null 2>&1; } || \
+	  { command -v apt-get >/dev/null 2>&1 && apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless maven >/dev/null; } || \
+	  echo "make: no Java/Maven and no apt-get here: the suite and the demo will run on Tansu"
+	$(BIN)/turnout broker --prepare
+
+# Debian's kcat (librdkafka) checks that a plain non-Python client works with the broker.
+kcat:
+	@command -v kcat >/dev/null 2>&1 || \
+	  { command -v apt-get >/dev/null 2>&1 && apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kcat >/dev/null; } || \
+	  echo "make: no kcat and no apt-get here: install kcat for tests/e2e/test_kafka_cli.py"
+
+test: lint typecheck importlint browser kcat kafka
 	$(BIN)/pytest -q
 
-demo: $(STAMP)
+demo: $(STAMP) kafka
 	$(BIN)/turnout demo
 
 clean:

@@ -12,6 +12,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from service.core.config import ConfigError
@@ -48,9 +49,36 @@ def _add_broker(sub: Any) -> None:
         sub,
         "broker",
         "service.kafka.broker:cli_main",
-        "run the embedded Kafka broker (Tansu, memory-only) in the foreground",
+        "run a local Kafka broker in the foreground (Apache Kafka; Tansu without Java)",
+        "Run a local Kafka broker in the foreground: Apache Kafka (one KRaft node, data kept "
+        "on disk) where Java >= 17 is found, else the memory-only Tansu broker. Its jars come "
+        "from Maven Central the first time and are cached.",
     )
-    p.add_argument("--port", type=int, default=9092, help="listen port on 127.0.0.1 (default 9092)")
+    p.add_argument(
+        "--port",
+        type=int,
+        default=9092,
+        help="listen port on 127.0.0.1 (default 9092; 0: any free one)",
+    )
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=Path("data/kafka"),
+        help="Apache Kafka's data folder, kept across restarts (default data/kafka)",
+    )
+    p.add_argument("--fresh", action="store_true", help="wipe the data folder before starting")
+    p.add_argument(
+        "--engine",
+        choices=("auto", "kafka", "tansu"),
+        default=None,
+        help="kafka (Apache Kafka, needs Java >= 17), tansu (memory-only), or auto (default: "
+        "kafka when Java >= 17 is there; TURNOUT_BROKER_ENGINE sets it too)",
+    )
+    p.add_argument(
+        "--prepare",
+        action="store_true",
+        help="only fetch what the engine needs (the Kafka jars, once), then exit",
+    )
     p.add_argument(
         "--no-topics", action="store_true", help="do not create Turnout's topics after start"
     )
@@ -59,12 +87,16 @@ def _add_broker(sub: Any) -> None:
 def _add_topics(sub: Any) -> None:
     p = sub.add_parser("topics", help="manage Turnout's Kafka topics")
     tsub = p.add_subparsers(dest="topics_command", metavar="COMMAND", required=True)
-    _command(
+    ensure = _command(
         tsub,
         "ensure",
         "service.kafka.topics:cli_ensure",
-        "create the four topics with fixed partition counts (idempotent)",
+        "create the topics with fixed partition counts and configs (idempotent)",
+        "Create Turnout's topics with fixed partition counts and configs (retention from "
+        "[topics]); check the ones that exist: a config that drifted is set back, another "
+        "partition count is an error (exit 1).",
     )
+    ensure.add_argument("--config", default=None, help="TOML config file (default turnout.toml)")
 
 
 def _add_simulate(sub: Any) -> None:

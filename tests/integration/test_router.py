@@ -99,6 +99,7 @@ def sim_calls(sim: RunningSimulator) -> int:
     return int(sum(stats["by_model"].values()))
 
 
+@pytest.mark.tansu
 async def test_every_request_gets_one_response_and_a_repeat_costs_no_upstream_call(
     kafka_settings: KafkaSettings, kafka_topics: Topics, simulator: RunningSimulator
 ) -> None:
@@ -124,6 +125,7 @@ async def test_every_request_gets_one_response_and_a_repeat_costs_no_upstream_ca
     assert all(len(values) == 1 for values in by_id.values())  # the same answer twice
 
 
+@pytest.mark.tansu
 async def test_malformed_records_go_to_the_dlq_and_the_router_keeps_serving(
     kafka_settings: KafkaSettings, kafka_topics: Topics, simulator: RunningSimulator
 ) -> None:
@@ -305,6 +307,7 @@ async def test_health_endpoints_say_alive_ready_and_what_is_in_force(
     assert details["partitions"] == list(range(12))
     assert details["features"]["circuit_breaker"] is True
     assert details["broker"] == kafka_settings.bootstrap
+    assert details["consumer_lag"]["total"] == 0  # nothing sent: nothing behind
     assert len(details["config_hash"]) == 64
     assert "api_key" not in json.dumps(details).lower().replace("api_key_env", "")
 

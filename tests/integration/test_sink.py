@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.structs import RecordMetadata
 from rich.console import Console
@@ -64,6 +65,7 @@ def synthetic_records(requests: int, *, seed: int = 0) -> tuple[list[str], list[
     return [e.id for e in envs], [encode(e) for e in envs]
 
 
+@pytest.mark.tansu
 async def test_sink_stores_events_once_and_records_unreadable_ones(
     kafka_settings: KafkaSettings, kafka_topics: Topics, tmp_path: Path
 ) -> None:
