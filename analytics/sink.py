@@ -388,6 +388,10 @@ def cli_main(args: argparse.Namespace) -> int:
     quiet_client_logs()
     cfg = load_config(args.config)
     path = args.duckdb or cfg.duckdb.path
-    code = asyncio.run(_main(KafkaSettings.from_config(cfg.kafka, client_id="turnout-sink"), path))
+    code = asyncio.run(
+        _main(
+            KafkaSettings.from_config(cfg.kafka, topics=cfg.topics, client_id="turnout-sink"), path
+        )
+    )
     sys.stderr.flush()
     return code

@@ -96,7 +96,9 @@ def _settings(
         from service.runtime.config import load_config
 
         config = load_config()
-    return KafkaSettings.from_config(config.kafka, client_id=f"turnout-client-{client_id}")
+    return KafkaSettings.from_config(
+        config.kafka, topics=config.topics, client_id=f"turnout-client-{client_id}"
+    )
 
 
 class AsyncTurnout:

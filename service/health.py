@@ -3,8 +3,8 @@
 `/livez`: the event loop answers. `/readyz`: partitions assigned and state
 rebuilt from the events topic. `/healthz`: the details an operator needs —
 config hash, feature switches, breaker states, work in flight, upstream pool
-statistics, memory — and 503 when not ready. `/state`: the router's
-projection (`RouterState.snapshot()`, the partitions it owns, the
+statistics, memory, consumer lag (Apache Kafka only) — and 503 when not
+ready. `/state`: the router's projection (`RouterState.snapshot()`, the partitions it owns, the
 configuration it folds with, a summary of the finished requests) for
 `turnout replay verify` to compare with the log.
 """
@@ -20,9 +20,10 @@ from aiohttp import web
 
 from service.core.config import config_hash, config_to_dict
 from service.core.state import RouterState
+from service.kafka.topics import broker_engine
 from service.runtime.router import Router
 
-__all__ = ["finished_outcomes", "health_app", "start_health", "state_view"]
+__all__ = ["consumer_lag", "finished_outcomes", "health_app", "start_health", "state_view"]
 
 
 def _json(body: dict[str, Any], ok: bool) -> web.Response:
@@ -48,6 +49,16 @@ def _details(router: Router) -> dict[str, Any]:
         "tenants": {"rate_limited": len(router.state.limits), "budgets": len(router.state.budgets)},
         "memory_max_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
     }
+
+
+async def consumer_lag(router: Router) -> dict[str, Any]:
+    """Intake records not yet read, per owned partition; on Apache Kafka only (Tansu's end
+    offsets are wrong, so there it says so instead of a number)."""
+    engine = await broker_engine(router.kafka)
+    if engine != "kafka":
+        return {"engine": engine, "total": None, "note": "Tansu reports wrong end offsets"}
+    partitions = await router.consumer.lag()
+    return {"engine": engine, "total": sum(partitions.values()), "partitions": partitions}
 
 
 def _cache(router: Router) -> dict[str, Any]:
@@ -102,7 +113,9 @@ def health_app(router: Router) -> web.Application:
         return _json({"status": "ready" if ready else "not ready"}, ready)
 
     async def healthz(_: web.Request) -> web.Response:
-        return _json(_details(router), router.ready.is_set())
+        details = _details(router)
+        details["consumer_lag"] = await consumer_lag(router)
+        return _json(details, router.ready.is_set())
 
     async def state(_: web.Request) -> web.Response:
         return _json(state_view(router), router.ready.is_set())

@@ -126,7 +126,9 @@ async def _record(cfg: Any, source: str, by_tenant: dict[str, Counter[str]]) -> 
     from service.kafka.settings import KafkaSettings
     from service.wire import cloudevents as ce
 
-    settings = KafkaSettings.from_config(cfg.kafka, client_id="turnout-cache-warm")
+    settings = KafkaSettings.from_config(
+        cfg.kafka, topics=cfg.topics, client_id="turnout-cache-warm"
+    )
     warm_id = clock.new_id()
     async with Producer(settings) as producer:
         futures = []

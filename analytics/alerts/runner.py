@@ -402,7 +402,7 @@ def cli_main(args: argparse.Namespace) -> int:
     quiet_client_logs()
     options = RunnerOptions(
         archive=Path(args.duckdb or cfg.duckdb.path),
-        kafka=KafkaSettings.from_config(cfg.kafka, client_id="turnout-alerts"),
+        kafka=KafkaSettings.from_config(cfg.kafka, topics=cfg.topics, client_id="turnout-alerts"),
     )
     if not args.once:
         log.info("%d rule(s) on %s; publishing to %s", len(rules), options.archive,

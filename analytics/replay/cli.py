@@ -81,7 +81,9 @@ def _usage(command: str, message: str) -> int:
 
 
 def _settings(cfg: Config) -> KafkaSettings:
-    return KafkaSettings.from_config(cfg.kafka, client_id=f"turnout-replay-{clock.new_id()}")
+    return KafkaSettings.from_config(
+        cfg.kafka, topics=cfg.topics, client_id=f"turnout-replay-{clock.new_id()}"
+    )
 
 
 def _where(args: argparse.Namespace, cfg: Config) -> str:

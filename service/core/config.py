@@ -24,6 +24,7 @@ import msgspec
 
 __all__ = [
     "FEATURES",
+    "IDEMPOTENCE",
     "STRATEGIES",
     "BatchingConfig",
     "BreakerConfig",
@@ -37,6 +38,7 @@ __all__ = [
     "RetryConfig",
     "RouteConfig",
     "TenantLimits",
+    "TopicsConfig",
     "UpstreamConfig",
     "config_hash",
     "config_to_dict",
@@ -46,6 +48,7 @@ __all__ = [
 STRATEGIES: Final = ("priority", "weighted", "lowest_latency", "cheapest")
 COMPRESSIONS: Final = ("zstd", "gzip", "none")
 SCOPES: Final = ("tenant", "shared")
+IDEMPOTENCE: Final = ("auto", "on", "off")
 DEFAULT_MODELS: Final = (
     "openai/gpt-4o-mini",
     "anthropic/claude-3.5-haiku",
@@ -77,6 +80,23 @@ class KafkaConfig(_Section, frozen=True, kw_only=True):
     linger_ms: int = 0
     events_linger_ms: int = 20
     replication_factor: int = 1
+    idempotence: str = "auto"  # auto: on for Apache Kafka, off for Tansu
+
+
+DAY_MS: Final = 86_400_000
+
+
+class TopicsConfig(_Section, frozen=True, kw_only=True):
+    """Retention per topic (ms; -1 keeps records for ever), set when topics are created.
+
+    Events are kept for ever until state can be rebuilt from snapshots: today
+    every projection is a fold of the whole events topic.
+    """
+
+    requests_retention_ms: int = 7 * DAY_MS
+    events_retention_ms: int = -1
+    responses_retention_ms: int = 1 * DAY_MS
+    dlq_retention_ms: int = 14 * DAY_MS
 
 
 class UpstreamConfig(_Section, frozen=True, kw_only=True):
@@ -173,6 +193,7 @@ class DuckdbConfig(_Section, frozen=True, kw_only=True):
 
 class Config(msgspec.Struct, frozen=True, kw_only=True):
     kafka: KafkaConfig = KafkaConfig()
+    topics: TopicsConfig = TopicsConfig()
     upstream: UpstreamConfig = UpstreamConfig()
     routes: dict[str, RouteConfig] = msgspec.field(
         default_factory=lambda: {"general": RouteConfig()}
@@ -195,6 +216,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
 
 _FLAT_SECTIONS: Final[dict[str, type[_Section]]] = {
     "kafka": KafkaConfig,
+    "topics": TopicsConfig,
     "upstream": UpstreamConfig,
     "retry": RetryConfig,
     "breaker": BreakerConfig,
@@ -325,6 +347,11 @@ def _check_semantics(cfg: Config, problems: list[str]) -> None:
             problems.append(f"[tenants.{tenant_id}] budget_soft_percent must be within 0..100")
     for name, route in cfg.routes.items():
         _check_route(name, route, problems)
+    if cfg.kafka.idempotence not in IDEMPOTENCE:
+        problems.append(f"[kafka] idempotence must be one of {', '.join(IDEMPOTENCE)}")
+    for key, value in msgspec.structs.asdict(cfg.topics).items():
+        if value == 0 or value < -1:
+            problems.append(f"[topics] {key} must be positive, or -1 to keep records for ever")
     if cfg.cache.compression not in COMPRESSIONS:
         problems.append(f"[cache] compression must be one of {', '.join(COMPRESSIONS)}")
     if cfg.cache.scope not in SCOPES:

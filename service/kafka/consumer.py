@@ -243,6 +243,22 @@ class GroupConsumer(_Client):
                 retriable=True,
             ) from None
 
+    async def lag(self) -> dict[int, int]:
+        """Records behind the end, per assigned partition (end: the last fetch's high watermark).
+
+        Needs no request of its own. Only right on Apache Kafka: Tansu reports
+        wrong end offsets (BROKER.md rule 4). A partition not fetched yet is left out.
+        """
+        behind: dict[int, int] = {}
+        for tp in sorted(self.assignment):
+            high = self._consumer.highwater(tp)
+            if high is None:
+                continue
+            with suppress(Exception):  # revoked meanwhile, or no position yet
+                async with asyncio.timeout(1):
+                    behind[tp.partition] = max(0, high - await self._consumer.position(tp))
+        return behind
+
     async def committed(self, tp: TopicPartition) -> int | None:
         """The group's committed offset for `tp` (None when nothing is committed)."""
         with kafka_errors(self.settings.bootstrap):

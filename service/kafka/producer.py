@@ -5,9 +5,14 @@ waits for the broker, so a caller sends a whole batch and then awaits the
 futures together (`send_batch` does both). aiokafka batches what is enqueued
 within `linger_ms`.
 
+Idempotence: on Apache Kafka every Turnout producer is idempotent (a retried
+batch is written once, in order); Tansu fails InitProducerId, so there it is
+off (BROKER.md rule 6). `[kafka] idempotence = "auto"` (the default) asks the
+broker which it is (`topics.broker_engine`, once per address); `on` / `off`
+force it. Either way consumers still dedupe by event id (at-least-once).
+
 BROKER.md rules followed here:
-- 6: no idempotent producer and no transactions (`enable_idempotence=False`);
-  at-least-once comes from acks=all plus retries, consumers dedupe by id.
+- 6: no transactions; no idempotence on Tansu.
 - 7: acks="all", never 0 (acks=0 corrupts aiokafka's connection on Tansu).
 - 8: aiokafka's default murmur2 partitioner, the same as Java clients.
 - 9: records over `max_record_bytes` (<= 1 MB) are refused here with
@@ -30,6 +35,7 @@ from aiokafka.structs import RecordMetadata
 from service.errors import TurnoutError
 from service.kafka.errors import RecordTooLarge, kafka_errors, start_client, translate
 from service.kafka.settings import KafkaSettings
+from service.kafka.topics import broker_engine
 
 __all__ = ["Headers", "OutRecord", "Producer", "RecordMetadata", "producer_config"]
 
@@ -47,13 +53,13 @@ class OutRecord:
     partition: int | None = None
 
 
-def producer_config(settings: KafkaSettings) -> dict[str, Any]:
+def producer_config(settings: KafkaSettings, *, idempotent: bool = False) -> dict[str, Any]:
     """The AIOKafkaProducer keyword arguments every Turnout producer uses."""
     return {
         "bootstrap_servers": settings.bootstrap,
         "client_id": settings.client_id,
         "acks": "all",
-        "enable_idempotence": False,
+        "enable_idempotence": idempotent,
         "linger_ms": settings.linger_ms,
         "max_batch_size": settings.max_batch_bytes,
         "compression_type": None if settings.compression == "none" else settings.compression,
@@ -66,19 +72,35 @@ class Producer:
 
     def __init__(self, settings: KafkaSettings) -> None:
         self.settings = settings
+        self._producer = self._make(idempotent=settings.idempotence == "on")
+        self._limit = settings.max_record_bytes
+
+    @property
+    def idempotent(self) -> bool:
+        return self._producer._txn_manager is not None
+
+    def _make(self, *, idempotent: bool) -> AIOKafkaProducer:
         try:
-            self._producer = AIOKafkaProducer(**producer_config(settings))
+            return AIOKafkaProducer(**producer_config(self.settings, idempotent=idempotent))
         except RuntimeError as err:  # aiokafka: "Compression library for zstd not found"
             if "ompression" not in str(err):
                 raise  # e.g. no running event loop: create it inside one
             raise TurnoutError(
-                f"Kafka compression {settings.compression!r} needs the cramjam package "
-                f"(`pip install 'aiokafka[{settings.compression}]'`): install it or set "
+                f"Kafka compression {self.settings.compression!r} needs the cramjam package "
+                f"(`pip install 'aiokafka[{self.settings.compression}]'`): install it or set "
                 "TURNOUT_KAFKA_COMPRESSION to gzip or none"
             ) from err
-        self._limit = settings.max_record_bytes
 
     async def start(self) -> None:
+        if self.settings.idempotence == "auto":
+            try:
+                engine = await broker_engine(self.settings)
+            except BaseException:
+                await self._producer.stop()  # never started: keeps its __del__ from warning
+                raise
+            if engine == "kafka":
+                unstarted, self._producer = self._producer, self._make(idempotent=True)
+                await unstarted.stop()
         p, s = self._producer, self.settings
         await start_client(p.start, p.stop, bootstrap=s.bootstrap, timeout_ms=s.connect_timeout_ms)
 

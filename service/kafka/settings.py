@@ -6,8 +6,8 @@ top of a base. This module imports no Kafka client, so configuration code can
 use it cheaply.
 
 BROKER.md rules followed here:
-- 6 and 7: the producer settings below are always acks=all without idempotence
-  (see `producer.py`); nothing here can turn them off.
+- 6 and 7: producers are always acks=all; idempotent only on Apache Kafka
+  (`idempotence`, see `producer.py`).
 - 9: `max_record_bytes` is the record-size limit Turnout enforces itself;
   it may be lowered, never raised above 1 MB.
 - 11 and 12: short group session (6 s, heartbeat 1 s) and a short fetch wait
@@ -26,11 +26,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from service.core.config import KafkaConfig
+from service.core.config import IDEMPOTENCE, KafkaConfig, TopicsConfig
 from service.errors import TurnoutError
 
 __all__ = [
     "COMPRESSION_TYPES",
+    "IDEMPOTENCE",
     "MAX_RECORD_BYTES",
     "KafkaSettings",
     "KafkaSettingsError",
@@ -109,6 +110,12 @@ class KafkaSettings:
     max_batch_bytes: int = 524_288  # a full batch makes every send wait (bench_router: -15% CPU)
     compression: str = "none"
     max_record_bytes: int = MAX_RECORD_BYTES
+    idempotence: str = "auto"  # auto: on for Apache Kafka, off for Tansu (producer.py)
+    # [topics]: retention per topic, in ms (-1: for ever); used when topics are created
+    requests_retention_ms: int = TopicsConfig().requests_retention_ms
+    events_retention_ms: int = TopicsConfig().events_retention_ms
+    responses_retention_ms: int = TopicsConfig().responses_retention_ms
+    dlq_retention_ms: int = TopicsConfig().dlq_retention_ms
 
     def __post_init__(self) -> None:
         if problems := self.problems():
@@ -123,8 +130,15 @@ class KafkaSettings:
             problems.append(f"topic_prefix: {err}")
         problems += [f"{name} must be positive" for name in _POSITIVE if getattr(self, name) <= 0]
         problems += [f"{name} may not be negative" for name in _LINGERS if getattr(self, name) < 0]
+        problems += [
+            f"{name} must be positive, or -1 for ever"
+            for name in _RETENTIONS
+            if getattr(self, name) == 0 or getattr(self, name) < -1
+        ]
         if self.compression not in COMPRESSION_TYPES:
             problems.append(f"compression must be one of {', '.join(COMPRESSION_TYPES)}")
+        if self.idempotence not in IDEMPOTENCE:
+            problems.append(f"idempotence must be one of {', '.join(IDEMPOTENCE)}")
         if self.max_record_bytes > MAX_RECORD_BYTES:
             problems.append(f"max_record_bytes may not exceed {MAX_RECORD_BYTES} (Kafka: ~1 MB)")
         if self.heartbeat_interval_ms >= self.session_timeout_ms:
@@ -138,9 +152,20 @@ class KafkaSettings:
     def replace(self, **changes: Any) -> KafkaSettings:
         return dataclasses.replace(self, **changes)
 
+    def retention_ms(self, role: str) -> int:
+        """The retention of the topic of `role` (`requests`, `events`, ...); -1: for ever."""
+        return int(getattr(self, f"{role}_retention_ms"))
+
     @classmethod
-    def from_config(cls, kafka: KafkaConfig, *, client_id: str = "turnout") -> KafkaSettings:
-        """The settings of a `[kafka]` section, then `TURNOUT_KAFKA_*` overrides for the rest."""
+    def from_config(
+        cls,
+        kafka: KafkaConfig,
+        *,
+        topics: TopicsConfig | None = None,
+        client_id: str = "turnout",
+    ) -> KafkaSettings:
+        """The settings of `[kafka]` (and `[topics]`), then `TURNOUT_KAFKA_*` overrides."""
+        retention = topics or TopicsConfig()
         base = cls(
             bootstrap=kafka.bootstrap,
             topic_prefix=kafka.topic_prefix,
@@ -152,6 +177,11 @@ class KafkaSettings:
             linger_ms=kafka.linger_ms,
             events_linger_ms=kafka.events_linger_ms,
             replication_factor=kafka.replication_factor,
+            idempotence=kafka.idempotence,
+            requests_retention_ms=retention.requests_retention_ms,
+            events_retention_ms=retention.events_retention_ms,
+            responses_retention_ms=retention.responses_retention_ms,
+            dlq_retention_ms=retention.dlq_retention_ms,
         )
         return cls.from_env(base)
 
@@ -180,6 +210,11 @@ class KafkaSettings:
 
 
 _LINGERS = ("linger_ms", "events_linger_ms")  # 0 is allowed: send at once
+_RETENTIONS = tuple(
+    f.name for f in dataclasses.fields(KafkaSettings) if f.name.endswith("_retention_ms")
+)
 _POSITIVE = tuple(
-    f.name for f in dataclasses.fields(KafkaSettings) if f.type == "int" and f.name not in _LINGERS
+    f.name
+    for f in dataclasses.fields(KafkaSettings)
+    if f.type == "int" and f.name not in _LINGERS + _RETENTIONS
 )

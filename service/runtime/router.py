@@ -146,7 +146,9 @@ class Router:
         self.instance = instance
         self.clock = time
         self.source = f"turnout/router/{instance}"
-        self.kafka = KafkaSettings.from_config(cfg.kafka, client_id=f"turnout-router-{instance}")
+        self.kafka = KafkaSettings.from_config(
+            cfg.kafka, topics=cfg.topics, client_id=f"turnout-router-{instance}"
+        )
         self.topics = self.kafka.topics
         self.state = RouterState()
         self.offsets = Offsets()

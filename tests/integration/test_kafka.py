@@ -15,6 +15,9 @@ import warnings
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource
+from aiokafka.admin.config_resource import ConfigResourceType as ResourceType
 
 from service.errors import TurnoutError
 from service.kafka.broker import free_port
@@ -53,6 +56,7 @@ async def _read_all(settings: KafkaSettings, topic: str, count: int) -> list:
 # -- topics -----------------------------------------------------------------
 
 
+@pytest.mark.tansu
 async def test_ensure_topics_creates_four_topics_then_nothing(kafka_settings: KafkaSettings):
     first = await ensure_topics(kafka_settings)
     second = await ensure_topics(kafka_settings)
@@ -64,6 +68,68 @@ async def test_ensure_topics_creates_four_topics_then_nothing(kafka_settings: Ka
     assert {name: on_broker[name] for name in expected} == expected
     assert second.nothing_to_do and not second.warnings
     assert [(t.name, t.created) for t in second.topics] == [(n, False) for n in expected]
+
+
+TOPIC = ResourceType.TOPIC
+
+
+async def _topic_configs(settings: KafkaSettings, topic: str) -> dict[str, str]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap)
+    await admin.start()
+    try:
+        (described,) = await admin.describe_configs([ConfigResource(TOPIC, topic)])
+    finally:
+        await admin.close()
+    return {entry[0]: entry[1] for entry in described.resources[0][4]}
+
+
+async def _alter(settings: KafkaSettings, topic: str, configs: dict[str, str]) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap)
+    await admin.start()
+    try:
+        await admin.alter_configs([ConfigResource(TOPIC, topic, configs)])
+    finally:
+        await admin.close()
+    for _ in range(200):  # KRaft applies an alter a moment after it answers
+        if configs.items() <= (await _topic_configs(settings, topic)).items():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{configs} never applied to {topic}")
+
+
+async def test_topics_get_their_retention_and_drifted_configs_are_set_back(
+    kafka_engine: str, kafka_settings: KafkaSettings
+):
+    if kafka_engine == "tansu":
+        pytest.fail("topic configs need Apache Kafka (Tansu stores them without effect)")
+    settings = kafka_settings.replace(requests_retention_ms=3_600_000)
+    await ensure_topics(settings)
+    events, requests = settings.topics.events, settings.topics.requests
+    created = await _topic_configs(settings, requests), await _topic_configs(settings, events)
+
+    # someone sets a shorter retention by hand, and a config of their own
+    await _alter(settings, events, {"retention.ms": "1000", "segment.ms": "600000"})
+    again = await ensure_topics(settings)
+    after = await _topic_configs(settings, events)
+
+    assert created[0]["retention.ms"] == "3600000" and created[0]["cleanup.policy"] == "delete"
+    assert created[1]["retention.ms"] == "-1"  # events: kept until snapshots exist
+    (fixed,) = [t for t in again.topics if t.fixed]
+    assert fixed.name == events and fixed.fixed == ("retention.ms: 1000 -> -1",)
+    assert after["retention.ms"] == "-1" and after["segment.ms"] == "600000"
+    assert again.ok and not again.nothing_to_do
+
+
+@pytest.mark.tansu
+async def test_producers_are_idempotent_on_apache_kafka_and_not_on_tansu(
+    kafka_engine: str, kafka_settings: KafkaSettings, kafka_topics: Topics
+):
+    async with Producer(kafka_settings) as producer:
+        metas = await producer.send_batch(_records(5, kafka_topics.dlq))
+        idempotent = producer.idempotent
+
+    assert len(metas) == 5
+    assert idempotent is (kafka_engine != "tansu")
 
 
 async def test_ensure_topic_creates_one_and_warns_on_other_partition_count(
@@ -143,6 +209,7 @@ async def test_plain_aiokafka_record_roundtrips_through_the_reader(
     assert (got.partition, got.offset) == (sent.partition, sent.offset)
 
 
+@pytest.mark.tansu
 async def test_adapter_records_roundtrip_through_plain_aiokafka(
     kafka_settings: KafkaSettings, kafka_topics: Topics
 ):
@@ -229,15 +296,37 @@ async def test_a_client_cancelled_while_it_starts_leaves_no_connection_open(
     assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
 
 
-async def _consume(consumer: GroupConsumer, count: int) -> list:
+async def _consume(consumer: GroupConsumer, count: int, max_records: int | None = None) -> list:
     records: list = []
     async with asyncio.timeout(20):
         while len(records) < count:
-            for batch in (await consumer.getmany(timeout_ms=200)).values():
+            fetched = await consumer.getmany(timeout_ms=200, max_records=max_records)
+            for batch in fetched.values():
                 records += batch
     return records
 
 
+async def test_a_member_reports_how_far_behind_the_end_it_is(
+    kafka_engine: str, kafka_settings: KafkaSettings, kafka_topics: Topics
+):
+    """Consumer lag from end offsets: only right on Apache Kafka (BROKER.md rule 4)."""
+    if kafka_engine == "tansu":
+        pytest.fail("lag needs Apache Kafka's end offsets, and the suite runs on Tansu")
+    async with Producer(kafka_settings) as producer:
+        metas = await producer.send_batch(_records(30, kafka_topics.dlq))
+    tp = TopicPartition(kafka_topics.dlq, metas[0].partition)
+    assert {m.partition for m in metas} == {tp.partition}
+
+    async with GroupConsumer(kafka_settings, [kafka_topics.dlq]) as member:
+        await member.wait_for_assignment()
+        first = await _consume(member, 10, max_records=10)
+        lag = await member.lag()
+
+    assert len(first) == 10
+    assert lag[tp.partition] == 20
+
+
+@pytest.mark.tansu
 async def test_commit_then_a_new_member_starts_after_the_committed_offset(
     kafka_settings: KafkaSettings, kafka_topics: Topics
 ):
