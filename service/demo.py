@@ -1,9 +1,10 @@
 """`turnout demo`: every part of Turnout on one machine, started, watched and stopped as one.
 
-Job: start the embedded broker, the upstream simulator (or use OpenRouter when
-OPENROUTER_API_KEY is set), two routers, the sink, the alert evaluator, the
-dashboard and the traffic generator; say what runs where; show progress until
-Ctrl-C, SIGTERM or `--duration`; then stop everything.
+Job: start the local broker (Apache Kafka, or Tansu without Java), the upstream
+simulator (or use OpenRouter when OPENROUTER_API_KEY is set), two routers, the
+sink, the alert evaluator, the dashboard and the traffic generator; say what
+runs where; show progress until Ctrl-C, SIGTERM or `--duration`; then stop
+everything.
 
 Rules:
 - Every part is a child process, `sys.executable -m service ...` (no venv on
@@ -121,6 +122,11 @@ class DemoPaths:
         return self.data / "turnout.duckdb"
 
     @property
+    def kafka(self) -> Path:
+        """Apache Kafka's data dir (when the broker is Apache Kafka)."""
+        return self.data / "kafka"
+
+    @property
     def pids(self) -> Path:
         return self.data / "pids.json"
 
@@ -158,14 +164,24 @@ def plan_children(
     rate: float,
     dashboard_flags: set[str] | None,
     seed: int = 7,
+    engine: str = "kafka",
 ) -> Plan:
-    """The children to start, in stages (pure: no process is started here)."""
+    """The children to start, in stages (pure: no process is started here).
+
+    `engine` is the broker's: `kafka` (Apache Kafka, data under `<data>/kafka`)
+    or `tansu` (memory-only).
+    """
     cfg = ("--config", str(paths.config))
     duck = ("--duckdb", str(paths.archive))
+    broker: tuple[str, ...] = ("broker", "--port", str(ports.kafka), "--engine", engine)
+    if engine == "kafka":
+        broker += ("--data", str(paths.kafka))
+        where = f"127.0.0.1:{ports.kafka} (Apache Kafka, data in {paths.kafka})"
+    else:
+        where = f"127.0.0.1:{ports.kafka} (embedded Tansu, memory-only)"
     kids: list[Child] = [
-        Child(name="broker", stage=0, argv=("broker", "--port", str(ports.kafka)),
-              ready_text="Kafka broker ready", stop_timeout_s=12,
-              where=f"127.0.0.1:{ports.kafka} (embedded Tansu, memory-only)"),
+        Child(name="broker", stage=0, argv=broker, ready_text="Kafka broker ready",
+              start_timeout_s=90, stop_timeout_s=35, where=where),
     ]  # fmt: skip
     if not openrouter:
         kids.append(Child(
@@ -441,8 +457,9 @@ def run_demo(args: argparse.Namespace) -> int:
     rate = args.rate if args.rate is not None else (_OPENROUTER_RATE if openrouter else 5.0)
     ports = choose_ports(args)
     flags = None if args.no_dashboard else _dashboard_flags()
+    engine = _engine()
     plan = plan_children(ports, paths, openrouter=openrouter, rate=rate,
-                         dashboard_flags=flags, seed=args.seed)  # fmt: skip
+                         dashboard_flags=flags, seed=args.seed, engine=engine)  # fmt: skip
     started = time.monotonic()
     env = child_env(ports, paths, openrouter=openrouter)
     supervisor = Supervisor((sys.executable, "-m", "service"), env=env, logs=paths.logs)
@@ -471,6 +488,16 @@ def run_demo(args: argparse.Namespace) -> int:
 
         print(f"traffic: {summary_line(stats)}", flush=True)
     return 1 if failure is not None else 0
+
+
+def _engine() -> str:
+    """The broker engine, fetching Kafka's jars now (with progress) rather than in a child."""
+    from service.kafka.broker import choose_engine
+
+    choice = choose_engine()
+    if choice.reason:
+        print(f"warning: the demo runs on Tansu, not Apache Kafka: {choice.reason}", flush=True)
+    return choice.engine
 
 
 def cli_main(args: argparse.Namespace) -> int:

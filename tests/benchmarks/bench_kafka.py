@@ -11,28 +11,27 @@ own cost differs. Rounds alternate which side goes first; each round writes to
 fresh topics. Reports records/s (wall) and CPU µs per record of this process
 (the broker runs in another process), and the adapter/raw ratio (target >= 0.8).
 
-Kafka: TURNOUT_KAFKA_BOOTSTRAP if set, else an embedded broker for the run.
+Kafka: TURNOUT_KAFKA_BOOTSTRAP if set, else Apache Kafka and then Tansu in the same
+run (`--engines`). On Apache Kafka the producers are idempotent (as Turnout's are).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import os
 import statistics
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from engines import DEFAULT_ENGINES, brokers
 
-from service.kafka.broker import EmbeddedBroker
 from service.kafka.consumer import Reader, TopicPartition, consumer_config
 from service.kafka.producer import OutRecord, Producer, producer_config
 from service.kafka.settings import KafkaSettings
-from service.kafka.topics import ensure_topic
+from service.kafka.topics import broker_engine, ensure_topic
 
 PARTITIONS = 12
 BATCH = 500
@@ -93,7 +92,8 @@ async def produce_adapter(settings: KafkaSettings, records: list[OutRecord]) -> 
 
 
 async def produce_raw(settings: KafkaSettings, records: list[OutRecord]) -> Sample:
-    producer = AIOKafkaProducer(**producer_config(settings))
+    idempotent = await broker_engine(settings) == "kafka"  # as the adapter decides
+    producer = AIOKafkaProducer(**producer_config(settings, idempotent=idempotent))
     await producer.start()
     try:
 
@@ -169,15 +169,6 @@ def report(rounds: list[dict[str, Sample]]) -> None:
         print(f"{step}: adapter/raw throughput {rate:.2f}x, CPU efficiency {cpu:.2f}x")
 
 
-@contextlib.contextmanager
-def kafka() -> Iterator[str]:
-    if bootstrap := os.environ.get("TURNOUT_KAFKA_BOOTSTRAP"):
-        yield bootstrap
-        return
-    with EmbeddedBroker() as broker:
-        yield broker.bootstrap
-
-
 async def main(args: argparse.Namespace, bootstrap: str) -> None:
     settings = KafkaSettings(bootstrap=bootstrap, compression=args.compression)
     await one_round(settings, min(args.records, 5_000), True)  # warm-up
@@ -195,13 +186,16 @@ def cli() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--compression", default="none", choices=["none", "zstd", "gzip", "lz4"])
     parser.add_argument("--uvloop", action="store_true")
+    parser.add_argument("--engines", default=DEFAULT_ENGINES, help="default kafka,tansu")
     args = parser.parse_args()
     if args.uvloop:
         import uvloop
 
         uvloop.install()
-    with kafka() as bootstrap:
-        asyncio.run(main(args, bootstrap))
+    for engine in brokers(args.engines):
+        with engine as (name, bootstrap, _pid):
+            print(f"\n=== broker: {name} ({bootstrap}) ===", flush=True)
+            asyncio.run(main(args, bootstrap))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@
 Real sizes: --requests 20000 --latency-seconds 20 --fold-events 1000000.
 
 What runs (every process started here is stopped here):
-- the embedded broker (Tansu), and `turnout simulate` in its own process,
+- each broker in turn (`--engines`: Apache Kafka, then Tansu), and
+  `turnout simulate` in its own process,
   pinned to CPU 0 when there are two (0 ms; a second one at 50 ms for part 2);
 - ONE router per scenario: `python -m service router --health-port 0` with a
   unique topic prefix and group id (TURNOUT_KAFKA_* / TURNOUT_UPSTREAM_BASE_URL
@@ -69,13 +70,13 @@ import aiohttp
 import httpx
 import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from engines import DEFAULT_ENGINES, brokers
 from httpx_aiohttp import AiohttpTransport
 
 from analytics.synthetic import envelopes, workload
 from service.core.config import parse_config
 from service.core.events import AttemptSucceeded, RequestAccepted
 from service.core.state import RouterState, evolve, fold
-from service.kafka.broker import EmbeddedBroker
 from service.kafka.consumer import topic_partitions
 from service.kafka.settings import KafkaSettings, Topics
 from service.kafka.topics import ensure_topics
@@ -624,6 +625,8 @@ def main() -> None:
     parser.add_argument("--profile-format", default="flamegraph",
                         choices=["flamegraph", "raw", "speedscope"])  # fmt: skip
     parser.add_argument("--only", default="throughput,latency,fold,cache")
+    parser.add_argument("--engines", default=DEFAULT_ENGINES,
+                        help="brokers to run on, in this order (default kafka,tansu)")  # fmt: skip
     parser.add_argument("--router-env", action="append", default=[], metavar="KEY=VALUE",
                         help="router environment, e.g. TURNOUT_KAFKA_LINGER_MS=0")  # fmt: skip
     parser.add_argument("--relay", default=None, help=argparse.SUPPRESS)  # part 2's baseline
@@ -641,21 +644,15 @@ def main() -> None:
         config_file.flush()
         args.config_path = config_file.name
         if parts & {"throughput", "latency", "cache"}:
-            if bootstrap := os.environ.get("TURNOUT_KAFKA_BOOTSTRAP"):
-                if "throughput" in parts:
-                    part_throughput(args, bootstrap, None)
-                if "latency" in parts:
-                    part_latency(args, bootstrap)
-                if "cache" in parts:
-                    part_cache(args, bootstrap)
-            else:
-                with EmbeddedBroker() as broker:
+            for engine in brokers(args.engines):
+                with engine as (name, bootstrap, pid):
+                    print(f"\n=== broker: {name} ({bootstrap}) ===", flush=True)
                     if "throughput" in parts:
-                        part_throughput(args, broker.bootstrap, broker.pid)
+                        part_throughput(args, bootstrap, pid)
                     if "latency" in parts:
-                        part_latency(args, broker.bootstrap)
+                        part_latency(args, bootstrap)
                     if "cache" in parts:
-                        part_cache(args, broker.bootstrap)
+                        part_cache(args, bootstrap)
     if "fold" in parts:
         part_fold(args)
 

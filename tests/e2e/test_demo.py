@@ -147,7 +147,7 @@ def test_demo_starts_everything_fills_the_archive_and_ctrl_c_leaves_no_process(
 
         pids_file = demo_dir / "data" / "demo" / "pids.json"
         recorded = json.loads(pids_file.read_text())["processes"]
-        assert len(recorded) >= 8  # 7 parts + the Tansu broker below `turnout broker`
+        assert len(recorded) >= 8  # 7 parts + the broker (JVM or Tansu) below `turnout broker`
         children = [p for p in recorded if p["child"]]
         assert len(children) >= 7
         assert all(_running(int(p["pid"]), int(p["start"])) for p in children)

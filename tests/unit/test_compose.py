@@ -19,6 +19,7 @@ import pytest
 from compose_spec import PyOptions
 
 from service.cli import build_parser
+from service.kafka.jars import KAFKA_VERSION
 
 REPO = Path(__file__).resolve().parents[2]
 TURNOUT_IMAGE = "turnout:latest"
@@ -64,7 +65,8 @@ def test_the_parts_contract_md_asks_for_run_by_default_and_the_simulator_on_a_pr
             "dashboard"} <= default  # fmt: skip
     assert services["simulator"]["profiles"] == ["sim"]
     kafka = services["kafka"]
-    assert kafka["image"].startswith("apache/kafka:")
+    assert kafka["image"] == f"apache/kafka:{KAFKA_VERSION}"  # what `turnout broker` runs
+    assert "kafka-data:/var/lib/kafka/data" in kafka["volumes"]
     env = kafka["environment"]
     assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}  # KRaft
     assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"].startswith("1@kafka:")  # a single node
