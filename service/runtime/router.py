@@ -71,7 +71,7 @@ from service.upstream import client as upstream
 from service.upstream.pricing import PriceCache
 from service.wire import cloudevents as ce
 from service.wire.errors import WireError
-from service.wire.intake import REQUEST_ID_HEADER, decode_intake
+from service.wire.intake import REQUEST_ID_HEADER, TENANT_ID, decode_intake
 from service.wire.response import encode_response
 
 __all__ = ["PARTITIONS", "Router", "home_partition"]
@@ -150,6 +150,7 @@ class Router:
             cfg.kafka, topics=cfg.topics, client_id=f"turnout-router-{instance}"
         )
         self.topics = self.kafka.topics
+        self.internal_topics = frozenset(self.topics.as_dict().values())
         self.state = RouterState()
         self.offsets = Offsets()
         self.bodies: dict[str, dict[str, Any]] = {}
@@ -368,11 +369,14 @@ class Router:
                 record.value, key=record.key, topic=record.topic,
                 partition=record.partition, offset=record.offset,
                 request_id=dict(record.headers).get(REQUEST_ID_HEADER),
+                internal_topics=self.internal_topics,
             )  # fmt: skip
             if req.task_type not in self.cfg.routes:
-                raise WireError(
+                err = WireError(
                     "unknown_task_type", f"no route for task type {req.task_type!r}", "$.task_type"
                 )
+                err.request_id, err.tenant, err.reply_to = req.request_id, req.tenant, req.reply_to
+                raise err
         except WireError as err:
             await self._deadletter(record, err)
             self._finish(pos)
@@ -416,17 +420,27 @@ class Router:
             return key, None
 
     async def _deadletter(self, record: Any, err: WireError) -> None:
+        """The DLQ copy and the terminal `deadlettered` event; a record that names its
+        request is also answered `rejected` / `invalid_request`, on its `reply_to` when
+        that is valid, else on the responses topic (CONTRACT.md, intake validation)."""
         headers = [*record.headers, ("turnout-error", err.code.encode()),
                    ("turnout-error-detail", str(err).encode())]  # fmt: skip
         value = record.value
         if value is not None and len(value) > DLQ_VALUE_LIMIT:  # Kafka would refuse it whole
             headers.append(("turnout-error-truncated-from", str(len(value)).encode()))
             value = value[:DLQ_VALUE_LIMIT]
-        await (await self.producer.send(self.topics.dlq, value, key=record.key, headers=headers))
-        tenant = record.key.decode("utf-8", "replace") if record.key else "_unknown"
+        sends = [await self.producer.send(self.topics.dlq, value, key=record.key, headers=headers)]
+        tenant = err.tenant or _tenant_of_key(record.key)
+        if err.request_id is not None:
+            answer = ev.RequestRejected(
+                request_id=err.request_id, tenant=tenant, code="invalid_request",
+                message=str(err), reply_to=err.reply_to,
+            )  # fmt: skip
+            sends.append(await self._send_response(answer))
+        await asyncio.gather(*sends)
         await self._publish([ev.RequestDeadlettered(
-            tenant=tenant, code=err.code, detail=err.detail, path=err.path,
-            topic=record.topic, partition=record.partition, offset=record.offset,
+            request_id=err.request_id, tenant=tenant, code=err.code, detail=err.detail,
+            path=err.path, topic=record.topic, partition=record.partition, offset=record.offset,
         )])  # fmt: skip
 
     # ------------------------------------------------------------ effects
@@ -596,3 +610,9 @@ class Router:
         }
         if offsets:
             await self.consumer.commit(offsets)
+
+
+def _tenant_of_key(key: bytes | None) -> str:
+    """The events key for a record whose tenant is missing or not a valid tenant id."""
+    tenant = key.decode("utf-8", "replace") if key else ""
+    return tenant if TENANT_ID.fullmatch(tenant) else "_unknown"

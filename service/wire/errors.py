@@ -41,11 +41,19 @@ INVALID_KEY: Final = "invalid_key"
 
 
 class WireError(ValueError):
-    """Bad bytes from outside: what is wrong (`code`), in words (`detail`), and where (`path`)."""
+    """Bad bytes from outside: what is wrong (`code`), in words (`detail`), and where (`path`).
+
+    An intake record that was readable enough to name its request carries
+    `request_id` (and its `tenant` and `reply_to` where those are valid), so
+    the request can still be answered.
+    """
 
     code: str
     detail: str
     path: str | None
+    request_id: str | None = None
+    tenant: str | None = None
+    reply_to: str | None = None
 
     def __init__(self, code: str, detail: str, path: str | None = None) -> None:
         super().__init__(code, detail, path)

@@ -10,6 +10,12 @@ Rules:
   that id in the `turnout-request-id` header.
 - `messages` must be a non-empty list of objects with a string `role`; every
   other OpenAI chat parameter is passed through untouched (`params`).
+- `tenant` is 1-128 characters of `[A-Za-z0-9._:@-]`; `reply_to` is a legal
+  Kafka topic name and never one of Turnout's own topics (`internal_topics`),
+  so no client can make the router write into its event log.
+- A record that parsed but breaks a rule raises a `WireError` that names its
+  request (`request_id`, and `tenant` / `reply_to` where those are valid), so
+  the router answers it `rejected` / `invalid_request` besides the DLQ copy.
 - The prompt is never kept unless `store_prompts`: events carry a hash of the
   messages and an estimated token count (characters / 4, rounded up).
 """
@@ -17,6 +23,7 @@ Rules:
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Any, Final
 
 import msgspec
@@ -25,9 +32,12 @@ from service.core.request import IntakeRequest
 from service.wire.errors import MALFORMED_JSON, SCHEMA_VIOLATION, WireError, from_msgspec
 
 __all__ = [
+    "INVALID_REPLY_TO",
+    "INVALID_TENANT",
     "MAX_RECORD_BYTES",
     "RECORD_TOO_LARGE",
     "REQUEST_ID_HEADER",
+    "TENANT_ID",
     "Intake",
     "decode_intake",
     "estimate_tokens",
@@ -40,6 +50,12 @@ REQUEST_ID_HEADER: Final = "turnout-request-id"
 RECORD_TOO_LARGE: Final = "record_too_large"
 NO_TENANT: Final = "missing_tenant"
 NO_MESSAGES: Final = "empty_messages"
+INVALID_TENANT: Final = "invalid_tenant"
+INVALID_REPLY_TO: Final = "invalid_reply_to"
+
+TENANT_ID: Final = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
+"""What a tenant id may be (CONTRACT.md, intake validation)."""
+_TOPIC: Final = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
 _RESERVED: Final = frozenset(
     {"request_id", "tenant", "task_type", "model", "messages", "cache", "reply_to",
@@ -105,26 +121,27 @@ def decode_intake(
     partition: int,
     offset: int,
     request_id: bytes | None = None,
+    internal_topics: frozenset[str] = frozenset(),
 ) -> IntakeRequest:
     """Validate one intake record; raise `WireError` (code, detail, JSON path) when bad."""
     if not value:
         raise WireError(MALFORMED_JSON, "the record has no value")
     body, intake = _parse(value)
+    rid = intake.request_id or (
+        request_id.decode("utf-8", "replace") if request_id else f"{topic}-{partition}-{offset}"
+    )
     tenant = intake.tenant or (key.decode("utf-8", "replace") if key else None)
-    if not tenant:
-        raise WireError(NO_TENANT, "no tenant in the body and no record key", "$.tenant")
-    if not intake.messages:
-        raise WireError(NO_MESSAGES, "messages must hold at least one message", "$.messages")
-    if body.get("stream"):
-        raise WireError(
-            SCHEMA_VIOLATION, "streaming is not supported on the intake topic", "$.stream"
-        )
+    try:
+        _check(intake, body, tenant, internal_topics)
+    except WireError as err:
+        err.request_id = rid
+        err.tenant = tenant if tenant and TENANT_ID.fullmatch(tenant) else None
+        err.reply_to = intake.reply_to if err.code != INVALID_REPLY_TO else None
+        raise
+    assert tenant is not None  # _check saw to it
     messages: list[dict[str, Any]] = body["messages"]
     return IntakeRequest(
-        request_id=intake.request_id
-        or (
-            request_id.decode("utf-8", "replace") if request_id else f"{topic}-{partition}-{offset}"
-        ),
+        request_id=rid,
         tenant=tenant,
         task_type=intake.task_type,
         model=intake.model,
@@ -140,3 +157,37 @@ def decode_intake(
         intake_partition=partition,
         intake_offset=offset,
     )
+
+
+def _check(
+    intake: Intake, body: dict[str, Any], tenant: str | None, internal_topics: frozenset[str]
+) -> None:
+    if not tenant:
+        raise WireError(NO_TENANT, "no tenant in the body and no record key", "$.tenant")
+    if not TENANT_ID.fullmatch(tenant):
+        raise WireError(
+            INVALID_TENANT,
+            f"a tenant is 1-128 characters of letters, digits and . _ : @ - "
+            f"({len(tenant)} characters given)",
+            "$.tenant",
+        )
+    reply_to = intake.reply_to
+    if reply_to is not None:
+        if not _TOPIC.fullmatch(reply_to) or reply_to in (".", ".."):
+            raise WireError(
+                INVALID_REPLY_TO,
+                "reply_to must be a Kafka topic name: 1-249 letters, digits, '.', '_', '-'",
+                "$.reply_to",
+            )
+        if reply_to in internal_topics:
+            raise WireError(
+                INVALID_REPLY_TO,
+                f"reply_to may not name Turnout's own topic {reply_to}",
+                "$.reply_to",
+            )
+    if not intake.messages:
+        raise WireError(NO_MESSAGES, "messages must hold at least one message", "$.messages")
+    if body.get("stream"):
+        raise WireError(
+            SCHEMA_VIOLATION, "streaming is not supported on the intake topic", "$.stream"
+        )

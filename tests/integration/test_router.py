@@ -94,6 +94,23 @@ async def collect(bootstrap: str, topic: str, count: int, timeout_s: float = 60)
     return out
 
 
+TERMINALS = {f"turnout.request.{t}" for t in ("completed", "failed", "rejected", "deadlettered")}
+
+
+async def collect_until_quiet(bootstrap: str, topic: str, quiet_s: float = 2.0) -> list[Any]:
+    """Every record of `topic` once none has arrived for `quiet_s`."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                enable_auto_commit=False, fetch_max_wait_ms=20)  # fmt: skip
+    await consumer.start()
+    out: list[Any] = []
+    try:
+        while batch := await consumer.getmany(timeout_ms=int(quiet_s * 1000)):
+            out.extend(r for records in batch.values() for r in records)
+    finally:
+        await consumer.stop()
+    return out
+
+
 def sim_calls(sim: RunningSimulator) -> int:
     stats = httpx.get(f"{sim.url}/_sim/stats").json()
     return int(sum(stats["by_model"].values()))
@@ -152,7 +169,7 @@ async def test_malformed_records_go_to_the_dlq_and_the_router_keeps_serving(
             kafka_settings.bootstrap, kafka_topics.requests, [(b"acme", request("good-1"), None)]
         )
         dlq = await collect(kafka_settings.bootstrap, kafka_topics.dlq, len(bad))
-        (answer,) = await collect(kafka_settings.bootstrap, kafka_topics.responses, 1)
+        answers = await collect(kafka_settings.bootstrap, kafka_topics.responses, 3)
     codes = sorted(dict(r.headers)["turnout-error"].decode() for r in dlq)
     assert codes == sorted(["malformed_json", "schema_violation", "empty_messages",
                             "unknown_task_type", "record_too_large"])  # fmt: skip
@@ -161,7 +178,52 @@ async def test_malformed_records_go_to_the_dlq_and_the_router_keeps_serving(
     assert kept == {v for _, v, _ in bad[:4]}  # original bytes kept
     (huge,) = [r for r in dlq if "turnout-error-truncated-from" in dict(r.headers)]
     assert bad[4][1].startswith(huge.value)
-    assert json.loads(answer.value)["status"] == "ok"
+    # the two that name a request (an explicit or a positional id) are also answered
+    statuses = {b["request_id"]: (b["status"], b.get("error", {}).get("code"))
+                for b in (json.loads(r.value) for r in answers)}  # fmt: skip
+    assert statuses.pop("good-1") == ("ok", None)
+    assert statuses.pop("unknown-task") == ("rejected", "invalid_request")
+    ((positional, answer),) = statuses.items()
+    assert positional.startswith(f"{kafka_topics.requests}-") and answer[1] == "invalid_request"
+
+
+@pytest.mark.tansu
+@pytest.mark.parametrize("reply_to", ["events", "dlq", "bad topic name!", "x" * 250])
+async def test_a_reply_to_that_is_illegal_or_internal_is_rejected_and_the_event_log_stays_clean(
+    reply_to: str, kafka_settings: KafkaSettings, kafka_topics: Topics, simulator: RunningSimulator
+) -> None:
+    internal = {"events": kafka_topics.events, "dlq": kafka_topics.dlq}
+    target = internal.get(reply_to, reply_to)
+    hostile = [
+        (b"acme", request("hostile-1", reply_to=target), None),
+        (b"acme", request("hostile-2", tenant="a" * 129), None),
+        (b"acme", request("hostile-3", tenant="acme corp; drop"), None),
+    ]
+    async with running(config(kafka_settings, simulator)):
+        await produce(kafka_settings.bootstrap, kafka_topics.requests, hostile)
+        await produce(kafka_settings.bootstrap, kafka_topics.requests,
+                      [(b"acme", request("good-1"), None)])  # fmt: skip
+        answers = await collect(kafka_settings.bootstrap, kafka_topics.responses, 4)
+        dlq = await collect(kafka_settings.bootstrap, kafka_topics.dlq, 3)
+        events = await collect_until_quiet(kafka_settings.bootstrap, kafka_topics.events)
+    bodies = {b["request_id"]: b for b in (json.loads(r.value) for r in answers)}
+    assert sorted(bodies) == ["good-1", "hostile-1", "hostile-2", "hostile-3"]
+    for rid in ("hostile-1", "hostile-2", "hostile-3"):
+        assert bodies[rid]["status"] == "rejected"
+        assert bodies[rid]["error"]["code"] == "invalid_request"
+    assert sorted(dict(r.headers)["turnout-error"].decode() for r in dlq) == [
+        "invalid_reply_to", "invalid_tenant", "invalid_tenant",
+    ]  # fmt: skip
+    # every record in the events topic is a CloudEvent: nothing was written there as a reply
+    assert all(dict(r.headers).get("ce_type") for r in events)
+    terminals: dict[str, list[str]] = {}
+    for r in events:
+        env = ce.decode(r.key, r.value, r.headers)
+        if env.type in TERMINALS:
+            terminals.setdefault(env.subject or "", []).append(env.type)
+    for rid in ("hostile-1", "hostile-2", "hostile-3"):
+        assert terminals[rid] == ["turnout.request.deadlettered"]
+    assert terminals["good-1"] == ["turnout.request.completed"]
 
 
 async def test_a_record_off_its_tenants_home_partition_is_forwarded_and_answered(

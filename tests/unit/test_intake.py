@@ -91,3 +91,49 @@ def test_the_prompt_reaches_events_only_when_store_prompts_is_on(store: bool) ->
     assert isinstance(accepted, ev.RequestAccepted)
     assert (accepted.messages == MSGS) is store
     assert accepted.messages_hash == req.messages_hash
+
+
+INTERNAL = frozenset({"turnout.requests", "turnout.events", "turnout.responses", "turnout.dlq"})
+
+
+def reject(body: dict[str, object], key: bytes | None = b"acme") -> WireError:
+    with pytest.raises(WireError) as caught:
+        decode_intake(json.dumps(body).encode(), key=key, internal_topics=INTERNAL, **POS)
+    return caught.value
+
+
+@pytest.mark.parametrize(
+    "tenant", ["a" * 129, "acme corp", "acme/1", "ünï", "x\n", "acme;drop", "{}"]
+)
+def test_a_tenant_outside_the_allowed_characters_or_length_is_refused(tenant: str) -> None:
+    err = reject({"request_id": "r-9", "tenant": tenant, "messages": MSGS})
+    assert (err.code, err.path) == ("invalid_tenant", "$.tenant")
+    assert err.request_id == "r-9" and err.tenant is None  # answered, but not as that tenant
+
+
+@pytest.mark.parametrize("tenant", ["a" * 128, "acme", "team.a_b-c:prod@eu", "0"])
+def test_every_allowed_tenant_passes(tenant: str) -> None:
+    req = decode_intake(
+        json.dumps({"tenant": tenant, "messages": MSGS}).encode(),
+        key=None, internal_topics=INTERNAL, **POS,
+    )  # fmt: skip
+    assert req.tenant == tenant  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "reply_to",
+    ["turnout.events", "turnout.requests", "turnout.dlq", "bad topic!", "", "..", "x" * 250],
+)
+def test_a_reply_to_that_is_internal_or_no_topic_name_is_refused_yet_names_its_request(
+    reply_to: str,
+) -> None:
+    err = reject({"tenant": "acme", "reply_to": reply_to, "messages": MSGS})
+    assert (err.code, err.path) == ("invalid_reply_to", "$.reply_to")
+    assert err.request_id == "turnout.requests-3-41"  # the positional id: still answerable
+    assert (err.tenant, err.reply_to) == ("acme", None)  # answered on the default topic
+
+
+def test_a_legal_reply_topic_of_a_client_is_kept() -> None:
+    body = {"tenant": "acme", "reply_to": "turnout.replies.c-1", "messages": MSGS}
+    req = decode_intake(json.dumps(body).encode(), key=None, internal_topics=INTERNAL, **POS)
+    assert req.reply_to == "turnout.replies.c-1"  # type: ignore[attr-defined]
