@@ -42,6 +42,7 @@ __all__ = [
     "find_java",
     "jars_dir",
     "jars_ready",
+    "require_java",
 ]
 
 KAFKA_VERSION = "4.1.1"

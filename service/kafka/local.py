@@ -21,6 +21,7 @@ import os
 import re
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
@@ -137,8 +138,6 @@ class LocalBroker(abc.ABC):
 
     def _open_log(self) -> IO[bytes]:
         """Where the process's stdout and stderr go (read back by `log_tail`)."""
-        import tempfile
-
         return tempfile.TemporaryFile()  # closed by stop
 
     def _ready(self) -> bool:
