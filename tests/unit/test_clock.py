@@ -1,0 +1,34 @@
+"""The shell's ids: UUIDv7 strings that are unique, ordered by time, and differ in a fork."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+from service.clock import SystemClock
+
+
+def test_ids_are_uuid7_unique_and_ordered_by_their_millisecond() -> None:
+    clock = SystemClock()
+    ids = [clock.new_id() for _ in range(20_000)]
+    assert len(set(ids)) == len(ids)
+    parsed = [uuid.UUID(i) for i in ids]
+    assert all(u.version == 7 and u.variant == uuid.RFC_4122 for u in parsed)
+    stamps = [u.int >> 80 for u in parsed]
+    assert stamps == sorted(stamps)  # ordered by their millisecond (random within one)
+    assert str(parsed[0]) == ids[0]  # the canonical lower-case 8-4-4-4-12 form
+
+
+def test_a_forked_child_does_not_repeat_its_parents_ids() -> None:
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: the same generator state would give the parent's next ids
+        os.write(write, ",".join(SystemClock().new_id() for _ in range(100)).encode())
+        os._exit(0)
+    os.close(write)
+    parent = {SystemClock().new_id() for _ in range(100)}
+    with os.fdopen(read) as pipe:
+        child = set(pipe.read().split(","))
+    os.waitpid(pid, 0)
+    assert len(child) == 100
+    assert not parent & child
