@@ -61,12 +61,13 @@ def validate_topic_name(name: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Topics:
-    """The four topic names of one Turnout installation."""
+    """The topic names of one Turnout installation."""
 
     requests: str
     events: str
     responses: str
     dlq: str
+    snapshots: str  # compacted: the newest state of each events partition (core.snapshot)
 
     @classmethod
     def for_prefix(cls, prefix: str) -> Topics:
@@ -74,7 +75,7 @@ class Topics:
         return cls(**names)
 
     def as_dict(self) -> dict[str, str]:
-        """Role (`requests`, `events`, `responses`, `dlq`) to topic name."""
+        """Role (`requests`, `events`, `responses`, `dlq`, `snapshots`) to topic name."""
         return {role: getattr(self, role) for role in _ROLES}
 
 
@@ -153,8 +154,9 @@ class KafkaSettings:
         return dataclasses.replace(self, **changes)
 
     def retention_ms(self, role: str) -> int:
-        """The retention of the topic of `role` (`requests`, `events`, ...); -1: for ever."""
-        return int(getattr(self, f"{role}_retention_ms"))
+        """The retention of the topic of `role` (`requests`, `events`, ...); -1: for ever
+        (snapshots: compacted, the newest per key is kept for ever)."""
+        return -1 if role == "snapshots" else int(getattr(self, f"{role}_retention_ms"))
 
     @classmethod
     def from_config(

@@ -2,9 +2,9 @@
 
 `ensure_topics` is idempotent: it reads which topics exist, creates only the
 missing ones (with their configs: retention per topic from `[topics]`,
-`cleanup.policy=delete`, `min.insync.replicas` where the replication factor
-allows), waits until each new partition has a leader, and checks the topics
-that were there already:
+`cleanup.policy=delete`, but `compact` for the snapshots topic,
+`min.insync.replicas` where the replication factor allows), waits until each
+new partition has a leader, and checks the topics that were there already:
 - a config of ours that differs (say, another `retention.ms`) is drift that
   can be fixed: on Apache Kafka it is set back, and reported as fixed;
 - another partition count is drift that cannot be fixed (tenants are
@@ -58,7 +58,9 @@ __all__ = [
     "topic_specs",
 ]
 
-TOPIC_SPECS: Mapping[str, int] = {"requests": 12, "events": 12, "responses": 12, "dlq": 3}
+TOPIC_SPECS: Mapping[str, int] = {
+    "requests": 12, "events": 12, "responses": 12, "dlq": 3, "snapshots": 1,
+}  # fmt: skip
 """Partition count per topic role. Requests and events must stay equal (co-partitioned)."""
 
 _TOPIC_ALREADY_EXISTS = 36
@@ -123,13 +125,16 @@ class EnsureReport:
 def topic_specs(settings: KafkaSettings) -> tuple[TopicSpec, ...]:
     names = settings.topics.as_dict()
     return tuple(
-        TopicSpec(names[role], count, _configs(settings, settings.retention_ms(role)))
+        TopicSpec(names[role], count, _configs(settings, role))
         for role, count in TOPIC_SPECS.items()
     )
 
 
-def _configs(settings: KafkaSettings, retention_ms: int) -> dict[str, str]:
-    configs = {"cleanup.policy": "delete", "retention.ms": str(retention_ms)}
+def _configs(settings: KafkaSettings, role: str) -> dict[str, str]:
+    if role == "snapshots":  # one value per key, kept: a new snapshot replaces the last
+        configs = {"cleanup.policy": "compact", "retention.ms": "-1"}
+    else:
+        configs = {"cleanup.policy": "delete", "retention.ms": str(settings.retention_ms(role))}
     if settings.replication_factor >= 3:  # acks=all then survives one broker down
         configs["min.insync.replicas"] = "2"
     return configs
@@ -310,7 +315,8 @@ def print_report(report: EnsureReport, out: Any = None) -> None:
     width = max(len(t.name) for t in report.topics)
     for t in report.topics:
         status = "created" if t.created else "fixed  " if t.fixed else "exists "
-        print(f"{status}  {t.name:<{width}}  {t.actual_partitions:>3} partitions", file=out)
+        noun = "partition" if t.actual_partitions == 1 else "partitions"
+        print(f"{status}  {t.name:<{width}}  {t.actual_partitions:>3} {noun}", file=out)
         for change in t.fixed:
             print(f"         config drift set back: {change}", file=out)
     for warning in report.warnings:

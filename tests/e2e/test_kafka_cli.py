@@ -86,16 +86,17 @@ def test_topics_ensure_creates_then_says_nothing_to_do(kafka_settings: KafkaSett
 
     prefix = kafka_settings.topic_prefix
     assert first.returncode == 0, first.stderr
-    assert first.stdout.splitlines()[:4] == [
+    assert first.stdout.splitlines()[:5] == [
         f"created  {prefix}.requests    12 partitions",
         f"created  {prefix}.events      12 partitions",
         f"created  {prefix}.responses   12 partitions",
         f"created  {prefix}.dlq          3 partitions",
+        f"created  {prefix}.snapshots    1 partition",
     ]
     assert (second.returncode, second.stderr) == (0, "")
-    assert second.stdout.count("exists ") == 4
+    assert second.stdout.count("exists ") == 5
     assert second.stdout.splitlines()[-1] == (
-        f"Nothing to do: all 4 topics exist on {kafka_settings.bootstrap}."
+        f"Nothing to do: all 5 topics exist on {kafka_settings.bootstrap}."
     )
 
 
@@ -172,6 +173,7 @@ async def test_kafka_broker_serves_topics_and_a_signal_stops_the_jvm(
         "turnout.events": 12,
         "turnout.responses": 12,
         "turnout.dlq": 3,
+        "turnout.snapshots": 1,
     }
     assert code == 0
     assert not port_is_open("127.0.0.1", port)
@@ -190,7 +192,7 @@ async def test_tansu_broker_serves_topics_and_stops_on_a_signal(stop_signal: sig
         code = proc.wait(timeout=10)
 
     assert f"Kafka broker ready at 127.0.0.1:{port} (embedded Tansu, memory-only" in out
-    assert len(topics) == 4 and code == 0
+    assert len(topics) == 5 and code == 0
     assert not port_is_open("127.0.0.1", port)
 
 
@@ -289,6 +291,7 @@ async def test_a_restarted_kafka_broker_keeps_records_topics_and_offsets_and_fre
         "turnout.events": 12,
         "turnout.responses": 12,
         "turnout.dlq": 3,
+        "turnout.snapshots": 1,
     }
     assert sorted(values) == sorted(f"r{i}".encode() for i in range(1000))
     assert committed == 1000

@@ -57,12 +57,13 @@ async def _read_all(settings: KafkaSettings, topic: str, count: int) -> list:
 
 
 @pytest.mark.tansu
-async def test_ensure_topics_creates_four_topics_then_nothing(kafka_settings: KafkaSettings):
+async def test_ensure_topics_creates_five_topics_then_nothing(kafka_settings: KafkaSettings):
     first = await ensure_topics(kafka_settings)
     second = await ensure_topics(kafka_settings)
 
     p = kafka_settings.topic_prefix
-    expected = {f"{p}.requests": 12, f"{p}.events": 12, f"{p}.responses": 12, f"{p}.dlq": 3}
+    expected = {f"{p}.requests": 12, f"{p}.events": 12, f"{p}.responses": 12, f"{p}.dlq": 3,
+                f"{p}.snapshots": 1}  # fmt: skip
     on_broker = await existing_topics(kafka_settings)
     assert {t.name: t.actual_partitions for t in first.created} == expected
     assert {name: on_broker[name] for name in expected} == expected
@@ -106,6 +107,7 @@ async def test_topics_get_their_retention_and_drifted_configs_are_set_back(
     await ensure_topics(settings)
     events, requests = settings.topics.events, settings.topics.requests
     created = await _topic_configs(settings, requests), await _topic_configs(settings, events)
+    snapshots = await _topic_configs(settings, settings.topics.snapshots)
 
     # someone sets a shorter retention by hand, and a config of their own
     await _alter(settings, events, {"retention.ms": "1000", "segment.ms": "600000"})
@@ -114,6 +116,7 @@ async def test_topics_get_their_retention_and_drifted_configs_are_set_back(
 
     assert created[0]["retention.ms"] == "3600000" and created[0]["cleanup.policy"] == "delete"
     assert created[1]["retention.ms"] == "-1"  # events: kept until snapshots exist
+    assert snapshots["cleanup.policy"] == "compact"  # the newest snapshot per partition
     (fixed,) = [t for t in again.topics if t.fixed]
     assert fixed.name == events and fixed.fixed == ("retention.ms: 1000 -> -1",)
     assert after["retention.ms"] == "-1" and after["segment.ms"] == "600000"
@@ -159,7 +162,9 @@ def test_settings_from_env_override_defaults():
     }
     settings = KafkaSettings.from_env(environ=env)
     assert settings.bootstrap == "kafka-1:9092,kafka-2:9092"
-    assert settings.topics == Topics("prod.requests", "prod.events", "prod.responses", "prod.dlq")
+    assert settings.topics == Topics(
+        "prod.requests", "prod.events", "prod.responses", "prod.dlq", "prod.snapshots"
+    )
     assert (settings.group_id, settings.replication_factor) == ("routers", 3)
     with pytest.raises(KafkaSettingsError, match="TURNOUT_KAFKA_LINGER_MS='soon'"):
         KafkaSettings.from_env(environ={"TURNOUT_KAFKA_LINGER_MS": "soon"})
