@@ -45,13 +45,16 @@ from service.core.pricing import Price, usd_to_micros
 
 __all__ = [
     "LIFETIME",
+    "BudgetDump",
     "BudgetEvent",
     "Reservation",
     "TenantBudget",
     "decide_reserve",
     "decide_settle",
+    "dump",
     "evolve_budget",
     "limit_micros",
+    "load",
     "period_keys",
     "reservation_micros",
     "snapshot",
@@ -312,3 +315,28 @@ def snapshot(budget: TenantBudget) -> dict[str, object]:
         "open": {rid: res.amount_micros for rid, res in sorted(b.open.items())},
         "warned": sorted(b.warned),
     }
+
+
+# --- snapshots ----------------------------------------------------------------
+
+
+class BudgetDump(msgspec.Struct, frozen=True, array_like=True):
+    """A tenant's budget as plain data (`service.core.snapshot`). Monthly and lifetime
+    spend live here, so they outlast the events topic's retention."""
+
+    spent: dict[str, int]
+    reserved: dict[str, int]
+    open: dict[str, Reservation]
+    warned: list[str]
+
+
+def dump(budget: TenantBudget) -> BudgetDump:
+    b = budget
+    return BudgetDump(dict(b.spent), dict(b.reserved), dict(b.open), sorted(b.warned))
+
+
+def load(data: BudgetDump) -> TenantBudget:
+    b = TenantBudget()
+    b.spent, b.reserved, b.open = dict(data.spent), dict(data.reserved), dict(data.open)
+    b.warned = set(data.warned)
+    return b

@@ -49,6 +49,7 @@ __all__ = [
     "KEY_VERSION",
     "SHARED_SCOPE",
     "SWEEP_LIMIT",
+    "CacheDump",
     "CacheIndex",
     "EncodedBody",
     "Entry",
@@ -57,9 +58,11 @@ __all__ = [
     "decide_coalesce",
     "decide_lookup",
     "decide_store",
+    "dump_index",
     "encoding_for",
     "evolve_cache",
     "is_cacheable",
+    "load_index",
 ]
 
 KEY_VERSION: Final = "v1"
@@ -406,3 +409,41 @@ def evolve_cache(index: CacheIndex, event: object) -> None:
             _follow(index, event)
         case ev.RequestCompleted() | ev.RequestFailed() | ev.RequestRejected():
             _finish(index, event.request_id)
+
+
+# --- snapshots ----------------------------------------------------------------
+
+
+class CacheDump(msgspec.Struct, frozen=True, array_like=True):
+    """A partition's cache index as plain data (`service.core.snapshot`), in order:
+    `entries` least recently used first, `stored_order` as stored."""
+
+    entries: list[ev.CacheStored]
+    stored_order: list[tuple[str, int]]
+    total_bytes: int
+    total_size_bytes: int
+    leaders: list[tuple[str, str]]  # (cache key, leader request id)
+    followers: list[tuple[str, list[str]]]  # (leader request id, followers in order)
+
+
+def dump_index(index: CacheIndex) -> CacheDump:
+    return CacheDump(
+        list(index.entries.values()), list(index.stored_order.items()), index.total_bytes,
+        index.total_size_bytes, list(index._leaders.items()),
+        [(leader, list(waiting)) for leader, waiting in index._followers.items()],
+    )  # fmt: skip
+
+
+def load_index(data: CacheDump) -> CacheIndex:
+    index = CacheIndex()
+    index.entries = OrderedDict((e.cache_key, e) for e in data.entries)
+    index.stored_order = OrderedDict(data.stored_order)
+    index.total_bytes, index.total_size_bytes = data.total_bytes, data.total_size_bytes
+    for key, leader in data.leaders:
+        index._leaders[key] = leader
+        index._leader_key[leader] = key
+    for leader, waiting in data.followers:
+        index._followers[leader] = list(waiting)
+        for follower in waiting:
+            index._follower_of[follower] = leader
+    return index

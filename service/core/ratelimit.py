@@ -51,8 +51,11 @@ __all__ = [
     "SECOND_MS",
     "Exceeded",
     "TenantWindows",
+    "WindowsDump",
     "admit",
     "check",
+    "dump",
+    "load",
     "retention_ms",
     "settle",
     "snapshot",
@@ -296,3 +299,37 @@ def snapshot(windows: TenantWindows, *, now_ms: int | None = None) -> dict[str, 
         "unsettled": len(w.unsettled),
         "digest": _digest(w),
     }
+
+
+# --- snapshots ----------------------------------------------------------------
+
+
+class WindowsDump(msgspec.Struct, frozen=True, array_like=True):
+    """A tenant's windows as plain data (`service.core.snapshot`): `spends` are
+    (at_ms, amount, request_id, unsettled), oldest first."""
+
+    latest_ms: int | None
+    times: list[int]
+    spends: list[tuple[int, int, str, bool]]
+    token_sum: int
+
+
+def dump(windows: TenantWindows) -> WindowsDump:
+    w = windows
+    spends = [(s.at_ms, s.amount, s.request_id, w.unsettled.get(s.request_id) is s)
+              for s in w.spends]  # fmt: skip
+    return WindowsDump(w.latest_ms, w.times[w.start :].tolist(), spends, w.token_sum)
+
+
+def load(data: WindowsDump) -> TenantWindows:
+    """The windows `dump` saw: admitting or settling them next does what it would have."""
+    w = TenantWindows()
+    w.latest_ms = data.latest_ms
+    w.times = array("q", data.times)
+    for at_ms, amount, request_id, unsettled in data.spends:
+        spend = _Spend(at_ms, amount, request_id)
+        w.spends.append(spend)
+        if unsettled:
+            w.unsettled[request_id] = spend
+    w.token_sum = data.token_sum
+    return w

@@ -1,0 +1,223 @@
+"""Snapshots: the state one events partition folds to, as of an offset, as bytes.
+
+A router rebuilds from the newest snapshot of each partition it owns plus the
+events after it, so rebuild time follows the snapshot interval, not the log's
+age, and nothing the state needs is lost when old events pass the topic's
+retention (monthly and lifetime budgets, the duplicate-answer memory, rate
+windows all live here).
+
+What a partition's snapshot holds:
+- its **own parts**, exactly: requests in flight and finished (with their
+  intake positions), rate windows and budgets of its tenants, its cache index.
+  They depend only on that partition's events (a tenant lives on one
+  partition), so `restore` of several partitions equals folding them together,
+  and `turnout replay verify` checks them against the fold of the events the
+  snapshot covers;
+- the router-wide **signals** its writer held (circuit breakers, latency
+  statistics, the retry budget). These fold from every partition in arrival
+  order, so no single partition's events rebuild them; on restore the newest
+  snapshot's signals win, then the events after each snapshot are folded as
+  they come. A restarted router thus keeps an open breaker open.
+
+Encoding: msgpack (msgspec), `VERSION` in the frame and a blake2b digest of the
+body. A frame of another version, or whose body does not match its digest, is
+refused with `SnapshotError` (the caller skips it and folds from further back).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable
+from typing import Final
+
+import msgspec
+
+from service.core import budget as budgets
+from service.core import cache as caches
+from service.core import events as ev
+from service.core import ratelimit
+from service.core.breaker import Breaker
+from service.core.partitioning import home_partition
+from service.core.retry import RetryBudget
+from service.core.state import FINISHED_LIMIT, InFlight, RouterState, Terminal
+from service.core.stats import LatencyStat
+
+__all__ = [
+    "VERSION",
+    "PartitionState",
+    "Signals",
+    "Snapshot",
+    "SnapshotError",
+    "capture",
+    "decode",
+    "encode",
+    "own_parts",
+    "restore",
+]
+
+VERSION: Final = 1
+
+
+class SnapshotError(ValueError):
+    """Bytes that are not a snapshot this version can restore (the reason says why)."""
+
+
+class Signals(msgspec.Struct, frozen=True, array_like=True):
+    breakers: dict[str, Breaker]
+    latency: dict[str, LatencyStat]
+    retry_budget: RetryBudget
+
+
+class PartitionState(msgspec.Struct, frozen=True, array_like=True):
+    """One partition's own parts (see the module docstring) and the writer's signals."""
+
+    partition: int
+    inflight: list[InFlight]
+    finished: list[tuple[str, bytes]]  # (event type, msgpack of the terminal), oldest first
+    intake: list[tuple[str, int, int]]  # (request id, intake partition, offset)
+    limits: dict[str, ratelimit.WindowsDump]
+    budgets: dict[str, budgets.BudgetDump]
+    cache: caches.CacheDump | None
+    signals: Signals
+
+
+class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
+    """A decoded frame: the partition's state covers its events before `offset`."""
+
+    version: int
+    partition: int
+    offset: int
+    taken_at_ms: int
+    writer: str  # the router instance that wrote it
+    digest: str
+    body: bytes
+
+    @property
+    def state(self) -> PartitionState:
+        return _body_decoder.decode(self.body)
+
+
+_encoder: Final = msgspec.msgpack.Encoder()
+_body_decoder: Final = msgspec.msgpack.Decoder(PartitionState)
+_frame_decoder: Final = msgspec.msgpack.Decoder(Snapshot)
+_TERMINALS: Final[dict[str, msgspec.msgpack.Decoder[Terminal]]] = {
+    cls.TYPE: msgspec.msgpack.Decoder(cls)
+    for cls in (ev.RequestCompleted, ev.RequestFailed, ev.RequestRejected)
+}
+
+
+def _digest(body: bytes) -> str:
+    return hashlib.blake2b(body, digest_size=16).hexdigest()
+
+
+# --- taking one ---------------------------------------------------------------
+
+
+def capture(state: RouterState, partition: int) -> PartitionState:
+    """The parts of `state` that belong to `partition`, plus its signals (a copy: the
+    state may move on while the snapshot is written)."""
+    mine = _on(partition)
+    finished = [(t.TYPE, _encoder.encode(t)) for rid, t in state.finished.items()
+                if mine(t.tenant)]  # fmt: skip
+    owned = {rid for rid, f in state.inflight.items() if mine(f.tenant)}
+    owned.update(rid for rid, t in state.finished.items() if mine(t.tenant))
+    index = state.cache.get(partition)
+    return PartitionState(
+        partition=partition,
+        inflight=[f for f in state.inflight.values() if mine(f.tenant)],
+        finished=finished,
+        intake=[(rid, p, o) for rid, (p, o) in state.intake.items() if rid in owned],
+        limits={t: ratelimit.dump(w) for t, w in state.limits.items() if mine(t)},
+        budgets={t: budgets.dump(b) for t, b in state.budgets.items() if mine(t)},
+        cache=caches.dump_index(index) if index is not None else None,
+        signals=Signals(dict(state.breakers), dict(state.latency), state.retry_budget),
+    )
+
+
+def _on(partition: int) -> Callable[[str], bool]:
+    def mine(tenant: str) -> bool:
+        return home_partition(tenant) == partition
+
+    return mine
+
+
+def encode(part: PartitionState, *, offset: int, taken_at_ms: int, writer: str) -> bytes:
+    body = _encoder.encode(part)
+    frame = Snapshot(
+        version=VERSION, partition=part.partition, offset=offset, taken_at_ms=taken_at_ms,
+        writer=writer, digest=_digest(body), body=body,
+    )  # fmt: skip
+    return _encoder.encode(frame)
+
+
+def decode(data: bytes) -> Snapshot:
+    """A checked frame (its body decodes on `.state`), or `SnapshotError` saying why not."""
+    try:
+        frame = _frame_decoder.decode(data)
+    except msgspec.DecodeError as err:
+        raise SnapshotError(f"not a snapshot frame: {err}") from None
+    if frame.version != VERSION:
+        raise SnapshotError(f"snapshot version {frame.version}; this router reads {VERSION}")
+    if _digest(frame.body) != frame.digest:
+        raise SnapshotError("the snapshot's body does not match its digest (corrupt)")
+    try:
+        frame.state  # noqa: B018 (decodes the body once, to refuse a bad one here)
+    except msgspec.DecodeError as err:
+        raise SnapshotError(f"the snapshot's body does not decode: {err}") from None
+    return frame
+
+
+# --- restoring ----------------------------------------------------------------
+
+
+def restore(snapshots: Iterable[Snapshot], state: RouterState | None = None) -> RouterState:
+    """`state` (or a fresh one) with each snapshot's partition put back; the signals of
+    the newest snapshot win."""
+    state = state if state is not None else RouterState()
+    newest: Snapshot | None = None
+    for snap in snapshots:
+        _put(state, snap.state)
+        if newest is None or snap.taken_at_ms > newest.taken_at_ms:
+            newest = snap
+    if newest is not None:
+        signals = newest.state.signals
+        state.breakers.update(signals.breakers)
+        state.latency.update(signals.latency)
+        state.retry_budget = signals.retry_budget
+    return state
+
+
+def _put(state: RouterState, part: PartitionState) -> None:
+    for flight in part.inflight:
+        state.inflight[flight.request_id] = flight
+    for kind, raw in part.finished:
+        terminal = _TERMINALS[kind].decode(raw)
+        state.finished[terminal.request_id] = terminal
+    for rid, p, o in part.intake:
+        state.intake[rid] = (p, o)
+    while len(state.finished) > FINISHED_LIMIT:  # as `state._finish` forgets
+        forgotten, _ = state.finished.popitem(last=False)
+        state.intake.pop(forgotten, None)
+    for tenant, windows in part.limits.items():
+        state.limits[tenant] = ratelimit.load(windows)
+    for tenant, budget in part.budgets.items():
+        state.budgets[tenant] = budgets.load(budget)
+    if part.cache is not None:
+        state.cache[part.partition] = caches.load_index(part.cache)
+
+
+# --- comparing ----------------------------------------------------------------
+
+
+def own_parts(state: RouterState, partition: int) -> dict[str, object]:
+    """`partition`'s own parts of `state` as plain data: equal dicts, equal parts
+    (tests, and replay verify's check of a snapshot against the log)."""
+    part = capture(state, partition)
+    return {
+        "inflight": sorted(msgspec.to_builtins(part.inflight), key=lambda f: f["request_id"]),
+        "finished": [(kind, raw.hex()) for kind, raw in part.finished],
+        "intake": sorted(part.intake),
+        "limits": {t: msgspec.to_builtins(w) for t, w in sorted(part.limits.items())},
+        "budgets": {t: msgspec.to_builtins(b) for t, b in sorted(part.budgets.items())},
+        "cache": msgspec.to_builtins(part.cache),
+    }
