@@ -294,6 +294,12 @@ def _add_replay(sub: Any) -> None:
         help="a router's health URL, repeatable (default http://127.0.0.1:8080)",
     )
     live.add_argument("--snapshot", metavar="FILE", help="compare with a saved GET /state JSON")
+    live.add_argument(
+        "--snapshots",
+        action="store_true",
+        help="check every snapshot in the snapshots topic against the events it covers "
+        "(reads Kafka; no router needed)",
+    )
     _replay_source(v)
     r = _command(
         rsub,

@@ -45,6 +45,8 @@ def _details(router: Router) -> dict[str, Any]:
         "requests_in_flight": len(router.state.inflight),
         "upstream": msgspec.to_builtins(router.upstream.stats()),
         "intake": router.intake_stats.as_dict(),
+        "rebuild": router.rebuild_stats,
+        "snapshots": router.schedule.as_dict() if router.schedule is not None else None,
         "cache": _cache(router),
         "tenants": {"rate_limited": len(router.state.limits), "budgets": len(router.state.budgets)},
         "memory_max_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,

@@ -24,6 +24,7 @@ from rich.table import Table
 
 from analytics.archive import open_reader
 from analytics.replay.redrive import NO_PROMPT, Redrive, encode_body, plan
+from analytics.replay.snapshot_check import check_snapshots
 from analytics.replay.source import (
     BREAKER_TYPES,
     ArchiveStream,
@@ -307,8 +308,10 @@ def _compare(state: RouterState, live: LiveState) -> list[Difference]:
 
 
 def verify_main(args: argparse.Namespace) -> int:
-    """`turnout replay verify [--health URL ... | --snapshot FILE]`."""
+    """`turnout replay verify [--health URL ... | --snapshot FILE | --snapshots]`."""
     cfg = load_config(args.config)
+    if getattr(args, "snapshots", False):
+        return _verify_snapshots(cfg)
     lives = _live_states(args)
     queries = [Query(partitions=tuple({*x.partitions, x.system_partition})) for x in lives]
     try:
@@ -352,6 +355,47 @@ def verify_main(args: argparse.Namespace) -> int:
         )
     if failed:
         raise TurnoutError(f"{failed} of {len(lives)} router state(s) differ from the log")
+    return 0
+
+
+def _verify_snapshots(cfg: Config) -> int:
+    """Every stored snapshot against the fold of the events it covers (topic only)."""
+    settings = _settings(cfg)
+    quiet_client_logs()
+    with _progress(f"checking {settings.topics.snapshots}") as show:
+        checked = asyncio.run(check_snapshots(
+            settings, cfg, instance=f"verify-{clock.new_id()[-12:]}", marker_id=clock.new_id(),
+            progress=show,
+        ))  # fmt: skip
+    out = _out()
+    if not checked:
+        out.print(f"No snapshots in {settings.topics.snapshots}: nothing to check.")
+        return 0
+    title = f"snapshots in {settings.topics.snapshots}"
+    table = Table("partition", "offset", "taken", "writer", "events folded", "result",
+                  title=title, title_justify="left")  # fmt: skip
+    style = {"ok": "green", "different": "red", "unreadable": "red", "not checkable": "yellow"}
+    for c in checked:
+        result = f"[{style[c.outcome]}]{c.outcome}[/]" + (f": {c.reason}" if c.reason else "")
+        if c.base is not None and c.outcome != "not checkable":
+            result += f" (from the snapshot at {c.base:,})"
+        table.add_row(str(c.partition), f"{c.offset:,}", format_time(c.taken_at_ms), c.writer,
+                      f"{c.events:,}", result)  # fmt: skip
+    out.print(table)
+    bad = [c for c in checked if c.outcome in ("different", "unreadable")]
+    for c in bad:
+        if c.differences:
+            out.print(diff_table(
+                c.differences, title=f"partition {c.partition}, snapshot at offset {c.offset:,}",
+                live="stored snapshot",
+            ))  # fmt: skip
+    ok = sum(c.outcome == "ok" for c in checked)
+    out.print(f"{ok} of {len(checked)} snapshot(s) are the fold of the events they cover.")
+    if bad:
+        raise TurnoutError(
+            f"{len(bad)} snapshot(s) differ from the log or cannot be read; a router skips an "
+            "unreadable one, but a different one means the state it restores is not the log's"
+        )
     return 0
 
 

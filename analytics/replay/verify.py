@@ -201,9 +201,11 @@ def _text(value: Any, width: int = 60) -> str:
     return text.replace("[", r"\[")
 
 
-def diff_table(differences: Sequence[Difference], *, title: str, limit: int = 50) -> Table:
+def diff_table(
+    differences: Sequence[Difference], *, title: str, limit: int = 50, live: str = "live router"
+) -> Table:
     """The differences as a rich table (at most `limit` rows, then a count)."""
-    table = Table("where", "rebuilt from the log", "live router", title=title, title_justify="left")
+    table = Table("where", "rebuilt from the log", live, title=title, title_justify="left")
     for d in differences[:limit]:
         table.add_row(d.path.replace("[", r"\["), _text(d.log), _text(d.live))
     if len(differences) > limit:

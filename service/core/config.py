@@ -37,6 +37,7 @@ __all__ = [
     "PrivacyConfig",
     "RetryConfig",
     "RouteConfig",
+    "SnapshotsConfig",
     "TenantLimits",
     "TopicsConfig",
     "UpstreamConfig",
@@ -145,6 +146,15 @@ class CacheConfig(_Section, frozen=True, kw_only=True):
     cache_nondeterministic: bool = False
 
 
+class SnapshotsConfig(_Section, frozen=True, kw_only=True):
+    """How often a router snapshots each events partition it owns (to `turnout.snapshots`):
+    after `every_events` events of that partition, or `every_s` after the last snapshot if
+    any event came since, whichever is first."""
+
+    every_events: int = 10_000
+    every_s: float = 300.0
+
+
 class BatchingConfig(_Section, frozen=True, kw_only=True):
     max_records: int = 500
     max_wait_ms: int = 5
@@ -178,6 +188,7 @@ class Features(_Section, frozen=True, kw_only=True):
     metrics: bool = True
     health_checks: bool = True
     tracing: bool = True
+    snapshots: bool = True
 
 
 FEATURES: Final = tuple(f.name for f in msgspec.structs.fields(Features))
@@ -202,6 +213,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     breaker: BreakerConfig = BreakerConfig()
     cache: CacheConfig = CacheConfig()
     batching: BatchingConfig = BatchingConfig()
+    snapshots: SnapshotsConfig = SnapshotsConfig()
     tenants: dict[str, TenantLimits] = msgspec.field(
         default_factory=lambda: {"default": TenantLimits()}
     )
@@ -222,6 +234,7 @@ _FLAT_SECTIONS: Final[dict[str, type[_Section]]] = {
     "breaker": BreakerConfig,
     "cache": CacheConfig,
     "batching": BatchingConfig,
+    "snapshots": SnapshotsConfig,
     "features": Features,
     "privacy": PrivacyConfig,
     "duckdb": DuckdbConfig,
@@ -339,7 +352,7 @@ def _check_route(name: str, route: RouteConfig, problems: list[str]) -> None:
 
 
 def _check_semantics(cfg: Config, problems: list[str]) -> None:
-    for section in ("kafka", "upstream", "retry", "breaker", "cache", "batching"):
+    for section in ("kafka", "upstream", "retry", "breaker", "cache", "batching", "snapshots"):
         _check_positive(section, msgspec.structs.asdict(getattr(cfg, section)), problems)
     for tenant_id, limits in cfg.tenants.items():
         _check_positive(f"tenants.{tenant_id}", msgspec.structs.asdict(limits), problems)
@@ -369,6 +382,8 @@ def _check_semantics(cfg: Config, problems: list[str]) -> None:
         problems.append("[retry] base_delay_ms must not exceed max_delay_ms")
     if cfg.batching.max_records < 1 or cfg.batching.max_in_flight < 1:
         problems.append("[batching] max_records and max_in_flight must be at least 1")
+    if cfg.snapshots.every_events < 1 or cfg.snapshots.every_s <= 0:
+        problems.append("[snapshots] every_events must be at least 1 and every_s positive")
     if not cfg.upstream.base_url.startswith(("http://", "https://")):
         problems.append("[upstream] base_url must start with http:// or https://")
 

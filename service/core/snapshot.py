@@ -215,9 +215,16 @@ def own_parts(state: RouterState, partition: int) -> dict[str, object]:
     part = capture(state, partition)
     return {
         "inflight": sorted(msgspec.to_builtins(part.inflight), key=lambda f: f["request_id"]),
-        "finished": [(kind, raw.hex()) for kind, raw in part.finished],
+        # as a set: live, terminals are remembered in the order they were decided; a fold
+        # of the log sees them in the order their acks came (only eviction order differs)
+        "finished": sorted((kind, raw.hex()) for kind, raw in part.finished),
         "intake": sorted(part.intake),
-        "limits": {t: msgspec.to_builtins(w) for t, w in sorted(part.limits.items())},
-        "budgets": {t: msgspec.to_builtins(b) for t, b in sorted(part.budgets.items())},
-        "cache": msgspec.to_builtins(part.cache),
+        "limits": {t: _named(w) for t, w in sorted(part.limits.items())},
+        "budgets": {t: _named(b) for t, b in sorted(part.budgets.items())},
+        "cache": _named(part.cache) if part.cache is not None else None,
     }
+
+
+def _named(dump: msgspec.Struct) -> dict[str, object]:
+    """An array-like dump as {field: value}, so a difference names the field."""
+    return {f: msgspec.to_builtins(getattr(dump, f)) for f in dump.__struct_fields__}

@@ -319,6 +319,14 @@ class Reader(_Client):
         for tp, offset in self.start_offsets.items():
             self._consumer.seek(tp, offset)
 
+    async def beginning_offsets(
+        self, partitions: Iterable[TopicPartition]
+    ) -> dict[TopicPartition, int]:
+        """The first offset still in the log of each partition (after retention deleted
+        older segments, more than 0)."""
+        with kafka_errors(self.settings.bootstrap):
+            return dict(await self._consumer.beginning_offsets(list(partitions)))
+
     async def read_until(
         self, done: Callable[[Record], bool], *, timeout_s: float = 30.0
     ) -> list[Record]:

@@ -42,6 +42,7 @@ from aiokafka import TopicPartition
 
 from service.clock import Clock, clock
 from service.core import events as ev
+from service.core import snapshot
 from service.core.admission import cache_index
 from service.core.cache import encoding_for
 from service.core.config import BatchingConfig, Config, config_hash, config_to_dict
@@ -65,6 +66,8 @@ from service.core.state import RouterState, Terminal, evolve
 from service.kafka.consumer import GroupConsumer, Reader
 from service.kafka.producer import Producer
 from service.kafka.settings import KafkaSettings
+from service.kafka.topics import existing_topics
+from service.runtime import snapshots
 from service.runtime.cachecodec import CacheCodecError, default_codec
 from service.telemetry import Telemetry
 from service.upstream import client as upstream
@@ -187,6 +190,15 @@ class Router:
             upstream.ClientOptions.from_config(cfg.upstream, cfg.breaker)
         )
         self.prices = PriceCache(self.upstream, ttl_s=cfg.upstream.pricing_ttl_s)
+        # snapshots (service.runtime.snapshots): events folded per partition but not yet
+        # handed to a producer, the delivery of the last one that was, and the offset the
+        # rebuild reached; a snapshot is captured only when nothing folded is unsent
+        self.schedule = snapshots.Schedule(cfg.snapshots) if cfg.features.snapshots else None
+        self._unsent: dict[int, int] = {}
+        self._last_event: dict[int, asyncio.Future[Any]] = {}
+        self._rebuilt_to: dict[int, int] = {}
+        self._snapshot_tasks: set[asyncio.Task[None]] = set()
+        self.rebuild_stats: dict[str, Any] = {}
 
     # ------------------------------------------------------------ lifecycle
 
@@ -196,6 +208,7 @@ class Router:
             for producer in self.event_producers:
                 await producer.start()
             await self.consumer.start()
+            await self._check_snapshots_topic()
             await self._publish([self._config_applied()])
             if self._needs_prices():  # bounded: a slow /models must not hold the start
                 with suppress(TimeoutError):
@@ -204,6 +217,7 @@ class Router:
         finally:
             self._stopping = True
             await self._drain(self.drain_timeout_s)
+            await self._snapshot_all(10.0)
             await self._stop_tail()
             await self.consumer.stop()
             for producer in self.event_producers:
@@ -262,7 +276,9 @@ class Router:
     async def _on_assigned(self, assigned: frozenset[TopicPartition]) -> None:
         self.ready.clear()
         partitions = {tp.partition for tp in assigned} | {home_partition(ev.SYSTEM_TENANT)}
-        state = await self._rebuild(sorted(partitions))
+        state = await self._rebuild(sorted(partitions), owns={tp.partition for tp in assigned})
+        self._unsent.clear()
+        self._last_event.clear()
         # in flight in the log, but no task here works on it (its router died): its
         # redelivered record resumes it, without admitting or reserving it again
         self.orphans = {rid for rid in state.inflight if rid not in self.positions}
@@ -274,15 +290,55 @@ class Router:
 
     async def _on_revoked(self, revoked: frozenset[TopicPartition]) -> None:
         self.ready.clear()
+        if self.schedule is not None:
+            self.schedule.owned -= {tp.partition for tp in revoked}
         await self._settle(revoked, 0.0 if self._stopping else 10.0)  # stopping: drained already
         await self._commit()
         self.offsets.drop(revoked)
         handed = [rid for rid, ps in self.positions.items() if any(tp in revoked for tp, _ in ps)]
         self.telemetry.abandon(handed, "handed_over")
 
-    async def _rebuild(self, partitions: Sequence[int]) -> RouterState:
-        """Fold the event partitions up to a marker this router writes to each of them."""
+    async def _rebuild(self, partitions: Sequence[int], owns: Iterable[int] = ()) -> RouterState:
+        """The newest good snapshot of each partition, then its events after the snapshot's
+        offset up to a marker this router writes to each of them."""
+        started = asyncio.get_running_loop().time()
         marker_id = self.clock.new_id()
+        found = None
+        if self.schedule is not None:
+            found = await snapshots.read_snapshots(
+                self.kafka, self.producer, instance=self.instance, marker_id=marker_id
+            )
+        chosen = {p: snap for p in partitions if found and (snap := found.best(p)) is not None}
+        state = snapshot.restore(chosen.values())
+        tps = {p: TopicPartition(self.topics.events, p) for p in partitions}
+        waiting, folded = set(partitions), 0
+        starts = {tps[p]: snap.offset for p, snap in chosen.items()}
+        async with Reader(self.kafka, tps.values(), start_offsets=starts) as reader:
+            self._warn_of_retention(await reader.beginning_offsets(tps.values()), chosen)
+            await self._write_markers(partitions, marker_id)
+            while waiting:
+                batch = await reader.getmany(timeout_ms=200)
+                for records in batch.values():
+                    folded += len(records)
+                    for record in records:
+                        self._fold_record(state, record, marker_id, waiting)
+        if self.schedule is not None:  # what the rebuild folded counts toward the next one
+            since = {p: self._rebuilt_to[p] - (snap.offset if (snap := chosen.get(p)) else 0)
+                     for p in partitions}  # fmt: skip
+            owned = {p for p in partitions if p in owns}
+            self.schedule.own(owned, found, asyncio.get_running_loop().time(), since)
+        self.rebuild_stats = {
+            "seconds": round(asyncio.get_running_loop().time() - started, 3),
+            "events_folded": folded,
+            "from_snapshot": {str(p): snap.offset for p, snap in sorted(chosen.items())},
+        }
+        log.info(
+            "rebuilt partitions %s in %.2f s: %d events folded, snapshots of %s",
+            list(partitions), self.rebuild_stats["seconds"], folded, sorted(chosen) or "none",
+        )  # fmt: skip
+        return state
+
+    async def _write_markers(self, partitions: Sequence[int], marker_id: str) -> None:
         for p in partitions:
             marker = ev.RouterMarker(
                 tenant=ev.SYSTEM_TENANT, instance=self.instance, marker_id=marker_id, partition=p
@@ -293,15 +349,20 @@ class Router:
                     self.topics.events, value, key=key, headers=headers, partition=p
                 )
             )
-        state, waiting = RouterState(), set(partitions)
-        reader = Reader(self.kafka, [TopicPartition(self.topics.events, p) for p in partitions])
-        async with reader:
-            while waiting:
-                batch = await reader.getmany(timeout_ms=200)
-                for records in batch.values():
-                    for record in records:
-                        self._fold_record(state, record, marker_id, waiting)
-        return state
+
+    @staticmethod
+    def _warn_of_retention(
+        starts: dict[TopicPartition, int], chosen: dict[int, snapshot.Snapshot]
+    ) -> None:
+        """Say so when events a rebuild needs were deleted by the topic's retention."""
+        for tp, start in starts.items():
+            covered = chosen[tp.partition].offset if tp.partition in chosen else 0
+            if start > covered:
+                log.warning(
+                    "events partition %d starts at offset %d (retention), but the state needs "
+                    "it from %d: events %d..%d are gone, so state rebuilt from them is too",
+                    tp.partition, start, covered, covered, start - 1,
+                )  # fmt: skip
 
     def _fold_record(
         self, state: RouterState, record: Any, marker_id: str, waiting: set[int]
@@ -313,6 +374,7 @@ class Router:
         data = env.data
         if isinstance(data, ev.RouterMarker) and data.marker_id == marker_id:
             waiting.discard(record.partition)
+            self._rebuilt_to[record.partition] = record.offset + 1
             if record.partition == self.system.partition:
                 self._system_next = record.offset + 1
         evolve(state, data, env.time_ms, self.cfg)
@@ -454,6 +516,8 @@ class Router:
         publish them and carry out the effects."""
         for event in decision.events:  # fold before any await: the next decision sees it
             evolve(self.state, event, now, self.cfg)
+            p = home_partition(event.tenant)
+            self._unsent[p] = self._unsent.get(p, 0) + 1
         events = decision.events
         responds = [e for e in decision.effects if isinstance(e, Respond)]
         if responds:  # every earlier event and the response are acked before the terminal
@@ -461,12 +525,12 @@ class Router:
             early = [e for e in events if not isinstance(e, Terminal)]
             # sent together, acks awaited together: the response does not wait for the
             # events' round trip (the terminal, which records it, still comes after both)
-            await self._publish(early, request_id, wait=False, time_ms=now)
+            await self._publish(early, request_id, wait=False, time_ms=now, folded=True)
             sent = [await self._send_response(r.terminal) for r in responds]
             await asyncio.gather(*self.unacked.pop(request_id, []), *sent)
-            await self._publish(terminals, time_ms=now)
+            await self._publish(terminals, time_ms=now, folded=True)
         else:  # not awaited: acks are collected before the request's response
-            await self._publish(events, request_id, wait=False, time_ms=now)
+            await self._publish(events, request_id, wait=False, time_ms=now, folded=True)
         for effect in decision.effects:
             match effect:
                 case Call():
@@ -557,9 +621,11 @@ class Router:
         *,
         wait: bool = True,
         time_ms: int | None = None,
+        folded: bool = False,
     ) -> None:
         """Send events in order, stamped `time_ms` (default: now); with `wait`, await their
-        acks and the request's earlier ones."""
+        acks and the request's earlier ones. `folded`: the live state holds them already
+        (counted unsent since their fold; a snapshot waits until none is)."""
         futures = []
         for event in events:
             traceparent = self.telemetry.traceparent(getattr(event, "request_id", None))
@@ -570,6 +636,11 @@ class Router:
             future = await producer.send(
                 self.topics.events, value, key=key, headers=headers, partition=partition
             )
+            self._last_event[partition] = future
+            if folded:
+                left = self._unsent[partition] = self._unsent[partition] - 1
+                if not left and self.schedule is not None:
+                    self._maybe_snapshot(partition)
             if not self.cfg.features.batching:
                 await future  # batching off: one record per produce request, in order
             futures.append(future)
@@ -596,10 +667,75 @@ class Router:
         routes = self.cfg.routes.values()
         return any(r.strategy == "cheapest" or r.max_price_per_mtok is not None for r in routes)
 
+    # ------------------------------------------------------------ snapshots
+
+    async def _check_snapshots_topic(self) -> None:
+        if self.schedule is None:
+            return
+        if self.topics.snapshots not in await existing_topics(self.kafka):
+            log.warning(
+                "topic %s does not exist: no snapshots (every rebuild folds the whole events "
+                "topic); run `turnout topics ensure`", self.topics.snapshots,
+            )  # fmt: skip
+            self.schedule = None
+
+    def _maybe_snapshot(self, partition: int, *, force: bool = False) -> None:
+        """Capture `partition`'s state now if it is due and nothing folded is unsent (no
+        await in here: the capture and the offset it will cover belong together)."""
+        assert self.schedule is not None
+        now = asyncio.get_running_loop().time()
+        if self._unsent.get(partition) or not self.schedule.due(partition, now, force=force):
+            return
+        events = self.schedule.since.get(partition, 0)
+        part = snapshot.capture(self.state, partition)
+        covers: asyncio.Future[Any] | int = self._last_event.get(
+            partition, self._rebuilt_to.get(partition, 0)
+        )
+        self.schedule.taken(partition, now)
+        task = asyncio.create_task(self._write_snapshot(part, covers, self.clock.now_ms(), events))
+        self._snapshot_tasks.add(task)
+        task.add_done_callback(self._snapshot_tasks.discard)
+
+    async def _write_snapshot(
+        self, part: snapshot.PartitionState, covers: asyncio.Future[Any] | int, taken_at_ms: int,
+        events: int,
+    ) -> None:  # fmt: skip
+        """Write one captured snapshot, once the last event it covers is acknowledged."""
+        assert self.schedule is not None
+        p = part.partition
+        try:
+            offset = covers if isinstance(covers, int) else (await covers).offset + 1
+            snapshot_id = self.clock.new_id()
+            manifest, chunks = await asyncio.to_thread(
+                _pack, part, snapshot_id=snapshot_id, offset=offset, taken_at_ms=taken_at_ms,
+                writer=self.instance,
+            )  # fmt: skip
+            await snapshots.write_snapshot(
+                self.producer, self.topics.snapshots, manifest, chunks, self.schedule.older(p)
+            )
+        except Exception as err:  # a lost snapshot only costs rebuild time
+            log.warning("snapshot of events partition %d not written: %r", p, err)
+            self.schedule.lost(p, events)
+            return
+        self.schedule.done(p, snapshot_id, len(chunks), manifest.size, offset)
+
+    async def _snapshot_all(self, timeout_s: float) -> None:
+        """On stop: a last snapshot of every owned partition (a restart rebuilds from it),
+        then every snapshot write finished (bounded)."""
+        if self.schedule is None:
+            return
+        for p in sorted(self.schedule.owned):
+            self._maybe_snapshot(p, force=True)
+        if self._snapshot_tasks:
+            await asyncio.wait(self._snapshot_tasks, timeout=timeout_s)
+
     async def _commit_every(self, period_s: float) -> None:
         while True:
             await asyncio.sleep(period_s)
             await self._commit()
+            if self.schedule is not None:  # quiet partitions are due by time
+                for p in list(self.schedule.owned):
+                    self._maybe_snapshot(p)
             if self._needs_prices() and (self._pricing is None or self._pricing.done()):
                 # its own task: a slow /models never holds up the commits
                 self._pricing = asyncio.create_task(self.prices.refresh())
@@ -610,6 +746,17 @@ class Router:
         }
         if offsets:
             await self.consumer.commit(offsets)
+
+
+def _pack(
+    part: snapshot.PartitionState, *, snapshot_id: str, offset: int, taken_at_ms: int, writer: str
+) -> tuple[snapshots.Manifest, list[bytes]]:
+    """Encode and compress (in a thread: a big partition takes milliseconds)."""
+    frame = snapshot.encode(part, offset=offset, taken_at_ms=taken_at_ms, writer=writer)
+    return snapshots.pack(
+        frame, snapshot_id=snapshot_id, partition=part.partition, offset=offset,
+        taken_at_ms=taken_at_ms, writer=writer,
+    )  # fmt: skip
 
 
 def _tenant_of_key(key: bytes | None) -> str:

@@ -370,6 +370,8 @@ async def test_health_endpoints_say_alive_ready_and_what_is_in_force(
     assert details["features"]["circuit_breaker"] is True
     assert details["broker"] == kafka_settings.bootstrap
     assert details["consumer_lag"]["total"] == 0  # nothing sent: nothing behind
+    assert details["rebuild"]["from_snapshot"] == {}  # a new log: folded from its start
+    assert sorted(details["snapshots"]["partitions"]) == sorted(str(p) for p in range(12))
     assert len(details["config_hash"]) == 64
     assert "api_key" not in json.dumps(details).lower().replace("api_key_env", "")
 
