@@ -37,6 +37,7 @@ __all__ = [
     "PrivacyConfig",
     "RetryConfig",
     "RouteConfig",
+    "RouterConfig",
     "SnapshotsConfig",
     "TenantLimits",
     "TopicsConfig",
@@ -146,6 +147,18 @@ class CacheConfig(_Section, frozen=True, kw_only=True):
     cache_nondeterministic: bool = False
 
 
+class RouterConfig(_Section, frozen=True, kw_only=True):
+    """The duplicate-answer memory. A finished request's answer is kept `dedupe_window_s`
+    (a resent request gets it again), within `dedupe_max_bytes` over all 12 partitions
+    (each keeps 1/12; the oldest answer goes first). Past that, only its id and outcome
+    are kept, until `dedupe_ids_s`: a resend is answered `rejected` /
+    `duplicate_expired`, never called upstream again. After that it counts as new."""
+
+    dedupe_window_s: int = 86_400
+    dedupe_max_bytes: int = 192 * 1024 * 1024
+    dedupe_ids_s: int = 8 * 86_400
+
+
 class SnapshotsConfig(_Section, frozen=True, kw_only=True):
     """How often a router snapshots each events partition it owns (to `turnout.snapshots`):
     after `every_events` events of that partition, or `every_s` after the last snapshot if
@@ -214,6 +227,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     cache: CacheConfig = CacheConfig()
     batching: BatchingConfig = BatchingConfig()
     snapshots: SnapshotsConfig = SnapshotsConfig()
+    router: RouterConfig = RouterConfig()
     tenants: dict[str, TenantLimits] = msgspec.field(
         default_factory=lambda: {"default": TenantLimits()}
     )
@@ -235,6 +249,7 @@ _FLAT_SECTIONS: Final[dict[str, type[_Section]]] = {
     "cache": CacheConfig,
     "batching": BatchingConfig,
     "snapshots": SnapshotsConfig,
+    "router": RouterConfig,
     "features": Features,
     "privacy": PrivacyConfig,
     "duckdb": DuckdbConfig,
@@ -352,7 +367,16 @@ def _check_route(name: str, route: RouteConfig, problems: list[str]) -> None:
 
 
 def _check_semantics(cfg: Config, problems: list[str]) -> None:
-    for section in ("kafka", "upstream", "retry", "breaker", "cache", "batching", "snapshots"):
+    for section in (
+        "kafka",
+        "upstream",
+        "retry",
+        "breaker",
+        "cache",
+        "batching",
+        "snapshots",
+        "router",
+    ):
         _check_positive(section, msgspec.structs.asdict(getattr(cfg, section)), problems)
     for tenant_id, limits in cfg.tenants.items():
         _check_positive(f"tenants.{tenant_id}", msgspec.structs.asdict(limits), problems)
@@ -382,6 +406,8 @@ def _check_semantics(cfg: Config, problems: list[str]) -> None:
         problems.append("[retry] base_delay_ms must not exceed max_delay_ms")
     if cfg.batching.max_records < 1 or cfg.batching.max_in_flight < 1:
         problems.append("[batching] max_records and max_in_flight must be at least 1")
+    if cfg.router.dedupe_ids_s < cfg.router.dedupe_window_s:
+        problems.append("[router] dedupe_ids_s must be at least dedupe_window_s")
     if cfg.snapshots.every_events < 1 or cfg.snapshots.every_s <= 0:
         problems.append("[snapshots] every_events must be at least 1 and every_s positive")
     if not cfg.upstream.base_url.startswith(("http://", "https://")):

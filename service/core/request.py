@@ -61,7 +61,7 @@ from service.core.decision import (
 from service.core.outcomes import CLASSES
 from service.core.retry import retry_allowed, retry_delay_ms
 from service.core.routing import RouteDecision, decide_route
-from service.core.state import InFlight, RouterState
+from service.core.state import InFlight, RouterState, expired_outcome
 
 __all__ = [
     "Call",
@@ -154,6 +154,16 @@ def decide_intake(
             # its response was acknowledged before its terminal event, so say nothing
             return Decision(events=[], effects=[])
         return Decision(events=[], effects=[Resend(terminal=done)])
+    forgotten = expired_outcome(state, req.tenant, req.request_id)
+    if forgotten is not None:  # answered before the duplicate window: never called again
+        hours = ctx.cfg.router.dedupe_window_s / 3600
+        expired = ev.RequestRejected(
+            request_id=req.request_id, tenant=req.tenant, code="duplicate_expired",
+            message=f"request {req.request_id} was already answered ({forgotten}) more than "
+            f"{hours:g} h ago; its answer is no longer kept, and it is not run again",
+            reply_to=req.reply_to,
+        )  # fmt: skip
+        return Decision(events=[], effects=[Resend(terminal=expired)])
     flight = state.inflight.get(req.request_id)
     if flight is not None:
         return _resume(state, flight, ctx) if resume else Decision(events=[], effects=[])

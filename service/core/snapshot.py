@@ -39,7 +39,7 @@ from service.core import ratelimit
 from service.core.breaker import Breaker
 from service.core.partitioning import home_partition
 from service.core.retry import RetryBudget
-from service.core.state import FINISHED_LIMIT, InFlight, RouterState, Terminal
+from service.core.state import InFlight, RouterState, Terminal, remember
 from service.core.stats import LatencyStat
 
 __all__ = [
@@ -73,7 +73,9 @@ class PartitionState(msgspec.Struct, frozen=True, array_like=True):
 
     partition: int
     inflight: list[InFlight]
-    finished: list[tuple[str, bytes]]  # (event type, msgpack of the terminal), oldest first
+    # (event type, msgpack of the terminal, finished at ms), in the order they finished
+    finished: list[tuple[str, bytes, int]]
+    expired: dict[int, dict[int, int]]  # day -> id hash -> outcome code (answers forgotten)
     intake: list[tuple[str, int, int]]  # (request id, intake partition, offset)
     limits: dict[str, ratelimit.WindowsDump]
     budgets: dict[str, budgets.BudgetDump]
@@ -117,15 +119,18 @@ def capture(state: RouterState, partition: int) -> PartitionState:
     """The parts of `state` that belong to `partition`, plus its signals (a copy: the
     state may move on while the snapshot is written)."""
     mine = _on(partition)
-    finished = [(t.TYPE, _encoder.encode(t)) for rid, t in state.finished.items()
-                if mine(t.tenant)]  # fmt: skip
+    finished = []
+    for rid, (at_ms, _) in state.answers.get(partition, {}).items():
+        t = state.finished[rid]
+        finished.append((t.TYPE, _encoder.encode(t), at_ms))
     owned = {rid for rid, f in state.inflight.items() if mine(f.tenant)}
-    owned.update(rid for rid, t in state.finished.items() if mine(t.tenant))
+    owned.update(state.answers.get(partition, ()))
     index = state.cache.get(partition)
     return PartitionState(
         partition=partition,
         inflight=[f for f in state.inflight.values() if mine(f.tenant)],
         finished=finished,
+        expired={day: dict(ids) for day, ids in state.expired.get(partition, {}).items()},
         intake=[(rid, p, o) for rid, (p, o) in state.intake.items() if rid in owned],
         limits={t: ratelimit.dump(w) for t, w in state.limits.items() if mine(t)},
         budgets={t: budgets.dump(b) for t, b in state.budgets.items() if mine(t)},
@@ -190,14 +195,12 @@ def restore(snapshots: Iterable[Snapshot], state: RouterState | None = None) -> 
 def _put(state: RouterState, part: PartitionState) -> None:
     for flight in part.inflight:
         state.inflight[flight.request_id] = flight
-    for kind, raw in part.finished:
-        terminal = _TERMINALS[kind].decode(raw)
-        state.finished[terminal.request_id] = terminal
+    for kind, raw, at_ms in part.finished:  # in the order they finished, as kept
+        remember(state, _TERMINALS[kind].decode(raw), at_ms, len(raw))
     for rid, p, o in part.intake:
         state.intake[rid] = (p, o)
-    while len(state.finished) > FINISHED_LIMIT:  # as `state._finish` forgets
-        forgotten, _ = state.finished.popitem(last=False)
-        state.intake.pop(forgotten, None)
+    if part.expired:
+        state.expired[part.partition] = {day: dict(ids) for day, ids in part.expired.items()}
     for tenant, windows in part.limits.items():
         state.limits[tenant] = ratelimit.load(windows)
     for tenant, budget in part.budgets.items():
@@ -217,7 +220,13 @@ def own_parts(state: RouterState, partition: int) -> dict[str, object]:
         "inflight": sorted(msgspec.to_builtins(part.inflight), key=lambda f: f["request_id"]),
         # as a set: live, terminals are remembered in the order they were decided; a fold
         # of the log sees them in the order their acks came (only eviction order differs)
-        "finished": sorted((kind, raw.hex()) for kind, raw in part.finished),
+        "finished": sorted((kind, raw.hex(), at) for kind, raw, at in part.finished),
+        "forgotten": {str(day): len(ids) for day, ids in sorted(part.expired.items())},
+        "forgotten_digest": _digest(
+            _encoder.encode(
+                sorted((day, h, c) for day, ids in part.expired.items() for h, c in ids.items())
+            )
+        ),
         "intake": sorted(part.intake),
         "limits": {t: _named(w) for t, w in sorted(part.limits.items())},
         "budgets": {t: _named(b) for t, b in sorted(part.budgets.items())},

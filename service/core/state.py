@@ -14,12 +14,18 @@ Rules:
 - Per-tenant parts (limits, budgets) and the per-partition cache index depend
   only on their own partition's events, so they fold the same however the
   partitions' events interleave (a tenant lives on one partition).
-- Finished requests are remembered for idempotence (a redelivered record is
-  answered from here) up to `FINISHED_LIMIT` ids, oldest forgotten first.
+- Finished requests are remembered for idempotence (a resent request is
+  answered from here): their answers for `[router] dedupe_window_s` within
+  `dedupe_max_bytes` (1/12 of it per partition, oldest forgotten first), then
+  only a 64-bit hash of their id and their outcome (`expired_outcome`) in
+  day buckets until `dedupe_ids_s`. Both are per partition, so they fold the
+  same whichever partitions a router owns, and depend on no event older than
+  themselves: snapshots carry them past the events' retention.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Final
@@ -33,13 +39,19 @@ from service.core.breaker import Breaker, Trigger, apply_trigger, record_call
 from service.core.budget import TenantBudget, evolve_budget
 from service.core.cache import CacheIndex, evolve_cache
 from service.core.config import Config
-from service.core.partitioning import home_partition
+from service.core.partitioning import PARTITIONS, home_partition
 from service.core.retry import RetryBudget, note_request, note_retry
 from service.core.stats import LatencyStat, observe_latency
 
-__all__ = ["FINISHED_LIMIT", "InFlight", "RouterState", "Terminal", "evolve", "fold"]
+__all__ = [
+    "OUTCOMES", "InFlight", "RouterState", "Terminal", "evolve", "expired_outcome", "fold",
+    "id_hash",
+]  # fmt: skip
 
-FINISHED_LIMIT: Final = 200_000
+DAY_MS: Final = 86_400_000
+OUTCOMES: Final = ("completed", "failed", "rejected")  # codes 0, 1, 2 in `expired`
+_OUTCOME_CODE: Final = {f"turnout.request.{o}": n for n, o in enumerate(OUTCOMES)}
+_size_encoder: Final = msgspec.msgpack.Encoder()
 
 Terminal = ev.RequestCompleted | ev.RequestFailed | ev.RequestRejected
 
@@ -68,8 +80,8 @@ class RouterState:
     """The projection a router serves from; see the module docstring."""
 
     __slots__ = (
-        "breakers", "budgets", "cache", "finished", "inflight", "intake", "latency", "limits",
-        "retry_budget",
+        "answer_bytes", "answers", "breakers", "budgets", "cache", "expired", "finished",
+        "inflight", "intake", "latency", "limits", "retry_budget",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -83,6 +95,11 @@ class RouterState:
         self.limits: dict[str, ratelimit.TenantWindows] = {}
         self.budgets: dict[str, TenantBudget] = {}
         self.cache: dict[int, CacheIndex] = {}
+        # per partition: finished ids in the order they finished -> (finished at, bytes)
+        self.answers: dict[int, OrderedDict[str, tuple[int, int]]] = {}
+        self.answer_bytes: dict[int, int] = {}
+        # per partition, per day finished: id hash -> outcome code (answers forgotten)
+        self.expired: dict[int, dict[int, dict[int, int]]] = {}
 
     def cache_index(self, tenant: str) -> CacheIndex:
         """The cache index of the tenant's home partition (created empty when new)."""
@@ -100,6 +117,7 @@ class RouterState:
             "retry_budget": msgspec.to_builtins(self.retry_budget),
             "inflight": sorted(self.inflight),
             "finished": len(self.finished),
+            "forgotten": sum(len(ids) for days in self.expired.values() for ids in days.values()),
             "limits": {t: ratelimit.snapshot(w) for t, w in sorted(self.limits.items())},
             "budgets": {t: budgets.snapshot(b) for t, b in sorted(self.budgets.items())},
             "cache": {str(p): i.snapshot() for p, i in sorted(self.cache.items())},
@@ -111,13 +129,66 @@ def _breaker_call(state: RouterState, model: str, failed: bool, now_ms: int, cfg
     state.breakers[model] = record_call(b, failed=failed, now_ms=now_ms, cfg=cfg.breaker)
 
 
-def _finish(state: RouterState, terminal: Terminal) -> None:
-    state.inflight.pop(terminal.request_id, None)
-    state.finished[terminal.request_id] = terminal
-    state.finished.move_to_end(terminal.request_id)
-    while len(state.finished) > FINISHED_LIMIT:
-        forgotten, _ = state.finished.popitem(last=False)
-        state.intake.pop(forgotten, None)
+def _finish(state: RouterState, terminal: Terminal, now_ms: int, cfg: Config) -> None:
+    rid = terminal.request_id
+    state.inflight.pop(rid, None)
+    remember(state, terminal, now_ms, len(_size_encoder.encode(terminal)))
+    forget(state, home_partition(terminal.tenant), now_ms, cfg)
+
+
+def remember(state: RouterState, terminal: Terminal, at_ms: int, size: int) -> None:
+    """Keep `terminal` as its request's answer (finished at `at_ms`, `size` bytes)."""
+    rid, p = terminal.request_id, home_partition(terminal.tenant)
+    state.finished[rid] = terminal
+    state.finished.move_to_end(rid)
+    queue = state.answers.get(p)
+    if queue is None:
+        queue = state.answers[p] = OrderedDict()
+    old = queue.pop(rid, None)
+    state.answer_bytes[p] = state.answer_bytes.get(p, 0) + size - (old[1] if old else 0)
+    queue[rid] = (at_ms, size)
+
+
+def forget(state: RouterState, partition: int, now_ms: int, cfg: Config) -> None:
+    """Forget the answers of `partition` past the window or over its bytes (keeping id
+    and outcome), and the ids past `dedupe_ids_s`."""
+    queue = state.answers.get(partition)
+    limits = cfg.router
+    window_ms, cap = limits.dedupe_window_s * 1000, limits.dedupe_max_bytes // PARTITIONS
+    while queue:
+        rid, (at_ms, size) = next(iter(queue.items()))
+        if at_ms + window_ms > now_ms and state.answer_bytes[partition] <= cap:
+            break
+        queue.popitem(last=False)
+        state.answer_bytes[partition] -= size
+        terminal = state.finished.pop(rid, None)
+        state.intake.pop(rid, None)
+        if terminal is not None:
+            kept = state.expired.setdefault(partition, {})
+            kept.setdefault(at_ms // DAY_MS, {})[id_hash(rid)] = _OUTCOME_CODE[terminal.TYPE]
+    days = state.expired.get(partition)
+    if days:
+        horizon = now_ms - limits.dedupe_ids_s * 1000
+        for day in [d for d in days if (d + 1) * DAY_MS <= horizon]:
+            del days[day]
+
+
+def id_hash(request_id: str) -> int:
+    """64 bits of a request id (the memory of an answer no longer kept)."""
+    return int.from_bytes(hashlib.blake2b(request_id.encode(), digest_size=8).digest(), "big")
+
+
+def expired_outcome(state: RouterState, tenant: str, request_id: str) -> str | None:
+    """The outcome of a request whose answer is no longer kept, if it finished."""
+    days = state.expired.get(home_partition(tenant))
+    if not days:
+        return None
+    h = id_hash(request_id)
+    for ids in days.values():
+        code = ids.get(h)
+        if code is not None:
+            return OUTCOMES[code]
+    return None
 
 
 def _update(state: RouterState, request_id: str, **changes: object) -> None:
@@ -156,7 +227,7 @@ def _evolve_request(state: RouterState, event: object, now_ms: int, cfg: Config)
         case ev.RetryScheduled():
             state.retry_budget = note_retry(state.retry_budget, now_ms, cfg.retry)
         case ev.RequestCompleted() | ev.RequestFailed() | ev.RequestRejected():
-            _finish(state, event)
+            _finish(state, event, now_ms, cfg)
 
 
 def _evolve_model(state: RouterState, event: object, now_ms: int, cfg: Config) -> None:

@@ -724,10 +724,14 @@ class Router:
         then every snapshot write finished (bounded)."""
         if self.schedule is None:
             return
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        if self._snapshot_tasks:  # one being written covers less: let it finish first
+            await asyncio.wait(self._snapshot_tasks, timeout=timeout_s)
         for p in sorted(self.schedule.owned):
             self._maybe_snapshot(p, force=True)
-        if self._snapshot_tasks:
-            await asyncio.wait(self._snapshot_tasks, timeout=timeout_s)
+        left = deadline - asyncio.get_running_loop().time()
+        if self._snapshot_tasks and left > 0:
+            await asyncio.wait(self._snapshot_tasks, timeout=left)
 
     async def _commit_every(self, period_s: float) -> None:
         while True:

@@ -21,7 +21,7 @@ from service.core import events as ev
 from service.core import snapshot
 from service.core.config import Config
 from service.core.partitioning import PARTITIONS, home_partition
-from service.core.state import RouterState, evolve
+from service.core.state import RouterState, evolve, remember
 from service.kafka.producer import Producer
 from service.kafka.settings import KafkaSettings, Topics
 from service.runtime import snapshots
@@ -213,12 +213,13 @@ async def test_a_state_larger_than_a_record_is_written_in_chunks_and_read_back_w
 ) -> None:
     state = RouterState()
     for n in range(600):  # ~3 MB of incompressible answers on one partition
-        state.finished[f"big-{n}"] = ev.RequestCompleted(
+        big = ev.RequestCompleted(
             request_id=f"big-{n}", tenant=TENANTS[0], model="m/x", attempts=1,
             latency_ms=1.0, cost_micros=1, cached=False, coalesced=False,
             usage=ev.Usage(prompt_tokens=1, completion_tokens=1, total_tokens=2),
             response={"text": os.urandom(2500).hex()},
         )  # fmt: skip
+        remember(state, big, at_ms=n, size=5000)
     p = home_partition(TENANTS[0])
     chunks = await store(kafka_settings, snapshot.capture(state, p), "0001", offset=7, at=1)
     found = await read_found(kafka_settings, "chunks")
@@ -279,3 +280,29 @@ async def test_replay_verify_checks_every_snapshot_and_exits_1_on_a_tampered_one
     assert "different" in bad.stdout and "mallory" in bad.stdout
     assert f"budgets.{TENANTS[0]}.spent" in bad.stdout
     assert "1 snapshot(s) differ from the log" in bad.stderr
+
+
+async def test_past_the_duplicate_window_a_resend_is_rejected_even_after_a_rebuild(
+    kafka_settings: KafkaSettings, kafka_topics: Topics, simulator: RunningSimulator
+) -> None:
+    cfg = snapshotting(kafka_settings, simulator, router={"dedupe_window_s": 1})
+    tenant = TENANTS[2]
+    async with running(cfg, "first"):
+        await produce(kafka_settings.bootstrap, kafka_topics.requests,
+                      [(tenant.encode(), request("old", tenant), None)])  # fmt: skip
+        await collect(kafka_settings.bootstrap, kafka_topics.responses, 1)
+        await asyncio.sleep(1.5)
+        await produce(kafka_settings.bootstrap, kafka_topics.requests,
+                      [(tenant.encode(), request("new", tenant), None)])  # fmt: skip
+        await collect(kafka_settings.bootstrap, kafka_topics.responses, 2)
+    calls = sim_calls(simulator)
+    async with running(cfg, "second") as second:
+        assert "old" not in second.state.finished  # its answer is forgotten, its id is not
+        await produce(kafka_settings.bootstrap, kafka_topics.requests,
+                      [(tenant.encode(), request("old", tenant), None)])  # fmt: skip
+        answers = await collect(kafka_settings.bootstrap, kafka_topics.responses, 3)
+    olds = [msgspec.json.decode(a.value) for a in answers if a.key == b"old"]
+    first, again = sorted(olds, key=lambda r: r["status"] != "ok")
+    assert first["status"] == "ok"
+    assert (again["status"], again["error"]["code"]) == ("rejected", "duplicate_expired")
+    assert sim_calls(simulator) == calls  # never a second upstream call

@@ -1,0 +1,178 @@
+"""Benchmark: a router's rebuild time against the log's length, with and without snapshots.
+
+Run: `.venv/bin/python tests/benchmarks/bench_rebuild.py [--sizes 100000,1000000,2000000]`
+
+The events topic is filled with the synthetic mixed workload (`analytics.synthetic`:
+real event structs, ~6 per request, CloudEvents-encoded, each on its tenant's home
+partition, 48 tenants over the 12 partitions) up to each size in turn (the log only
+grows: 100k, then 1M, then 2M). At each size, on the same broker, in the same run:
+
+- **baseline, no snapshots**: a router with `[features] snapshots = false` rebuilds by
+  folding every events partition from offset 0 (what every rebuild did before);
+- **snapshots, after a stop**: a router with snapshots folds the log once and stops
+  (a stop snapshots every partition); the next start is timed;
+- and, at the largest size, **snapshots, worst tail**: `every_events - 1` more events on
+  every partition after the last snapshot (a router that died just before its next
+  snapshot), then a start.
+
+Reported: the rebuild itself (`/healthz` `rebuild.seconds`: snapshots read, restored,
+the tail folded to the markers) and the whole start until ready (group join included),
+and the events folded. Target (issue 11): <= 5 s with 1 M events, not growing when the
+log doubles.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import msgspec
+from aiokafka import AIOKafkaProducer
+from engines import brokers
+from rich.console import Console
+from rich.table import Table
+
+from analytics.synthetic import envelopes, workload
+from service.core.config import Config, parse_config
+from service.core.partitioning import home_partition
+from service.kafka.settings import KafkaSettings
+from service.kafka.topics import ensure_topics
+from service.runtime.router import Router
+from service.upstream.simulator import SimulatorOptions, start_in_thread
+from service.wire.cloudevents import encode
+
+TENANTS = 48
+EVENTS_PER_REQUEST = 6
+
+
+async def fill(bootstrap: str, topic: str, start: int, count: int) -> int:
+    """About `count` more synthetic events (requests numbered from `start`); how many."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20,
+                                max_batch_size=1 << 20, compression_type=None)  # fmt: skip
+    await producer.start()
+    sent = 0
+    try:
+        stories = workload(count // EVENTS_PER_REQUEST + 1, tenants=TENANTS, start=start)
+        pending = []
+        for env in envelopes(stories, t0_ms=int(time.time() * 1000) - 86_400_000, seed=start):
+            key, value, headers = encode(env)
+            p = home_partition(env.data.tenant)
+            pending.append(await producer.send(topic, value, key=key, headers=headers, partition=p))
+            sent += 1
+            if len(pending) >= 20_000:
+                await asyncio.gather(*pending)
+                pending.clear()
+            if sent >= count:
+                break
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+    return sent
+
+
+async def start_router(cfg: Config, name: str) -> dict[str, Any]:
+    """Start a router until ready, stop it; what its rebuild took."""
+    router = Router(cfg, instance=name)
+    stop = asyncio.Event()
+    began = time.perf_counter()
+    task = asyncio.create_task(router.run(stop))
+    await asyncio.wait_for(router.ready.wait(), 600)
+    ready_s = time.perf_counter() - began
+    stats = dict(router.rebuild_stats)
+    stop.set()
+    await asyncio.wait_for(task, 600)
+    return {"ready_s": ready_s, **stats}
+
+
+def config(bootstrap: str, prefix: str, base_url: str, *, snapshots: bool) -> Config:
+    return parse_config({
+        "kafka": {"bootstrap": bootstrap, "topic_prefix": prefix, "group_id": f"g-{prefix}"},
+        "upstream": {"base_url": base_url},
+        "features": {"snapshots": snapshots},
+    }, {})  # fmt: skip
+
+
+async def run(bootstrap: str, sizes: list[int], out: Console) -> None:
+    prefix = f"bench-{uuid.uuid4().hex[:6]}"
+    settings = KafkaSettings(bootstrap=bootstrap, topic_prefix=prefix)
+    await ensure_topics(settings)
+    table = Table("log (events)", "rebuild", "rebuild s", "ready s", "events folded",
+                  title="router rebuild", title_justify="left")  # fmt: skip
+    with start_in_thread(SimulatorOptions()) as sim:
+        plain = config(bootstrap, prefix, sim.base_url, snapshots=False)
+        snapping = config(bootstrap, prefix, sim.base_url, snapshots=True)
+        total, requests = 0, 0
+        for size in sizes:
+            t = time.perf_counter()
+            added = await fill(bootstrap, settings.topics.events, requests, size - total)
+            total += added
+            requests += added // EVENTS_PER_REQUEST + 1
+            out.print(f"  log at {total:,} events ({added:,} produced in "
+                      f"{time.perf_counter() - t:.1f} s)")  # fmt: skip
+            base = await start_router(plain, "no-snapshots")
+            table.add_row(f"{total:,}", "baseline: no snapshots, from offset 0",
+                          f"{base['seconds']:.2f}", f"{base['ready_s']:.2f}",
+                          f"{base['events_folded']:,}")  # fmt: skip
+            await start_router(snapping, "snapshot-writer")  # folds the log, snapshots on stop
+            snap = await start_router(snapping, "from-snapshots")
+            table.add_row(f"{total:,}", "snapshots, after a stop", f"{snap['seconds']:.2f}",
+                          f"{snap['ready_s']:.2f}", f"{snap['events_folded']:,}")  # fmt: skip
+            out.print(f"  {total:,}: baseline {base['seconds']:.2f} s, "
+                      f"from snapshots {snap['seconds']:.2f} s")  # fmt: skip
+        tail = snapping.snapshots.every_events - 1
+        added = 0
+        for p in range(12):  # every partition just short of its next snapshot
+            tenant = next(f"tail-{n}" for n in range(10_000) if home_partition(f"tail-{n}") == p)
+            added += await fill_tenant(bootstrap, settings.topics.events, tenant, tail, p)
+        total += added
+        worst = await start_router(snapping, "worst-tail")
+        table.add_row(f"{total:,}", f"snapshots + {tail:,} events per partition",
+                      f"{worst['seconds']:.2f}", f"{worst['ready_s']:.2f}",
+                      f"{worst['events_folded']:,}")  # fmt: skip
+    out.print(table)
+
+
+async def fill_tenant(bootstrap: str, topic: str, tenant: str, count: int, seed: int) -> int:
+    """`count` events of one tenant (the synthetic workload, renamed)."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20,
+                                max_batch_size=1 << 20)  # fmt: skip
+    await producer.start()
+    sent = 0
+    try:
+        stories = workload(count // EVENTS_PER_REQUEST + 1, tenants=1, start=10**7 * (1 + seed))
+        pending = []
+        for env in envelopes(stories, t0_ms=int(time.time() * 1000) - 3_600_000, seed=1 + seed):
+            if getattr(env.data, "tenant", None) != "t0":
+                continue  # global events: not this partition's
+            data = msgspec.structs.replace(env.data, tenant=tenant)
+            env = msgspec.structs.replace(env, data=data)
+            key, value, headers = encode(env)
+            p = home_partition(env.data.tenant)
+            pending.append(await producer.send(topic, value, key=key, headers=headers, partition=p))
+            sent += 1
+            if sent >= count:
+                break
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+    return sent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--sizes", default="100000,1000000,2000000")
+    parser.add_argument("--engines", default="kafka", help="kafka, tansu or both")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    out = Console(highlight=False)
+    for engine in brokers(args.engines):
+        with engine as (name, bootstrap, _pid):
+            out.print(f"[bold]{name}[/bold] at {bootstrap}")
+            asyncio.run(run(bootstrap, sizes, out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""The duplicate-answer memory: answers inside the window, ids and outcomes past it,
+bounded by bytes, and never a second upstream call for a request that was answered."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from service.core import snapshot as snaps
+from service.core.decision import Resend
+from service.core.partitioning import PARTITIONS, home_partition
+from service.core.request import decide_intake
+from service.core.state import fold
+from tests.unit.test_admission import Shell, cfg, request
+
+HOUR_MS = 3_600_000
+UNLIMITED: dict[str, Any] = {"requests_per_minute": None, "requests_per_hour": None,
+                             "requests_per_day": None, "burst": None, "tokens_per_minute": None,
+                             "budget_usd_per_day": None, "budget_usd_per_month": None}  # fmt: skip
+
+
+def config(**router: Any) -> Any:
+    return cfg(router={"dedupe_window_s": 3600, "dedupe_ids_s": 4 * 86_400} | router,
+               tenants={"default": UNLIMITED}, cache={"ttl_s": 1})  # fmt: skip
+
+
+def resent(shell: Shell, rid: str, **kw: Any) -> Any:
+    decision = decide_intake(shell.state, request(rid, **kw), shell.ctx())
+    assert decision.events == [] and shell.calls == []  # nothing new is decided or called
+    (effect,) = decision.effects
+    assert isinstance(effect, Resend)
+    return effect.terminal
+
+
+def test_inside_the_window_a_resend_gets_the_recorded_answer() -> None:
+    shell = Shell(config())
+    first = shell.run(request("r1", text="a"))
+    shell.now += HOUR_MS - 1
+    assert resent(shell, "r1", text="a") == first
+
+
+def test_past_the_window_a_resend_is_rejected_duplicate_expired_with_the_outcome() -> None:
+    shell = Shell(config())
+    shell.run(request("r1", text="a"))
+    shell.now += HOUR_MS + 1
+    shell.run(request("r2", text="b"))  # a later terminal makes the state forget r1's answer
+    answer = resent(shell, "r1", text="a")
+    assert "r1" not in shell.state.finished
+    assert (answer.TYPE, answer.code) == ("turnout.request.rejected", "duplicate_expired")
+    assert "already answered (completed)" in answer.message
+    assert "1 h" in answer.message
+
+
+def test_past_the_id_window_a_resend_is_a_new_request() -> None:
+    shell = Shell(config())
+    shell.run(request("r1", text="a"))
+    shell.now += 6 * 86_400_000
+    shell.run(request("r2", text="b"))
+    shell.submit(request("r1", text="a"))
+    assert len(shell.calls) == 1  # called again: it is older than anything remembered
+    assert shell.state.snapshot()["forgotten"] == 0  # r1's day bucket is past dedupe_ids_s
+
+
+def test_answers_are_bounded_by_bytes_per_partition_oldest_first() -> None:
+    one = Shell(config())
+    one.run(request("probe", text="probe"))
+    size = one.state.answer_bytes[home_partition("acme")]
+    cap = 5 * size * PARTITIONS  # room for about five answers per partition
+    shell = Shell(config(dedupe_max_bytes=cap))
+    for n in range(20):
+        shell.run(request(f"r{n}", text=str(n)))
+        shell.now += 1
+    p = home_partition("acme")
+    assert shell.state.answer_bytes[p] <= cap // PARTITIONS
+    kept = [rid for rid in shell.state.finished if rid.startswith("r")]
+    assert kept == [f"r{n}" for n in range(20 - len(kept), 20)] and 3 <= len(kept) <= 6
+    assert resent(shell, "r0", text="0").code == "duplicate_expired"
+    assert resent(shell, "r19", text="19").TYPE == "turnout.request.completed"
+
+
+PLANS = st.lists(st.tuples(st.integers(0, 3), st.integers(0, 3 * HOUR_MS)), min_size=1,
+                 max_size=30)  # fmt: skip
+
+
+@settings(max_examples=50, deadline=None)
+@given(PLANS, st.floats(0, 1))
+def test_the_memory_folds_the_same_from_a_snapshot_at_any_point(
+    plan: list[tuple[int, int]], where: float
+) -> None:
+    shell = Shell(config(dedupe_max_bytes=4000 * PARTITIONS))
+    tenants = ["acme", "globex", "initech", "hooli"]
+    for n, (tenant, gap) in enumerate(plan):
+        shell.now += gap
+        shell.run(request(f"r{n}", tenant=tenants[tenant], text=str(n)))
+    cut = int(len(shell.log) * where)
+    head, tail = shell.log[:cut], shell.log[cut:]
+    before = fold(head, shell.cfg)
+    frames = [snaps.decode(snaps.encode(snaps.capture(before, p), offset=1, taken_at_ms=1,
+                                        writer="t")) for p in range(PARTITIONS)]  # fmt: skip
+    rebuilt = fold(tail, shell.cfg, snaps.restore(frames))
+    whole = fold(shell.log, shell.cfg)
+    assert rebuilt.snapshot() == whole.snapshot()
+    assert all(snaps.own_parts(rebuilt, p) == snaps.own_parts(whole, p) for p in range(PARTITIONS))
+    for n in range(len(plan)):  # and every id is still answered or known, never new
+        decision = decide_intake(rebuilt, request(f"r{n}", tenant=tenants[plan[n][0]]),
+                                 shell.ctx())  # fmt: skip
+        assert decision.events == [] and all(isinstance(e, Resend) for e in decision.effects)
