@@ -41,6 +41,7 @@ from service.core.partitioning import home_partition
 from service.kafka.settings import KafkaSettings
 from service.kafka.topics import ensure_topics
 from service.runtime.router import Router
+from service.runtime.serve import _tune_gc
 from service.upstream.simulator import SimulatorOptions, start_in_thread
 from service.wire.cloudevents import encode
 
@@ -48,16 +49,26 @@ TENANTS = 48
 EVENTS_PER_REQUEST = 6
 
 
-async def fill(bootstrap: str, topic: str, start: int, count: int) -> int:
-    """About `count` more synthetic events (requests numbered from `start`); how many."""
+async def fill(
+    bootstrap: str, topic: str, start: int, count: int, *, tenant: str | None = None
+) -> int:
+    """About `count` more synthetic events (requests numbered from `start`); how many.
+    With `tenant`: all of one tenant's (the workload's `t0`, renamed; global events left out)."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20,
                                 max_batch_size=1 << 20, compression_type=None)  # fmt: skip
     await producer.start()
     sent = 0
     try:
-        stories = workload(count // EVENTS_PER_REQUEST + 1, tenants=TENANTS, start=start)
+        tenants = 1 if tenant else TENANTS
+        stories = workload(count // EVENTS_PER_REQUEST + 1, tenants=tenants, start=start)
         pending = []
         for env in envelopes(stories, t0_ms=int(time.time() * 1000) - 86_400_000, seed=start):
+            if tenant is not None:
+                if getattr(env.data, "tenant", None) != "t0":
+                    continue
+                env = msgspec.structs.replace(
+                    env, data=msgspec.structs.replace(env.data, tenant=tenant)
+                )
             key, value, headers = encode(env)
             p = home_partition(env.data.tenant)
             pending.append(await producer.send(topic, value, key=key, headers=headers, partition=p))
@@ -126,7 +137,9 @@ async def run(bootstrap: str, sizes: list[int], out: Console) -> None:
         added = 0
         for p in range(12):  # every partition just short of its next snapshot
             tenant = next(f"tail-{n}" for n in range(10_000) if home_partition(f"tail-{n}") == p)
-            added += await fill_tenant(bootstrap, settings.topics.events, tenant, tail, p)
+            added += await fill(
+                bootstrap, settings.topics.events, 10**7 * (p + 1), tail, tenant=tenant
+            )
         total += added
         worst = await start_router(snapping, "worst-tail")
         table.add_row(f"{total:,}", f"snapshots + {tail:,} events per partition",
@@ -135,37 +148,12 @@ async def run(bootstrap: str, sizes: list[int], out: Console) -> None:
     out.print(table)
 
 
-async def fill_tenant(bootstrap: str, topic: str, tenant: str, count: int, seed: int) -> int:
-    """`count` events of one tenant (the synthetic workload, renamed)."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20,
-                                max_batch_size=1 << 20)  # fmt: skip
-    await producer.start()
-    sent = 0
-    try:
-        stories = workload(count // EVENTS_PER_REQUEST + 1, tenants=1, start=10**7 * (1 + seed))
-        pending = []
-        for env in envelopes(stories, t0_ms=int(time.time() * 1000) - 3_600_000, seed=1 + seed):
-            if getattr(env.data, "tenant", None) != "t0":
-                continue  # global events: not this partition's
-            data = msgspec.structs.replace(env.data, tenant=tenant)
-            env = msgspec.structs.replace(env, data=data)
-            key, value, headers = encode(env)
-            p = home_partition(env.data.tenant)
-            pending.append(await producer.send(topic, value, key=key, headers=headers, partition=p))
-            sent += 1
-            if sent >= count:
-                break
-        await asyncio.gather(*pending)
-    finally:
-        await producer.stop()
-    return sent
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--sizes", default="100000,1000000,2000000")
     parser.add_argument("--engines", default="kafka", help="kafka, tansu or both")
     args = parser.parse_args()
+    _tune_gc()  # as `turnout router` runs
     sizes = [int(s) for s in args.sizes.split(",")]
     out = Console(highlight=False)
     for engine in brokers(args.engines):
