@@ -32,9 +32,21 @@ def _json(body: dict[str, Any], ok: bool) -> web.Response:
     )
 
 
+def _ready(router: Router) -> bool:
+    """Serving, and no background part (commits, the `_system` tail) is failing."""
+    return router.ready.is_set() and not router.faults
+
+
+def _status(router: Router) -> str:
+    if not router.ready.is_set():
+        return "starting"
+    return "degraded" if router.faults else "ready"
+
+
 def _details(router: Router) -> dict[str, Any]:
     return {
-        "status": "ready" if router.ready.is_set() else "starting",
+        "status": _status(router),
+        "faults": router.faults,
         "instance": router.instance,
         "config_hash": config_hash(router.cfg),
         "features": config_to_dict(router.cfg)["features"],
@@ -44,6 +56,7 @@ def _details(router: Router) -> dict[str, Any]:
         "in_flight": router.offsets.in_progress(),
         "requests_in_flight": len(router.state.inflight),
         "upstream": msgspec.to_builtins(router.upstream.stats()),
+        "prices": msgspec.to_builtins(router.prices.stats()),
         "intake": router.intake_stats.as_dict(),
         "rebuild": router.rebuild_stats,
         "snapshots": router.schedule.as_dict() if router.schedule is not None else None,
@@ -111,13 +124,16 @@ def health_app(router: Router) -> web.Application:
         return _json({"status": "alive"}, True)
 
     async def readyz(_: web.Request) -> web.Response:
-        ready = router.ready.is_set()
-        return _json({"status": "ready" if ready else "not ready"}, ready)
+        ready = _ready(router)
+        body: dict[str, Any] = {"status": "ready" if ready else "not ready"}
+        if router.faults:
+            body["failing"] = sorted(router.faults)
+        return _json(body, ready)
 
     async def healthz(_: web.Request) -> web.Response:
         details = _details(router)
         details["consumer_lag"] = await consumer_lag(router)
-        return _json(details, router.ready.is_set())
+        return _json(details, _ready(router))
 
     async def state(_: web.Request) -> web.Response:
         return _json(state_view(router), router.ready.is_set())

@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import suppress
 from typing import Any, Final
 
@@ -84,6 +84,7 @@ log = logging.getLogger("turnout.router")
 
 EVENT_PRODUCERS = 3
 TAIL_FETCH_WAIT_MS = 100  # the _system tail: other routers' breaker transitions
+SUPERVISE_MIN_S, SUPERVISE_MAX_S = 0.2, 10.0  # restart backoff of a failed background part
 PRICES_AT_START_S = 5.0  # how long a start waits for the upstream's price table
 DLQ_VALUE_LIMIT = 900_000  # an oversized record's first bytes, leaving room for headers
 Position = tuple[TopicPartition, int]
@@ -200,6 +201,8 @@ class Router:
         self._rebuilt_to: dict[int, int] = {}
         self._snapshot_tasks: set[asyncio.Task[None]] = set()
         self.rebuild_stats: dict[str, Any] = {}
+        # background parts that failed and are being restarted: part -> since, error, restarts
+        self.faults: dict[str, dict[str, Any]] = {}
 
     # ------------------------------------------------------------ lifecycle
 
@@ -227,7 +230,7 @@ class Router:
             await self.upstream.aclose()
 
     async def _serve(self, stop: asyncio.Event) -> None:
-        committer = asyncio.create_task(self._commit_every(0.2))
+        committer = asyncio.create_task(self._supervise("commits", lambda: self._commit_every(0.2)))
         try:
             batching = self.cfg.batching if self.cfg.features.batching else _ONE_AT_A_TIME
             while not stop.is_set():
@@ -285,7 +288,9 @@ class Router:
         self.orphans = {rid for rid in state.inflight if rid not in self.positions}
         self.state = state
         await self._stop_tail()
-        self._tail = asyncio.create_task(self._tail_system(self._system_next))
+        self._tail = asyncio.create_task(  # a restart goes on where the last one got to
+            self._supervise("system_tail", lambda: self._tail_system(self._system_next))
+        )
         self.ready.set()
         log.info("serving partitions %s", sorted(tp.partition for tp in assigned))
 
@@ -411,6 +416,8 @@ class Router:
                 for records in batch.values():
                     for record in records:
                         self._fold_breaker(record)
+                        self._system_next = record.offset + 1
+                self._working("system_tail")
 
     async def _stop_tail(self) -> None:
         if self._tail is not None:
@@ -748,10 +755,38 @@ class Router:
         if self._snapshot_tasks and left > 0:
             await asyncio.wait(self._snapshot_tasks, timeout=left)
 
+    async def _supervise(self, part: str, work: Callable[[], Awaitable[None]]) -> None:
+        """Run `work` until it returns; when it fails, say so (`faults`: /readyz turns 503,
+        /healthz names the part and since when) and start it again, backing off."""
+        delay = SUPERVISE_MIN_S
+        while True:
+            try:
+                await work()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:
+                fault = self.faults.get(part)
+                if fault is None:  # a new fault (or the last one was over): back off anew
+                    delay = SUPERVISE_MIN_S
+                    fault = self.faults[part] = {"since_ms": self.clock.now_ms(), "restarts": 0}
+                fault["restarts"] += 1
+                fault["error"] = repr(err)[:500]
+                log.error("%s failed (%r): restarting it in %.1f s", part, err, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, SUPERVISE_MAX_S)
+
+    def _working(self, part: str) -> None:
+        """`part` did its work: it is no longer failing."""
+        if part in self.faults:
+            fault = self.faults.pop(part)
+            log.info("%s works again after %d restart(s)", part, fault["restarts"])
+
     async def _commit_every(self, period_s: float) -> None:
         while True:
             await asyncio.sleep(period_s)
             await self._commit()
+            self._working("commits")
             if self.schedule is not None:  # quiet partitions are due by time
                 for p in list(self.schedule.owned):
                     self._maybe_snapshot(p)

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from service.core.config import Config, parse_config
 from service.errors import TurnoutError
@@ -449,3 +449,65 @@ async def test_a_router_that_cannot_reach_kafka_says_so_and_leaves_no_client_ope
     gc.collect()
 
     assert [r.getMessage() for r in caplog.records if "Unclosed" in r.getMessage()] == []
+
+
+async def until(condition: Any, timeout_s: float = 30.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not condition():  # noqa: ASYNC110 (a condition on plain state, polled)
+            await asyncio.sleep(0.05)
+
+
+async def test_a_failing_commit_loop_is_restarted_and_readyz_says_so_meanwhile(
+    kafka_settings: KafkaSettings, kafka_topics: Topics, simulator: RunningSimulator
+) -> None:
+    """Fault injection: the broker refuses commits for a while (as during a coordinator
+    move); the loop must not die silently, and readiness must say which part fails."""
+    from service.errors import TurnoutError
+    from service.health import start_health
+    from service.kafka.broker import free_port
+
+    router = Router(config(kafka_settings, simulator), instance="supervised")
+    port = free_port()
+    health = await start_health(router, port)
+    stop = asyncio.Event()
+    refusing = True
+    real_commit = router.consumer.commit
+
+    async def commit(offsets: Any = None) -> None:
+        if refusing:
+            raise TurnoutError("injected: the coordinator refuses commits")
+        await real_commit(offsets)
+
+    router.consumer.commit = commit  # type: ignore[method-assign]
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            task = asyncio.create_task(router.run(stop))
+            await asyncio.wait_for(router.ready.wait(), 30)
+            await produce(kafka_settings.bootstrap, kafka_topics.requests,
+                          [(b"acme", request("sup-1"), None)])  # fmt: skip
+            await collect(kafka_settings.bootstrap, kafka_topics.responses, 1)
+            await until(lambda: router.faults.get("commits", {}).get("restarts", 0) >= 2)
+            failing = await http.get("/readyz")
+            details = (await http.get("/healthz")).json()
+            refusing = False
+            await until(lambda: not router.faults)
+            recovered = await http.get("/readyz")
+            stop.set()
+            await asyncio.wait_for(task, 60)
+    finally:
+        await health.cleanup()
+    assert failing.status_code == 503 and failing.json()["failing"] == ["commits"]
+    assert details["status"] == "degraded"
+    assert "injected" in details["faults"]["commits"]["error"]
+    assert details["faults"]["commits"]["since_ms"] > 0
+    assert recovered.status_code == 200
+    group = AIOKafkaConsumer(
+        bootstrap_servers=kafka_settings.bootstrap, group_id=kafka_settings.group_id,
+        enable_auto_commit=False,
+    )  # fmt: skip
+    await group.start()
+    try:
+        tp = TopicPartition(kafka_topics.requests, home_partition("acme"))
+        assert await group.committed(tp) == 1  # committed once the loop worked again
+    finally:
+        await group.stop()
