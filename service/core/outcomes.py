@@ -52,6 +52,8 @@ CLASSES: Final[dict[str, ErrorClass]] = {
         _c("malformed_response", True, True, True, "upstream_unavailable"),
         _c("midstream_error", True, True, True, "upstream_unavailable"),
         _c("http_error", True, True, True, "upstream_unavailable"),
+        # an answer larger than a Kafka record (events and the response carry it whole)
+        _c("response_too_large", False, False, False, "response_too_large"),
     )
 }
 

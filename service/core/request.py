@@ -74,6 +74,7 @@ __all__ = [
     "Wait",
     "admission_key",
     "decide_intake",
+    "decide_internal_error",
     "decide_result",
     "decide_retry_due",
 ]
@@ -438,3 +439,17 @@ def decide_retry_due(state: RouterState, request_id: str, ctx: Context) -> Decis
         return Decision(events=[], effects=[])
     started, call = _start(flight, flight.model, flight.model_attempt + 1, ctx, state)
     return Decision(events=started, effects=[call])
+
+
+def decide_internal_error(
+    state: RouterState, request_id: str, message: str, ctx: Context
+) -> Decision:
+    """The router itself failed on a request in flight (a bug in a request task): fail it
+    with `internal_error`, release what it holds, and answer it and its followers, so it
+    still ends with exactly one terminal event. Nothing to do if it is not in flight."""
+    flight = state.inflight.get(request_id)
+    if flight is None:
+        return Decision(events=[], effects=[])
+    terminal = _failed(flight, "internal_error", message, ctx.now_ms, flight.errors)
+    released = settle(state, flight, None, ctx)
+    return with_followers(state, flight, terminal, [*released, terminal], ctx)

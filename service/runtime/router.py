@@ -60,6 +60,7 @@ from service.core.request import (
     Wait,
     admission_key,
     decide_intake,
+    decide_internal_error,
     decide_result,
     decide_retry_due,
 )
@@ -87,10 +88,17 @@ TAIL_FETCH_WAIT_MS = 100  # the _system tail: other routers' breaker transitions
 SUPERVISE_MIN_S, SUPERVISE_MAX_S = 0.2, 10.0  # restart backoff of a failed background part
 PRICES_AT_START_S = 5.0  # how long a start waits for the upstream's price table
 DLQ_VALUE_LIMIT = 900_000  # an oversized record's first bytes, leaving room for headers
+RECORD_HEADROOM = 64 * 1024  # an answer's envelope in events and responses: ids, usage
 Position = tuple[TopicPartition, int]
 
 
 _ONE_AT_A_TIME: Final = BatchingConfig(max_records=1, max_wait_ms=100)
+
+
+class StateDiverged(Exception):
+    """Events already folded into the live state could not be published: the state is no
+    longer the fold of the log. Fatal: the router stops (exit 1) without committing the
+    records concerned or snapshotting, and a restart rebuilds the state from the log."""
 
 
 class IntakeStats:
@@ -203,10 +211,13 @@ class Router:
         self.rebuild_stats: dict[str, Any] = {}
         # background parts that failed and are being restarted: part -> since, error, restarts
         self.faults: dict[str, dict[str, Any]] = {}
+        self.fatal: BaseException | None = None  # set: the router is stopping because of it
+        self._stop: asyncio.Event | None = None
 
     # ------------------------------------------------------------ lifecycle
 
     async def run(self, stop: asyncio.Event) -> None:
+        self._stop = stop
         try:  # every client is made in __init__: a failed start must still close them all
             await self.producer.start()
             for producer in self.event_producers:
@@ -443,9 +454,11 @@ class Router:
         self.offsets.start(pos)
         try:
             await self._intake(record, pos)
-        except Exception:
+        except StateDiverged as err:
+            self._fail_fatally(err)  # its offset stays uncommitted: a restart decides it again
+        except Exception as err:
             log.exception("failed on %s[%d]@%d", record.topic, record.partition, record.offset)
-            self._finish(pos)
+            await self._recover(record, pos, err)
 
     async def _intake(self, record: Any, pos: Position) -> None:
         try:
@@ -490,6 +503,58 @@ class Router:
         await self._apply(decision, req.request_id, ctx.now_ms)
         if not decision.events:  # a duplicate: the first record answers (or answered)
             self._finish_one(req.request_id, pos)
+
+    async def _recover(self, record: Any, pos: Position, err: Exception) -> None:
+        """The router failed on an intake record: an accepted request fails with
+        `internal_error`; one not yet decided goes to the DLQ (answered `rejected` when it
+        names its request). Either way it ends, once."""
+        accepted = next((rid for rid, ps in self.positions.items() if pos in ps), None)
+        try:
+            if accepted is not None and accepted in self.state.inflight:
+                await self._fail_internally(accepted, err)
+                return
+            if accepted is not None:  # answered already (a resend failed): nothing to end
+                self._finish_one(accepted, pos)
+                return
+            wire = WireError("internal_error", f"the router failed on this record: {err!r}")
+            with suppress(Exception):  # a record that names its request is answered too
+                decoded = msgspec.json.decode(record.value or b"{}")
+                if isinstance(decoded, dict) and isinstance(decoded.get("request_id"), str):
+                    wire.request_id = decoded["request_id"]
+                    tenant = decoded.get("tenant")
+                    if isinstance(tenant, str) and TENANT_ID.fullmatch(tenant):
+                        wire.tenant = tenant
+            await self._deadletter(record, wire)
+            self._finish(pos)
+        except Exception as again:
+            self._fail_fatally(StateDiverged(f"could not end a failed request: {again!r}"))
+
+    async def _fail_internally(self, request_id: str, err: BaseException) -> None:
+        ctx = self._ctx()
+        message = f"the router failed on this request ({type(err).__name__}); it was not retried"
+        decision = decide_internal_error(self.state, request_id, message, ctx)
+        await self._apply(decision, request_id, ctx.now_ms)
+
+    async def _guarded(self, request_id: str, work: Awaitable[None]) -> None:
+        """A request task: if it fails, its request fails with `internal_error` (never left in
+        flight holding a slot, a reservation and its partition's commit point)."""
+        try:
+            await work
+        except StateDiverged as err:
+            self._fail_fatally(err)
+        except Exception as err:
+            log.exception("request %s: a request task failed", request_id)
+            try:
+                await self._fail_internally(request_id, err)
+            except Exception as again:
+                self._fail_fatally(StateDiverged(f"could not fail {request_id}: {again!r}"))
+
+    def _fail_fatally(self, err: BaseException) -> None:
+        if self.fatal is None:
+            log.critical("stopping: %s (a restart rebuilds the state from the log)", err)
+            self.fatal = err
+        if self._stop is not None:
+            self._stop.set()
 
     def _cached(self, req: IntakeRequest, ctx: Context) -> tuple[str | None, dict[str, Any] | None]:
         """The request's cache key, and the decoded answer of its live entry, if any."""
@@ -540,6 +605,26 @@ class Router:
             evolve(self.state, event, now, self.cfg)
             p = home_partition(event.tenant)
             self._unsent[p] = self._unsent.get(p, 0) + 1
+        try:
+            await self._publish_decision(decision, request_id, now)
+        except Exception as err:
+            raise StateDiverged(f"events of {request_id} were not published: {err!r}") from err
+        for effect in decision.effects:
+            match effect:
+                case Call():
+                    self._spawn(self._guarded(effect.request_id, self._call(effect)))
+                case Wait():
+                    asyncio.get_running_loop().call_later(
+                        effect.delay_ms / 1000,
+                        lambda: self._spawn(self._guarded(request_id, self._retry_due(request_id))),
+                    )
+                case Respond():
+                    self._finish_request(effect.terminal.request_id)
+                case Resend():
+                    await self._respond(effect.terminal)
+
+    async def _publish_decision(self, decision: Decision, request_id: str, now: int) -> None:
+        """Publish a folded decision's events, and its response before its terminal event."""
         events = decision.events
         responds = [e for e in decision.effects if isinstance(e, Respond)]
         if responds:  # every earlier event and the response are acked before the terminal
@@ -553,18 +638,6 @@ class Router:
             await self._publish(terminals, time_ms=now, folded=True)
         else:  # not awaited: acks are collected before the request's response
             await self._publish(events, request_id, wait=False, time_ms=now, folded=True)
-        for effect in decision.effects:
-            match effect:
-                case Call():
-                    self._spawn(self._call(effect))
-                case Wait():
-                    asyncio.get_running_loop().call_later(
-                        effect.delay_ms / 1000, lambda: self._spawn(self._retry_due(request_id))
-                    )
-                case Respond():
-                    self._finish_request(effect.terminal.request_id)
-                case Resend():
-                    await self._respond(effect.terminal)
 
     async def _call(self, call: Call) -> None:
         body = self.bodies.get(call.request_id)
@@ -574,6 +647,8 @@ class Router:
         result = await self.upstream.call(call.model, body)
         self.telemetry.end_attempt(attempt, result)
         outcome = self._result(call, result)
+        if result.ok and result.response is not None:
+            outcome = self._refuse_oversized(outcome, result.response)
         flight = self.state.inflight.get(call.request_id)
         if result.ok and result.response and flight is not None and flight.cache_key:
             encoded = self.codec.encode_response(result.response, self.cache_encoding)
@@ -581,6 +656,20 @@ class Router:
         ctx = self._ctx()
         decision = decide_result(self.state, call.request_id, outcome, ctx)
         await self._apply(decision, call.request_id, ctx.now_ms)
+
+    def _refuse_oversized(self, outcome: CallResult, response: dict[str, Any]) -> CallResult:
+        """An answer too large for a Kafka record cannot be recorded or sent: it is a failed
+        call (`response_too_large`, no retry, no fallback), decided before anything is
+        folded, so the request still ends with one terminal event and one response."""
+        size = len(msgspec.json.encode(response))
+        limit = self.kafka.max_record_bytes - RECORD_HEADROOM
+        if size <= limit:
+            return outcome
+        return msgspec.structs.replace(
+            outcome, ok=False, response=None, cache_body=None, error_class="response_too_large",
+            message=f"the upstream's answer is {size:,} bytes; a Kafka record holds at most "
+            f"{limit:,} with its envelope: ask for fewer max_tokens",
+        )  # fmt: skip
 
     async def _retry_due(self, request_id: str) -> None:
         ctx = self._ctx()
@@ -706,6 +795,8 @@ class Router:
         await in here: the capture and the offset it will cover belong together)."""
         assert self.schedule is not None
         now = asyncio.get_running_loop().time()
+        if self.fatal is not None:
+            return  # the state may hold events the log does not: never snapshot it
         if self._unsent.get(partition) or not self.schedule.due(partition, now, force=force):
             return
         events = self.schedule.since.get(partition, 0)

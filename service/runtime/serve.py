@@ -43,6 +43,9 @@ async def _main(args: argparse.Namespace) -> int:
           flush=True)  # fmt: skip
     try:
         await router.run(stop)
+        if router.fatal is not None:
+            print(f"router {instance}: stopped: {router.fatal}", flush=True)
+            return 1
     finally:
         if health is not None:
             await health.cleanup()

@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
@@ -511,3 +512,57 @@ async def test_a_failing_commit_loop_is_restarted_and_readyz_says_so_meanwhile(
         assert await group.committed(tp) == 1  # committed once the loop worked again
     finally:
         await group.stop()
+
+
+async def test_an_answer_too_large_for_a_record_fails_the_request_once_and_cleanly(
+    kafka_settings: KafkaSettings, kafka_topics: Topics
+) -> None:
+    scenario = parse_scenario('[[rule]]\nmodel = "a/huge"\noutcome = "oversized"\n')
+    with start_in_thread(SimulatorOptions(scenario=scenario)) as sim:
+        cfg = config(kafka_settings, sim, routes={"general": {"models": ["a/huge"]}})
+        async with running(cfg, "oversized") as router:
+            await produce(kafka_settings.bootstrap, kafka_topics.requests,
+                          [(b"acme", request("big-1"), None)])  # fmt: skip
+            answers = await collect(kafka_settings.bootstrap, kafka_topics.responses, 1)
+            await until(lambda: router.offsets.in_progress() == 0, 10)  # its offset is done
+            in_flight = dict(router.state.inflight)
+        events = await read_events(
+            kafka_settings.bootstrap, kafka_topics.events,
+            lambda es: any(e.type.startswith("turnout.request.failed") for e in es),
+        )  # fmt: skip
+    (answer,) = [msgspec.json.decode(a.value) for a in answers]
+    assert (answer["status"], answer["error"]["code"]) == ("error", "response_too_large")
+    assert "bytes; a Kafka record holds at most" in answer["error"]["message"]
+    terminals = [e for e in events if e.type in TERMINALS and e.data.request_id == "big-1"]
+    assert [e.type for e in terminals] == ["turnout.request.failed"]
+    (attempt,) = of_type(events, "attempt.failed")
+    assert (attempt.data.error_class, attempt.data.breaker_failure) == ("response_too_large", False)
+    assert in_flight == {}  # nothing left holding a slot or a reservation
+
+
+async def test_a_request_task_that_fails_ends_its_request_with_internal_error(
+    kafka_settings: KafkaSettings, kafka_topics: Topics, simulator: RunningSimulator
+) -> None:
+    """Fault injection: a bug in the call path (here: the upstream client raises). The
+    request must not stay in flight for ever, holding a slot and its partition's commits."""
+    async with running(config(kafka_settings, simulator), "buggy") as router:
+        real_call = router.upstream.call
+
+        async def call(model: str, body: dict[str, Any]) -> Any:
+            if "bug" in json.dumps(body):
+                raise RuntimeError("injected bug")
+            return await real_call(model, body)
+
+        router.upstream.call = call  # type: ignore[method-assign]
+        await produce(kafka_settings.bootstrap, kafka_topics.requests,
+                      [(b"acme", request("bug-1"), None),
+                       (b"acme", request("fine-1"), None)])  # fmt: skip
+        answers = await collect(kafka_settings.bootstrap, kafka_topics.responses, 2)
+        await until(lambda: router.offsets.in_progress() == 0, 10)
+        left = dict(router.state.inflight)
+    by_id = {a.key.decode(): msgspec.json.decode(a.value) for a in answers}
+    assert (by_id["bug-1"]["status"], by_id["bug-1"]["error"]["code"]) == (
+        "error", "internal_error")  # fmt: skip
+    assert "RuntimeError" in by_id["bug-1"]["error"]["message"]
+    assert by_id["fine-1"]["status"] == "ok"  # the router kept serving
+    assert left == {} and router.fatal is None

@@ -42,7 +42,7 @@ from .asgi import (
     wait_for_disconnect,
 )
 from .catalogue import ModelInfo
-from .scenario import MALFORMED, MIDSTREAM_ERROR, OK, RESET, TIMEOUT, Decision
+from .scenario import MALFORMED, MIDSTREAM_ERROR, OK, OVERSIZED, RESET, TIMEOUT, Decision
 from .state import SimulatorState, outcome_key
 from .wire import (
     AssistantMessage,
@@ -293,12 +293,26 @@ async def _midstream_error(job: _Job, receive: Receive, send: Send) -> None:
     await respond(send, 200, body, [job.id_header])
 
 
+OVERSIZED_BYTES = 1_500_000
+
+
+async def _oversized(job: _Job, receive: Receive, send: Send) -> None:
+    """A well-formed answer far larger than a Kafka record (a runaway generation)."""
+    await _sleep(job.decision)
+    completion = job.completion()
+    text = (job.answer.text + " ") * (OVERSIZED_BYTES // (len(job.answer.text) + 1) + 1)
+    completion.choices[0].message.content = text
+    job.remember("length", estimate_tokens(len(text)))
+    await respond(send, 200, encode(completion), [job.id_header])
+
+
 _ACTIONS: dict[str, Callable[[_Job, Receive, Send], Awaitable[None]]] = {
     OK: _ok,
     TIMEOUT: _timeout,
     RESET: _reset,
     MALFORMED: _malformed,
     MIDSTREAM_ERROR: _midstream_error,
+    OVERSIZED: _oversized,
 }
 
 

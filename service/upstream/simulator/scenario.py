@@ -35,6 +35,7 @@ __all__ = [
     "MALFORMED",
     "MIDSTREAM_ERROR",
     "OK",
+    "OVERSIZED",
     "RESET",
     "TIMEOUT",
     "Decision",
@@ -55,7 +56,8 @@ TIMEOUT = "timeout"
 RESET = "reset"
 MALFORMED = "malformed"
 MIDSTREAM_ERROR = "midstream_error"
-_NAMED_OUTCOMES = (OK, TIMEOUT, RESET, MALFORMED, MIDSTREAM_ERROR)
+OVERSIZED = "oversized"  # a 200 whose answer is ~1.5 MB: more than a Kafka record holds
+_NAMED_OUTCOMES = (OK, TIMEOUT, RESET, MALFORMED, MIDSTREAM_ERROR, OVERSIZED)
 
 Outcome = int | str
 """An HTTP error status (400..599) or one of the named outcomes above."""
