@@ -91,8 +91,9 @@ DAY_MS: Final = 86_400_000
 class TopicsConfig(_Section, frozen=True, kw_only=True):
     """Retention per topic (ms; -1 keeps records for ever), set when topics are created.
 
-    Events are kept for ever until state can be rebuilt from snapshots: today
-    every projection is a fold of the whole events topic.
+    Events are kept for ever by default: a router's state needs only its snapshots
+    and the events after them, but the archive (and so `turnout replay`) is fed from
+    the topic, so a finite retention is the operator's choice once the sink keeps up.
     """
 
     requests_retention_ms: int = 7 * DAY_MS
