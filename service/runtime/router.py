@@ -65,6 +65,7 @@ from service.core.request import (
     decide_retry_due,
 )
 from service.core.state import RouterState, Terminal, evolve
+from service.errors import TurnoutError
 from service.kafka.consumer import GroupConsumer, Reader
 from service.kafka.producer import Producer
 from service.kafka.settings import KafkaSettings
@@ -212,6 +213,8 @@ class Router:
         # background parts that failed and are being restarted: part -> since, error, restarts
         self.faults: dict[str, dict[str, Any]] = {}
         self.fatal: BaseException | None = None  # set: the router is stopping because of it
+        self.owned: set[int] = set()  # events partitions this router may publish for
+        self.fenced = 0  # decisions dropped because their partition had moved on
         self._stop: asyncio.Event | None = None
 
     # ------------------------------------------------------------ lifecycle
@@ -298,6 +301,7 @@ class Router:
         # redelivered record resumes it, without admitting or reserving it again
         self.orphans = {rid for rid in state.inflight if rid not in self.positions}
         self.state = state
+        self.owned = {tp.partition for tp in assigned}
         await self._stop_tail()
         self._tail = asyncio.create_task(  # a restart goes on where the last one got to
             self._supervise("system_tail", lambda: self._tail_system(self._system_next))
@@ -310,7 +314,15 @@ class Router:
         if self.schedule is not None:
             self.schedule.owned -= {tp.partition for tp in revoked}
         await self._settle(revoked, 0.0 if self._stopping else 10.0)  # stopping: drained already
-        await self._commit()
+        try:
+            await self._commit()
+        except TurnoutError as err:  # the group moved on meanwhile (the drain outlasted it)
+            log.warning(
+                "could not commit before handing partitions over (%s): their last records "
+                "come again to the next owner, which answers finished ones from the log", err,
+            )  # fmt: skip
+        # fenced from now on: what is still in flight there is the next owner's to resume
+        self.owned -= {tp.partition for tp in revoked}
         self.offsets.drop(revoked)
         handed = [rid for rid, ps in self.positions.items() if any(tp in revoked for tp, _ in ps)]
         self.telemetry.abandon(handed, "handed_over")
@@ -370,16 +382,18 @@ class Router:
         return state
 
     async def _write_markers(self, partitions: Sequence[int], marker_id: str) -> None:
+        sent = []
         for p in partitions:
             marker = ev.RouterMarker(
                 tenant=ev.SYSTEM_TENANT, instance=self.instance, marker_id=marker_id, partition=p
             )
             key, value, headers = ce.encode(self._wrap(marker))
-            await (
-                await self.producer.send(
-                    self.topics.events, value, key=key, headers=headers, partition=p
-                )
-            )
+            # on the producer of that partition's events: the marker cannot overtake
+            # events of ours still in its buffer, so the fold up to it holds them all
+            producer = self.event_producers[p % EVENT_PRODUCERS]
+            topic = self.topics.events
+            sent.append(await producer.send(topic, value, key=key, headers=headers, partition=p))
+        await asyncio.gather(*sent)  # together: each waits out its producer's linger once
 
     @staticmethod
     def _warn_of_retention(
@@ -600,7 +614,14 @@ class Router:
     async def _apply(self, decision: Decision, request_id: str, now: int) -> None:
         """Fold the decision's events at `now` (the time it was decided at, also each
         event's `ce_time`, so replaying the log folds them at the same instant), then
-        publish them and carry out the effects."""
+        publish them and carry out the effects. A decision for a partition this router no
+        longer owns is dropped, unfolded and unpublished (fencing: only the owner speaks
+        for a tenant; the new owner resumes the request from the log)."""
+        if not self._owns(decision, request_id):
+            self.fenced += 1
+            log.info("request %s: its partition moved to another router; dropped", request_id)
+            self._finish_request(request_id)
+            return
         for event in decision.events:  # fold before any await: the next decision sees it
             evolve(self.state, event, now, self.cfg)
             p = home_partition(event.tenant)
@@ -622,6 +643,13 @@ class Router:
                     self._finish_request(effect.terminal.request_id)
                 case Resend():
                     await self._respond(effect.terminal)
+
+    def _owns(self, decision: Decision, request_id: str) -> bool:
+        flight = self.state.inflight.get(request_id)
+        tenant = flight.tenant if flight is not None else next(
+            (e.tenant for e in decision.events if e.tenant != ev.SYSTEM_TENANT), None
+        )  # fmt: skip
+        return tenant is None or home_partition(tenant) in self.owned
 
     async def _publish_decision(self, decision: Decision, request_id: str, now: int) -> None:
         """Publish a folded decision's events, and its response before its terminal event."""

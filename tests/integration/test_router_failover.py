@@ -15,7 +15,14 @@ import pytest
 
 from service.kafka.settings import KafkaSettings, Topics
 from service.upstream.simulator import SimulatorOptions, parse_scenario, start_in_thread
-from tests.integration.test_router import collect, produce, request
+from tests.integration.test_router import (
+    collect,
+    collect_until_quiet,
+    config,
+    produce,
+    request,
+    running,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 SERVING = "serving partitions"
@@ -81,3 +88,36 @@ async def test_killing_one_of_two_routers_loses_and_duplicates_nothing(
     assert set(per_id) == set(ids)
     assert [i for i, n in per_id.items() if n > 1] == []
     assert a.returncode == 0  # SIGTERM: drained, committed and left the group
+
+
+@pytest.mark.slow
+async def test_a_rebalance_during_a_call_longer_than_the_drain_answers_once(
+    kafka_settings: KafkaSettings, kafka_topics: Topics
+) -> None:
+    """The old owner's call outlives its 10 s revoke drain; the new owner resumes the same
+    requests. Fencing: only the owner publishes, so each request gets one answer."""
+    tenants = [f"fence-{i}" for i in range(24)]  # spread over every partition
+    ids = [f"fence-{i}" for i in range(24)]
+    scenario = parse_scenario("latency_ms = 13000\n")
+    with start_in_thread(SimulatorOptions(scenario=scenario)) as sim:
+        cfg = config(kafka_settings, sim)
+        async with running(cfg, "old-owner") as old:
+            records = [
+                (t.encode(), request(rid, t), None) for t, rid in zip(tenants, ids, strict=True)
+            ]
+            await produce(kafka_settings.bootstrap, kafka_topics.requests, records)
+            await asyncio.sleep(1.0)  # every call is on its way upstream
+            async with running(cfg, "new-owner"):
+                answers = await collect(kafka_settings.bootstrap, kafka_topics.responses,
+                                        len(ids), 90)  # fmt: skip
+                await asyncio.sleep(3)  # a second answer would have come by now
+                answers = await collect_until_quiet(
+                    kafka_settings.bootstrap, kafka_topics.responses
+                )
+        fenced = old.fenced
+    per_id = Counter(r.key.decode() for r in answers)
+    assert set(per_id) == set(ids)
+    assert [i for i, n in per_id.items() if n > 1] == []
+    # the calls outlived the drain: their late results were dropped, not published (the
+    # partitions' owner after the rebalance resumed those requests from the log)
+    assert fenced > 0
