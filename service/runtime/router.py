@@ -7,13 +7,18 @@ and commit offsets only once a record's work is acknowledged.
 
 Rules:
 - State is the fold of `turnout.events`. On every assignment the router
-  rebuilds it from the event partitions of its request partitions (requests
+  rebuilds it for the event partitions of its request partitions (requests
   and events are co-partitioned by tenant) plus the `_system` partition
-  (breakers), reading until a marker it wrote itself comes back — never end
-  offsets, which the embedded broker gets wrong. Requests left in flight by
-  a router that died are dropped from the rebuilt state: their intake records
-  were not committed, so they come again and are decided afresh (a second
-  `accepted`, still exactly one terminal event).
+  (breakers): the newest good snapshot of each (`service.runtime.snapshots`),
+  then the events after it, read until a marker it wrote itself comes back —
+  never end offsets, which the embedded broker gets wrong. A request left in
+  flight by a router that died is resumed when its uncommitted intake record
+  comes again (not admitted or reserved a second time; one terminal event).
+- Only the owner of a partition publishes for its tenants: after a revoke's
+  drain, a late decision for a partition that moved is dropped (fencing).
+- A request task that fails ends its request with `internal_error`; events
+  folded but not published stop the router (`StateDiverged`), so a restart
+  rebuilds the state from the log.
 - Breakers are global: their transitions are keyed `_system`, and every
   router tails that partition to fold other routers' transitions as they happen.
 - Decide and fold happen with no `await` in between, so concurrent requests
