@@ -86,7 +86,12 @@ class Wait(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Respond(msgspec.Struct, frozen=True, kw_only=True):
+    """Answer with `terminal`'s response, acknowledged before the terminal event is sent.
+    `delivered`: the response is on its topic already (the last owner sent it and died
+    before recording it): record the terminal event only, never answer twice."""
+
     terminal: Terminal
+    delivered: bool = False
 
 
 class Resend(msgspec.Struct, frozen=True, kw_only=True):

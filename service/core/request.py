@@ -3,6 +3,7 @@
     decide_intake(state, request, ctx)          -> Decision
     decide_result(state, request_id, result, ctx) -> Decision
     decide_retry_due(state, request_id, ctx)    -> Decision
+    decide_delivered(state, terminal, ctx)      -> Decision   (found answered after a crash)
 
 Rules:
 - Pure: no clock, no randomness, no I/O. `ctx.now_ms` is the event time; the
@@ -61,7 +62,7 @@ from service.core.decision import (
 from service.core.outcomes import CLASSES
 from service.core.retry import retry_allowed, retry_delay_ms
 from service.core.routing import RouteDecision, decide_route
-from service.core.state import InFlight, RouterState, expired_outcome
+from service.core.state import InFlight, RouterState, Terminal, expired_outcome
 
 __all__ = [
     "Call",
@@ -73,6 +74,7 @@ __all__ = [
     "Respond",
     "Wait",
     "admission_key",
+    "decide_delivered",
     "decide_intake",
     "decide_internal_error",
     "decide_result",
@@ -439,6 +441,21 @@ def decide_retry_due(state: RouterState, request_id: str, ctx: Context) -> Decis
         return Decision(events=[], effects=[])
     started, call = _start(flight, flight.model, flight.model_attempt + 1, ctx, state)
     return Decision(events=started, effects=[call])
+
+
+def decide_delivered(state: RouterState, terminal: Terminal, ctx: Context) -> Decision:
+    """An orphaned request whose response its last owner delivered but did not record (it
+    died, or its events failed, between the two): record the terminal event rebuilt from
+    that response, with the budget settlement it still lacks, and answer nothing again.
+    Its followers are not answered here: each is found, or resumed, on its own."""
+    flight = state.inflight.get(terminal.request_id)
+    if flight is None:
+        return Decision(events=[], effects=[])
+    actual = terminal.cost_micros if isinstance(terminal, ev.RequestCompleted) else None
+    settled = settle(state, flight, actual, ctx)  # [] when its settlement is in the log
+    return Decision(
+        events=[*settled, terminal], effects=[Respond(terminal=terminal, delivered=True)]
+    )
 
 
 def decide_internal_error(

@@ -327,6 +327,30 @@ class Reader(_Client):
         with kafka_errors(self.settings.bootstrap):
             return dict(await self._consumer.beginning_offsets(list(partitions)))
 
+    async def offsets_for_times(
+        self, times_ms: Mapping[TopicPartition, int]
+    ) -> dict[TopicPartition, int | None]:
+        """The first offset of each partition whose record timestamp is at or after its
+        time; None when there is none. Apache Kafka only (BROKER.md rule 5: Tansu)."""
+        with kafka_errors(self.settings.bootstrap):
+            found = await self._consumer.offsets_for_times(dict(times_ms))
+        return {tp: (hit.offset if hit is not None else None) for tp, hit in found.items()}
+
+    async def end_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        """The offset after the last record of each partition. Apache Kafka only (BROKER.md
+        rule 4: Tansu gets it wrong when a batch holds more than one record)."""
+        with kafka_errors(self.settings.bootstrap):
+            return dict(await self._consumer.end_offsets(list(partitions)))
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        """Read `tp` from `offset` on."""
+        self._consumer.seek(tp, offset)
+
+    async def position(self, tp: TopicPartition) -> int:
+        """The offset of the next record the reader returns from `tp`."""
+        with kafka_errors(self.settings.bootstrap):
+            return int(await self._consumer.position(tp))
+
     async def read_until(
         self, done: Callable[[Record], bool], *, timeout_s: float = 30.0
     ) -> list[Record]:

@@ -25,7 +25,10 @@ Rules:
   always decide on the state that includes every earlier decision.
 - A request's response is acknowledged before its terminal event is sent, and
   both before its offset can be committed; a redelivered record is answered
-  from state without a new upstream call.
+  from state without a new upstream call. A router that died between the two
+  leaves an orphan already answered: on Apache Kafka its next owner finds the
+  response on the reply topic and records the terminal event from it
+  (`service.runtime.deliveries`), so it is not called or answered again.
 - A record off its tenant's home partition (another client's partitioner, or
   no key) is forwarded to the home partition before anything is decided.
 - Bad records go to the DLQ with `turnout-error` headers and a
@@ -64,6 +67,7 @@ from service.core.request import (
     Respond,
     Wait,
     admission_key,
+    decide_delivered,
     decide_intake,
     decide_internal_error,
     decide_result,
@@ -74,16 +78,17 @@ from service.errors import TurnoutError
 from service.kafka.consumer import GroupConsumer, Reader
 from service.kafka.producer import Producer
 from service.kafka.settings import KafkaSettings
-from service.kafka.topics import existing_topics
+from service.kafka.topics import broker_engine, existing_topics
 from service.runtime import snapshots
 from service.runtime.cachecodec import CacheCodecError, default_codec
+from service.runtime.deliveries import Orphan, find_delivered
 from service.telemetry import Telemetry
 from service.upstream import client as upstream
 from service.upstream.pricing import PriceCache
 from service.wire import cloudevents as ce
 from service.wire.errors import WireError
 from service.wire.intake import REQUEST_ID_HEADER, TENANT_ID, decode_intake
-from service.wire.response import encode_response
+from service.wire.response import encode_response, terminal_from_response
 
 __all__ = ["PARTITIONS", "Router", "home_partition"]
 
@@ -176,6 +181,9 @@ class Router:
         self.unacked: dict[str, list[asyncio.Future[Any]]] = {}  # sent, ack not yet awaited
         self.positions: dict[str, list[Position]] = {}
         self.orphans: set[str] = set()
+        # responses the last owner delivered for orphans it did not record as ended
+        self.delivered: dict[str, dict[str, Any]] = {}
+        self.looks_for_deliveries = False  # Apache Kafka: see service.runtime.deliveries
         self.codec = default_codec()
         self.cache_encoding = encoding_for(cfg)
         self.ready = asyncio.Event()
@@ -231,6 +239,7 @@ class Router:
             for producer in self.event_producers:
                 await producer.start()
             await self.consumer.start()
+            self.looks_for_deliveries = await broker_engine(self.kafka) == "kafka"
             await self._check_snapshots_topic()
             await self._publish([self._config_applied()])
             if self._needs_prices():  # bounded: a slow /models must not hold the start
@@ -305,6 +314,7 @@ class Router:
         # in flight in the log, but no task here works on it (its router died): its
         # redelivered record resumes it, without admitting or reserving it again
         self.orphans = {rid for rid in state.inflight if rid not in self.positions}
+        self.delivered = await self._find_delivered(state, assigned)
         self.state = state
         self.owned = {tp.partition for tp in assigned}
         await self._stop_tail()
@@ -313,6 +323,29 @@ class Router:
         )
         self.ready.set()
         log.info("serving partitions %s", sorted(tp.partition for tp in assigned))
+
+    async def _find_delivered(
+        self, state: RouterState, assigned: frozenset[TopicPartition]
+    ) -> dict[str, dict[str, Any]]:
+        """Responses already on their topics for this assignment's orphans (answered by a
+        router that died before recording it): recorded when their records come again,
+        never answered twice."""
+        owned = {tp.partition for tp in assigned}
+        wanted = [
+            Orphan(rid, flight.reply_to or self.topics.responses, flight.accepted_at_ms)
+            for rid in self.orphans
+            if (flight := state.inflight[rid]) and home_partition(flight.tenant) in owned
+        ]
+        if not wanted or not self.looks_for_deliveries:
+            return {}
+        found = await find_delivered(self.kafka, wanted)
+        if found:
+            log.warning(
+                "%d of %d orphaned requests were answered by a router that died before "
+                "recording it: their terminal events are recorded now, not answered again",
+                len(found), len(wanted),
+            )  # fmt: skip
+        return found
 
     async def _on_revoked(self, revoked: frozenset[TopicPartition]) -> None:
         self.ready.clear()
@@ -510,10 +543,15 @@ class Router:
         ctx = self._ctx()
         resume = req.request_id in self.orphans
         self.orphans.discard(req.request_id)
-        key, answer = self._cached(req, ctx)
-        decision = decide_intake(
-            self.state, req, ctx, cached_response=answer, cache_key=key, resume=resume
-        )
+        delivered = self.delivered.pop(req.request_id, None) if resume else None
+        if delivered is not None:
+            terminal = terminal_from_response(delivered, reply_to=req.reply_to)
+            decision = decide_delivered(self.state, terminal, ctx)
+        else:
+            key, answer = self._cached(req, ctx)
+            decision = decide_intake(
+                self.state, req, ctx, cached_response=answer, cache_key=key, resume=resume
+            )
         if any(isinstance(e, Call) for e in decision.effects) or not decision.effects:
             self.bodies.setdefault(req.request_id, {"messages": req.messages, **req.params})
         self.positions.setdefault(req.request_id, []).append(pos)
@@ -666,7 +704,7 @@ class Router:
             # sent together, acks awaited together: the response does not wait for the
             # events' round trip (the terminal, which records it, still comes after both)
             await self._publish(early, request_id, wait=False, time_ms=now, folded=True)
-            sent = [await self._send_response(r.terminal) for r in responds]
+            sent = [await self._send_response(r.terminal) for r in responds if not r.delivered]
             await asyncio.gather(*self.unacked.pop(request_id, []), *sent)
             await self._publish(terminals, time_ms=now, folded=True)
         else:  # not awaited: acks are collected before the request's response

@@ -2,6 +2,10 @@
 
 One response per request id, in CONTRACT.md's shape, built only from the
 terminal event, so a redelivered request is answered with the same bytes.
+
+`terminal_from_response` is the inverse: after a crash between a response and the
+terminal event that records it, the next owner finds the response on its topic and
+records the terminal event from it (latency to the response's 3 decimals).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import msgspec
 
 from service.core import events as ev
 
-__all__ = ["encode_response", "response_body"]
+__all__ = ["encode_response", "response_body", "terminal_from_response"]
 
 _encoder: Final = msgspec.json.Encoder()
 _ZERO: Final = ev.Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
@@ -82,3 +86,49 @@ def response_body(
 
 def encode_response(terminal: ev.RequestCompleted | ev.RequestFailed | ev.RequestRejected) -> bytes:
     return _encoder.encode(response_body(terminal))
+
+
+def _usage_of(doc: Any) -> ev.Usage:
+    u = doc if isinstance(doc, dict) else {}
+    return ev.Usage(
+        prompt_tokens=int(u.get("prompt_tokens", 0)),
+        completion_tokens=int(u.get("completion_tokens", 0)),
+        total_tokens=int(u.get("total_tokens", 0)),
+    )
+
+
+def terminal_from_response(
+    doc: dict[str, Any], *, reply_to: str | None
+) -> ev.RequestCompleted | ev.RequestFailed | ev.RequestRejected:
+    """The terminal event a response document was built from (`response_body`'s inverse).
+
+    Raises ValueError (or KeyError/TypeError) on a document Turnout did not write."""
+    base = {"request_id": str(doc["request_id"]), "tenant": str(doc["tenant"])}
+    status = doc["status"]
+    if status == "ok":
+        saved = doc.get("saved")
+        return ev.RequestCompleted(
+            **base, model=str(doc["model"]), cached=bool(doc["cached"]),
+            coalesced=bool(doc.get("coalesced", False)), attempts=int(doc["attempts"]),
+            latency_ms=float(doc["latency_ms"]), usage=_usage_of(doc["usage"]),
+            cost_micros=round(float(doc["cost_usd"]) * 1_000_000), response=doc["response"],
+            reply_to=reply_to,
+            saved_usage=_usage_of(saved["usage"]) if isinstance(saved, dict) else None,
+            saved_cost_micros=round(float(saved["cost_usd"]) * 1_000_000)
+            if isinstance(saved, dict) else 0,
+        )  # fmt: skip
+    error = doc["error"]
+    if status == "error":
+        return ev.RequestFailed(
+            **base, code=str(error["code"]), message=str(error["message"]),
+            attempts=int(doc["attempts"]), latency_ms=float(doc["latency_ms"]),
+            errors=[msgspec.convert(c, ev.CandidateError) for c in error.get("candidates", [])],
+            reply_to=reply_to,
+        )  # fmt: skip
+    if status == "rejected":
+        retry = error.get("retry_after_ms")
+        return ev.RequestRejected(
+            **base, code=str(error["code"]), message=str(error["message"]),
+            retry_after_ms=int(retry) if retry is not None else None, reply_to=reply_to,
+        )  # fmt: skip
+    raise ValueError(f"not a Turnout response status: {status!r}")

@@ -1,0 +1,65 @@
+"""A response delivered but never recorded (the router died between the two writes) is
+recorded from the response itself: the terminal event it was built from, settled once."""
+
+from __future__ import annotations
+
+import msgspec
+from hypothesis import given
+from hypothesis import strategies as st
+
+from service.core import events as ev
+from service.core.decision import Respond
+from service.core.request import decide_delivered
+from service.wire.response import encode_response, terminal_from_response
+from tests.unit.test_admission import Shell, cfg, request
+
+_text = st.text(min_size=1, max_size=20)
+_usage = st.builds(
+    ev.Usage, prompt_tokens=st.integers(0, 10**6), completion_tokens=st.integers(0, 10**6),
+    total_tokens=st.integers(0, 2 * 10**6),
+)  # fmt: skip
+_latency = st.floats(0, 10**6, allow_nan=False).map(lambda x: round(x, 3))
+_completed = st.builds(
+    ev.RequestCompleted, request_id=_text, tenant=_text, model=_text, cached=st.booleans(),
+    coalesced=st.booleans(), attempts=st.integers(0, 20), latency_ms=_latency, usage=_usage,
+    cost_micros=st.integers(0, 10**12), response=st.dictionaries(_text, _text, max_size=3),
+    reply_to=st.none() | _text, saved_usage=st.none() | _usage,
+    saved_cost_micros=st.integers(0, 10**9),
+).filter(lambda t: t.saved_usage is not None or t.saved_cost_micros == 0)  # fmt: skip
+_failed = st.builds(
+    ev.RequestFailed, request_id=_text, tenant=_text, code=_text, message=_text,
+    attempts=st.integers(0, 20), latency_ms=_latency, reply_to=st.none() | _text,
+    errors=st.lists(st.builds(ev.CandidateError, model=_text, code=_text, message=_text),
+                    max_size=3),
+)  # fmt: skip
+_rejected = st.builds(
+    ev.RequestRejected, request_id=_text, tenant=_text, code=_text, message=_text,
+    retry_after_ms=st.none() | st.integers(0, 10**8), reply_to=st.none() | _text,
+)  # fmt: skip
+
+
+@given(st.one_of(_completed, _failed, _rejected))
+def test_a_response_gives_back_the_terminal_event_it_was_built_from(terminal: ev.Event) -> None:
+    doc = msgspec.json.decode(encode_response(terminal))  # type: ignore[arg-type]
+    assert terminal_from_response(doc, reply_to=terminal.reply_to) == terminal  # type: ignore[attr-defined]
+
+
+def test_a_delivered_answer_is_recorded_and_settled_once_and_not_sent_again() -> None:
+    shell = Shell(cfg())
+    shell.submit(request("r1"))
+    reserved = dict(shell.state.budgets["acme"].reserved)
+    completed = ev.RequestCompleted(
+        request_id="r1", tenant="acme", model="m", cached=False, coalesced=False, attempts=1,
+        latency_ms=12.5, usage=ev.Usage(prompt_tokens=3, completion_tokens=4, total_tokens=7),
+        cost_micros=9, response={"id": "x"},
+    )  # fmt: skip
+    decision = shell.apply(decide_delivered(shell.state, completed, shell.ctx()))
+
+    (respond,) = decision.effects
+    assert isinstance(respond, Respond) and respond.delivered
+    assert reserved and shell.state.budgets["acme"].reserved == {}
+    assert set(shell.state.budgets["acme"].spent.values()) == {9}
+    assert shell.types("r1")[-3:] == ["budget.charged", "budget.released", "request.completed"]
+    # found a second time (a record delivered twice): nothing more
+    again = decide_delivered(shell.state, completed, shell.ctx())
+    assert (again.events, again.effects) == ([], [])
