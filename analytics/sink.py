@@ -51,7 +51,7 @@ from rich.console import Console
 from analytics.archive import Archive, LoadResult, Published
 from analytics.records import RecordBatch, merge, record_batch
 from service.kafka.consumer import Batch, GroupConsumer, TopicPartition, next_offsets
-from service.kafka.errors import CommitTimeout, KafkaFailure, quiet_client_logs
+from service.kafka.errors import KafkaFailure, quiet_client_logs
 from service.kafka.settings import KafkaSettings
 from service.kafka.topics import ensure_topics
 from service.runtime.config import load_config
@@ -319,10 +319,9 @@ class Sink:
         return result, self.archive.publish() if publish else None
 
     async def _commit(self, consumer: GroupConsumer, offsets: dict[TopicPartition, int]) -> None:
-        try:
+        try:  # a commit that fails (also one that times out while the broker restarts) is
+            # retried by the next one: the archive skips the records that come again
             await consumer.commit(offsets)
-        except CommitTimeout:
-            raise
         except KafkaFailure as err:
             self.reporter.warn(
                 f"offset commit failed ({err}); those records will come again "

@@ -47,6 +47,7 @@ def _details(router: Router) -> dict[str, Any]:
     return {
         "status": _status(router),
         "faults": router.faults,
+        "broker_history_lost": router.history_lost,
         "instance": router.instance,
         "config_hash": config_hash(router.cfg),
         "features": config_to_dict(router.cfg)["features"],

@@ -91,6 +91,8 @@ def rejected(req: IntakeRequest, code: str, message: str, retry_after_ms: int | 
         message=message,
         retry_after_ms=retry_after_ms,
         reply_to=req.reply_to,
+        intake_partition=req.intake_partition,
+        intake_offset=req.intake_offset,
     )
     return Decision(events=[terminal], effects=[Respond(terminal=terminal)])
 

@@ -78,6 +78,7 @@ class KafkaConfig(_Section, frozen=True, kw_only=True):
     group_id: str = "turnout-router"
     session_timeout_ms: int = 6000
     heartbeat_interval_ms: int = 1000
+    rebalance_timeout_ms: int = 30000
     fetch_max_wait_ms: int = 10
     linger_ms: int = 0
     events_linger_ms: int = 20

@@ -139,6 +139,9 @@ class RequestRejected(_EventBase, frozen=True, kw_only=True):
     message: str
     retry_after_ms: int | None = None
     reply_to: str | None = None
+    # the intake record rejected (a redelivered copy of it is not answered again)
+    intake_partition: int | None = None
+    intake_offset: int | None = None
 
 
 class RequestDeadlettered(_EventBase, frozen=True, kw_only=True):

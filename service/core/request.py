@@ -48,6 +48,7 @@ from service.core.admission import (
     with_followers,
 )
 from service.core.breaker import Breaker, can_call, due_trigger, open_until, record_call
+from service.core.budget import period_keys
 from service.core.config import RouteConfig
 from service.core.decision import (
     Call,
@@ -448,14 +449,24 @@ def decide_delivered(state: RouterState, terminal: Terminal, ctx: Context) -> De
     died, or its events failed, between the two): record the terminal event rebuilt from
     that response, with the budget settlement it still lacks, and answer nothing again.
     Its followers are not answered here: each is found, or resumed, on its own."""
-    flight = state.inflight.get(terminal.request_id)
-    if flight is None:
+    recorded = Respond(terminal=terminal, delivered=True)
+    if terminal.request_id in state.finished:
         return Decision(events=[], effects=[])
+    flight = state.inflight.get(terminal.request_id)
     actual = terminal.cost_micros if isinstance(terminal, ev.RequestCompleted) else None
-    settled = settle(state, flight, actual, ctx)  # [] when its settlement is in the log
-    return Decision(
-        events=[*settled, terminal], effects=[Respond(terminal=terminal, delivered=True)]
-    )
+    if flight is not None:
+        settled = settle(state, flight, actual, ctx)  # [] when its settlement is in the log
+        return Decision(events=[*settled, terminal], effects=[recorded])
+    # not even its acceptance reached the log (answered in the decision that accepted or
+    # rejected it): its cost is charged to the day it is recorded on
+    charged: list[Any] = []
+    if actual and ctx.cfg.features.budgets:
+        day, month = period_keys(ctx.now_ms)
+        charged.append(ev.BudgetCharged(
+            request_id=terminal.request_id, tenant=terminal.tenant, amount_micros=actual,
+            day=day, month=month,
+        ))  # fmt: skip
+    return Decision(events=[*charged, terminal], effects=[recorded])
 
 
 def decide_internal_error(

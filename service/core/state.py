@@ -226,7 +226,11 @@ def _evolve_request(state: RouterState, event: object, now_ms: int, cfg: Config)
                 )
         case ev.RetryScheduled():
             state.retry_budget = note_retry(state.retry_budget, now_ms, cfg.retry)
-        case ev.RequestCompleted() | ev.RequestFailed() | ev.RequestRejected():
+        case ev.RequestRejected():
+            if event.intake_partition is not None and event.intake_offset is not None:
+                state.intake[event.request_id] = (event.intake_partition, event.intake_offset)
+            _finish(state, event, now_ms, cfg)
+        case ev.RequestCompleted() | ev.RequestFailed():
             _finish(state, event, now_ms, cfg)
 
 

@@ -35,7 +35,7 @@ from typing import Any, Self, TypeAlias
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
-from aiokafka.protocol.group import LeaveGroupRequest
+from aiokafka.protocol.group import JoinGroupRequest, LeaveGroupRequest
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from service.errors import TurnoutError
@@ -70,6 +70,7 @@ def consumer_config(settings: KafkaSettings, *, group_id: str | None) -> dict[st
         "auto_offset_reset": "earliest",
         "session_timeout_ms": settings.session_timeout_ms,
         "heartbeat_interval_ms": settings.heartbeat_interval_ms,
+        "rebalance_timeout_ms": settings.rebalance_timeout_ms,
         "fetch_max_wait_ms": settings.fetch_max_wait_ms,
         "max_poll_records": settings.max_poll_records,
         "request_timeout_ms": settings.request_timeout_ms,
@@ -258,6 +259,15 @@ class GroupConsumer(_Client):
                 async with asyncio.timeout(1):
                     behind[tp.partition] = max(0, high - await self._consumer.position(tp))
         return behind
+
+    @property
+    def dropped(self) -> bool:
+        """True once the group no longer knows this member (its heartbeat was refused: its
+        session expired, e.g. while it drained a revoke): what it holds may be someone
+        else's already. Read from aiokafka's coordinator, which resets its member id."""
+        coordinator = getattr(self._consumer, "_coordinator", None)
+        member = getattr(coordinator, "member_id", None)
+        return coordinator is not None and member == JoinGroupRequest.UNKNOWN_MEMBER_ID
 
     async def committed(self, tp: TopicPartition) -> int | None:
         """The group's committed offset for `tp` (None when nothing is committed)."""

@@ -54,6 +54,14 @@ class CommitTimeout(KafkaFailure):
     """An offset commit did not finish in time (BROKER.md rule 15)."""
 
 
+class GroupMovedOn(KafkaFailure):
+    """A commit refused because the group rebalanced without this member (it was dropped:
+    its partitions may be someone else's already)."""
+
+
+_MOVED_ON = (ak.CommitFailedError, ak.IllegalGenerationError, ak.UnknownMemberIdError)
+
+
 class RecordTooLarge(TurnoutError, ValueError):
     """A record over the size limit, refused before it reached the broker (rule 9)."""
 
@@ -69,6 +77,9 @@ def translate(err: BaseException, *, bootstrap: str) -> TurnoutError:
         return KafkaFailure(f"Kafka at {bootstrap} did not answer in time", retriable=True)
     if isinstance(err, _UNREACHABLE):  # after TimeoutError, which is an OSError
         return KafkaUnavailable(bootstrap)
+    if isinstance(err, _MOVED_ON):
+        return GroupMovedOn(f"Kafka at {bootstrap}: the group rebalanced without this member "
+                            f"({type(err).__name__})")  # fmt: skip
     if isinstance(err, ak.KafkaError):
         name = type(err).__name__
         return KafkaFailure(f"Kafka at {bootstrap} failed: {name}: {err}", retriable=err.retriable)

@@ -103,6 +103,10 @@ class KafkaSettings:
     request_timeout_ms: int = 30_000
     session_timeout_ms: int = 6_000
     heartbeat_interval_ms: int = 1_000
+    # how long a rebalance waits for members to hand their partitions over: longer than
+    # the router's revoke drain, or a member still draining is dropped from the group and
+    # its partitions handed out while it works on them
+    rebalance_timeout_ms: int = 30_000
     fetch_max_wait_ms: int = 10
     max_poll_records: int = 500
     commit_timeout_ms: int = 10_000
@@ -144,6 +148,8 @@ class KafkaSettings:
             problems.append(f"max_record_bytes may not exceed {MAX_RECORD_BYTES} (Kafka: ~1 MB)")
         if self.heartbeat_interval_ms >= self.session_timeout_ms:
             problems.append("heartbeat_interval_ms must be below session_timeout_ms")
+        if self.rebalance_timeout_ms < self.session_timeout_ms:
+            problems.append("rebalance_timeout_ms may not be below session_timeout_ms")
         return problems
 
     @property
@@ -174,6 +180,7 @@ class KafkaSettings:
             group_id=kafka.group_id,
             client_id=client_id,
             session_timeout_ms=kafka.session_timeout_ms,
+            rebalance_timeout_ms=kafka.rebalance_timeout_ms,
             heartbeat_interval_ms=kafka.heartbeat_interval_ms,
             fetch_max_wait_ms=kafka.fetch_max_wait_ms,
             linger_ms=kafka.linger_ms,

@@ -76,9 +76,10 @@ from service.core.request import (
 from service.core.state import RouterState, Terminal, evolve
 from service.errors import TurnoutError
 from service.kafka.consumer import GroupConsumer, Reader
+from service.kafka.errors import GroupMovedOn
 from service.kafka.producer import Producer
 from service.kafka.settings import KafkaSettings
-from service.kafka.topics import broker_engine, existing_topics
+from service.kafka.topics import broker_engine, ensure_topics, existing_topics
 from service.runtime import snapshots
 from service.runtime.cachecodec import CacheCodecError, default_codec
 from service.runtime.deliveries import Orphan, find_delivered
@@ -227,6 +228,12 @@ class Router:
         self.faults: dict[str, dict[str, Any]] = {}
         self.fatal: BaseException | None = None  # set: the router is stopping because of it
         self.owned: set[int] = set()  # events partitions this router may publish for
+        self.history_lost: dict[str, Any] | None = None  # set when the broker lost our topics
+        self._revoking: set[int] = set()  # being handed over (drained, then fenced)
+        self._floor: dict[TopicPartition, int] = {}  # committed offsets when assigned
+        # the revoke drain ends well before the group's rebalance timeout: a member still
+        # draining past it would be dropped and its partitions given out meanwhile
+        self.revoke_drain_s = max(0.0, min(10.0, self.kafka.rebalance_timeout_ms / 1000 - 5.0))
         self.fenced = 0  # decisions dropped because their partition had moved on
         self._stop: asyncio.Event | None = None
 
@@ -248,7 +255,9 @@ class Router:
             await self._serve(stop)
         finally:
             self._stopping = True
-            await self._drain(self.drain_timeout_s)
+            # diverged: what is still in flight cannot be recorded either; go at once, and
+            # the next owner resumes (or records) it from the log
+            await self._drain(0.0 if self.fatal else self.drain_timeout_s)
             await self._snapshot_all(10.0)
             await self._stop_tail()
             await self.consumer.stop()
@@ -259,6 +268,7 @@ class Router:
 
     async def _serve(self, stop: asyncio.Event) -> None:
         committer = asyncio.create_task(self._supervise("commits", lambda: self._commit_every(0.2)))
+        watcher = asyncio.create_task(self._supervise("topics", lambda: self._watch_topics(5.0)))
         try:
             batching = self.cfg.batching if self.cfg.features.batching else _ONE_AT_A_TIME
             while not stop.is_set():
@@ -275,6 +285,7 @@ class Router:
                         self._spawn(self._handle(record))
         finally:
             committer.cancel()
+            watcher.cancel()
             if self._pricing is not None:
                 self._pricing.cancel()
                 with suppress(asyncio.CancelledError):
@@ -314,6 +325,7 @@ class Router:
         # in flight in the log, but no task here works on it (its router died): its
         # redelivered record resumes it, without admitting or reserving it again
         self.orphans = {rid for rid in state.inflight if rid not in self.positions}
+        self._floor = {tp: await self.consumer.committed(tp) or 0 for tp in assigned}
         self.delivered = await self._find_delivered(state, assigned)
         self.state = state
         self.owned = {tp.partition for tp in assigned}
@@ -330,28 +342,79 @@ class Router:
         """Responses already on their topics for this assignment's orphans (answered by a
         router that died before recording it): recorded when their records come again,
         never answered twice."""
+        if not self.looks_for_deliveries:
+            return {}
         owned = {tp.partition for tp in assigned}
         wanted = [
             Orphan(rid, flight.reply_to or self.topics.responses, flight.accepted_at_ms)
             for rid in self.orphans
             if (flight := state.inflight[rid]) and home_partition(flight.tenant) in owned
         ]
-        if not wanted or not self.looks_for_deliveries:
+        try:
+            async with asyncio.timeout(10.0):
+                wanted += await self._unrecorded(state, assigned)
+        except Exception as err:
+            log.warning("could not read the records the last owner left uncommitted: %r", err)
+        if not wanted:
             return {}
         found = await find_delivered(self.kafka, wanted)
         if found:
             log.warning(
-                "%d of %d orphaned requests were answered by a router that died before "
-                "recording it: their terminal events are recorded now, not answered again",
+                "%d of %d requests in flight or unrecorded were answered by a router that "
+                "died before recording it: recorded now, not answered again",
                 len(found), len(wanted),
             )  # fmt: skip
         return found
+
+    async def _unrecorded(
+        self, state: RouterState, assigned: frozenset[TopicPartition]
+    ) -> list[Orphan]:
+        """Intake records after the committed offset (up to the end now) whose request the
+        log does not know: the last owner may have answered them in the same decision
+        that accepted or rejected them, and died before its events were written."""
+        starts = {tp: offset for tp, offset in self._floor.items() if offset and tp in assigned}
+        out: list[Orphan] = []
+        if not starts:  # a new group: nobody handled anything yet
+            return out
+        async with Reader(self.kafka, starts, start_offsets=starts) as reader:
+            ends = await reader.end_offsets(starts)
+            left = {tp for tp, offset in starts.items() if offset < ends[tp]}
+            while left:
+                batch = await reader.getmany(timeout_ms=200)
+                for tp, records in batch.items():
+                    for record in records:
+                        if record.offset < ends[tp]:
+                            orphan = self._unrecorded_orphan(state, record)
+                            if orphan is not None:
+                                out.append(orphan)
+                for tp in list(left):
+                    if await reader.position(tp) >= ends[tp]:
+                        left.discard(tp)
+        return out
+
+    def _unrecorded_orphan(self, state: RouterState, record: Any) -> Orphan | None:
+        try:
+            req = decode_intake(
+                record.value, key=record.key, topic=record.topic,
+                partition=record.partition, offset=record.offset,
+                request_id=dict(record.headers).get(REQUEST_ID_HEADER),
+                internal_topics=self.internal_topics,
+            )  # fmt: skip
+            rid, reply_to = req.request_id, req.reply_to
+        except WireError as err:
+            if err.request_id is None:
+                return None
+            rid, reply_to = err.request_id, err.reply_to
+        if rid in state.inflight or rid in state.finished:
+            return None
+        return Orphan(rid, reply_to or self.topics.responses, record.timestamp)
 
     async def _on_revoked(self, revoked: frozenset[TopicPartition]) -> None:
         self.ready.clear()
         if self.schedule is not None:
             self.schedule.owned -= {tp.partition for tp in revoked}
-        await self._settle(revoked, 0.0 if self._stopping else 10.0)  # stopping: drained already
+        self._revoking = {tp.partition for tp in revoked}
+        await self._settle(revoked, 0.0 if self._stopping else self.revoke_drain_s)
         try:
             await self._commit()
         except TurnoutError as err:  # the group moved on meanwhile (the drain outlasted it)
@@ -361,6 +424,7 @@ class Router:
             )  # fmt: skip
         # fenced from now on: what is still in flight there is the next owner's to resume
         self.owned -= {tp.partition for tp in revoked}
+        self._revoking = set()
         self.offsets.drop(revoked)
         handed = [rid for rid, ps in self.positions.items() if any(tp in revoked for tp, _ in ps)]
         self.telemetry.abandon(handed, "handed_over")
@@ -384,6 +448,8 @@ class Router:
     async def _rebuild_state(self, partitions: Sequence[int], owns: Iterable[int]) -> RouterState:
         started = asyncio.get_running_loop().time()
         marker_id = self.clock.new_id()
+        if self.rebuild_stats:  # not the first: a broker that lost our topics meanwhile
+            await self._check_topics()  # (Tansu restarted) is said so, and they are made
         found = None
         if self.schedule is not None:
             found = await snapshots.read_snapshots(
@@ -527,7 +593,9 @@ class Router:
                 err.request_id, err.tenant, err.reply_to = req.request_id, req.tenant, req.reply_to
                 raise err
         except WireError as err:
-            await self._deadletter(record, err)
+            if err.request_id is None or self.delivered.pop(err.request_id, None) is None:
+                await self._deadletter(record, err)
+            # else: the last owner dead-lettered and answered it before it died
             self._finish(pos)
             return
         home = home_partition(req.tenant)
@@ -543,8 +611,8 @@ class Router:
         ctx = self._ctx()
         resume = req.request_id in self.orphans
         self.orphans.discard(req.request_id)
-        delivered = self.delivered.pop(req.request_id, None) if resume else None
-        if delivered is not None:
+        delivered = self.delivered.pop(req.request_id, None)
+        if delivered is not None and (resume or req.request_id not in self.state.inflight):
             terminal = terminal_from_response(delivered, reply_to=req.reply_to)
             decision = decide_delivered(self.state, terminal, ctx)
         else:
@@ -692,7 +760,12 @@ class Router:
         tenant = flight.tenant if flight is not None else next(
             (e.tenant for e in decision.events if e.tenant != ev.SYSTEM_TENANT), None
         )  # fmt: skip
-        return tenant is None or home_partition(tenant) in self.owned
+        if tenant is None:
+            return True
+        partition = home_partition(tenant)
+        if partition in self._revoking and self.consumer.dropped:
+            self._fence_revoking()
+        return partition in self.owned
 
     async def _publish_decision(self, decision: Decision, request_id: str, now: int) -> None:
         """Publish a folded decision's events, and its response before its terminal event."""
@@ -717,6 +790,12 @@ class Router:
         attempt = self.telemetry.start_attempt(call.request_id, call.model, call.attempt)
         result = await self.upstream.call(call.model, body)
         self.telemetry.end_attempt(attempt, result)
+        if call.request_id not in self.state.inflight:  # its partition moved, and the state
+            # was rebuilt without it meanwhile: the new owner resumed it (fencing)
+            self.fenced += 1
+            log.info("request %s: its partition moved to another router; dropped", call.request_id)
+            self._finish_request(call.request_id)
+            return
         outcome = self._result(call, result)
         if result.ok and result.response is not None:
             outcome = self._refuse_oversized(outcome, result.response)
@@ -938,6 +1017,33 @@ class Router:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, SUPERVISE_MAX_S)
 
+    async def _watch_topics(self, period_s: float) -> None:
+        """Every `period_s`: are Turnout's topics still there? A broker that lost them (Tansu
+        keeps nothing across a restart; on Kafka, someone deleted them) lost the history
+        they held: say so in the log and /healthz (`broker_history_lost`), and create them
+        again so serving goes on."""
+        while True:
+            await asyncio.sleep(period_s)
+            await self._check_topics()
+            self._working("topics")
+
+    async def _check_topics(self) -> None:
+        present = await existing_topics(self.kafka)
+        missing = sorted(t for t in self.topics.as_dict().values() if t not in present)
+        if not missing:
+            return
+        self.history_lost = {
+            "since_ms": self.clock.now_ms(), "missing_topics": missing,
+            "broker": self.kafka.bootstrap,
+        }  # fmt: skip
+        log.error(
+            "the broker at %s lost topics %s (a Tansu restart keeps nothing): their records, "
+            "group offsets and snapshots are gone; creating them again. State held here "
+            "lives on, but a restart cannot rebuild it from the log",
+            self.kafka.bootstrap, ", ".join(missing),
+        )  # fmt: skip
+        await ensure_topics(self.kafka)
+
     def _working(self, part: str) -> None:
         """`part` did its work: it is no longer failing."""
         if part in self.faults:
@@ -957,11 +1063,48 @@ class Router:
                 self._pricing = asyncio.create_task(self.prices.refresh())
 
     async def _commit(self) -> None:
+        pinned = self._pinned()
         offsets = {
-            tp: o for tp, o in self.offsets.committable().items() if tp in self.consumer.assignment
+            tp: min(o, pinned.get(tp, o))
+            for tp, o in self.offsets.committable().items()
+            if tp in self.consumer.assignment
         }
-        if offsets:
+        if not offsets:
+            return
+        try:
             await self.consumer.commit(offsets)
+        except GroupMovedOn:
+            self._fence_revoking()
+            raise
+
+    def _pinned(self) -> dict[TopicPartition, int]:
+        """Per intake partition, the lowest record offset of a request the log shows in
+        flight (from this assignment's committed offset on): never committed past, so a
+        request no router finished comes again to its partition's owner, whatever
+        happened to the router that had it (a net under the offset bookkeeping)."""
+        pinned: dict[TopicPartition, int] = {}
+        for rid in self.state.inflight:
+            pos = self.state.intake.get(rid)
+            if pos is None:
+                continue
+            tp = TopicPartition(self.topics.requests, pos[0])
+            if pos[1] >= self._floor.get(tp, 0) and pos[1] < pinned.get(tp, pos[1] + 1):
+                pinned[tp] = pos[1]
+        return pinned
+
+    def _fence_revoking(self) -> None:
+        """The group went on without this router while it drained a revoke: fence those
+        partitions at once, not at the drain's end."""
+        if not self._revoking & self.owned:
+            return
+        log.warning(
+            "the group rebalanced without this router while it drained partitions %s: "
+            "their late results are dropped from now on", sorted(self._revoking),
+        )  # fmt: skip
+        self.owned -= self._revoking
+        # and nothing of theirs may be committed any more: a dropped request's record must
+        # come again to whoever owns its partition now
+        self.offsets.drop(TopicPartition(self.topics.requests, p) for p in self._revoking)
 
 
 def _pack(

@@ -15,7 +15,9 @@ Rules:
   so no client can make the router write into its event log.
 - A record that parsed but breaks a rule raises a `WireError` that names its
   request (`request_id`, and `tenant` / `reply_to` where those are valid), so
-  the router answers it `rejected` / `invalid_request` besides the DLQ copy.
+  the router answers it `rejected` / `invalid_request` besides the DLQ copy; a
+  JSON object that breaks the schema names its `request_id` (and a valid
+  `tenant`) too, answered on the responses topic.
 - The prompt is never kept unless `store_prompts`: events carry a hash of the
   messages and an estimated token count (characters / 4, rounded up).
 """
@@ -106,11 +108,20 @@ def _parse(value: bytes) -> tuple[dict[str, Any], Intake]:
         raise WireError(
             RECORD_TOO_LARGE, f"{len(value)} bytes is over the {MAX_RECORD_BYTES} byte limit"
         )
+    body: Any = None
     try:
         body = _decoder.decode(value)
         return body, msgspec.convert(body, Intake)
     except (msgspec.MsgspecError, UnicodeDecodeError) as err:
-        raise from_msgspec(err) from None
+        wire = from_msgspec(err)
+        if isinstance(body, dict):  # JSON that breaks the schema: still answer its request
+            rid, tenant = body.get("request_id"), body.get("tenant")
+            if isinstance(rid, str) and rid:
+                wire.request_id = rid
+                wire.tenant = (
+                    tenant if isinstance(tenant, str) and TENANT_ID.fullmatch(tenant) else None
+                )
+        raise wire from None
 
 
 def decode_intake(

@@ -103,7 +103,7 @@ def terminal_from_response(
     """The terminal event a response document was built from (`response_body`'s inverse).
 
     Raises ValueError (or KeyError/TypeError) on a document Turnout did not write."""
-    base = {"request_id": str(doc["request_id"]), "tenant": str(doc["tenant"])}
+    base: dict[str, Any] = {"request_id": str(doc["request_id"]), "tenant": str(doc["tenant"])}
     status = doc["status"]
     if status == "ok":
         saved = doc.get("saved")

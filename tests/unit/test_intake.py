@@ -137,3 +137,13 @@ def test_a_legal_reply_topic_of_a_client_is_kept() -> None:
     body = {"tenant": "acme", "reply_to": "turnout.replies.c-1", "messages": MSGS}
     req = decode_intake(json.dumps(body).encode(), key=None, internal_topics=INTERNAL, **POS)
     assert req.reply_to == "turnout.replies.c-1"  # type: ignore[attr-defined]
+
+
+def test_an_object_that_breaks_the_schema_still_names_its_request_to_be_answered() -> None:
+    """Found by the fault suite: `"messages": "not a list"` had no answer at all."""
+    err = reject({"request_id": "r-9", "tenant": "acme", "messages": "not a list"})
+    odd = reject({"request_id": "r-10", "tenant": "no spaces allowed", "messages": 3})
+    unnamed = reject({"tenant": "acme", "messages": 3})
+    assert (err.code, err.request_id, err.tenant) == ("schema_violation", "r-9", "acme")
+    assert (odd.request_id, odd.tenant) == ("r-10", None)  # answered, keyed by its record
+    assert unnamed.request_id is None  # nothing to answer: the DLQ copy tells
