@@ -91,6 +91,11 @@ class Producer:
                 "TURNOUT_KAFKA_COMPRESSION to gzip or none"
             ) from err
 
+    async def refresh_metadata(self) -> None:
+        """Learn the topics' partitions again (after they were deleted and made anew)."""
+        with kafka_errors(self.settings.bootstrap):
+            await self._producer.client.force_metadata_update()
+
     async def start(self) -> None:
         if self.settings.idempotence == "auto":
             try:

@@ -31,10 +31,11 @@ import argparse
 import asyncio
 import sys
 from collections.abc import AsyncIterator, Iterable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
+from aiokafka import errors as ak
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import for_code
@@ -51,6 +52,7 @@ __all__ = [
     "admin_client",
     "broker_engine",
     "cli_ensure",
+    "delete_topics",
     "ensure_topic",
     "ensure_topics",
     "existing_topics",
@@ -174,6 +176,13 @@ async def broker_engine(settings: KafkaSettings) -> str:
 async def _engine(admin: AIOKafkaAdminClient) -> str:
     cluster = await admin.describe_cluster()
     return "tansu" if cluster.get("cluster_id") == _TANSU_CLUSTER_ID else "kafka"
+
+
+async def delete_topics(settings: KafkaSettings, names: Iterable[str]) -> None:
+    """Delete topics (and every record in them); a topic already gone is no error."""
+    async with admin_client(settings) as admin:
+        with kafka_errors(settings.bootstrap), suppress(ak.UnknownTopicOrPartitionError):
+            await admin.delete_topics(list(names))
 
 
 async def existing_topics(settings: KafkaSettings) -> dict[str, int]:

@@ -79,7 +79,13 @@ from service.kafka.consumer import GroupConsumer, Reader
 from service.kafka.errors import GroupMovedOn
 from service.kafka.producer import Producer
 from service.kafka.settings import KafkaSettings
-from service.kafka.topics import broker_engine, ensure_topics, existing_topics
+from service.kafka.topics import (
+    broker_engine,
+    delete_topics,
+    ensure_topics,
+    existing_topics,
+    topic_specs,
+)
 from service.runtime import snapshots
 from service.runtime.cachecodec import CacheCodecError, default_codec
 from service.runtime.deliveries import Orphan, find_delivered
@@ -105,6 +111,15 @@ Position = tuple[TopicPartition, int]
 
 
 _ONE_AT_A_TIME: Final = BatchingConfig(max_records=1, max_wait_ms=100)
+
+
+TANSU_SETTLE_S: Final = 1.0
+"""How long Tansu needs after creating a topic before produces to it succeed."""
+
+
+class BrokerHistoryLost(Exception):
+    """The broker lost Turnout's topics and clients made them again wrongly: stop, so the
+    restart makes them right before it subscribes."""
 
 
 class StateDiverged(Exception):
@@ -242,6 +257,7 @@ class Router:
     async def run(self, stop: asyncio.Event) -> None:
         self._stop = stop
         try:  # every client is made in __init__: a failed start must still close them all
+            await self._check_topics(starting=True)  # before any client asks about them
             await self.producer.start()
             for producer in self.event_producers:
                 await producer.start()
@@ -320,6 +336,8 @@ class Router:
         self.ready.clear()
         partitions = {tp.partition for tp in assigned} | {home_partition(ev.SYSTEM_TENANT)}
         state = await self._rebuild(sorted(partitions), owns={tp.partition for tp in assigned})
+        if self.fatal is not None:  # stopping (the broker lost its history): serve nothing
+            return
         self._unsent.clear()
         self._last_event.clear()
         # in flight in the log, but no task here works on it (its router died): its
@@ -1027,22 +1045,49 @@ class Router:
             await self._check_topics()
             self._working("topics")
 
-    async def _check_topics(self) -> None:
+    async def _check_topics(self, *, starting: bool = False) -> None:
+        """Turnout's topics missing, or with another partition count than theirs: the
+        broker lost them (a Tansu restart keeps nothing, and Tansu auto-creates a topic a
+        client asks about, with 4 partitions: BROKER.md rule 1). Say so in the log and
+        /healthz. Missing ones are made again and serving goes on; wrongly auto-created
+        ones cannot be fixed under a subscribed consumer (it makes them again at once):
+        the router stops (exit 1), and its restart remakes them before it subscribes.
+        `starting`: before the consumer starts, topics not made yet are made quietly."""
+        specs = {t.name: t.partitions for t in topic_specs(self.kafka)}
         present = await existing_topics(self.kafka)
-        missing = sorted(t for t in self.topics.as_dict().values() if t not in present)
-        if not missing:
+        missing = sorted(t for t in specs if t not in present)
+        wrong = sorted(t for t, n in specs.items() if t in present and present[t] != n)
+        if not missing and not wrong:
+            return
+        tansu = await broker_engine(self.kafka) == "tansu"
+        if starting:
+            if wrong and tansu:
+                log.error(
+                    "topics %s have other partition counts than Turnout's (auto-created "
+                    "by a client after Tansu lost them): made again",
+                    ", ".join(wrong),
+                )
+                await delete_topics(self.kafka, wrong)
+            await ensure_topics(self.kafka)
+            if tansu:  # it answers UnknownError to produces just after a create
+                await asyncio.sleep(TANSU_SETTLE_S)
             return
         self.history_lost = {
             "since_ms": self.clock.now_ms(), "missing_topics": missing,
-            "broker": self.kafka.bootstrap,
+            "wrong_topics": wrong, "broker": self.kafka.bootstrap,
         }  # fmt: skip
         log.error(
             "the broker at %s lost topics %s (a Tansu restart keeps nothing): their records, "
-            "group offsets and snapshots are gone; creating them again. State held here "
-            "lives on, but a restart cannot rebuild it from the log",
-            self.kafka.bootstrap, ", ".join(missing),
+            "group offsets and snapshots are gone. State held here lives on, but a restart "
+            "cannot rebuild it from the log",
+            self.kafka.bootstrap, ", ".join(missing + wrong),
         )  # fmt: skip
         await ensure_topics(self.kafka)
+        if wrong:
+            self._fail_fatally(BrokerHistoryLost(
+                f"topics {', '.join(wrong)} were auto-created with other partition counts "
+                "after the broker lost them; a restart of the router makes them again"
+            ))  # fmt: skip
 
     def _working(self, part: str) -> None:
         """`part` did its work: it is no longer failing."""

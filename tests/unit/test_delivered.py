@@ -63,3 +63,19 @@ def test_a_delivered_answer_is_recorded_and_settled_once_and_not_sent_again() ->
     # found a second time (a record delivered twice): nothing more
     again = decide_delivered(shell.state, completed, shell.ctx())
     assert (again.events, again.effects) == ([], [])
+
+
+def test_a_rejected_record_delivered_again_is_not_answered_again() -> None:
+    """A request rejected at the door has no `accepted` event: its rejection records the
+    intake position, so the same record redelivered after a crash is not answered twice,
+    while a client's resend of the same id (another record) still gets its answer."""
+    shell = Shell(cfg(tenants={"default": {"requests_per_minute": 1, "burst": 10}}))
+    shell.run(msgspec.structs.replace(request("a", text="1"), intake_partition=1, intake_offset=5))
+    rejected = msgspec.structs.replace(request("b", text="2"), intake_partition=1, intake_offset=6)
+    first = shell.submit(rejected)
+    again = shell.submit(rejected)
+    resent = shell.submit(msgspec.structs.replace(rejected, intake_offset=9))
+
+    assert [type(e).__name__ for e in first.events][-1] == "RequestRejected"
+    assert (again.events, again.effects) == ([], [])
+    assert [type(e).__name__ for e in resent.effects] == ["Resend"]
