@@ -338,6 +338,9 @@ class Router:
         state = await self._rebuild(sorted(partitions), owns={tp.partition for tp in assigned})
         if self.fatal is not None:  # stopping (the broker lost its history): serve nothing
             return
+        # the rebuilt state at once, with no await after the rebuild: a snapshot due
+        # meanwhile must capture this state, the one its offset (the marker) belongs to
+        self.state = state
         self._unsent.clear()
         self._last_event.clear()
         # in flight in the log, but no task here works on it (its router died): its
@@ -345,7 +348,9 @@ class Router:
         self.orphans = {rid for rid in state.inflight if rid not in self.positions}
         self._floor = {tp: await self.consumer.committed(tp) or 0 for tp in assigned}
         self.delivered = await self._find_delivered(state, assigned)
-        self.state = state
+        # again, with no await before the ownership changes: a late result dropped
+        # meanwhile (fenced: nothing was owned yet) left its request to be resumed
+        self.orphans = {rid for rid in state.inflight if rid not in self.positions}
         self.owned = {tp.partition for tp in assigned}
         await self._stop_tail()
         self._tail = asyncio.create_task(  # a restart goes on where the last one got to
