@@ -617,7 +617,11 @@ class Router:
                 raise err
         except WireError as err:
             if err.request_id is None or self.delivered.pop(err.request_id, None) is None:
-                await self._deadletter(record, err)
+                try:
+                    await self._deadletter(record, err)
+                except Exception as failed:  # its copy or answer may be out already: never
+                    # dead-letter it twice here; the next owner checks its reply topic
+                    raise StateDiverged(f"could not dead-letter {pos}: {failed!r}") from failed
             # else: the last owner dead-lettered and answered it before it died
             self._finish(pos)
             return
