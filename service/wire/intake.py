@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
 import msgspec
 
@@ -77,7 +77,8 @@ class Intake(msgspec.Struct, kw_only=True):
     task_type: str = "general"
     model: str | None = None
     messages: list[Message] = []
-    max_tokens: int | None = None
+    # at least 1: the budget reserves its worst case, which a negative one would undercut
+    max_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None
     cache: bool | None = None
     reply_to: str | None = None
     metadata: dict[str, Any] | None = None

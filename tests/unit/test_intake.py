@@ -147,3 +147,13 @@ def test_an_object_that_breaks_the_schema_still_names_its_request_to_be_answered
     assert (err.code, err.request_id, err.tenant) == ("schema_violation", "r-9", "acme")
     assert (odd.request_id, odd.tenant) == ("r-10", None)  # answered, keyed by its record
     assert unnamed.request_id is None  # nothing to answer: the DLQ copy tells
+
+
+@pytest.mark.parametrize("max_tokens", [0, -5])
+def test_max_tokens_below_one_is_refused_and_answered(max_tokens: int) -> None:
+    """Found by the fault suite: a negative `max_tokens` was accepted, and the budget's
+    worst-case reservation (prompt + max_tokens) would have been undercut."""
+    err = reject(
+        {"request_id": "r-1", "tenant": "acme", "messages": MSGS, "max_tokens": max_tokens}
+    )
+    assert (err.code, err.path, err.request_id) == ("schema_violation", "$.max_tokens", "r-1")
