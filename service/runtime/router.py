@@ -245,6 +245,7 @@ class Router:
         self.owned: set[int] = set()  # events partitions this router may publish for
         self.history_lost: dict[str, Any] | None = None  # set when the broker lost our topics
         self._revoking: set[int] = set()  # being handed over (drained, then fenced)
+        self._generation = 0  # counts revokes: a batch fetched before one is not served
         self._floor: dict[TopicPartition, int] = {}  # committed offsets when assigned
         # the revoke drain ends well before the group's rebalance timeout: a member still
         # draining past it would be dropped and its partitions given out meanwhile
@@ -295,10 +296,14 @@ class Router:
                     self.intake_stats.batch(sum(len(r) for r in batch.values()))
                     # fetching may run ahead of a rebuild: decide on rebuilt state only
                     await self.ready.wait()
-                for records in batch.values():
-                    for record in records:
-                        await self.slots.acquire()
-                        self._spawn(self._handle(record))
+                generation = self._generation
+                for record in (r for records in batch.values() for r in records):
+                    await self.slots.acquire()
+                    if generation != self._generation:  # a rebalance while this batch
+                        # waited for slots: the rest comes again from the committed offset
+                        self.slots.release()
+                        break
+                    self._spawn(self._handle(record))
         finally:
             committer.cancel()
             watcher.cancel()
@@ -434,6 +439,7 @@ class Router:
 
     async def _on_revoked(self, revoked: frozenset[TopicPartition]) -> None:
         self.ready.clear()
+        self._generation += 1
         if self.schedule is not None:
             self.schedule.owned -= {tp.partition for tp in revoked}
         self._revoking = {tp.partition for tp in revoked}
