@@ -113,7 +113,7 @@ Position = tuple[TopicPartition, int]
 _ONE_AT_A_TIME: Final = BatchingConfig(max_records=1, max_wait_ms=100)
 
 
-TANSU_SETTLE_S: Final = 1.0
+TANSU_SETTLE_S: Final = 2.0
 """How long Tansu needs after creating a topic before produces to it succeed."""
 
 

@@ -12,7 +12,7 @@ from service.health import _details
 from service.kafka.local import free_port
 from service.kafka.settings import KafkaSettings
 from service.kafka.tansu import TansuBroker
-from service.kafka.topics import existing_topics, topic_specs
+from service.kafka.topics import ensure_topics, existing_topics, topic_specs
 from service.runtime.router import BrokerHistoryLost
 from service.upstream.simulator import SimulatorOptions, start_in_thread
 from tests.integration.test_router import collect, config, produce, request, running, until
@@ -26,8 +26,10 @@ async def test_a_router_on_a_restarted_tansu_says_the_history_is_lost_and_serves
     )  # fmt: skip
     topics = settings.topics
     expected = {t.name: t.partitions for t in topic_specs(settings)}
-    broker = TansuBroker(port).start()  # no topics yet: the router makes them
+    broker = TansuBroker(port).start()
     try:
+        await ensure_topics(settings)
+        await asyncio.sleep(2.0)  # Tansu answers UnknownError to produces just after a create
         with start_in_thread(SimulatorOptions()) as sim:
             cfg = config(settings, sim)
             async with running(cfg, "first") as first:
@@ -47,7 +49,7 @@ async def test_a_router_on_a_restarted_tansu_says_the_history_is_lost_and_serves
             # ...and its restart (a supervisor's job) makes the topics right, then serves
             async with running(cfg, "restarted"):
                 present = await existing_topics(settings)
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(2.0)  # made again just now: Tansu settles first
                 await produce(
                     settings.bootstrap, topics.requests, [(b"acme", request("after"), None)]
                 )
