@@ -28,6 +28,7 @@ from types import TracebackType
 from typing import IO, ClassVar, Self
 
 from service.errors import TurnoutError
+from service.kafka.topics import forget_engine
 from service.procs import die_with_parent
 
 __all__ = ["LocalBroker", "check_port_free", "free_port", "port_is_open", "read_tail"]
@@ -113,6 +114,7 @@ class LocalBroker(abc.ABC):
             raise RuntimeError(f"this {type(self).__name__} was already started")
         self.port = self.port or free_port(self.host)
         check_port_free(self.host, self.port)
+        forget_engine(self.bootstrap)  # an earlier broker there may have been another engine
         command, env = self._prepare()
         self._log = self._open_log()
         self._proc = subprocess.Popen(

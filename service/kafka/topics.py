@@ -56,6 +56,7 @@ __all__ = [
     "ensure_topic",
     "ensure_topics",
     "existing_topics",
+    "forget_engine",
     "print_report",
     "topic_specs",
 ]
@@ -161,6 +162,12 @@ async def admin_client(settings: KafkaSettings) -> AsyncIterator[AIOKafkaAdminCl
             yield admin
     finally:
         await admin.close()
+
+
+def forget_engine(bootstrap: str) -> None:
+    """Drop the cached engine of `bootstrap` (a broker of another engine may listen there
+    now: a local broker started on a port an earlier one used)."""
+    _ENGINES.pop(bootstrap, None)
 
 
 async def broker_engine(settings: KafkaSettings) -> str:
