@@ -420,14 +420,18 @@ class Router:
                         left.discard(tp)
         return out
 
+    def _decode(self, record: Any) -> IntakeRequest:
+        """The intake record as a request; WireError when it is not a valid one."""
+        return decode_intake(
+            record.value, key=record.key, topic=record.topic,
+            partition=record.partition, offset=record.offset,
+            request_id=dict(record.headers).get(REQUEST_ID_HEADER),
+            internal_topics=self.internal_topics,
+        )  # fmt: skip
+
     def _unrecorded_orphan(self, state: RouterState, record: Any) -> Orphan | None:
         try:
-            req = decode_intake(
-                record.value, key=record.key, topic=record.topic,
-                partition=record.partition, offset=record.offset,
-                request_id=dict(record.headers).get(REQUEST_ID_HEADER),
-                internal_topics=self.internal_topics,
-            )  # fmt: skip
+            req = self._decode(record)
             rid, reply_to = req.request_id, req.reply_to
         except WireError as err:
             if err.request_id is None:
@@ -609,12 +613,7 @@ class Router:
 
     async def _intake(self, record: Any, pos: Position) -> None:
         try:
-            req = decode_intake(
-                record.value, key=record.key, topic=record.topic,
-                partition=record.partition, offset=record.offset,
-                request_id=dict(record.headers).get(REQUEST_ID_HEADER),
-                internal_topics=self.internal_topics,
-            )  # fmt: skip
+            req = self._decode(record)
             if req.task_type not in self.cfg.routes:
                 err = WireError(
                     "unknown_task_type", f"no route for task type {req.task_type!r}", "$.task_type"
