@@ -199,7 +199,7 @@ class Router:
         self.orphans: set[str] = set()
         # responses the last owner delivered for orphans it did not record as ended
         self.delivered: dict[str, dict[str, Any]] = {}
-        self.looks_for_deliveries = False  # Apache Kafka: see service.runtime.deliveries
+        self.engine = "kafka"  # the broker's, found at start: `kafka` or `tansu`
         self.codec = default_codec()
         self.cache_encoding = encoding_for(cfg)
         self.ready = asyncio.Event()
@@ -258,12 +258,12 @@ class Router:
     async def run(self, stop: asyncio.Event) -> None:
         self._stop = stop
         try:  # every client is made in __init__: a failed start must still close them all
+            self.engine = await broker_engine(self.kafka)
             await self._check_topics(starting=True)  # before any client asks about them
             await self.producer.start()
             for producer in self.event_producers:
                 await producer.start()
             await self.consumer.start()
-            self.looks_for_deliveries = await broker_engine(self.kafka) == "kafka"
             await self._check_snapshots_topic()
             await self._publish([self._config_applied()])
             if self._needs_prices():  # bounded: a slow /models must not hold the start
@@ -370,7 +370,7 @@ class Router:
         """Responses already on their topics for this assignment's orphans (answered by a
         router that died before recording it): recorded when their records come again,
         never answered twice."""
-        if not self.looks_for_deliveries:
+        if self.engine != "kafka":  # see service.runtime.deliveries
             return {}
         owned = {tp.partition for tp in assigned}
         wanted = [
@@ -1073,7 +1073,7 @@ class Router:
         wrong = sorted(t for t, n in specs.items() if t in present and present[t] != n)
         if not missing and not wrong:
             return
-        tansu = await broker_engine(self.kafka) == "tansu"
+        tansu = self.engine == "tansu"
         if starting:
             if wrong and tansu:
                 log.error(
