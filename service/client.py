@@ -2,7 +2,11 @@
 
 `AsyncTurnout` is an async context manager. `route(...)` sends one request to
 the intake topic and waits for its response document; `submit(...)` sends and
-returns the request id at once. `Turnout` is the same for synchronous code: it
+returns the request id at once; `stream(...)` sends a streamed request and
+returns a `ReplyStream`: iterate it for the answer's chunks (OpenAI
+`chat.completion.chunk` dicts), then read its `response` (the last record). A
+stream that does not end `ok` raises `StreamFailed` at its end, never passes
+for a complete answer. `Turnout` is the same for synchronous code: it
 runs an `AsyncTurnout` on its own event loop in a background thread.
 
 Rules:
@@ -18,6 +22,8 @@ Rules:
   "from now".
 - Requests are keyed by tenant, so aiokafka's murmur2 sends them straight to
   the tenant's home partition.
+- A streamed request's chunk records (header `turnout-stream: chunk`) go to its
+  `ReplyStream` in `seq` order; a repeated or older `seq` is dropped.
 - Closing deletes nothing unless asked (`delete_reply_topic=True`): on the
   embedded broker, deleting a topic is the only way to free its memory.
 """
@@ -25,10 +31,11 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 from collections import OrderedDict
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -39,8 +46,11 @@ from service.kafka.consumer import Reader, TopicPartition
 from service.kafka.producer import Producer
 from service.kafka.settings import KafkaSettings, validate_topic_name
 from service.kafka.topics import admin_client, ensure_topic, existing_topics
+from service.wire.stream import ATTEMPT_HEADER, MODEL_HEADER, SEQ_HEADER, STREAM_HEADER, chunk_of
 
-__all__ = ["AsyncTurnout", "Turnout", "build_request", "reply_topic"]
+__all__ = [
+    "AsyncTurnout", "ReplyStream", "StreamFailed", "Turnout", "build_request", "reply_topic",
+]  # fmt: skip
 
 Messages = str | Sequence[Mapping[str, Any]]
 T = TypeVar("T")
@@ -87,6 +97,84 @@ def build_request(
     return body
 
 
+class StreamFailed(TurnoutError):
+    """A streamed request ended without a complete answer; `response` is its last record
+    (status `error` with `partial`, `rejected` or `cancelled`)."""
+
+    def __init__(self, response: dict[str, Any]) -> None:
+        error = response.get("error") or {}
+        super().__init__(
+            f"stream {response.get('request_id')} ended {response.get('status')}: "
+            f"{error.get('code')}: {error.get('message')}"
+        )
+        self.response = response
+
+
+class ReplyStream:
+    """One streamed request's records as they come: its chunks, then its last record.
+
+    `async for chunk in stream` yields decoded chunks; `raw()` yields `(seq, chunk JSON
+    bytes)` as they were recorded (for relaying them untouched). Either raises
+    `TimeoutError` when nothing comes for `timeout_s`, and `StreamFailed` at the end when
+    the answer is not complete. `response` is the last record once it came."""
+
+    def __init__(self, request_id: str, timeout_s: float, on_close: Any = None) -> None:
+        self.request_id = request_id
+        self.timeout_s = timeout_s
+        self.response: dict[str, Any] | None = None
+        self.seq = 0  # the last seq passed on
+        self.model: str | None = None  # the model serving it (from its first chunk)
+        self.attempt: int | None = None
+        self._queue: asyncio.Queue[tuple[int, bytes] | dict[str, Any] | BaseException] = (
+            asyncio.Queue()
+        )
+        self._on_close = on_close
+
+    def _put(self, item: tuple[int, bytes] | dict[str, Any] | BaseException) -> None:
+        self._queue.put_nowait(item)
+
+    def _served(self, headers: Sequence[tuple[str, bytes]]) -> None:
+        for key, value in headers:
+            if key == MODEL_HEADER:
+                self.model = value.decode("utf-8", "replace")
+            elif key == ATTEMPT_HEADER and value.isdigit():
+                self.attempt = int(value)
+
+    async def raw(self) -> AsyncIterator[tuple[int, bytes]]:
+        try:
+            while self.response is None:
+                try:
+                    async with asyncio.timeout(self.timeout_s):
+                        item = await self._queue.get()
+                except TimeoutError:
+                    raise TimeoutError(
+                        f"stream {self.request_id}: nothing for {self.timeout_s:g} s"
+                    ) from None
+                if isinstance(item, BaseException):
+                    raise item
+                if isinstance(item, dict):
+                    self.response = item
+                    break
+                seq, chunk = item
+                if seq <= self.seq:
+                    continue
+                self.seq = seq
+                yield seq, chunk
+        finally:
+            self.close()
+        if self.response.get("status") != "ok":
+            raise StreamFailed(self.response)
+
+    async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        async for _, chunk in self.raw():
+            yield json.loads(chunk)
+
+    def close(self) -> None:
+        if self._on_close is not None:
+            self._on_close(self.request_id, self)
+            self._on_close = None
+
+
 def _settings(
     settings: KafkaSettings | None, config: Config | None, client_id: str
 ) -> KafkaSettings:
@@ -127,6 +215,7 @@ class AsyncTurnout:
         self._reader_task: asyncio.Task[None] | None = None
         self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._unclaimed: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._streams: dict[str, ReplyStream] = {}
         self._failure: BaseException | None = None
 
     # ------------------------------------------------------------ lifecycle
@@ -221,19 +310,64 @@ class AsyncTurnout:
         Raises `TimeoutError` when no response arrives within `timeout_s`.
         A response with status "error" or "rejected" is returned, not raised.
         """
-        self._require_replies()
         rid = request_id or clock.new_id()
-        future = self._expect(rid)
         body = build_request(
             prompt_or_messages, request_id=rid, tenant=tenant, task_type=task_type, model=model,
-            reply_to=self.reply_topic, **params,
+            **params,
         )  # fmt: skip
-        try:
-            await self._send(body)
-        except BaseException:
-            self._forget(rid, future)
-            raise
+        future = await self.send(body)
+        assert isinstance(future, asyncio.Future)
         return await self._await(rid, future, timeout_s)
+
+    async def stream(
+        self,
+        prompt_or_messages: Messages,
+        *,
+        task_type: str = "general",
+        tenant: str = "default",
+        model: str | None = None,
+        request_id: str | None = None,
+        timeout_s: float = 120,
+        **params: Any,
+    ) -> ReplyStream:
+        """Send one streamed request; its `ReplyStream` (iterate it for the chunks).
+
+        `timeout_s` bounds the wait for each next record, not the whole answer."""
+        body = build_request(
+            prompt_or_messages, request_id=request_id or clock.new_id(), tenant=tenant,
+            task_type=task_type, model=model, stream=True, **params,
+        )  # fmt: skip
+        stream = await self.send(body, timeout_s=timeout_s)
+        assert isinstance(stream, ReplyStream)
+        return stream
+
+    async def send(
+        self, body: Mapping[str, Any], *, timeout_s: float = 120
+    ) -> ReplyStream | asyncio.Future[dict[str, Any]]:
+        """Send a whole intake document (`reply_to` is set to this client's): a
+        `ReplyStream` when it asks to stream (`timeout_s` per record), else the future of
+        its response."""
+        self._require_replies()
+        doc = {**body, "reply_to": self.reply_topic}
+        rid = str(doc["request_id"])
+        waiter: ReplyStream | asyncio.Future[dict[str, Any]]
+        if doc.get("stream"):
+            waiter = self._streams[rid] = ReplyStream(rid, timeout_s, self._end_stream)
+        else:
+            waiter = self._expect(rid)
+        try:
+            await self._send(doc)
+        except BaseException:
+            if isinstance(waiter, ReplyStream):
+                waiter.close()
+            else:
+                self._forget(rid, waiter)
+            raise
+        return waiter
+
+    def _end_stream(self, rid: str, stream: ReplyStream) -> None:
+        if self._streams.get(rid) is stream:
+            del self._streams[rid]
 
     async def wait(self, request_id: str, *, timeout_s: float = 120) -> dict[str, Any]:
         """The response to a request this client `submit`ted (raises `TimeoutError`)."""
@@ -290,14 +424,26 @@ class AsyncTurnout:
                 batch = await self._reader.getmany(timeout_ms=200)
                 for records in batch.values():
                     for record in records:
-                        self._resolve(record.key, record.value)
+                        self._resolve(record.key, record.value, record.headers)
         except asyncio.CancelledError:
             raise
         except Exception as err:  # the broker went away: fail every waiting call
             self._failure = err
             self._fail_waiting(TurnoutError(f"the response reader stopped: {err}"))
 
-    def _resolve(self, key: bytes | None, value: bytes | None) -> None:
+    def _resolve(
+        self, key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes]] = ()
+    ) -> None:
+        kind = next((v for k, v in headers if k == STREAM_HEADER), None)
+        if kind == b"chunk":
+            stream = self._streams.get(key.decode("utf-8", "replace")) if key else None
+            seq = next((v for k, v in headers if k == SEQ_HEADER), None)
+            if stream is not None and seq is not None and value:
+                if stream.model is None:
+                    stream._served(headers)
+                with contextlib.suppress(ValueError):
+                    stream._put((int(seq), chunk_of(value)))
+            return
         try:
             doc = json.loads(value or b"")
         except ValueError:
@@ -306,6 +452,10 @@ class AsyncTurnout:
             return
         rid = doc.get("request_id") or (key.decode("utf-8", "replace") if key else None)
         if not isinstance(rid, str):
+            return
+        stream = self._streams.get(rid)
+        if stream is not None:
+            stream._put(doc)
             return
         future = self._waiting.pop(rid, None)
         if future is not None:
@@ -317,6 +467,9 @@ class AsyncTurnout:
             self._unclaimed.popitem(last=False)
 
     def _fail_waiting(self, err: BaseException) -> None:
+        streams, self._streams = self._streams, {}
+        for stream in streams.values():
+            stream._put(err)
         waiting, self._waiting = self._waiting, {}
         for future in waiting.values():
             if not future.done():
@@ -384,6 +537,24 @@ class Turnout:
     def wait(self, request_id: str, *, timeout_s: float = 120) -> dict[str, Any]:
         """See `AsyncTurnout.wait`."""
         return self._run(self._client.wait(request_id, timeout_s=timeout_s))
+
+    def stream(self, prompt_or_messages: Messages, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        """See `AsyncTurnout.stream`: the chunks as they come, then `StreamFailed` if the
+        answer is not complete."""
+        stream = self._run(self._client.stream(prompt_or_messages, **kwargs))
+        chunks = aiter(stream)
+
+        async def step() -> dict[str, Any]:
+            return await anext(chunks)
+
+        try:
+            while True:
+                try:
+                    yield self._run(step())
+                except StopAsyncIteration:
+                    return
+        finally:
+            stream.close()
 
     def __enter__(self) -> Self:
         self.start()

@@ -63,6 +63,7 @@ def accepted_event(req: IntakeRequest, cfg: Config, key: str | None) -> ev.Reque
         intake_partition=req.intake_partition,
         intake_offset=req.intake_offset,
         redrive_of=req.redrive_of,
+        stream=req.stream,
     )
 
 
@@ -72,6 +73,8 @@ def admission_key(req: IntakeRequest, cfg: Config) -> str | None:
     The shell calls it too: on a live entry it decodes the stored answer and hands it
     to `decide_intake` (the core cannot decompress)."""
     if req.messages is None or not caching.is_cacheable(req.params, req.cache, cfg):
+        return None
+    if req.stream:  # a streamed answer is not cached or shared (yet): it is relayed live
         return None
     return caching.cache_key(
         tenant=req.tenant,

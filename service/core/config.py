@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import re
 import tomllib
 from collections.abc import Mapping
 from typing import Any, Final
@@ -24,6 +25,7 @@ import msgspec
 
 __all__ = [
     "FEATURES",
+    "GATEWAY_KEY",
     "IDEMPOTENCE",
     "STRATEGIES",
     "BatchingConfig",
@@ -33,12 +35,14 @@ __all__ = [
     "ConfigError",
     "DuckdbConfig",
     "Features",
+    "GatewayConfig",
     "KafkaConfig",
     "PrivacyConfig",
     "RetryConfig",
     "RouteConfig",
     "RouterConfig",
     "SnapshotsConfig",
+    "StreamingConfig",
     "TenantLimits",
     "TopicsConfig",
     "UpstreamConfig",
@@ -51,6 +55,8 @@ STRATEGIES: Final = ("priority", "weighted", "lowest_latency", "cheapest")
 COMPRESSIONS: Final = ("zstd", "gzip", "none")
 SCOPES: Final = ("tenant", "shared")
 IDEMPOTENCE: Final = ("auto", "on", "off")
+GATEWAY_KEY: Final = re.compile(r"sha256:[0-9a-f]{64}")
+TENANT: Final = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
 DEFAULT_MODELS: Final = (
     "openai/gpt-4o-mini",
     "anthropic/claude-3.5-haiku",
@@ -170,6 +176,28 @@ class SnapshotsConfig(_Section, frozen=True, kw_only=True):
     every_s: float = 300.0
 
 
+class StreamingConfig(_Section, frozen=True, kw_only=True):
+    """How streamed answers are relayed (`"stream": true`). Upstream deltas are coalesced
+    into one chunk record until `flush_tokens` (estimated) have gathered or `flush_ms` has
+    passed since the last record; the first token is always sent at once. No first token
+    within `ttft_timeout_s` is a failed attempt (retried or fallen back, like a timeout)."""
+
+    flush_ms: int = 25
+    flush_tokens: int = 32
+    ttft_timeout_s: float = 20.0
+
+
+class GatewayConfig(_Section, frozen=True, kw_only=True):
+    """`turnout gateway`, the OpenAI-compatible HTTP front door. `keys` maps
+    `"sha256:<hex of an API key>"` to a tenant; with none the gateway runs open."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    timeout_s: float = 120.0
+    max_body_bytes: int = 1_000_000
+    keys: dict[str, str] = {}
+
+
 class BatchingConfig(_Section, frozen=True, kw_only=True):
     max_records: int = 500
     max_wait_ms: int = 5
@@ -228,6 +256,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     breaker: BreakerConfig = BreakerConfig()
     cache: CacheConfig = CacheConfig()
     batching: BatchingConfig = BatchingConfig()
+    streaming: StreamingConfig = StreamingConfig()
+    gateway: GatewayConfig = GatewayConfig()
     snapshots: SnapshotsConfig = SnapshotsConfig()
     router: RouterConfig = RouterConfig()
     tenants: dict[str, TenantLimits] = msgspec.field(
@@ -250,6 +280,8 @@ _FLAT_SECTIONS: Final[dict[str, type[_Section]]] = {
     "breaker": BreakerConfig,
     "cache": CacheConfig,
     "batching": BatchingConfig,
+    "streaming": StreamingConfig,
+    "gateway": GatewayConfig,
     "snapshots": SnapshotsConfig,
     "router": RouterConfig,
     "features": Features,
@@ -376,6 +408,8 @@ def _check_semantics(cfg: Config, problems: list[str]) -> None:
         "breaker",
         "cache",
         "batching",
+        "streaming",
+        "gateway",
         "snapshots",
         "router",
     ):
@@ -412,6 +446,20 @@ def _check_semantics(cfg: Config, problems: list[str]) -> None:
         problems.append("[router] dedupe_ids_s must be at least dedupe_window_s")
     if cfg.snapshots.every_events < 1 or cfg.snapshots.every_s <= 0:
         problems.append("[snapshots] every_events must be at least 1 and every_s positive")
+    if cfg.streaming.flush_tokens < 1 or cfg.streaming.ttft_timeout_s <= 0:
+        problems.append("[streaming] flush_tokens must be at least 1 and ttft_timeout_s positive")
+    if not 0 <= cfg.gateway.port < 65536:
+        problems.append(
+            f"[gateway] port must be within 0..65535 (0: any free one), got {cfg.gateway.port}"
+        )
+    for digest, tenant in cfg.gateway.keys.items():
+        if not GATEWAY_KEY.fullmatch(digest):
+            problems.append(
+                f'[gateway.keys] {digest[:16]!r}... is not "sha256:<64 hex digits>" '
+                "(`turnout gateway key create` prints the line to add)"
+            )
+        if not TENANT.fullmatch(tenant):
+            problems.append(f"[gateway.keys] tenant {tenant!r} is not a valid tenant id")
     if not cfg.upstream.base_url.startswith(("http://", "https://")):
         problems.append("[upstream] base_url must start with http:// or https://")
 

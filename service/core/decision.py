@@ -51,6 +51,7 @@ class IntakeRequest(msgspec.Struct, frozen=True, kw_only=True):
     redrive_of: str | None = None  # the request id this one re-submits (`turnout replay redrive`)
     intake_partition: int | None = None
     intake_offset: int | None = None
+    stream: bool = False  # answer as chunk records, then the last record
 
 
 class CallResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -70,6 +71,7 @@ class CallResult(msgspec.Struct, frozen=True, kw_only=True):
     retry_after_ms: int | None = None
     slow: bool = False
     cache_body: EncodedBody | None = None  # the answer, encoded, when it may be cached
+    stream: ev.StreamStats | None = None  # a streamed call: what was relayed
 
 
 class Call(msgspec.Struct, frozen=True, kw_only=True):

@@ -64,6 +64,8 @@ __all__ = [
     "RouteDecided",
     "RouterMarker",
     "SkippedModel",
+    "StreamFirstToken",
+    "StreamStats",
     "Usage",
     "event_type",
 ]
@@ -98,6 +100,16 @@ class CandidateError(msgspec.Struct, frozen=True, kw_only=True):
     message: str
 
 
+class StreamStats(msgspec.Struct, frozen=True, kw_only=True):
+    """How a streamed answer went: chunk records published, time to the first token (ms
+    since the attempt that answered started), and whether `usage` is Turnout's estimate
+    (the stream was cut short before the upstream reported it)."""
+
+    chunks: int
+    ttft_ms: float | None = None
+    usage_estimated: bool = False
+
+
 class _EventBase(msgspec.Struct, frozen=True, kw_only=True):
     """Config shared by every event; `TYPE` is the CloudEvents type."""
 
@@ -127,6 +139,7 @@ class RequestAccepted(_EventBase, frozen=True, kw_only=True):
     intake_partition: int | None = None
     intake_offset: int | None = None
     redrive_of: str | None = None
+    stream: bool = False  # answered as chunk records, then the last record
 
 
 class RequestRejected(_EventBase, frozen=True, kw_only=True):
@@ -177,6 +190,7 @@ class RequestCompleted(_EventBase, frozen=True, kw_only=True):
     # was made (so savings are visible, while usage/cost above count what this request used)
     saved_usage: Usage | None = None
     saved_cost_micros: int = 0
+    stream: StreamStats | None = None  # a streamed answer: its chunks and first token
 
 
 class RequestFailed(_EventBase, frozen=True, kw_only=True):
@@ -191,6 +205,12 @@ class RequestFailed(_EventBase, frozen=True, kw_only=True):
     latency_ms: float
     errors: list[CandidateError] = []
     reply_to: str | None = None
+    # a stream that failed after its first chunk: what was streamed (and is charged)
+    partial: bool = False
+    model: str | None = None
+    usage: Usage | None = None
+    cost_micros: int = 0
+    stream: StreamStats | None = None
 
 
 class RequestCoalesced(_EventBase, frozen=True, kw_only=True):
@@ -280,6 +300,18 @@ class RouteDecided(_EventBase, frozen=True, kw_only=True):
     order: list[str]
     skipped: list[SkippedModel] = []
     sample: float | None = None
+
+
+class StreamFirstToken(_EventBase, frozen=True, kw_only=True):
+    """A streamed attempt's first token is about to be published: from here on the request
+    is answered by this attempt or ends `partial` (no retry, no fallback after it)."""
+
+    TYPE: ClassVar[str] = "turnout.stream.first_token"
+    request_id: str
+    tenant: str
+    model: str
+    attempt: int
+    ttft_ms: float
 
 
 class FallbackTaken(_EventBase, frozen=True, kw_only=True):
@@ -495,6 +527,7 @@ Event: TypeAlias = (
     | CacheWarmed
     | RouteDecided
     | FallbackTaken
+    | StreamFirstToken
     | AttemptStarted
     | AttemptSucceeded
     | AttemptFailed

@@ -51,6 +51,9 @@ CLASSES: Final[dict[str, ErrorClass]] = {
         _c("connection_reset", True, True, True, "upstream_unavailable"),
         _c("malformed_response", True, True, True, "upstream_unavailable"),
         _c("midstream_error", True, True, True, "upstream_unavailable"),
+        # a stream that failed after its first chunk went out: never retried or fallen back
+        # (the client has seen its tokens), counted against the model's breaker
+        _c("upstream_stream_error", False, True, False, "upstream_stream_error"),
         _c("http_error", True, True, True, "upstream_unavailable"),
         # an answer larger than a Kafka record (events and the response carry it whole)
         _c("response_too_large", False, False, False, "response_too_large"),

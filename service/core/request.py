@@ -4,6 +4,7 @@
     decide_result(state, request_id, result, ctx) -> Decision
     decide_retry_due(state, request_id, ctx)    -> Decision
     decide_delivered(state, terminal, ctx)      -> Decision   (found answered after a crash)
+    decide_first_token(state, request_id, model, attempt, ttft_ms, ctx) -> Decision
 
 Rules:
 - Pure: no clock, no randomness, no I/O. `ctx.now_ms` is the event time; the
@@ -19,6 +20,10 @@ Rules:
   spent, the retry budget allows it and its breaker still admits calls; then
   fall back to the next callable candidate when the failure is worth it; else
   fail with the last failure's code and every candidate's error.
+- Streams pass a first-token gate: retries and fallbacks happen only before an
+  attempt's first token is recorded (`decide_first_token`); a failure after it,
+  or a router that died after it, ends the request `partial` with
+  `upstream_stream_error`, charging what was streamed.
 - Breaker transitions are decided here, right after the call outcome that
   causes them, and recorded with their reason.
 - What a tenant may do and what the cache can answer is decided at the door,
@@ -76,6 +81,7 @@ __all__ = [
     "Wait",
     "admission_key",
     "decide_delivered",
+    "decide_first_token",
     "decide_intake",
     "decide_internal_error",
     "decide_result",
@@ -209,6 +215,16 @@ def _resume(state: RouterState, flight: InFlight, ctx: Context) -> Decision:
     leader = cache_index(state, flight.tenant).leader_of(flight.request_id)
     if leader is not None and leader in state.inflight:
         return Decision(events=[], effects=[])
+    if flight.first_token_attempt:  # its stream had begun: the client saw some of it, and
+        # an upstream stream cannot be picked up where it stopped
+        terminal = msgspec.structs.replace(
+            _failed(flight, "upstream_stream_error", "the router relaying this stream stopped "
+                    "after its first chunk; a stream cannot be resumed upstream", ctx.now_ms,
+                    flight.errors),
+            partial=True, model=flight.model,
+        )  # fmt: skip
+        released = settle(state, flight, None, ctx)
+        return Decision(events=[*released, terminal], effects=[Respond(terminal=terminal)])
     pinned = flight.order[0] if flight.order else None
     route, decided = _route(state, ctx, request=flight, pinned=pinned)
     moved = msgspec.structs.replace(flight, order=route.order, index=0)
@@ -313,6 +329,7 @@ def _completed(flight: InFlight, result: CallResult, now_ms: int) -> ev.RequestC
         cost_micros=result.cost_micros,
         response=result.response or {},
         reply_to=flight.reply_to,
+        stream=result.stream,
     )
 
 
@@ -350,6 +367,8 @@ def _on_success(state: RouterState, flight: InFlight, result: CallResult, ctx: C
 
 
 def _on_failure(state: RouterState, flight: InFlight, result: CallResult, ctx: Context) -> Decision:
+    if flight.first_token_attempt == result.attempt:  # its tokens went out: no second try
+        return _stream_broken(state, flight, result, ctx)
     cls = CLASSES.get(result.error_class, CLASSES["http_error"])
     failed = ev.AttemptFailed(
         request_id=flight.request_id,
@@ -397,6 +416,50 @@ def _on_failure(state: RouterState, flight: InFlight, result: CallResult, ctx: C
     terminal = _failed(flight, code, result.message or cls.name, ctx.now_ms, errors)
     released = settle(state, flight, None, ctx)
     return with_followers(state, flight, terminal, [*events, *released, terminal], ctx)
+
+
+def _stream_broken(
+    state: RouterState, flight: InFlight, result: CallResult, ctx: Context
+) -> Decision:
+    """A stream failed after its first chunk was published (the first-token gate): the
+    request ends `partial` with what was streamed charged, and the model's breaker counts
+    the failure. Never retried or fallen back: the client has seen this attempt's tokens."""
+    cls = CLASSES["upstream_stream_error"]
+    cause = result.error_class if result.error_class != cls.name else None
+    message = f"{cause}: {result.message}" if cause else result.message or cls.name
+    failed = ev.AttemptFailed(
+        request_id=flight.request_id, tenant=flight.tenant, model=result.model,
+        attempt=result.attempt, status=result.status, error_class=cls.name, message=message,
+        latency_ms=result.latency_ms, retryable=False, breaker_failure=True, fallback=False,
+        retry_after_ms=result.retry_after_ms,
+    )  # fmt: skip
+    breaker_events, _ = _breaker_events(state, result.model, True, ctx, result.retry_after_ms)
+    errors = (*flight.errors, ev.CandidateError(model=result.model, code=cls.name, message=message))
+    terminal = msgspec.structs.replace(
+        _failed(flight, cls.code, message, ctx.now_ms, errors),
+        partial=True, model=result.model, usage=result.usage, cost_micros=result.cost_micros,
+        stream=result.stream,
+    )  # fmt: skip
+    charged = settle(state, flight, result.cost_micros, ctx)
+    return with_followers(
+        state, flight, terminal, [failed, *breaker_events, *charged, terminal], ctx
+    )
+
+
+def decide_first_token(
+    state: RouterState, request_id: str, model: str, attempt: int, ttft_ms: float, ctx: Context
+) -> Decision:
+    """A streamed attempt has its first token, about to be published: record it, which
+    closes the first-token gate (a failure after it ends the request `partial`). Empty
+    when the attempt is stale (the request moved on): its tokens must not go out."""
+    flight = state.inflight.get(request_id)
+    if flight is None or flight.attempt != attempt or flight.first_token_attempt:
+        return Decision(events=[], effects=[])
+    first = ev.StreamFirstToken(
+        request_id=request_id, tenant=flight.tenant, model=model, attempt=attempt,
+        ttft_ms=ttft_ms,
+    )  # fmt: skip
+    return Decision(events=[first], effects=[])
 
 
 def _plan_retry(

@@ -70,6 +70,8 @@ class InFlight(msgspec.Struct, frozen=True, kw_only=True):
     attempt: int = 0  # attempts started, over every model
     model_attempt: int = 0  # attempts started on the current model
     errors: tuple[ev.CandidateError, ...] = ()
+    stream: bool = False  # answered as a stream
+    first_token_attempt: int = 0  # the attempt whose first token went out (0: none yet)
 
     @property
     def model(self) -> str | None:
@@ -207,6 +209,7 @@ def _evolve_request(state: RouterState, event: object, now_ms: int, cfg: Config)
                 accepted_at_ms=now_ms,
                 reply_to=event.reply_to,
                 cache_key=event.cache_key if event.cacheable else None,
+                stream=event.stream,
             )
             if event.intake_partition is not None and event.intake_offset is not None:
                 state.intake[event.request_id] = (event.intake_partition, event.intake_offset)
@@ -224,6 +227,8 @@ def _evolve_request(state: RouterState, event: object, now_ms: int, cfg: Config)
                     attempt=event.attempt,
                     model_attempt=event.model_attempt,
                 )
+        case ev.StreamFirstToken():
+            _update(state, event.request_id, first_token_attempt=event.attempt)
         case ev.RetryScheduled():
             state.retry_budget = note_retry(state.retry_budget, now_ms, cfg.retry)
         case ev.RequestRejected():
@@ -292,7 +297,7 @@ def _evolve_tenant(state: RouterState, event: object, now_ms: int, cfg: Config) 
                     windows, limits, request_id=event.request_id, now_ms=now_ms, tokens=tokens
                 )
         case ev.RequestCompleted() | ev.RequestFailed():
-            used = event.usage.total_tokens if isinstance(event, ev.RequestCompleted) else 0
+            used = event.usage.total_tokens if event.usage is not None else 0
             windows = state.limits.get(event.tenant)
             ratelimit.settle(windows, request_id=event.request_id, tokens=used)
         case ev.BudgetReserved() | ev.BudgetCharged() | ev.BudgetReleased() | ev.BudgetExceeded():
@@ -318,7 +323,7 @@ _PARTS: Final[tuple[tuple[_Folder, tuple[type, ...]], ...]] = (
     )),
     (_evolve_request, (
         ev.RequestAccepted, ev.RouteDecided, ev.AttemptStarted, ev.RetryScheduled,
-        ev.RequestCompleted, ev.RequestFailed, ev.RequestRejected,
+        ev.StreamFirstToken, ev.RequestCompleted, ev.RequestFailed, ev.RequestRejected,
     )),
     (_evolve_model, (
         ev.AttemptSucceeded, ev.AttemptFailed, ev.BreakerOpened, ev.BreakerHalfOpened,

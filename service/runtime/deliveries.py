@@ -38,6 +38,7 @@ from aiokafka.partitioner import murmur2
 from service.kafka.consumer import Reader, TopicPartition
 from service.kafka.settings import KafkaSettings
 from service.kafka.topics import existing_topics
+from service.wire.stream import STREAM_HEADER
 
 __all__ = ["SKEW_MS", "Orphan", "find_delivered", "reply_partition"]
 
@@ -112,6 +113,8 @@ async def _scan(
                 for record in records:
                     key = record.key.decode("utf-8", "replace") if record.key else None
                     if record.offset < ends[tp] and key in ids[tp] and key not in found:
+                        if _is_chunk(record.headers):  # a stream's chunk, not its answer
+                            continue
                         doc = _document(record.value)
                         if doc is not None and doc.get("request_id") == key:
                             found[key] = doc
@@ -119,6 +122,10 @@ async def _scan(
                 if await reader.position(tp) >= ends[tp]:
                     left.discard(tp)
     return found
+
+
+def _is_chunk(headers: Any) -> bool:
+    return any(k == STREAM_HEADER and v == b"chunk" for k, v in headers or ())
 
 
 def _document(value: bytes | None) -> dict[str, Any] | None:

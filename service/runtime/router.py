@@ -68,6 +68,7 @@ from service.core.request import (
     Wait,
     admission_key,
     decide_delivered,
+    decide_first_token,
     decide_intake,
     decide_internal_error,
     decide_result,
@@ -89,13 +90,15 @@ from service.kafka.topics import (
 from service.runtime import snapshots
 from service.runtime.cachecodec import CacheCodecError, default_codec
 from service.runtime.deliveries import Orphan, find_delivered
+from service.runtime.streaming import Relay, StaleAttempt
 from service.telemetry import Telemetry
 from service.upstream import client as upstream
 from service.upstream.pricing import PriceCache
 from service.wire import cloudevents as ce
 from service.wire.errors import WireError
-from service.wire.intake import REQUEST_ID_HEADER, TENANT_ID, decode_intake
+from service.wire.intake import REQUEST_ID_HEADER, TENANT_ID, decode_intake, estimate_tokens
 from service.wire.response import encode_response, terminal_from_response
+from service.wire.stream import STREAM_HEADER
 
 __all__ = ["PARTITIONS", "Router", "home_partition"]
 
@@ -112,6 +115,8 @@ Position = tuple[TopicPartition, int]
 
 _ONE_AT_A_TIME: Final = BatchingConfig(max_records=1, max_wait_ms=100)
 
+
+_END: Final = [(STREAM_HEADER, b"end")]  # a streamed request's last record
 
 TANSU_SETTLE_S: Final = 2.0
 """How long Tansu needs after creating a topic before produces to it succeed."""
@@ -222,6 +227,9 @@ class Router:
         linger = self.kafka.events_linger_ms if cfg.features.batching else 0
         events = self.kafka.replace(linger_ms=linger)
         self.event_producers = [Producer(events) for _ in range(EVENT_PRODUCERS)]
+        # streamed answers' chunk records: no linger, so a first token never waits
+        self.chunk_producer = Producer(self.kafka.replace(linger_ms=0))
+        self.streams: set[str] = set()  # request ids answered as streams (last record's header)
         self.consumer = GroupConsumer(
             self.kafka, [self.topics.requests],
             on_assigned=self._on_assigned, on_revoked=self._on_revoked,
@@ -263,6 +271,7 @@ class Router:
             await self.producer.start()
             for producer in self.event_producers:
                 await producer.start()
+            await self.chunk_producer.start()
             await self.consumer.start()
             await self._check_snapshots_topic()
             await self._publish([self._config_applied()])
@@ -280,6 +289,7 @@ class Router:
             await self.consumer.stop()
             for producer in self.event_producers:
                 await producer.stop()
+            await self.chunk_producer.stop()
             await self.producer.stop()
             await self.upstream.aclose()
 
@@ -654,6 +664,8 @@ class Router:
             )
         if any(isinstance(e, Call) for e in decision.effects) or not decision.effects:
             self.bodies.setdefault(req.request_id, {"messages": req.messages, **req.params})
+        if req.stream:
+            self.streams.add(req.request_id)
         self.positions.setdefault(req.request_id, []).append(pos)
         if decision.events:  # accepted: its span opens before its first event is published
             self.telemetry.start_request(req, record.headers, topic=record.topic)
@@ -819,8 +831,16 @@ class Router:
         body = self.bodies.get(call.request_id)
         if body is None:
             return
+        flight = self.state.inflight.get(call.request_id)
         attempt = self.telemetry.start_attempt(call.request_id, call.model, call.attempt)
-        result = await self.upstream.call(call.model, body)
+        stats: ev.StreamStats | None = None
+        if flight is not None and flight.stream:
+            streamed = await self._stream(call, body, flight.reply_to)
+            if streamed is None:  # stale: the request moved on while it streamed
+                return
+            result, stats = streamed
+        else:
+            result = await self.upstream.call(call.model, body)
         self.telemetry.end_attempt(attempt, result)
         if call.request_id not in self.state.inflight:  # its partition moved, and the state
             # was rebuilt without it meanwhile: the new owner resumed it (fencing)
@@ -829,6 +849,8 @@ class Router:
             self._finish_request(call.request_id)
             return
         outcome = self._result(call, result)
+        if stats is not None:
+            outcome = msgspec.structs.replace(outcome, stream=stats)
         if result.ok and result.response is not None:
             outcome = self._refuse_oversized(outcome, result.response)
         flight = self.state.inflight.get(call.request_id)
@@ -838,6 +860,53 @@ class Router:
         ctx = self._ctx()
         decision = decide_result(self.state, call.request_id, outcome, ctx)
         await self._apply(decision, call.request_id, ctx.now_ms)
+
+    async def _stream(
+        self, call: Call, body: dict[str, Any], reply_to: str | None
+    ) -> tuple[upstream.CallResult, ev.StreamStats] | None:
+        """Call the upstream streamed, relaying its chunks past the first-token gate; the
+        call's result and what was relayed, or None when the attempt went stale."""
+        relay = Relay(
+            producer=self.chunk_producer, topic=reply_to or self.topics.responses,
+            request_id=call.request_id, model=call.model, attempt=call.attempt,
+            first_token=lambda ttft: self._first_token(call, ttft),
+            flush_ms=self.cfg.streaming.flush_ms, flush_tokens=self.cfg.streaming.flush_tokens,
+            clock=self.clock,
+        )  # fmt: skip
+        try:
+            streamed = await self.upstream.stream(
+                call.model, body, relay.chunk, ttft_timeout_s=self.cfg.streaming.ttft_timeout_s
+            )
+        except StaleAttempt:
+            await relay.close()
+            return None
+        result = streamed.result
+        if result.ok:
+            await relay.finish()
+        else:
+            await relay.close()
+        estimated = relay.opened and result.usage is None
+        if estimated:  # cut short before the upstream said: count what was relayed
+            prompt = estimate_tokens(body.get("messages") or [])
+            completion = -(-relay.chars // 4)
+            usage = ev.Usage(
+                prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
+            )
+            result = msgspec.structs.replace(result, usage=usage)
+        stats = ev.StreamStats(chunks=relay.seq, ttft_ms=relay.ttft_ms, usage_estimated=estimated)
+        return result, stats
+
+    async def _first_token(self, call: Call, ttft_ms: float) -> bool:
+        """Record an attempt's first token (closing its first-token gate); False if stale."""
+        ctx = self._ctx()
+        decision = decide_first_token(
+            self.state, call.request_id, call.model, call.attempt, round(ttft_ms, 3), ctx
+        )
+        if not decision.events:
+            return False
+        await self._apply(decision, call.request_id, ctx.now_ms)
+        flight = self.state.inflight.get(call.request_id)
+        return flight is not None and flight.first_token_attempt == call.attempt
 
     def _refuse_oversized(self, outcome: CallResult, response: dict[str, Any]) -> CallResult:
         """An answer too large for a Kafka record cannot be recorded or sent: it is a failed
@@ -876,7 +945,10 @@ class Router:
         """Send the response (to `reply_to` or the responses topic); the ack's future."""
         topic = terminal.reply_to or self.topics.responses
         value = encode_response(terminal)
-        return await self.producer.send(topic, value, key=terminal.request_id.encode())
+        headers = _END if terminal.request_id in self.streams else ()
+        return await self.producer.send(
+            topic, value, key=terminal.request_id.encode(), headers=headers
+        )
 
     def _finish_request(self, request_id: str) -> None:
         """The request has its terminal event and response: its records are done."""
@@ -884,6 +956,7 @@ class Router:
             self._finish(pos)
         self.bodies.pop(request_id, None)
         self.unacked.pop(request_id, None)
+        self.streams.discard(request_id)
 
     def _finish_one(self, request_id: str, pos: Position) -> None:
         positions = self.positions.get(request_id, [])
@@ -892,6 +965,7 @@ class Router:
             self._finish(pos)
         if not positions:
             self.positions.pop(request_id, None)
+            self.streams.discard(request_id)
 
     def _finish(self, pos: Position) -> None:
         self.offsets.finish(pos)

@@ -30,7 +30,7 @@ import asyncio
 import os
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import Any, Final
 
@@ -42,9 +42,17 @@ from httpx_aiohttp import AiohttpTransport, HttpxAiohttpClient
 from service.clock import Clock
 from service.clock import clock as system_clock
 from service.core.config import BreakerConfig, UpstreamConfig
-from service.upstream.translate import CallResult, Reply, translate
+from service.upstream.translate import (
+    CallResult,
+    Reply,
+    classify_exception,
+    translate,
+    usage_of,
+)
+from service.wire.sse import SSEParser
+from service.wire.stream import completion, has_token, merge
 
-__all__ = ["CallResult", "ClientOptions", "ClientStats", "UpstreamClient"]
+__all__ = ["CallResult", "ClientOptions", "ClientStats", "StreamOutcome", "UpstreamClient"]
 
 _encode_json = msgspec.json.Encoder().encode
 _JSON_HEADERS: Final = {"content-type": "application/json"}
@@ -104,6 +112,26 @@ class ClientStats(msgspec.Struct, frozen=True, kw_only=True):
 
 
 _CAUGHT: Final = (httpx.HTTPError, aiohttp.ClientError, OSError)
+_decode_json = msgspec.json.Decoder().decode
+
+OnChunk = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class StreamOutcome(msgspec.Struct, kw_only=True):
+    """A streamed call: its outcome (`result.response` is the assembled completion on
+    success), the merged stream so far (also after a failure: what was relayed), and when
+    its first token came (ms after the call started; None if none did)."""
+
+    result: CallResult
+    merged: dict[str, Any] | None = None
+    first_token_ms: float | None = None
+    comments: int = 0
+
+
+class _StreamFailure(Exception):
+    def __init__(self, error_class: str, message: str) -> None:
+        super().__init__(message)
+        self.error_class = error_class
 
 
 # --------------------------------------------------------------------------- the client
@@ -171,6 +199,9 @@ class UpstreamClient:
         self._urls: dict[str, httpx.URL] = {}
         self._get_headers = httpx.Headers(_headers(options, key))
         self._post_headers = httpx.Headers({**_headers(options, key), **_JSON_HEADERS})
+        self._stream_headers = httpx.Headers(
+            {**_headers(options, key), **_JSON_HEADERS, "accept": "text/event-stream"}
+        )
 
     async def call(
         self, model: str, body: Mapping[str, Any], *, timeout_s: float | None = None
@@ -179,6 +210,135 @@ class UpstreamClient:
         payload = _encode_json({**body, "model": model, "stream": False})
         slow_ms = self.options.call_timeout_s * 1000
         return await self._exchange("POST", "/chat/completions", payload, timeout_s, slow_ms)
+
+    async def stream(
+        self,
+        model: str,
+        body: Mapping[str, Any],
+        on_chunk: OnChunk,
+        *,
+        ttft_timeout_s: float,
+        timeout_s: float | None = None,
+    ) -> StreamOutcome:
+        """POST `/chat/completions` for `model` streamed (usage asked for), calling
+        `on_chunk` with each parsed chunk in order; never raises for upstream trouble.
+
+        Failures: an HTTP error status (classified as for `call`), no first token within
+        `ttft_timeout_s` or no end within the call's deadline (`timeout`), a chunk with
+        an `error` (`midstream_error`), a stream that stops before `data: [DONE]`
+        (`connection_reset`), a chunk that is not JSON (`malformed_response`). An
+        exception from `on_chunk` propagates, after the upstream connection is closed
+        (which aborts the upstream's generation), as does cancellation."""
+        payload = _encode_json({
+            **body, "model": model, "stream": True, "stream_options": {"include_usage": True},
+        })  # fmt: skip
+        deadline_s = self.options.timeout_s if timeout_s is None else timeout_s
+        loop = asyncio.get_running_loop()
+        started, start_loop = self._clock.monotonic(), loop.time()
+        outcome = StreamOutcome(result=CallResult(ok=False))
+        deadline = asyncio.timeout_at(start_loop + min(ttft_timeout_s, deadline_s))
+        request = httpx.Request(
+            "POST", self._url("/chat/completions"), headers=self._stream_headers,
+            content=payload, extensions={"timeout": self._timeout_for(deadline_s)},
+        )  # fmt: skip
+        parser = SSEParser()
+        reply: Reply | None = None
+        failure: BaseException | None = None
+        self._counters.started()
+        try:
+            async with deadline:
+                response = await self._transport.handle_async_request(request)
+                try:
+                    if not 200 <= response.status_code < 300:
+                        reply = Reply(
+                            status=response.status_code, content=await response.aread(),
+                            retry_after=response.headers.get("retry-after"),
+                            generation_id=response.headers.get("x-generation-id"),
+                        )  # fmt: skip
+                    else:
+                        await self._relay(
+                            response, parser, outcome, on_chunk, started,
+                            lambda: deadline.reschedule(start_loop + deadline_s),
+                        )  # fmt: skip
+                finally:
+                    await response.aclose()
+        except _StreamFailure as err:
+            failure = err
+        except _CAUGHT as err:
+            failure = err
+            if deadline.expired():
+                what = "first token" if outcome.first_token_ms is None else "end of the stream"
+                limit = ttft_timeout_s if outcome.first_token_ms is None else deadline_s
+                failure = TimeoutError(f"no {what} within {limit:g} s")
+        finally:
+            self._counters.ended()
+        latency_ms = (self._clock.monotonic() - started) * 1000
+        outcome.comments = parser.comments
+        outcome.result = self._stream_result(reply, failure, outcome, latency_ms)
+        self._counters.record(outcome.result)
+        return outcome
+
+    async def _relay(
+        self,
+        response: httpx.Response,
+        parser: SSEParser,
+        outcome: StreamOutcome,
+        on_chunk: OnChunk,
+        started: float,
+        first_token: Callable[[], None],
+    ) -> None:
+        async for piece in response.aiter_raw():
+            for event in parser.feed(piece):
+                if event.data == "[DONE]":
+                    return
+                try:
+                    chunk = _decode_json(event.data)
+                except msgspec.DecodeError:
+                    raise _StreamFailure(
+                        "malformed_response", f"a stream event is not JSON: {event.data[:80]!r}"
+                    ) from None
+                if not isinstance(chunk, dict):
+                    raise _StreamFailure("malformed_response", "a stream event is not an object")
+                error = chunk.get("error")
+                if error is not None:
+                    message = error.get("message") if isinstance(error, dict) else str(error)
+                    raise _StreamFailure("midstream_error", str(message or "error chunk")[:300])
+                outcome.merged = merge(outcome.merged, chunk)
+                if outcome.first_token_ms is None and has_token(chunk):
+                    outcome.first_token_ms = (self._clock.monotonic() - started) * 1000
+                    first_token()
+                await on_chunk(chunk)
+        raise _StreamFailure("connection_reset", "the stream ended without data: [DONE]")
+
+    def _stream_result(
+        self,
+        reply: Reply | None,
+        failure: BaseException | None,
+        outcome: StreamOutcome,
+        latency_ms: float,
+    ) -> CallResult:
+        if reply is not None:
+            return translate(reply, latency_ms=latency_ms, now_ms=self._clock.now_ms())
+        if isinstance(failure, _StreamFailure):
+            return CallResult(
+                ok=False, status=200, latency_ms=latency_ms, error_class=failure.error_class,
+                message=str(failure),
+            )  # fmt: skip
+        if failure is not None:
+            name, culprit = classify_exception(failure)
+            text = str(culprit).strip()
+            return CallResult(
+                ok=False, latency_ms=latency_ms, error_class=name,
+                message=f"{type(culprit).__name__}: {text}"[:300] if text else name,
+            )  # fmt: skip
+        merged = outcome.merged or {}
+        usage = merged.get("usage")
+        return CallResult(
+            ok=True, status=200, latency_ms=latency_ms, response=completion(merged),
+            usage=usage_of(usage), generation_id=merged.get("id"),
+            cost_usd=usage.get("cost") if isinstance(usage, dict) else None,
+            slow=latency_ms > self.options.call_timeout_s * 1000,
+        )  # fmt: skip
 
     async def get_json(self, path: str, *, timeout_s: float | None = None) -> CallResult:
         """GET `path` under the base URL; any JSON object is a success (`response`)."""

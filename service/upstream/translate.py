@@ -31,7 +31,9 @@ import msgspec
 from service.core.events import Usage
 from service.core.outcomes import CLASSES, ErrorClass, classify_status
 
-__all__ = ["CallResult", "Reply", "classify_exception", "retry_after_ms", "translate"]
+__all__ = [
+    "CallResult", "Reply", "classify_exception", "retry_after_ms", "translate", "usage_of",
+]  # fmt: skip
 
 _MESSAGE_MAX = 300
 _decode_json = msgspec.json.Decoder().decode
@@ -282,6 +284,16 @@ def _usage(usage: _Usage | None) -> Usage | None:
         completion_tokens=usage.completion_tokens,
         total_tokens=total,
     )
+
+
+def usage_of(doc: Any) -> Usage | None:
+    """An OpenAI `usage` object (a stream's last chunk) as `Usage`; None if it is not one."""
+    if not isinstance(doc, dict):
+        return None
+    try:
+        return _usage(msgspec.convert(doc, _Usage))
+    except msgspec.ValidationError:
+        return None
 
 
 def retry_after_ms(

@@ -31,7 +31,7 @@ from typing import Annotated, Any, Final
 import msgspec
 
 from service.core.request import IntakeRequest
-from service.wire.errors import MALFORMED_JSON, SCHEMA_VIOLATION, WireError, from_msgspec
+from service.wire.errors import MALFORMED_JSON, WireError, from_msgspec
 
 __all__ = [
     "INVALID_REPLY_TO",
@@ -61,7 +61,7 @@ _TOPIC: Final = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
 _RESERVED: Final = frozenset(
     {"request_id", "tenant", "task_type", "model", "messages", "cache", "reply_to",
-     "metadata", "stream", "redrive_of"}
+     "metadata", "stream", "stream_options", "redrive_of"}
 )  # fmt: skip
 
 
@@ -83,6 +83,7 @@ class Intake(msgspec.Struct, kw_only=True):
     reply_to: str | None = None
     metadata: dict[str, Any] | None = None
     redrive_of: str | None = None
+    stream: bool = False
 
 
 _decoder: Final = msgspec.json.Decoder(dict[str, Any])
@@ -166,6 +167,7 @@ def decode_intake(
         metadata=intake.metadata,
         cache=intake.cache,
         redrive_of=intake.redrive_of,
+        stream=intake.stream,
         intake_partition=partition,
         intake_offset=offset,
     )
@@ -199,7 +201,3 @@ def _check(
             )
     if not intake.messages:
         raise WireError(NO_MESSAGES, "messages must hold at least one message", "$.messages")
-    if body.get("stream"):
-        raise WireError(
-            SCHEMA_VIOLATION, "streaming is not supported on the intake topic", "$.stream"
-        )

@@ -53,22 +53,27 @@ def response_body(
                     "usage": _usage(terminal.saved_usage),
                     "cost_usd": terminal.saved_cost_micros / 1_000_000,
                 }
+            _stream(body, terminal.stream)
             return body
         case ev.RequestFailed():
-            return base | {
+            body = base | {
                 "status": "error",
-                "model": None,
+                "model": terminal.model,
                 "cached": False,
                 "attempts": terminal.attempts,
                 "latency_ms": round(terminal.latency_ms, 3),
-                "cost_usd": 0.0,
-                "usage": _usage(_ZERO),
+                "cost_usd": terminal.cost_micros / 1_000_000,
+                "usage": _usage(terminal.usage or _ZERO),
                 "error": {
                     "code": terminal.code,
                     "message": terminal.message,
                     "candidates": [msgspec.to_builtins(e) for e in terminal.errors],
                 },
             }
+            if terminal.partial:
+                body["partial"] = True
+            _stream(body, terminal.stream)
+            return body
     error: dict[str, Any] = {"code": terminal.code, "message": terminal.message}
     if terminal.retry_after_ms is not None:
         error["retry_after_ms"] = terminal.retry_after_ms
@@ -82,6 +87,25 @@ def response_body(
         "usage": _usage(_ZERO),
         "error": error,
     }
+
+
+def _stream(body: dict[str, Any], stats: ev.StreamStats | None) -> None:
+    if stats is None:
+        return
+    body["stream"] = {"chunks": stats.chunks, "ttft_ms": stats.ttft_ms}
+    if stats.usage_estimated:
+        body["usage_estimated"] = True
+
+
+def _stream_of(doc: dict[str, Any]) -> ev.StreamStats | None:
+    stats = doc.get("stream")
+    if not isinstance(stats, dict):
+        return None
+    ttft = stats.get("ttft_ms")
+    return ev.StreamStats(
+        chunks=int(stats["chunks"]), ttft_ms=float(ttft) if ttft is not None else None,
+        usage_estimated=bool(doc.get("usage_estimated", False)),
+    )  # fmt: skip
 
 
 def encode_response(terminal: ev.RequestCompleted | ev.RequestFailed | ev.RequestRejected) -> bytes:
@@ -116,6 +140,7 @@ def terminal_from_response(
             saved_usage=_usage_of(saved["usage"]) if isinstance(saved, dict) else None,
             saved_cost_micros=round(float(saved["cost_usd"]) * 1_000_000)
             if isinstance(saved, dict) else 0,
+            stream=_stream_of(doc),
         )  # fmt: skip
     error = doc["error"]
     if status == "error":
@@ -123,7 +148,11 @@ def terminal_from_response(
             **base, code=str(error["code"]), message=str(error["message"]),
             attempts=int(doc["attempts"]), latency_ms=float(doc["latency_ms"]),
             errors=[msgspec.convert(c, ev.CandidateError) for c in error.get("candidates", [])],
-            reply_to=reply_to,
+            reply_to=reply_to, partial=bool(doc.get("partial", False)),
+            model=str(doc["model"]) if doc.get("model") is not None else None,
+            usage=_usage_of(doc["usage"]) if doc.get("partial") else None,
+            cost_micros=round(float(doc.get("cost_usd", 0)) * 1_000_000),
+            stream=_stream_of(doc),
         )  # fmt: skip
     if status == "rejected":
         retry = error.get("retry_after_ms")

@@ -17,7 +17,9 @@ from hypothesis import strategies as st
 from service.core import events as ev
 from service.core.events import EVENT_TYPES, SYSTEM_TENANT, Event, RawEvent, Usage, event_type
 
+DURATIONS = {"latency_ms", "ttft_ms"}  # float milliseconds; every other `_ms` is an instant
 CONTRACT_TYPES = {
+    "turnout.stream.first_token",
     "turnout.request.accepted",
     "turnout.request.rejected",
     "turnout.request.deadlettered",
@@ -189,6 +191,7 @@ SAMPLES: list[Event] = [
         features={"caching": True},
     ),
     ev.RouterMarker(tenant="acme", instance="r1", marker_id="m1", partition=4),
+    ev.StreamFirstToken(request_id="r-1", tenant="acme", model="a/b", attempt=2, ttft_ms=41.5),
 ]
 
 
@@ -243,7 +246,7 @@ def test_event_struct_rules(cls: type[msgspec.Struct]) -> None:
             assert field.default is None, f"{field.name}: an optional field defaults to None"
         if field.name.endswith("_micros"):
             assert hints[field.name] is int, f"{field.name}: money is int micro-dollars"
-        if field.name.endswith("_ms") and field.name != "latency_ms":
+        if field.name.endswith("_ms") and field.name not in DURATIONS:
             assert hints[field.name] in (int, int | None), f"{field.name}: instants are int ms"
 
 

@@ -62,7 +62,7 @@ def test_tenant_falls_back_to_the_key_and_a_missing_id_is_stable_per_record() ->
             "schema_violation",
             "$.max_tokens",
         ),
-        (b'{"messages": [{"role": "user"}], "stream": true}', "schema_violation", "$.stream"),
+        (b'{"messages": [{"role": "user"}], "stream": "yes"}', "schema_violation", "$.stream"),
     ],
 )
 def test_bad_records_are_refused_with_a_code_and_a_json_path(
@@ -157,3 +157,11 @@ def test_max_tokens_below_one_is_refused_and_answered(max_tokens: int) -> None:
         {"request_id": "r-1", "tenant": "acme", "messages": MSGS, "max_tokens": max_tokens}
     )
     assert (err.code, err.path, err.request_id) == ("schema_violation", "$.max_tokens", "r-1")
+
+
+def test_a_stream_request_is_accepted_and_its_stream_options_are_the_routers() -> None:
+    req = decode({"messages": MSGS, "stream": True, "stream_options": {"include_usage": False},
+                  "temperature": 0}, key=b"acme")  # fmt: skip
+    assert req.stream is True
+    assert "stream" not in req.params and "stream_options" not in req.params
+    assert decode({"messages": MSGS}, key=b"acme").stream is False

@@ -1,0 +1,153 @@
+"""Relaying a streamed answer: upstream chunks in, coalesced chunk records out.
+
+Job: the router's `on_chunk` for one streamed attempt. Deltas are merged
+(`service.wire.stream.merge`) until `[streaming] flush_tokens` (estimated, 4
+characters a token) have gathered or `flush_ms` has passed since the last record,
+then published to the request's reply topic as one chunk record with the next
+`seq` (CONTRACT.md, streaming over Kafka).
+
+Rules:
+- The first-token gate: nothing is published before the attempt's first token,
+  and then only once `first_token` (the router's `decide_first_token`) agreed;
+  a chunk with only a role waits for it. A stale attempt (the request moved on)
+  raises `StaleAttempt`, which aborts the upstream call.
+- The first token goes out at once, on a producer with no linger; a stalled
+  stream's gathered deltas go out `flush_ms` after the last record at the latest.
+- Records are sent one at a time in `seq` order (a lock), keyed by request id
+  (one partition, in order); `finish` publishes what is left and waits for every
+  record's ack, so the last record (sent by the router afterwards, on another
+  producer) always comes after the chunks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+
+from service.clock import Clock
+from service.kafka.producer import Producer
+from service.wire.stream import (
+    ATTEMPT_HEADER,
+    MODEL_HEADER,
+    SEQ_HEADER,
+    STREAM_HEADER,
+    chunk_record,
+    delta_chars,
+    has_token,
+    merge,
+)
+
+__all__ = ["Relay", "StaleAttempt"]
+
+_encode = msgspec.json.Encoder().encode
+_CHUNK = STREAM_HEADER, b"chunk"
+
+
+class StaleAttempt(Exception):
+    """The attempt's request moved on (or its partition did): stop streaming it."""
+
+
+class Relay:
+    def __init__(
+        self,
+        *,
+        producer: Producer,
+        topic: str,
+        request_id: str,
+        model: str,
+        attempt: int,
+        first_token: Callable[[float], Awaitable[bool]],
+        flush_ms: int,
+        flush_tokens: int,
+        clock: Clock,
+    ) -> None:
+        self.producer, self.topic, self.request_id = producer, topic, request_id
+        self.key = request_id.encode()
+        self._served = [(MODEL_HEADER, model.encode()), (ATTEMPT_HEADER, b"%d" % attempt)]
+        self._first_token = first_token
+        self._flush_s = flush_ms / 1000
+        self._flush_chars = flush_tokens * 4
+        self._clock = clock
+        self._started_at = clock.monotonic()
+        self._pending: dict[str, Any] | None = None
+        self._pending_chars = 0
+        self._last_flush = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._lock = asyncio.Lock()
+        self._acks: list[asyncio.Future[Any]] = []
+        self._failed: BaseException | None = None
+        self.opened = False  # the gate: the first token was recorded and published
+        self.seq = 0
+        self.chars = 0
+        self.ttft_ms: float | None = None
+
+    async def chunk(self, chunk: dict[str, Any]) -> None:
+        if self._failed is not None:
+            raise self._failed
+        self._pending = merge(self._pending, chunk)
+        chars = delta_chars(chunk)
+        self.chars += chars
+        self._pending_chars += chars
+        if not self.opened:
+            if not has_token(chunk):
+                return
+            self.ttft_ms = (self._clock.monotonic() - self._started_at) * 1000
+            if not await self._first_token(self.ttft_ms):
+                raise StaleAttempt(self.request_id)
+            self.opened = True
+            await self._flush()
+            return
+        if self._pending_chars >= self._flush_chars or (
+            self._clock.monotonic() - self._last_flush >= self._flush_s
+        ):
+            await self._flush()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self._flush_s, self._on_timer)
+
+    async def finish(self) -> int:
+        """Publish what is left (the call succeeded) and wait for every ack; the chunk count."""
+        await self._flush()
+        await self.close()
+        return self.seq
+
+    async def close(self) -> None:
+        """Stop the timer and wait for the acks of what was published (nothing more goes out)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        async with self._lock:
+            acks, self._acks = self._acks, []
+        if acks:
+            await asyncio.gather(*acks)
+        if self._failed is not None:
+            raise self._failed
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        task = asyncio.get_running_loop().create_task(self._flush())
+        task.add_done_callback(self._timer_done)
+
+    def _timer_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self._failed = task.exception()
+
+    async def _flush(self) -> None:
+        async with self._lock:
+            pending, self._pending = self._pending, None
+            if pending is None:
+                return
+            self._pending_chars = 0
+            self._last_flush = self._clock.monotonic()
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self.seq += 1
+            seq = self.seq
+            value = chunk_record(self.request_id, seq, _encode(pending))
+            headers = [_CHUNK, (SEQ_HEADER, b"%d" % seq), *self._served]
+            self._acks.append(
+                await self.producer.send(self.topic, value, key=self.key, headers=headers)
+            )
