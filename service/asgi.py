@@ -1,6 +1,7 @@
-"""Small ASGI helpers for the simulator: bodies, responses, hangs and resets.
+"""Small raw-ASGI helpers (the simulator and the gateway): bodies, responses, streams, resets.
 
-Job: the few raw-ASGI moves the simulator needs, kept out of its handlers.
+Job: the few raw-ASGI moves the simulator and `turnout gateway` need, kept out of
+their handlers.
 
 Rules:
 - Responses always carry `content-length` (non-streaming) so clients never

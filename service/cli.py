@@ -133,6 +133,28 @@ def _add_router(sub: Any) -> None:
     p.add_argument("--instance", default=None, help="instance name in event sources")
 
 
+def _add_gateway(sub: Any) -> None:
+    p = _command(
+        sub,
+        "gateway",
+        "service.gateway.server:cli_main",
+        "run the OpenAI-compatible HTTP gateway (POST /v1/chat/completions, streamed or not)",
+        "Run the OpenAI-compatible HTTP front door: any OpenAI SDK pointed at "
+        "http://HOST:PORT/v1 sends its requests through Turnout's topics. "
+        "`turnout gateway key create --tenant T` makes an API key for a tenant.",
+    )
+    p.add_argument("--config", default=None, help="TOML config file (default ./turnout.toml)")
+    p.add_argument("--port", type=int, default=None, help="listen port (default [gateway] port)")
+    p.add_argument("--host", default=None, help="listen address (default [gateway] host)")
+    gsub = p.add_subparsers(dest="gateway_command", metavar="COMMAND")
+    key = gsub.add_parser("key", help="API keys for the gateway")
+    ksub = key.add_subparsers(dest="key_command", metavar="COMMAND", required=True)
+    create = ksub.add_parser(
+        "create", help="print a new API key once, and the config line mapping its hash to T"
+    )
+    create.add_argument("--tenant", required=True, help="the tenant the key speaks for")
+
+
 def _add_submit(sub: Any) -> None:
     p = _command(
         sub,
@@ -342,6 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_topics(sub)
     _add_simulate(sub)
     _add_router(sub)
+    _add_gateway(sub)
     _add_submit(sub)
     _add_analytics(sub)
     _add_cache(sub)

@@ -25,7 +25,8 @@ from urllib.parse import parse_qs
 
 import msgspec
 
-from .asgi import Receive, Scope, Send, read_body, respond
+from service.asgi import Receive, Scope, Send, read_body, respond
+
 from .chat import chat_completions, error_body
 from .state import SimulatorOptions, SimulatorState, Stats
 from .wire import encode, generation_json, model_entry

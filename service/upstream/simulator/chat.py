@@ -26,10 +26,7 @@ import math
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 
-from service.clock import clock
-
-from .answer import Answer, estimate_tokens, make_answer, prompt_text_length, split_for_stream
-from .asgi import (
+from service.asgi import (
     Receive,
     Scope,
     Send,
@@ -41,6 +38,9 @@ from .asgi import (
     start_stream,
     wait_for_disconnect,
 )
+from service.clock import clock
+
+from .answer import Answer, estimate_tokens, make_answer, prompt_text_length, split_for_stream
 from .catalogue import ModelInfo
 from .scenario import MALFORMED, MIDSTREAM_ERROR, OK, OVERSIZED, RESET, TIMEOUT, Decision
 from .state import SimulatorState, outcome_key
@@ -226,7 +226,7 @@ async def _sleep(decision: Decision) -> None:
 async def _ok(job: _Job, receive: Receive, send: Send) -> None:
     if job.request.stream:
         stream = await _open_stream(job, send)
-        await _stream_answer(job, stream, len(job.answer.text))
+        await _stream_answer(job, stream, len(job.answer.text), receive=receive)
         return
     await _sleep(job.decision)
     job.remember(job.answer.finish_reason, job.answer.completion_tokens)
@@ -283,7 +283,7 @@ async def _malformed(job: _Job, receive: Receive, send: Send) -> None:
 async def _midstream_error(job: _Job, receive: Receive, send: Send) -> None:
     if job.request.stream:
         stream = await _open_stream(job, send)
-        await _stream_answer(job, stream, len(job.answer.text) // 2, error=True)
+        await _stream_answer(job, stream, len(job.answer.text) // 2, error=True, receive=receive)
         return
     await _sleep(job.decision)
     partial = estimate_tokens(len(job.answer.text) // 2)
@@ -333,19 +333,36 @@ async def _open_stream(job: _Job, send: Send) -> Stream:
     return stream
 
 
-async def _stream_answer(job: _Job, stream: Stream, upto: int, *, error: bool = False) -> None:
-    """Stream the answer's first `upto` characters, then finish or fail."""
-    await stream.write(job.chunk([ChunkChoice(delta=Delta(role="assistant", content=""))]))
-    sent = 0
-    for text in split_for_stream(job.answer.text):
-        if sent >= upto:
-            break
-        await stream.write(job.chunk([ChunkChoice(delta=Delta(content=text))]))
-        sent += len(text)
+async def _stream_answer(
+    job: _Job, stream: Stream, upto: int, *, receive: Receive, error: bool = False
+) -> None:
+    """Stream the answer's first `upto` characters (`chunk_ms` apart), then finish or fail;
+    a client that goes away stops it (counted `aborted`: OpenRouter stops billing then)."""
+    stats = job.state.stats.streams
+    gone = asyncio.ensure_future(wait_for_disconnect(receive))
+    try:
+        await stream.write(job.chunk([ChunkChoice(delta=Delta(role="assistant", content=""))]))
+        sent = 0
+        for text in split_for_stream(job.answer.text):
+            if sent >= upto:
+                break
+            if job.decision.chunk_ms > 0:
+                await asyncio.sleep(job.decision.chunk_ms / 1000)
+            if gone.done():
+                stats["aborted"] += 1
+                job.remember("aborted", estimate_tokens(sent))
+                return
+            await stream.write(job.chunk([ChunkChoice(delta=Delta(content=text))]))
+            stats["chunks"] += 1
+            sent += len(text)
+    finally:
+        gone.cancel()
     if error:
+        stats["errored"] += 1
         job.remember("error", estimate_tokens(sent))
         await stream.end(job.error_chunk())
         return
+    stats["completed"] += 1
     reason = job.answer.finish_reason
     last = ChunkChoice(delta=Delta(content=""), finish_reason=reason, native_finish_reason=reason)
     await stream.write(job.chunk([last]))

@@ -103,6 +103,7 @@ class Rule(msgspec.Struct, frozen=True, kw_only=True):
     rate: float = 1.0
     retry_after_s: float | None = None
     latency: Latency | None = None
+    chunk_ms: float = 0.0  # a streamed answer waits this long before each chunk
 
     def matches(self, model: str, t_s: float) -> bool:
         return self.from_s <= t_s < self.to_s and fnmatchcase(model, self.model)
@@ -129,6 +130,7 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
     latency_ms: float
     retry_after_s: float | None = None
     rule: int | None = None
+    chunk_ms: float = 0.0
 
 
 def decide(scenario: Scenario, model: str, t_s: float, u_rate: float, u_latency: float) -> Decision:
@@ -142,8 +144,9 @@ def decide(scenario: Scenario, model: str, t_s: float, u_rate: float, u_latency:
                     latency_ms=latency_ms,
                     retry_after_s=rule.retry_after_s,
                     rule=index,
+                    chunk_ms=rule.chunk_ms,
                 )
-            return Decision(outcome=OK, latency_ms=latency_ms, rule=index)
+            return Decision(outcome=OK, latency_ms=latency_ms, rule=index, chunk_ms=rule.chunk_ms)
     return Decision(outcome=OK, latency_ms=scenario.latency.sample_ms(u_latency))
 
 
@@ -259,7 +262,9 @@ def _lognormal(value: Mapping[str, Any], where: str, problems: list[str]) -> Lat
     return Latency(median_ms=median, p99_ms=p99)
 
 
-_RULE_KEYS = {"model", "from_s", "to_s", "outcome", "rate", "retry_after_s", "latency_ms"}
+_RULE_KEYS = {
+    "model", "from_s", "to_s", "outcome", "rate", "retry_after_s", "latency_ms", "chunk_ms",
+}  # fmt: skip
 
 
 def _rules(value: object, problems: list[str]) -> tuple[Rule, ...]:
@@ -294,7 +299,8 @@ def _rule(raw: Mapping[str, Any], where: str, problems: list[str]) -> Rule | Non
     if retry_after is not None:
         retry_after = _number(retry_after, f"{where}.retry_after_s", problems)
     latency = _latency(raw.get("latency_ms"), f"{where}.latency_ms", problems)
-    if outcome == OK and latency is None and "outcome" not in raw:
+    chunk_ms = _number(raw.get("chunk_ms", 0), f"{where}.chunk_ms", problems)
+    if outcome == OK and latency is None and "outcome" not in raw and not chunk_ms:
         problems.append(f"{where}: sets neither outcome nor latency_ms, so it does nothing")
     if len(problems) > before:
         return None
@@ -306,6 +312,7 @@ def _rule(raw: Mapping[str, Any], where: str, problems: list[str]) -> Rule | Non
         rate=1.0 if rate is None else rate,
         retry_after_s=retry_after,
         latency=latency,
+        chunk_ms=chunk_ms or 0.0,
     )
 
 

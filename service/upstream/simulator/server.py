@@ -15,18 +15,15 @@ Rules:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import importlib.util
 import signal
 import socket
 import threading
-import time
-from collections.abc import Callable, Coroutine, Iterator
-from types import TracebackType
-from typing import Any
+from collections.abc import Iterator
 
 import uvicorn
+
+from service.serving import HAS_HTTPTOOLS, HAS_UVLOOP, ThreadedServer, bind_socket, run
 
 from .app import SimulatorApp
 from .state import SimulatorOptions
@@ -35,8 +32,6 @@ __all__ = ["GRACEFUL_S", "RunningSimulator", "bind_socket", "run_foreground", "s
 
 GRACEFUL_S = 3.0
 _START_TIMEOUT_S = 10.0
-_HAS_UVLOOP = importlib.util.find_spec("uvloop") is not None
-_HAS_HTTPTOOLS = importlib.util.find_spec("httptools") is not None
 
 
 class _Server(uvicorn.Server):
@@ -64,19 +59,6 @@ class _Server(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
-def bind_socket(host: str, port: int) -> socket.socket:
-    """A bound TCP socket (port 0 = a free port); OSError when taken."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
 def _server(app: SimulatorApp, sock: socket.socket, *, own_logging: bool) -> _Server:
     """A configured server; `own_logging=False` leaves the host's logging alone."""
     host, port = sock.getsockname()[:2]
@@ -84,8 +66,8 @@ def _server(app: SimulatorApp, sock: socket.socket, *, own_logging: bool) -> _Se
         app,
         host=host,
         port=port,
-        loop="uvloop" if _HAS_UVLOOP else "asyncio",
-        http="httptools" if _HAS_HTTPTOOLS else "h11",
+        loop="uvloop" if HAS_UVLOOP else "asyncio",
+        http="httptools" if HAS_HTTPTOOLS else "h11",
         lifespan="on",
         ws="none",
         access_log=False,
@@ -97,80 +79,29 @@ def _server(app: SimulatorApp, sock: socket.socket, *, own_logging: bool) -> _Se
     return _Server(config, app)
 
 
-def _run(main: Coroutine[Any, Any, None]) -> None:
-    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
-    if _HAS_UVLOOP:
-        import uvloop
-
-        factory = uvloop.new_event_loop
-    with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(main)
-
-
 def run_foreground(app: SimulatorApp, sock: socket.socket) -> None:
     """Serve on `sock` until SIGINT/SIGTERM; returns after a clean stop."""
     server = _server(app, sock, own_logging=True)
     try:
-        _run(server.serve(sockets=[sock]))
+        run(server.serve(sockets=[sock]))
     finally:
         sock.close()
 
 
-class RunningSimulator:
+class RunningSimulator(ThreadedServer):
     """A simulator serving from a background thread; a context manager."""
 
     def __init__(self, app: SimulatorApp, sock: socket.socket) -> None:
+        super().__init__(
+            _server(app, sock, own_logging=False), sock, "simulator",
+            start_timeout_s=_START_TIMEOUT_S, stop_timeout_s=GRACEFUL_S + 5,
+        )  # fmt: skip
         self.app = app
-        self.host, self.port = sock.getsockname()[:2]
-        self._sock = sock
-        self._server = _server(app, sock, own_logging=False)
-        self._thread = threading.Thread(
-            target=self._serve, name=f"simulator-{self.port}", daemon=True
-        )
-        self._error: BaseException | None = None
-
-    @property
-    def url(self) -> str:
-        """`http://127.0.0.1:PORT`, for the simulator's own endpoints."""
-        return f"http://{self.host}:{self.port}"
 
     @property
     def base_url(self) -> str:
         """The OpenAI/OpenRouter base URL: `http://127.0.0.1:PORT/api/v1`."""
         return f"{self.url}/api/v1"
-
-    def _serve(self) -> None:
-        try:
-            _run(self._server.serve(sockets=[self._sock]))
-        except BaseException as err:  # reported by start()
-            self._error = err
-
-    def start(self) -> RunningSimulator:
-        self._thread.start()
-        deadline = time.monotonic() + _START_TIMEOUT_S
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                self._sock.close()
-                raise RuntimeError(f"simulator did not start: {self._error!r}")
-            time.sleep(0.005)
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and wait for the thread (bounded by GRACEFUL_S)."""
-        self._server.should_exit = True
-        self._thread.join(GRACEFUL_S + 5)
-        self._sock.close()
-
-    def __enter__(self) -> RunningSimulator:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def start_in_thread(

@@ -51,6 +51,9 @@ class Stats:
         self.total = 0
         self.by_model: dict[str, int] = {}
         self.by_outcome: dict[str, int] = {}
+        # streamed answers: completed, errored (a mid-stream error), aborted (the client
+        # went away before the end), and chunks written in all
+        self.streams: dict[str, int] = {"completed": 0, "errored": 0, "aborted": 0, "chunks": 0}
 
     def count(self, model: str | None, outcome: str) -> None:
         self.total += 1
@@ -63,6 +66,7 @@ class Stats:
             "total": self.total,
             "by_model": dict(self.by_model),
             "by_outcome": dict(self.by_outcome),
+            "streams": dict(self.streams),
         }
 
 

@@ -1,0 +1,412 @@
+"""The gateway's ASGI application: OpenAI's chat API in front of Turnout's Kafka topics.
+
+Job: turn `POST /v1/chat/completions` into an intake record, wait for its answer on
+this instance's own reply topic (an `AsyncTurnout` client: no instance reads every
+reply) and answer in OpenAI's shapes, plain or as server-sent events.
+
+Rules:
+- Identity: `Authorization: Bearer <key>` hashed and looked up in `[gateway.keys]`;
+  a wrong or missing key is 401 in OpenAI's error shape. With no keys the gateway is
+  open: the tenant is `X-Turnout-Tenant`, else `default`.
+- `model` = `turnout/<task_type>` picks a route; any other id pins that model (the
+  route of `X-Turnout-Task-Type`, else `general`, supplies the fallbacks).
+- `Idempotency-Key` becomes the request id, scoped to the tenant, so an SDK's retry
+  of the same call is answered once (the router answers a resend from its log).
+- Errors carry the status and headers OpenAI SDKs act on: 429 with `retry-after`
+  and `retry-after-ms`; 402 with `x-should-retry: false` (budget: never retried);
+  400 for a bad request; 503 when no upstream could answer; 504 when no answer
+  came in `[gateway] timeout_s`.
+- A stream's HTTP status waits for its first record: a request refused or failed
+  before its first token gets a plain error status (what SDKs raise on), never a
+  200 stream. After the first chunk, a failure ends the stream with an error chunk
+  (`error` + `finish_reason: "error"`), never `[DONE]`, so no SDK mistakes a cut
+  answer for a whole one. Chunk JSON is written as the router recorded it (`id:` is
+  its `seq`), not decoded and encoded again.
+- A client that goes away mid-stream stops the relay at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+from contextlib import suppress
+from typing import Any, Final
+
+import msgspec
+
+from service.asgi import Receive, Scope, Send, Stream, read_body, respond, start_stream
+from service.client import AsyncTurnout, ReplyStream, StreamFailed
+from service.clock import clock
+from service.core.config import Config
+from service.gateway.keys import KeyRing
+from service.kafka.settings import KafkaSettings
+from service.wire.intake import TENANT_ID
+from service.wire.sse import encode_event
+
+__all__ = ["GatewayApp", "error_status"]
+
+log = logging.getLogger("turnout.gateway")
+
+_encode = msgspec.json.Encoder().encode
+_DONE: Final = b"data: [DONE]\n\n"
+_ROUTE_PREFIX: Final = "turnout/"
+
+#              code                       status  OpenAI error type
+_STATUSES: Final[dict[str, tuple[int, str]]] = {
+    "invalid_request": (400, "invalid_request_error"),
+    "unknown_task_type": (400, "invalid_request_error"),
+    "invalid_api_key": (401, "authentication_error"),
+    "budget_exceeded": (402, "insufficient_quota"),
+    "not_found": (404, "invalid_request_error"),
+    "duplicate_expired": (409, "invalid_request_error"),
+    "request_too_large": (413, "invalid_request_error"),
+    "rate_limited": (429, "rate_limit_error"),
+    "upstream_rate_limited": (429, "rate_limit_error"),
+    "internal_error": (500, "api_error"),
+    "upstream_stream_error": (502, "api_error"),
+    "response_too_large": (502, "api_error"),
+    "upstream_unavailable": (503, "api_error"),
+    "not_ready": (503, "api_error"),
+    "upstream_timeout": (504, "api_error"),
+    "gateway_timeout": (504, "api_error"),
+}
+
+
+def error_status(code: str, status: str = "error") -> tuple[int, str]:
+    """The HTTP status and OpenAI error type of a Turnout error code."""
+    found = _STATUSES.get(code)
+    if found is not None:
+        return found
+    return (400, "invalid_request_error") if status == "rejected" else (502, "api_error")
+
+
+class _Refused(Exception):
+    def __init__(self, code: str, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.code, self.param = code, param
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value).decode("latin-1")
+    return None
+
+
+class GatewayApp:
+    """`turnout gateway` as an ASGI 3 application (uvicorn runs it: `service.gateway.server`)."""
+
+    def __init__(self, cfg: Config, *, settings: KafkaSettings | None = None) -> None:
+        self.cfg = cfg
+        self.keys = KeyRing(cfg.gateway.keys)
+        self.settings = settings or KafkaSettings.from_config(cfg.kafka, topics=cfg.topics)
+        self.client = AsyncTurnout(self.settings)
+        self.started = False
+        self.requests = 0
+        self.streams = 0
+        self.disconnects = 0
+
+    # ------------------------------------------------------------ ASGI
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        method, path = scope["method"], scope["path"]
+        try:
+            if path == "/v1/chat/completions" and method == "POST":
+                await self._chat(scope, receive, send)
+            elif path == "/v1/models" and method == "GET":
+                await self._models(scope, send)
+            elif path == "/livez":
+                await respond(send, 200, b'{"status":"ok"}')
+            elif path == "/readyz":
+                await self._ready(send)
+            else:
+                raise _Refused("not_found", f"no route {method} {path}")
+        except _Refused as err:
+            await self._error(send, err.code, str(err), param=err.param)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.client.start()
+                except Exception as err:
+                    await send({"type": "lifespan.startup.failed", "message": str(err)})
+                    return
+                self.started = True
+                if self.keys.open:
+                    log.warning(
+                        "no [gateway.keys] configured: the gateway is OPEN (tenant from "
+                        "X-Turnout-Tenant, else 'default'); add keys with "
+                        "`turnout gateway key create --tenant T`"
+                    )
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                self.started = False
+                await self.client.close(delete_reply_topic=True)
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # ------------------------------------------------------------ endpoints
+
+    async def _ready(self, send: Send) -> None:
+        reader = self.client._reader_task
+        ok = self.started and reader is not None and not reader.done()
+        body = {"status": "ready" if ok else "not_ready", "reply_topic": self.client.reply_topic,
+                "open": self.keys.open}  # fmt: skip
+        await respond(send, 200 if ok else 503, _encode(body))
+
+    async def _models(self, scope: Scope, send: Send) -> None:
+        self._tenant(scope)
+        data: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        for task, route in self.cfg.routes.items():
+            data.append({"id": _ROUTE_PREFIX + task, "object": "model", "created": 0,
+                         "owned_by": "turnout"})  # fmt: skip
+            for model in route.models:
+                if model not in seen:
+                    seen.add(model)
+                    owner = model.split("/", 1)[0] if "/" in model else "upstream"
+                    data.append({"id": model, "object": "model", "created": 0, "owned_by": owner})
+        await respond(send, 200, _encode({"object": "list", "data": data}))
+
+    async def _chat(self, scope: Scope, receive: Receive, send: Send) -> None:
+        tenant = self._tenant(scope)
+        body = await read_body(receive)
+        if len(body) > self.cfg.gateway.max_body_bytes:
+            raise _Refused(
+                "request_too_large",
+                f"the body is {len(body):,} bytes; at most {self.cfg.gateway.max_body_bytes:,}",
+            )
+        intake = self._intake(scope, tenant, body)
+        self.requests += 1
+        if intake.get("stream"):
+            self.streams += 1
+            await self._stream(scope, receive, send, intake)
+        else:
+            await self._plain(send, intake)
+
+    # ------------------------------------------------------------ requests
+
+    def _tenant(self, scope: Scope) -> str:
+        if self.keys.open:
+            tenant = _header(scope, b"x-turnout-tenant") or "default"
+            if not TENANT_ID.fullmatch(tenant):
+                raise _Refused("invalid_request", "X-Turnout-Tenant is not a valid tenant id")
+            return tenant
+        found = self.keys.tenant(_header(scope, b"authorization"))
+        if found is None:
+            raise _Refused(
+                "invalid_api_key", "Incorrect API key provided: use a key made by "
+                "`turnout gateway key create`, as `Authorization: Bearer <key>`",
+            )  # fmt: skip
+        return found
+
+    def _intake(self, scope: Scope, tenant: str, body: bytes) -> dict[str, Any]:
+        try:
+            doc = json.loads(body)
+        except ValueError as err:
+            raise _Refused("invalid_request", f"the body is not JSON: {err}") from None
+        if not isinstance(doc, dict):
+            raise _Refused("invalid_request", "the body must be a JSON object")
+        messages = doc.pop("messages", None)
+        if not isinstance(messages, list) or not messages:
+            raise _Refused("invalid_request", "messages must be a non-empty list", "messages")
+        model = doc.pop("model", None)
+        stream = doc.pop("stream", False)
+        doc.pop("stream_options", None)  # the router always asks for usage
+        if not isinstance(stream, bool):
+            raise _Refused("invalid_request", "stream must be true or false", "stream")
+        task_type = _header(scope, b"x-turnout-task-type") or "general"
+        pinned: str | None = None
+        if isinstance(model, str) and model.startswith(_ROUTE_PREFIX):
+            task_type = model[len(_ROUTE_PREFIX) :]
+        elif isinstance(model, str) and model:
+            pinned = model
+        elif model is not None:
+            raise _Refused("invalid_request", "model must be a string", "model")
+        if task_type not in self.cfg.routes:
+            routes = ", ".join(_ROUTE_PREFIX + t for t in self.cfg.routes)
+            raise _Refused(
+                "invalid_request", f"no route for task type {task_type!r}: one of {routes}", "model"
+            )
+        idem = _header(scope, b"idempotency-key")
+        if idem is not None and not 0 < len(idem) <= 200:
+            raise _Refused("invalid_request", "Idempotency-Key must be 1-200 characters")
+        rid = f"idem:{tenant}:{idem}" if idem else clock.new_id()
+        intake: dict[str, Any] = {
+            "request_id": rid, "tenant": tenant, "task_type": task_type, "messages": messages,
+            **doc,
+        }  # fmt: skip
+        if pinned is not None:
+            intake["model"] = pinned
+        if stream:
+            intake["stream"] = True
+        return intake
+
+    async def _plain(self, send: Send, intake: dict[str, Any]) -> None:
+        waiter = await self._send(intake)
+        assert isinstance(waiter, asyncio.Future)
+        try:
+            async with asyncio.timeout(self.cfg.gateway.timeout_s):
+                doc = await asyncio.shield(waiter)
+        except TimeoutError:
+            waiter.cancel()
+            await self._timeout(send, intake["request_id"])
+            return
+        if doc.get("status") != "ok":
+            await self._failed(send, doc)
+            return
+        await respond(send, 200, _encode(doc.get("response") or {}), _answer_headers(doc))
+
+    async def _stream(
+        self, scope: Scope, receive: Receive, send: Send, intake: dict[str, Any]
+    ) -> None:
+        waiter = await self._send(intake)
+        assert isinstance(waiter, ReplyStream)
+        waiter.timeout_s = self.cfg.gateway.timeout_s
+        relay = asyncio.create_task(self._relay(send, waiter))
+        watch = asyncio.create_task(_disconnected(receive))
+        try:
+            done, _ = await asyncio.wait({relay, watch}, return_when=asyncio.FIRST_COMPLETED)
+            if relay not in done:  # the client went away first
+                self.disconnects += 1
+                relay.cancel()
+                with suppress(asyncio.CancelledError):
+                    await relay
+            else:
+                relay.result()
+        finally:
+            watch.cancel()
+            waiter.close()
+
+    async def _relay(self, send: Send, stream: ReplyStream) -> None:
+        chunks = stream.raw()
+        out: Stream | None = None
+        try:
+            async for seq, chunk in chunks:
+                if out is None:
+                    out = await start_stream(send, _stream_headers(stream))
+                await out.write(encode_event(chunk, id=str(seq)))
+        except StreamFailed as err:
+            if out is None:
+                await self._failed(send, err.response)
+            else:
+                await out.end(encode_event(_error_chunk(stream, err.response)))
+            return
+        except TimeoutError:
+            if out is None:
+                await self._timeout(send, stream.request_id)
+            else:
+                doc = {"request_id": stream.request_id, "error": {
+                    "code": "gateway_timeout",
+                    "message": f"no more of the stream within {stream.timeout_s:g} s"}}  # fmt: skip
+                await out.end(encode_event(_error_chunk(stream, doc)))
+            return
+        doc = stream.response or {}
+        if out is None:  # answered whole (a resend of a finished request): one chunk
+            out = await start_stream(send, _answer_headers(doc))
+            await out.write(encode_event(_encode(_as_chunk(doc)), id="1"))
+        await out.end(_DONE)
+
+    async def _send(self, intake: dict[str, Any]) -> ReplyStream | asyncio.Future[dict[str, Any]]:
+        try:
+            return await self.client.send(intake)
+        except Exception as err:
+            log.warning("could not publish request %s: %s", intake["request_id"], err)
+            raise _Refused("not_ready", f"Turnout could not take the request: {err}") from None
+
+    # ------------------------------------------------------------ answers
+
+    async def _failed(self, send: Send, doc: dict[str, Any]) -> None:
+        error = doc.get("error") or {}
+        code = str(error.get("code") or "internal_error")
+        headers = [(b"x-request-id", str(doc.get("request_id", "")).encode())]
+        retry_ms = error.get("retry_after_ms")
+        if code == "budget_exceeded":
+            headers.append((b"x-should-retry", b"false"))
+        if isinstance(retry_ms, int | float):
+            headers.append((b"retry-after-ms", str(int(retry_ms)).encode()))
+            headers.append((b"retry-after", str(max(1, math.ceil(retry_ms / 1000))).encode()))
+        await self._error(send, code, str(error.get("message") or code), headers=headers,
+                          status=str(doc.get("status", "error")))  # fmt: skip
+
+    async def _timeout(self, send: Send, request_id: str) -> None:
+        await self._error(
+            send, "gateway_timeout",
+            f"no answer to {request_id} within {self.cfg.gateway.timeout_s:g} s: is a router "
+            "running?", headers=[(b"x-request-id", request_id.encode())],
+        )  # fmt: skip
+
+    async def _error(
+        self,
+        send: Send,
+        code: str,
+        message: str,
+        *,
+        param: str | None = None,
+        headers: list[tuple[bytes, bytes]] | None = None,
+        status: str = "error",
+    ) -> None:
+        http, kind = error_status(code, status)
+        body = {"error": {"message": message, "type": kind, "code": code, "param": param}}
+        await respond(send, http, _encode(body), headers or ())
+
+
+def _answer_headers(doc: dict[str, Any]) -> list[tuple[bytes, bytes]]:
+    cache = "hit" if doc.get("cached") else "coalesced" if doc.get("coalesced") else "miss"
+    return [
+        (b"x-request-id", str(doc.get("request_id", "")).encode()),
+        (b"x-turnout-model", str(doc.get("model") or "").encode()),
+        (b"x-turnout-attempts", str(doc.get("attempts", 0)).encode()),
+        (b"x-turnout-cache", cache.encode()),
+    ]
+
+
+def _stream_headers(stream: ReplyStream) -> list[tuple[bytes, bytes]]:
+    return [
+        (b"x-request-id", stream.request_id.encode()),
+        (b"x-turnout-model", (stream.model or "").encode()),
+        (b"x-turnout-attempts", str(stream.attempt or 0).encode()),
+        (b"x-turnout-cache", b"miss"),
+        (b"x-accel-buffering", b"no"),
+    ]
+
+
+def _error_chunk(stream: ReplyStream, doc: dict[str, Any]) -> bytes:
+    """OpenRouter's mid-stream error: a chunk with `error` and `finish_reason: "error"`."""
+    error = doc.get("error") or {}
+    code = str(error.get("code") or "upstream_stream_error")
+    _, kind = error_status(code)
+    return _encode({
+        "id": stream.request_id, "object": "chat.completion.chunk", "model": stream.model,
+        "choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": "error"}],
+        "error": {"message": str(error.get("message") or code), "type": kind, "code": code},
+    })  # fmt: skip
+
+
+def _as_chunk(doc: dict[str, Any]) -> dict[str, Any]:
+    """A whole answer as one `chat.completion.chunk` (with its usage)."""
+    response = doc.get("response") or {}
+    choices = []
+    for choice in response.get("choices") or ():
+        message = dict(choice.get("message") or {})
+        choices.append({"index": choice.get("index", 0), "delta": message,
+                        "finish_reason": choice.get("finish_reason")})  # fmt: skip
+    return {
+        "id": response.get("id"), "object": "chat.completion.chunk",
+        "created": response.get("created"), "model": response.get("model"),
+        "choices": choices, "usage": response.get("usage"),
+    }  # fmt: skip
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass

@@ -1,0 +1,286 @@
+"""Streaming end to end, and the HTTP gateway, with the official openai SDK as the client.
+
+Real parts only: the embedded broker, a router, the simulator over loopback HTTP and
+`turnout gateway` on a free port; the SDK is the one users run (no code of ours).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import msgspec
+import openai
+import pytest
+
+from service.client import AsyncTurnout, StreamFailed
+from service.core.config import Config
+from service.gateway import RunningGateway, start_in_thread
+from service.gateway.keys import create_key
+from service.kafka.settings import KafkaSettings, Topics
+from service.upstream.simulator import SimulatorOptions, parse_scenario
+from service.upstream.simulator import start_in_thread as start_simulator
+from service.upstream.simulator.server import RunningSimulator
+from service.wire.stream import SEQ_HEADER, STREAM_HEADER
+from tests.integration.test_router import (
+    UNLIMITED,
+    collect_until_quiet,
+    config,
+    of_type,
+    read_events,
+    running,
+)
+
+SCENARIO = """
+[[rule]]
+model = "broken/*"
+outcome = "midstream_error"
+
+[[rule]]
+model = "down/*"
+outcome = 503
+retry_after_s = 0
+
+[prices."broken/model"]
+prompt = "0.000001"
+completion = "0.00001"
+"""
+KEY, KEY_LINE = create_key("acme")
+POOR_KEY, POOR_LINE = create_key("poor")
+SLOW_KEY, SLOW_LINE = create_key("slow")
+PROMPT = [{"role": "user", "content": "Tell me about event sourcing in a few words"}]
+
+
+def _keys() -> dict[str, str]:
+    lines = (KEY_LINE, POOR_LINE, SLOW_LINE)
+    return dict(tuple(part.strip().strip('"') for part in line.split("=")) for line in lines)  # type: ignore[misc]
+
+
+@pytest.fixture
+def simulator() -> Iterator[RunningSimulator]:
+    with start_simulator(SimulatorOptions(scenario=parse_scenario(SCENARIO))) as sim:
+        yield sim
+
+
+def gateway_config(settings: KafkaSettings, sim: RunningSimulator) -> Config:
+    return config(
+        settings, sim,
+        routes={
+            "general": {"models": ["openai/gpt-4o-mini", "anthropic/claude-3.5-haiku"]},
+            "flaky": {"models": ["down/model", "good/model"]},
+            "broken": {"models": ["broken/model", "good/model"]},
+        },
+        retry={"max_retries": 0},
+        breaker={"failure_threshold": 50},
+        tenants={
+            "default": UNLIMITED,
+            "poor": UNLIMITED | {"budget_usd_per_day": 0.000001},
+            "slow": UNLIMITED | {"burst": 1, "requests_per_minute": 1},
+        },
+        gateway={"port": 0, "timeout_s": 30, "keys": _keys()},
+    )  # fmt: skip
+
+
+_CLIENTS: list[openai.AsyncOpenAI] = []
+
+
+@asynccontextmanager
+async def stack(
+    settings: KafkaSettings, sim: RunningSimulator
+) -> AsyncIterator[tuple[Config, RunningGateway]]:
+    cfg = gateway_config(settings, sim)
+    async with running(cfg):
+        gateway = await asyncio.to_thread(start_in_thread, cfg, port=0)
+        try:
+            yield cfg, gateway
+        finally:
+            while _CLIENTS:
+                await _CLIENTS.pop().close()
+            await asyncio.to_thread(gateway.stop)
+
+
+def sdk(gateway: RunningGateway, key: str = KEY, **kw: Any) -> openai.AsyncOpenAI:
+    """An SDK client, closed when the stack stops."""
+    client = openai.AsyncOpenAI(base_url=gateway.base_url, api_key=key, **kw)
+    _CLIENTS.append(client)
+    return client
+
+
+def direct(sim: RunningSimulator, model: str) -> dict[str, Any]:
+    """The simulator's own answer to PROMPT (it answers the same prompt the same way)."""
+    body = {"model": model, "messages": PROMPT, "temperature": 0}
+    return httpx.post(f"{sim.base_url}/chat/completions", json=body, timeout=10).json()
+
+
+async def test_the_openai_sdk_gets_plain_streamed_and_raw_answers_through_the_gateway(
+    kafka_settings: KafkaSettings, kafka_topics: Topics, simulator: RunningSimulator
+) -> None:
+    expected = direct(simulator, "openai/gpt-4o-mini")
+    async with stack(kafka_settings, simulator) as (_, gateway):
+        client = sdk(gateway)
+        plain = await client.chat.completions.create(
+            model="turnout/general",
+            messages=PROMPT,
+            temperature=0,  # type: ignore[arg-type]
+        )
+        assert plain.choices[0].message.content == expected["choices"][0]["message"]["content"]
+        assert plain.usage is not None and plain.usage.total_tokens > 0
+
+        raw = await client.chat.completions.with_raw_response.create(
+            model="openai/gpt-4o-mini",
+            messages=PROMPT,
+            temperature=0,  # type: ignore[arg-type]
+        )
+        assert raw.headers["x-turnout-model"] == "openai/gpt-4o-mini"
+        assert raw.headers["x-request-id"] and raw.headers["x-turnout-cache"] in ("miss", "hit")
+
+        stream = await client.chat.completions.create(
+            model="turnout/general", messages=PROMPT, temperature=0, stream=True,  # type: ignore[arg-type]
+            stream_options={"include_usage": True},
+        )  # fmt: skip
+        text, usage = "", None
+        async for chunk in stream:
+            if chunk.choices:
+                text += chunk.choices[0].delta.content or ""
+            if chunk.usage is not None:
+                usage = chunk.usage
+        assert text == expected["choices"][0]["message"]["content"]
+        assert usage is not None
+        assert usage.completion_tokens == expected["usage"]["completion_tokens"]
+
+        with openai.OpenAI(base_url=gateway.base_url, api_key=KEY) as sync:
+            answer = await asyncio.to_thread(
+                sync.chat.completions.create, model="turnout/general", messages=PROMPT
+            )
+        assert answer.choices[0].message.content
+
+
+async def test_refusals_are_the_errors_the_sdk_acts_on_and_a_budget_refusal_is_not_retried(
+    kafka_settings: KafkaSettings, kafka_topics: Topics, simulator: RunningSimulator
+) -> None:
+    async with stack(kafka_settings, simulator) as (_, gateway):
+        with pytest.raises(openai.AuthenticationError):
+            await sdk(gateway, "tk-not-a-key").chat.completions.create(
+                model="turnout/general",
+                messages=PROMPT,  # type: ignore[arg-type]
+            )
+        slow = sdk(gateway, SLOW_KEY, max_retries=0)
+        await slow.chat.completions.create(model="turnout/general", messages=PROMPT)  # type: ignore[arg-type]
+        with pytest.raises(openai.RateLimitError) as limited:
+            await slow.chat.completions.create(model="turnout/general", messages=PROMPT)  # type: ignore[arg-type]
+        assert int(limited.value.response.headers["retry-after-ms"]) > 0
+        assert limited.value.response.headers["retry-after"]
+
+        before = gateway.app.requests
+        poor = sdk(gateway, POOR_KEY, max_retries=3)
+        with pytest.raises(openai.APIStatusError) as refused:
+            await poor.chat.completions.create(model="turnout/general", messages=PROMPT)  # type: ignore[arg-type]
+        assert refused.value.status_code == 402
+        assert refused.value.response.headers["x-should-retry"] == "false"
+        assert gateway.app.requests == before + 1  # the SDK did not try again
+        with pytest.raises(openai.APIStatusError) as streamed:  # also when streamed
+            await poor.chat.completions.create(
+                model="turnout/general",
+                messages=PROMPT,
+                stream=True,  # type: ignore[arg-type]
+            )
+        assert streamed.value.status_code == 402
+
+        with pytest.raises(openai.BadRequestError, match="no route"):
+            await sdk(gateway).chat.completions.create(model="turnout/nope", messages=PROMPT)  # type: ignore[arg-type]
+        models = await sdk(gateway).models.list()
+        ids = {m.id for m in models.data}
+        assert {"turnout/general", "turnout/flaky", "openai/gpt-4o-mini", "good/model"} <= ids
+
+
+async def test_a_stream_that_fails_after_its_first_token_raises_in_the_sdk_and_counts(
+    kafka_settings: KafkaSettings, kafka_topics: Topics, simulator: RunningSimulator
+) -> None:
+    """LiteLLM #40404 / Portkey #1797: a stream cut after its first token must not end
+    as if it succeeded. Here the SDK raises, the events say so, the breaker counts it."""
+    async with stack(kafka_settings, simulator) as (_, gateway):
+        stream = await sdk(gateway).chat.completions.create(
+            model="turnout/broken", messages=PROMPT, stream=True,  # type: ignore[arg-type]
+            extra_headers={"Idempotency-Key": "cut-1"},
+        )  # fmt: skip
+        text = ""
+        with pytest.raises(openai.APIError, match=r"midstream_error"):
+            async for chunk in stream:
+                if chunk.choices:
+                    text += chunk.choices[0].delta.content or ""
+        assert text  # some tokens came, then the error: never a silent success
+        rid = "idem:acme:cut-1"
+        envs = await read_events(
+            kafka_settings.bootstrap, kafka_settings.topics.events,
+            lambda es: any(e.type == "turnout.request.failed" and e.subject == rid for e in es),
+        )  # fmt: skip
+        mine = [e for e in envs if e.subject == rid]
+        failed = of_type(mine, "request.failed")[0].data
+        assert failed.code == "upstream_stream_error" and failed.partial is True
+        assert failed.model == "broken/model" and failed.usage.completion_tokens > 0
+        assert failed.cost_micros > 0  # what was streamed is charged
+        attempt = of_type(mine, "attempt.failed")
+        assert [a.data.breaker_failure for a in attempt] == [True]
+        assert not of_type(mine, "fallback.taken")  # no second model after the first token
+        assert len(of_type(mine, "stream.first_token")) == 1
+
+
+async def test_a_model_that_fails_before_its_first_token_falls_back_unseen(
+    kafka_settings: KafkaSettings, kafka_topics: Topics, simulator: RunningSimulator
+) -> None:
+    expected = direct(simulator, "good/model")
+    async with stack(kafka_settings, simulator) as (_, gateway):
+        raw = await sdk(gateway).chat.completions.with_raw_response.create(
+            model="turnout/flaky",
+            messages=PROMPT,
+            temperature=0,
+            stream=True,  # type: ignore[arg-type]
+        )
+        assert raw.headers["x-turnout-model"] == "good/model"
+        text = ""
+        async for chunk in raw.parse():
+            if chunk.choices:
+                text += chunk.choices[0].delta.content or ""
+        assert text == expected["choices"][0]["message"]["content"]
+
+
+async def test_a_stream_over_kafka_alone_is_chunks_in_order_then_the_assembled_answer(
+    kafka_settings: KafkaSettings, kafka_topics: Topics, simulator: RunningSimulator
+) -> None:
+    expected = direct(simulator, "openai/gpt-4o-mini")
+    cfg = gateway_config(kafka_settings, simulator)
+    cfg = msgspec.structs.replace(
+        cfg, streaming=msgspec.structs.replace(cfg.streaming, flush_tokens=2)
+    )
+    async with running(cfg), AsyncTurnout(kafka_settings) as turnout:
+        stream = await turnout.stream(PROMPT, tenant="acme", temperature=0)
+        chunks = [c async for c in stream]
+        text = "".join(
+            c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]
+        )
+        last = stream.response
+        assert last is not None and last["status"] == "ok"
+        answer = last["response"]
+        assert answer["object"] == "chat.completion"
+        assert answer["choices"][0]["message"]["content"] == text
+        assert text == expected["choices"][0]["message"]["content"]
+        assert last["usage"] == {k: expected["usage"][k] for k in last["usage"]}
+        assert last["stream"]["chunks"] == len(chunks) > 1 and last["stream"]["ttft_ms"] > 0
+
+        records = await collect_until_quiet(kafka_settings.bootstrap, turnout.reply_topic, 1.0)
+        kinds = [dict(r.headers).get(STREAM_HEADER) for r in records]
+        assert kinds == [b"chunk"] * len(chunks) + [b"end"]
+        seqs = [int(dict(r.headers)[SEQ_HEADER]) for r in records[:-1]]
+        assert seqs == list(range(1, len(chunks) + 1))
+        assert [json.loads(r.value)["seq"] for r in records[:-1]] == seqs
+
+        broken = await turnout.stream(PROMPT, tenant="acme", task_type="broken")
+        with pytest.raises(StreamFailed) as failed:
+            async for _ in broken:
+                pass
+        assert failed.value.response["partial"] is True
+        assert failed.value.response["error"]["code"] == "upstream_stream_error"
