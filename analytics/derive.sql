@@ -27,14 +27,15 @@ WITH e AS (
                       "total_tokens": "BIGINT"}
         }') AS d,
         type IN ('turnout.request.completed', 'turnout.request.failed',
-                 'turnout.request.rejected', 'turnout.request.deadlettered') AS terminal
+                 'turnout.request.rejected', 'turnout.request.deadlettered',
+                 'turnout.request.cancelled') AS terminal
     FROM events
     WHERE batch_seq > $lo AND batch_seq <= $hi
       AND (request_id IS NOT NULL OR type = 'turnout.request.deadlettered')
       AND type IN (
           'turnout.request.accepted', 'turnout.request.rejected',
           'turnout.request.deadlettered', 'turnout.request.completed',
-          'turnout.request.failed', 'turnout.request.coalesced',
+          'turnout.request.failed', 'turnout.request.coalesced', 'turnout.request.cancelled',
           'turnout.route.decided', 'turnout.attempt.started', 'turnout.cache.hit')
 )
 SELECT

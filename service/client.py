@@ -31,7 +31,6 @@ Rules:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import threading
 from collections import OrderedDict
@@ -110,6 +109,9 @@ class StreamFailed(TurnoutError):
         self.response = response
 
 
+_Item = tuple[int, bytes] | dict[str, Any] | BaseException
+
+
 class ReplyStream:
     """One streamed request's records as they come: its chunks, then its last record.
 
@@ -125,13 +127,21 @@ class ReplyStream:
         self.seq = 0  # the last seq passed on
         self.model: str | None = None  # the model serving it (from its first chunk)
         self.attempt: int | None = None
-        self._queue: asyncio.Queue[tuple[int, bytes] | dict[str, Any] | BaseException] = (
-            asyncio.Queue()
-        )
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._on_close = on_close
+        self._held: list[_Item] | None = None  # live records held while the log is read
 
-    def _put(self, item: tuple[int, bytes] | dict[str, Any] | BaseException) -> None:
-        self._queue.put_nowait(item)
+    def _put(self, item: _Item) -> None:
+        if self._held is not None:
+            self._held.append(item)
+        else:
+            self._queue.put_nowait(item)
+
+    def _replay(self, items: list[_Item]) -> None:
+        """Records read back from the log, then the live ones that came meanwhile."""
+        held, self._held = self._held or [], None
+        for item in (*items, *held):
+            self._queue.put_nowait(item)
 
     def _served(self, headers: Sequence[tuple[str, bytes]]) -> None:
         for key, value in headers:
@@ -215,7 +225,7 @@ class AsyncTurnout:
         self._reader_task: asyncio.Task[None] | None = None
         self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._unclaimed: OrderedDict[str, dict[str, Any]] = OrderedDict()
-        self._streams: dict[str, ReplyStream] = {}
+        self._streams: dict[str, list[ReplyStream]] = {}  # request id -> its listeners
         self._failure: BaseException | None = None
 
     # ------------------------------------------------------------ lifecycle
@@ -352,7 +362,8 @@ class AsyncTurnout:
         rid = str(doc["request_id"])
         waiter: ReplyStream | asyncio.Future[dict[str, Any]]
         if doc.get("stream"):
-            waiter = self._streams[rid] = ReplyStream(rid, timeout_s, self._end_stream)
+            waiter = ReplyStream(rid, timeout_s, self._end_stream)
+            self._streams.setdefault(rid, []).append(waiter)
         else:
             waiter = self._expect(rid)
         try:
@@ -365,9 +376,49 @@ class AsyncTurnout:
             raise
         return waiter
 
+    async def cancel(
+        self, request_id: str, *, tenant: str = "default", reason: str = "cancel record"
+    ) -> None:
+        """Ask the router to stop a request (CONTRACT.md, the cancel record): its running
+        upstream call is aborted and it ends `cancelled`, charged for what it used."""
+        await self._send({"cancel": request_id, "tenant": tenant, "reason": reason})
+
+    async def follow(
+        self, request_id: str, *, after: int = 0, since_ms: int = 0, timeout_s: float = 120
+    ) -> ReplyStream:
+        """A stream this client asked for, read again from its reply topic: its chunks
+        after `seq` `after` (an SSE `Last-Event-ID`), recorded since `since_ms`, then the
+        live ones until its last record. Apache Kafka only (it looks up offsets by time)."""
+        self._require_replies()
+        stream = ReplyStream(request_id, timeout_s, self._end_stream)
+        stream.seq = after
+        stream._held = []
+        self._streams.setdefault(request_id, []).append(stream)
+        items: list[_Item] = []
+        try:
+            tp = TopicPartition(self.reply_topic, 0)
+            async with Reader(self.settings, [tp]) as reader:
+                start = (await reader.offsets_for_times({tp: since_ms}))[tp]
+                end = (await reader.end_offsets([tp]))[tp]
+                if start is not None and start < end:
+                    reader.seek(tp, start)
+                    while await reader.position(tp) < end:
+                        for records in (await reader.getmany(timeout_ms=200)).values():
+                            for r in records:
+                                if r.offset < end and r.key == request_id.encode():
+                                    items.extend(_item(stream, r.value, r.headers))
+        except BaseException:
+            stream.close()
+            raise
+        stream._replay(items)
+        return stream
+
     def _end_stream(self, rid: str, stream: ReplyStream) -> None:
-        if self._streams.get(rid) is stream:
-            del self._streams[rid]
+        listeners = self._streams.get(rid)
+        if listeners is not None and stream in listeners:
+            listeners.remove(stream)
+            if not listeners:
+                del self._streams[rid]
 
     async def wait(self, request_id: str, *, timeout_s: float = 120) -> dict[str, Any]:
         """The response to a request this client `submit`ted (raises `TimeoutError`)."""
@@ -436,13 +487,9 @@ class AsyncTurnout:
     ) -> None:
         kind = next((v for k, v in headers if k == STREAM_HEADER), None)
         if kind == b"chunk":
-            stream = self._streams.get(key.decode("utf-8", "replace")) if key else None
-            seq = next((v for k, v in headers if k == SEQ_HEADER), None)
-            if stream is not None and seq is not None and value:
-                if stream.model is None:
-                    stream._served(headers)
-                with contextlib.suppress(ValueError):
-                    stream._put((int(seq), chunk_of(value)))
+            for stream in self._streams.get(key.decode("utf-8", "replace"), ()) if key else ():
+                for item in _item(stream, value, headers):
+                    stream._put(item)
             return
         try:
             doc = json.loads(value or b"")
@@ -453,9 +500,10 @@ class AsyncTurnout:
         rid = doc.get("request_id") or (key.decode("utf-8", "replace") if key else None)
         if not isinstance(rid, str):
             return
-        stream = self._streams.get(rid)
-        if stream is not None:
-            stream._put(doc)
+        listeners = self._streams.get(rid)
+        if listeners:
+            for stream in listeners:
+                stream._put(doc)
             return
         future = self._waiting.pop(rid, None)
         if future is not None:
@@ -468,13 +516,36 @@ class AsyncTurnout:
 
     def _fail_waiting(self, err: BaseException) -> None:
         streams, self._streams = self._streams, {}
-        for stream in streams.values():
-            stream._put(err)
+        for listeners in streams.values():
+            for stream in listeners:
+                stream._put(err)
         waiting, self._waiting = self._waiting, {}
         for future in waiting.values():
             if not future.done():
                 future.set_exception(err)
                 future.exception()  # retrieved: a call may have stopped waiting already
+
+
+def _item(
+    stream: ReplyStream, value: bytes | None, headers: Sequence[tuple[str, bytes]]
+) -> list[_Item]:
+    """What a record of `stream`'s request says: a chunk `(seq, bytes)`, or its last record."""
+    kind = next((v for k, v in headers if k == STREAM_HEADER), None)
+    if kind == b"chunk":
+        seq = next((v for k, v in headers if k == SEQ_HEADER), None)
+        if seq is None or not value or not seq.isdigit():
+            return []
+        if stream.model is None:
+            stream._served(headers)
+        try:
+            return [(int(seq), chunk_of(value))]
+        except ValueError:
+            return []
+    try:
+        doc = json.loads(value or b"")
+    except ValueError:
+        return []
+    return [doc] if isinstance(doc, dict) else []
 
 
 class Turnout:

@@ -148,7 +148,7 @@ class Telemetry:
         if not self._requests:
             return
         for event in events:
-            if isinstance(event, ev.RequestCompleted | ev.RequestFailed | ev.RequestRejected):
+            if type(event) in _OUTCOMES:
                 self._end_request(event)
 
     def abandon(self, request_ids: Iterable[str], reason: str) -> None:
@@ -217,6 +217,7 @@ _OUTCOMES: Final[dict[type, str]] = {
     ev.RequestCompleted: "completed",
     ev.RequestFailed: "failed",
     ev.RequestRejected: "rejected",
+    ev.RequestCancelled: "cancelled",
 }
 
 
@@ -256,6 +257,9 @@ def _terminal_attributes(terminal: Any, outcome: str) -> dict[str, Any]:
             "turnout.attempts": terminal.attempts,
             "turnout.cost_micros": terminal.cost_micros,
         }
+    elif isinstance(terminal, ev.RequestCancelled):
+        attrs["turnout.attempts"] = terminal.attempts
+        attrs["turnout.cancel_reason"] = terminal.reason
     else:
         attrs["error.type"] = terminal.code
         if isinstance(terminal, ev.RequestFailed):

@@ -151,6 +151,17 @@ def _request_words(e: Any) -> tuple[str | None, str] | None:
                 f"failed {e.code}: {e.message} after {e.attempts} attempt(s) in "
                 f"{_ms(e.latency_ms)}" + (f" [{errors}]" if errors else "")
             )
+        case ev.RequestCancelled():
+            used = e.usage.total_tokens if e.usage is not None else 0
+            return (
+                e.model,
+                f"cancelled ({e.reason}) after {_ms(e.latency_ms)}, {used} tokens, "
+                f"{_usd(e.cost_micros)}",
+            )
+        case ev.StreamFirstToken():
+            return e.model, f"first token of attempt {e.attempt} after {_ms(e.ttft_ms)}"
+        case ev.StreamCut():
+            return e.model, f"stream cut ({e.why}) at {e.completion_tokens} tokens"
         case ev.RequestRejected():
             after = f", retry after {e.retry_after_ms} ms" if e.retry_after_ms is not None else ""
             return None, f"rejected {e.code}: {e.message}{after}"

@@ -28,6 +28,7 @@ SELECT
         WHEN 'turnout.request.completed' THEN 'completed'
         WHEN 'turnout.request.failed' THEN 'failed'
         WHEN 'turnout.request.rejected' THEN 'rejected'
+        WHEN 'turnout.request.cancelled' THEN 'cancelled'
         WHEN 'turnout.request.deadlettered' THEN 'deadlettered'
         ELSE 'in_flight'
     END AS outcome,

@@ -56,7 +56,7 @@ BUCKET: Final = "time_bucket(to_seconds($bucket_s), {})"
 
 TERMINAL: Final = (
     "'turnout.request.completed', 'turnout.request.failed', "
-    "'turnout.request.rejected', 'turnout.request.deadlettered'"
+    "'turnout.request.rejected', 'turnout.request.deadlettered', 'turnout.request.cancelled'"
 )
 
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import date
-from decimal import ROUND_CEILING, Decimal
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from functools import lru_cache
 from typing import Final
 
@@ -49,6 +49,7 @@ __all__ = [
     "BudgetEvent",
     "Reservation",
     "TenantBudget",
+    "completion_allowance",
     "decide_reserve",
     "decide_settle",
     "dump",
@@ -133,6 +134,26 @@ def reservation_micros(
         worst = max(worst, p * prompt + c * completion)
     micros = int((worst * _MICRO).to_integral_value(rounding=ROUND_CEILING))
     return max(micros, 1) if prompt + completion > 0 else micros
+
+
+def completion_allowance(
+    reservation: int, prompt_tokens: int, price: Price | None, *, limits: TenantLimits
+) -> int | None:
+    """Completion tokens a request may use within its reservation (`reservation`
+    micro-dollars) at `price` (else `default_price_per_mtok`), one token of margin for
+    rounding; None when completion is free. A stream is cut there (`turnout.stream.cut`),
+    so its charge never passes what was reserved, and spend never passes the limit."""
+    fallback = Decimal(str(limits.default_price_per_mtok)) / _MICRO
+    p, c = (
+        (fallback, fallback)
+        if price is None
+        else (Decimal(str(price.prompt)), Decimal(str(price.completion)))
+    )
+    if c <= 0:
+        return None
+    left = Decimal(reservation) / _MICRO - p * max(prompt_tokens, 0)
+    tokens = int((left / c).to_integral_value(rounding=ROUND_FLOOR)) - 1
+    return max(tokens, 0)
 
 
 def _limited(limits: TenantLimits, day: str, month: str) -> list[tuple[str, str, int]]:

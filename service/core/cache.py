@@ -409,6 +409,8 @@ def evolve_cache(index: CacheIndex, event: object) -> None:
             _follow(index, event)
         case ev.RequestCompleted() | ev.RequestFailed() | ev.RequestRejected():
             _finish(index, event.request_id)
+        case ev.RequestCancelled():
+            _finish(index, event.request_id)
 
 
 # --- snapshots ----------------------------------------------------------------

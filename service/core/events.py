@@ -55,6 +55,7 @@ __all__ = [
     "RatelimitExceeded",
     "RawEvent",
     "RequestAccepted",
+    "RequestCancelled",
     "RequestCoalesced",
     "RequestCompleted",
     "RequestDeadlettered",
@@ -64,6 +65,7 @@ __all__ = [
     "RouteDecided",
     "RouterMarker",
     "SkippedModel",
+    "StreamCut",
     "StreamFirstToken",
     "StreamStats",
     "Usage",
@@ -213,6 +215,23 @@ class RequestFailed(_EventBase, frozen=True, kw_only=True):
     stream: StreamStats | None = None
 
 
+class RequestCancelled(_EventBase, frozen=True, kw_only=True):
+    """Terminal: stopped on request (a cancel record, or a gateway client that went away);
+    what it used before it stopped (a stream's relayed tokens) is charged."""
+
+    TYPE: ClassVar[str] = "turnout.request.cancelled"
+    request_id: str
+    tenant: str
+    reason: str
+    attempts: int
+    latency_ms: float
+    model: str | None = None
+    usage: Usage | None = None
+    cost_micros: int = 0
+    reply_to: str | None = None
+    stream: StreamStats | None = None
+
+
 class RequestCoalesced(_EventBase, frozen=True, kw_only=True):
     """The request waits for an identical in-flight request (the leader)."""
 
@@ -312,6 +331,19 @@ class StreamFirstToken(_EventBase, frozen=True, kw_only=True):
     model: str
     attempt: int
     ttft_ms: float
+
+
+class StreamCut(_EventBase, frozen=True, kw_only=True):
+    """A stream stopped before the upstream ended it: `why` is budget (its reservation
+    would be passed), max_tokens, cancel, or upstream (it failed after the first token)."""
+
+    TYPE: ClassVar[str] = "turnout.stream.cut"
+    request_id: str
+    tenant: str
+    model: str
+    attempt: int
+    why: str
+    completion_tokens: int
 
 
 class FallbackTaken(_EventBase, frozen=True, kw_only=True):
@@ -519,6 +551,7 @@ Event: TypeAlias = (
     | RequestDeadlettered
     | RequestCompleted
     | RequestFailed
+    | RequestCancelled
     | RequestCoalesced
     | CacheHit
     | CacheMiss
@@ -528,6 +561,7 @@ Event: TypeAlias = (
     | RouteDecided
     | FallbackTaken
     | StreamFirstToken
+    | StreamCut
     | AttemptStarted
     | AttemptSucceeded
     | AttemptFailed

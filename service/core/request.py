@@ -5,6 +5,7 @@
     decide_retry_due(state, request_id, ctx)    -> Decision
     decide_delivered(state, terminal, ctx)      -> Decision   (found answered after a crash)
     decide_first_token(state, request_id, model, attempt, ttft_ms, ctx) -> Decision
+    decide_cancel(state, request_id, tenant, reason, ctx, stopped=None) -> Decision
 
 Rules:
 - Pure: no clock, no randomness, no I/O. `ctx.now_ms` is the event time; the
@@ -41,6 +42,7 @@ import msgspec
 from service.core import cache as caching
 from service.core import events as ev
 from service.core.admission import (
+    NO_USAGE,
     accepted_event,
     admission_key,
     answer_from_cache,
@@ -66,6 +68,7 @@ from service.core.decision import (
     Wait,
 )
 from service.core.outcomes import CLASSES
+from service.core.partitioning import home_partition
 from service.core.retry import retry_allowed, retry_delay_ms
 from service.core.routing import RouteDecision, decide_route
 from service.core.state import InFlight, RouterState, Terminal, expired_outcome
@@ -80,6 +83,7 @@ __all__ = [
     "Respond",
     "Wait",
     "admission_key",
+    "decide_cancel",
     "decide_delivered",
     "decide_first_token",
     "decide_intake",
@@ -361,8 +365,14 @@ def _on_success(state: RouterState, flight: InFlight, result: CallResult, ctx: C
     breaker, _ = _breaker_events(state, result.model, result.slow, ctx, None)
     terminal = _completed(flight, result, ctx.now_ms)
     settled = settle(state, flight, result.cost_micros, ctx)
-    stored = store(state, flight, result, ctx)
+    stored = store(state, flight, result, ctx) if result.cut is None else []
     events: list[Any] = [succeeded, *breaker, *settled, *stored, terminal]
+    if result.cut is not None:  # stopped at its allowance: said before it settles
+        events.insert(1, ev.StreamCut(
+            request_id=flight.request_id, tenant=flight.tenant, model=result.model,
+            attempt=result.attempt, why=result.cut,
+            completion_tokens=result.usage.completion_tokens,
+        ))  # fmt: skip
     return with_followers(state, flight, terminal, events, ctx)
 
 
@@ -516,7 +526,9 @@ def decide_delivered(state: RouterState, terminal: Terminal, ctx: Context) -> De
     if terminal.request_id in state.finished:
         return Decision(events=[], effects=[])
     flight = state.inflight.get(terminal.request_id)
-    actual = terminal.cost_micros if isinstance(terminal, ev.RequestCompleted) else None
+    actual = None if isinstance(terminal, ev.RequestRejected) else terminal.cost_micros or None
+    if isinstance(terminal, ev.RequestCompleted):
+        actual = terminal.cost_micros
     if flight is not None:
         settled = settle(state, flight, actual, ctx)  # [] when its settlement is in the log
         return Decision(events=[*settled, terminal], effects=[recorded])
@@ -530,6 +542,45 @@ def decide_delivered(state: RouterState, terminal: Terminal, ctx: Context) -> De
             day=day, month=month,
         ))  # fmt: skip
     return Decision(events=[*charged, terminal], effects=[recorded])
+
+
+def decide_cancel(
+    state: RouterState,
+    request_id: str,
+    tenant: str,
+    reason: str,
+    ctx: Context,
+    *,
+    stopped: CallResult | None = None,
+) -> Decision:
+    """A cancel for a request in flight: end it `cancelled`, charging what its stopped
+    call (`stopped`: a stream's relayed part) used, and releasing the rest of its
+    reservation. Ignored (empty) when the request is not in flight, belongs to another
+    tenant (no tenant stops another's request), or has followers waiting on its answer."""
+    flight = state.inflight.get(request_id)
+    if flight is None or flight.tenant != tenant:
+        return Decision(events=[], effects=[])
+    index = state.cache.get(home_partition(tenant))
+    if index is not None and index.followers(request_id):
+        return Decision(events=[], effects=[])
+    events: list[Any] = []
+    usage, cost, model, stats = NO_USAGE, 0, flight.model, None
+    if stopped is not None and stopped.attempt == flight.attempt:
+        usage, cost, model = stopped.usage, stopped.cost_micros, stopped.model
+        stats = stopped.stream
+        if flight.first_token_attempt == stopped.attempt:
+            events.append(ev.StreamCut(
+                request_id=request_id, tenant=tenant, model=stopped.model,
+                attempt=stopped.attempt, why="cancel", completion_tokens=usage.completion_tokens,
+            ))  # fmt: skip
+    terminal = ev.RequestCancelled(
+        request_id=request_id, tenant=tenant, reason=reason, attempts=flight.attempt,
+        latency_ms=float(ctx.now_ms - flight.accepted_at_ms), model=model, usage=usage,
+        cost_micros=cost, reply_to=flight.reply_to, stream=stats,
+    )  # fmt: skip
+    events += settle(state, flight, cost or None, ctx)
+    events.append(terminal)
+    return Decision(events=events, effects=[Respond(terminal=terminal)])
 
 
 def decide_internal_error(

@@ -104,7 +104,7 @@ _body_decoder: Final = msgspec.msgpack.Decoder(PartitionState)
 _frame_decoder: Final = msgspec.msgpack.Decoder(Snapshot)
 _TERMINALS: Final[dict[str, msgspec.msgpack.Decoder[Terminal]]] = {
     cls.TYPE: msgspec.msgpack.Decoder(cls)
-    for cls in (ev.RequestCompleted, ev.RequestFailed, ev.RequestRejected)
+    for cls in (ev.RequestCompleted, ev.RequestFailed, ev.RequestRejected, ev.RequestCancelled)
 }
 
 

@@ -49,11 +49,11 @@ __all__ = [
 ]  # fmt: skip
 
 DAY_MS: Final = 86_400_000
-OUTCOMES: Final = ("completed", "failed", "rejected")  # codes 0, 1, 2 in `expired`
+OUTCOMES: Final = ("completed", "failed", "rejected", "cancelled")  # codes in `expired`
 _OUTCOME_CODE: Final = {f"turnout.request.{o}": n for n, o in enumerate(OUTCOMES)}
 _size_encoder: Final = msgspec.msgpack.Encoder()
 
-Terminal = ev.RequestCompleted | ev.RequestFailed | ev.RequestRejected
+Terminal = ev.RequestCompleted | ev.RequestFailed | ev.RequestRejected | ev.RequestCancelled
 
 
 class InFlight(msgspec.Struct, frozen=True, kw_only=True):
@@ -235,7 +235,7 @@ def _evolve_request(state: RouterState, event: object, now_ms: int, cfg: Config)
             if event.intake_partition is not None and event.intake_offset is not None:
                 state.intake[event.request_id] = (event.intake_partition, event.intake_offset)
             _finish(state, event, now_ms, cfg)
-        case ev.RequestCompleted() | ev.RequestFailed():
+        case ev.RequestCompleted() | ev.RequestFailed() | ev.RequestCancelled():
             _finish(state, event, now_ms, cfg)
 
 
@@ -296,7 +296,7 @@ def _evolve_tenant(state: RouterState, event: object, now_ms: int, cfg: Config) 
                 ratelimit.admit(
                     windows, limits, request_id=event.request_id, now_ms=now_ms, tokens=tokens
                 )
-        case ev.RequestCompleted() | ev.RequestFailed():
+        case ev.RequestCompleted() | ev.RequestFailed() | ev.RequestCancelled():
             used = event.usage.total_tokens if event.usage is not None else 0
             windows = state.limits.get(event.tenant)
             ratelimit.settle(windows, request_id=event.request_id, tokens=used)
@@ -314,16 +314,18 @@ def _evolve_cache(state: RouterState, event: Any, _now_ms: int, _cfg: Config) ->
 _Folder = Callable[[RouterState, Any, int, Config], None]
 _PARTS: Final[tuple[tuple[_Folder, tuple[type, ...]], ...]] = (
     (_evolve_tenant, (
-        ev.RequestAccepted, ev.RequestCompleted, ev.RequestFailed, ev.BudgetReserved,
+        ev.RequestAccepted, ev.RequestCompleted, ev.RequestFailed, ev.RequestCancelled,
+        ev.BudgetReserved,
         ev.BudgetCharged, ev.BudgetReleased, ev.BudgetExceeded,
     )),
     (_evolve_cache, (
         ev.CacheStored, ev.CacheHit, ev.CacheEvicted, ev.RequestAccepted, ev.RequestCoalesced,
-        ev.RequestCompleted, ev.RequestFailed, ev.RequestRejected,
+        ev.RequestCompleted, ev.RequestFailed, ev.RequestRejected, ev.RequestCancelled,
     )),
     (_evolve_request, (
         ev.RequestAccepted, ev.RouteDecided, ev.AttemptStarted, ev.RetryScheduled,
         ev.StreamFirstToken, ev.RequestCompleted, ev.RequestFailed, ev.RequestRejected,
+        ev.RequestCancelled,
     )),
     (_evolve_model, (
         ev.AttemptSucceeded, ev.AttemptFailed, ev.BreakerOpened, ev.BreakerHalfOpened,

@@ -22,7 +22,11 @@ Rules:
   (`error` + `finish_reason: "error"`), never `[DONE]`, so no SDK mistakes a cut
   answer for a whole one. Chunk JSON is written as the router recorded it (`id:` is
   its `seq`), not decoded and encoded again.
-- A client that goes away mid-stream stops the relay at once.
+- `GET /v1/chat/completions/{id}/stream` with `Last-Event-ID: N` replays a stream this
+  instance served (its tenant's only) from chunk N+1, read back from the reply topic,
+  then follows it live to its end.
+- A client that goes away mid-stream stops the relay at once and cancels the request
+  (a cancel record): the router aborts the upstream call and charges what was streamed.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import asyncio
 import json
 import logging
 import math
+from collections import OrderedDict
 from contextlib import suppress
 from typing import Any, Final
 
@@ -52,6 +57,8 @@ log = logging.getLogger("turnout.gateway")
 _encode = msgspec.json.Encoder().encode
 _DONE: Final = b"data: [DONE]\n\n"
 _ROUTE_PREFIX: Final = "turnout/"
+_RESUME: Final = ("/v1/chat/completions/", "/stream")
+_KEEP_STREAMS: Final = 10_000  # streams this gateway remembers for resume
 
 #              code                       status  OpenAI error type
 _STATUSES: Final[dict[str, tuple[int, str]]] = {
@@ -104,6 +111,7 @@ class GatewayApp:
         self.settings = settings or KafkaSettings.from_config(cfg.kafka, topics=cfg.topics)
         self.client = AsyncTurnout(self.settings)
         self.started = False
+        self.served: OrderedDict[str, tuple[str, int]] = OrderedDict()  # rid -> tenant, start
         self.requests = 0
         self.streams = 0
         self.disconnects = 0
@@ -120,6 +128,8 @@ class GatewayApp:
         try:
             if path == "/v1/chat/completions" and method == "POST":
                 await self._chat(scope, receive, send)
+            elif path.startswith(_RESUME[0]) and path.endswith(_RESUME[1]) and method == "GET":
+                await self._resume(scope, receive, send, path[len(_RESUME[0]) : -len(_RESUME[1])])
             elif path == "/v1/models" and method == "GET":
                 await self._models(scope, send)
             elif path == "/livez":
@@ -189,6 +199,9 @@ class GatewayApp:
         self.requests += 1
         if intake.get("stream"):
             self.streams += 1
+            self.served[intake["request_id"]] = (intake["tenant"], clock.now_ms())
+            while len(self.served) > _KEEP_STREAMS:
+                self.served.popitem(last=False)
             await self._stream(scope, receive, send, intake)
         else:
             await self._plain(send, intake)
@@ -276,18 +289,53 @@ class GatewayApp:
         watch = asyncio.create_task(_disconnected(receive))
         try:
             done, _ = await asyncio.wait({relay, watch}, return_when=asyncio.FIRST_COMPLETED)
-            if relay not in done:  # the client went away first
+            if relay not in done:  # the client went away first: stop the request too
                 self.disconnects += 1
                 relay.cancel()
                 with suppress(asyncio.CancelledError):
                     await relay
+                if waiter.response is None:
+                    await self._cancel(intake)
             else:
                 relay.result()
         finally:
             watch.cancel()
             waiter.close()
 
-    async def _relay(self, send: Send, stream: ReplyStream) -> None:
+    async def _resume(self, scope: Scope, receive: Receive, send: Send, rid: str) -> None:
+        """`GET /v1/chat/completions/{id}/stream`: a stream this gateway served, from the
+        chunk after `Last-Event-ID` (read back from its reply topic) to its end."""
+        tenant = self._tenant(scope)
+        served = self.served.get(rid)
+        if served is None or served[0] != tenant:
+            raise _Refused("not_found", f"no stream {rid} was served here for this key")
+        last = _header(scope, b"last-event-id") or "0"
+        if not last.isdigit():
+            raise _Refused("invalid_request", "Last-Event-ID must be a chunk's id (a number)")
+        try:
+            stream = await self.client.follow(
+                rid,
+                after=int(last),
+                since_ms=served[1] - 1000,
+                timeout_s=self.cfg.gateway.timeout_s,
+            )
+        except Exception as err:
+            raise _Refused("not_ready", f"could not read the stream back: {err}") from None
+        relay = asyncio.create_task(self._relay(send, stream, resumed=True))
+        watch = asyncio.create_task(_disconnected(receive))
+        try:
+            await asyncio.wait({relay, watch}, return_when=asyncio.FIRST_COMPLETED)
+            if relay.done():
+                relay.result()
+            else:
+                relay.cancel()
+                with suppress(asyncio.CancelledError):
+                    await relay
+        finally:
+            watch.cancel()
+            stream.close()
+
+    async def _relay(self, send: Send, stream: ReplyStream, *, resumed: bool = False) -> None:
         chunks = stream.raw()
         out: Stream | None = None
         try:
@@ -311,10 +359,20 @@ class GatewayApp:
                 await out.end(encode_event(_error_chunk(stream, doc)))
             return
         doc = stream.response or {}
-        if out is None:  # answered whole (a resend of a finished request): one chunk
+        if out is None and resumed:  # nothing after Last-Event-ID
+            out = await start_stream(send, _answer_headers(doc))
+        elif out is None:  # answered whole (a resend of a finished request): one chunk
             out = await start_stream(send, _answer_headers(doc))
             await out.write(encode_event(_encode(_as_chunk(doc)), id="1"))
         await out.end(_DONE)
+
+    async def _cancel(self, intake: dict[str, Any]) -> None:
+        try:
+            await self.client.cancel(
+                intake["request_id"], tenant=intake["tenant"], reason="client disconnected"
+            )
+        except Exception as err:  # the request runs to its end: it is still charged right
+            log.warning("could not cancel %s: %s", intake["request_id"], err)
 
     async def _send(self, intake: dict[str, Any]) -> ReplyStream | asyncio.Future[dict[str, Any]]:
         try:

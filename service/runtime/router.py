@@ -53,6 +53,7 @@ from service.clock import Clock, clock
 from service.core import events as ev
 from service.core import snapshot
 from service.core.admission import cache_index
+from service.core.budget import completion_allowance
 from service.core.cache import encoding_for
 from service.core.config import BatchingConfig, Config, config_hash, config_to_dict
 from service.core.partitioning import PARTITIONS, home_partition
@@ -67,6 +68,7 @@ from service.core.request import (
     Respond,
     Wait,
     admission_key,
+    decide_cancel,
     decide_delivered,
     decide_first_token,
     decide_intake,
@@ -90,13 +92,21 @@ from service.kafka.topics import (
 from service.runtime import snapshots
 from service.runtime.cachecodec import CacheCodecError, default_codec
 from service.runtime.deliveries import Orphan, find_delivered
-from service.runtime.streaming import Relay, StaleAttempt
+from service.runtime.streaming import CutShort, Relay, StaleAttempt
 from service.telemetry import Telemetry
 from service.upstream import client as upstream
 from service.upstream.pricing import PriceCache
 from service.wire import cloudevents as ce
+from service.wire import stream as streams
 from service.wire.errors import WireError
-from service.wire.intake import REQUEST_ID_HEADER, TENANT_ID, decode_intake, estimate_tokens
+from service.wire.intake import (
+    REQUEST_ID_HEADER,
+    TENANT_ID,
+    Cancel,
+    decode_cancel,
+    decode_intake,
+    estimate_tokens,
+)
 from service.wire.response import encode_response, terminal_from_response
 from service.wire.stream import STREAM_HEADER
 
@@ -230,6 +240,8 @@ class Router:
         # streamed answers' chunk records: no linger, so a first token never waits
         self.chunk_producer = Producer(self.kafka.replace(linger_ms=0))
         self.streams: set[str] = set()  # request ids answered as streams (last record's header)
+        self.calls: dict[str, asyncio.Task[None]] = {}  # request id -> its running call
+        self.cancelling: dict[str, str] = {}  # request id -> why its call is being stopped
         self.consumer = GroupConsumer(
             self.kafka, [self.topics.requests],
             on_assigned=self._on_assigned, on_revoked=self._on_revoked,
@@ -335,10 +347,11 @@ class Router:
         while self.offsets.in_progress(tps) and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any) -> asyncio.Task[None]:
         task = asyncio.create_task(coro)
         self.tasks.add(task)
         task.add_done_callback(self._task_done)
+        return task
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self.tasks.discard(task)
@@ -623,6 +636,10 @@ class Router:
 
     async def _intake(self, record: Any, pos: Position) -> None:
         try:
+            cancel = decode_cancel(record.value, key=record.key)
+            if cancel is not None:
+                await self._cancel(cancel, record, pos)
+                return
             req = self._decode(record)
             if req.task_type not in self.cfg.routes:
                 err = WireError(
@@ -640,15 +657,7 @@ class Router:
             # else: the last owner dead-lettered and answered it before it died
             self._finish(pos)
             return
-        home = home_partition(req.tenant)
-        if home != record.partition:  # keep the id, so a second forward is a duplicate
-            headers = [(k, v) for k, v in record.headers if k != REQUEST_ID_HEADER]
-            headers.append((REQUEST_ID_HEADER, req.request_id.encode()))
-            await (await self.producer.send(
-                self.topics.requests, record.value, key=req.tenant.encode(),
-                headers=headers, partition=home,
-            ))  # fmt: skip
-            self._finish(pos)
+        if await self._forwarded(record, req.tenant, req.request_id, pos):
             return
         ctx = self._ctx()
         resume = req.request_id in self.orphans
@@ -672,6 +681,41 @@ class Router:
         await self._apply(decision, req.request_id, ctx.now_ms)
         if not decision.events:  # a duplicate: the first record answers (or answered)
             self._finish_one(req.request_id, pos)
+
+    async def _forwarded(self, record: Any, tenant: str, request_id: str, pos: Position) -> bool:
+        """Forward a record off its tenant's home partition there (True), keeping its id,
+        so a second forward is a duplicate."""
+        home = home_partition(tenant)
+        if home == record.partition:
+            return False
+        headers = [(k, v) for k, v in record.headers if k != REQUEST_ID_HEADER]
+        headers.append((REQUEST_ID_HEADER, request_id.encode()))
+        await (await self.producer.send(
+            self.topics.requests, record.value, key=tenant.encode(), headers=headers,
+            partition=home,
+        ))  # fmt: skip
+        self._finish(pos)
+        return True
+
+    async def _cancel(self, cancel: Cancel, record: Any, pos: Position) -> None:
+        """A cancel record: stop the request's running call (its task ends the request
+        `cancelled` with what it used), or end it at once when no call runs (waiting for a
+        retry). A request not in flight, or another tenant's, is left alone."""
+        rid = cancel.request_id
+        if await self._forwarded(record, cancel.tenant, f"cancel:{rid}", pos):
+            return
+        flight = self.state.inflight.get(rid)
+        task = self.calls.get(rid)
+        if flight is None or flight.tenant != cancel.tenant:
+            log.info("cancel of %s ignored: not in flight for tenant %s", rid, cancel.tenant)
+        elif task is not None and not task.done():
+            self.cancelling[rid] = cancel.reason
+            task.cancel()
+        else:
+            ctx = self._ctx()
+            decision = decide_cancel(self.state, rid, cancel.tenant, cancel.reason, ctx)
+            await self._apply(decision, rid, ctx.now_ms)
+        self._finish(pos)
 
     async def _recover(self, record: Any, pos: Position, err: Exception) -> None:
         """The router failed on an intake record: an accepted request fails with
@@ -788,7 +832,8 @@ class Router:
         for effect in decision.effects:
             match effect:
                 case Call():
-                    self._spawn(self._guarded(effect.request_id, self._call(effect)))
+                    task = self._spawn(self._guarded(effect.request_id, self._call(effect)))
+                    self.calls[effect.request_id] = task
                 case Wait():
                     asyncio.get_running_loop().call_later(
                         effect.delay_ms / 1000,
@@ -834,14 +879,34 @@ class Router:
         flight = self.state.inflight.get(call.request_id)
         attempt = self.telemetry.start_attempt(call.request_id, call.model, call.attempt)
         stats: ev.StreamStats | None = None
-        if flight is not None and flight.stream:
-            streamed = await self._stream(call, body, flight.reply_to)
-            if streamed is None:  # stale: the request moved on while it streamed
-                return
-            result, stats = streamed
-        else:
-            result = await self.upstream.call(call.model, body)
+        cut: str | None = None
+        try:
+            if flight is not None and flight.stream:
+                streamed = await self._stream(call, body, flight.reply_to)
+                if streamed is None:  # stale: the request moved on while it streamed
+                    return
+                result, stats, cut = streamed
+            else:
+                result = await self.upstream.call(call.model, body)
+        except asyncio.CancelledError:
+            if call.request_id not in self.cancelling:
+                raise
+            _uncancel()
+            result = upstream.CallResult(ok=False, error_class="cancelled", message="cancelled")
+        finally:
+            if self.calls.get(call.request_id) is asyncio.current_task():
+                del self.calls[call.request_id]
         self.telemetry.end_attempt(attempt, result)
+        reason = self.cancelling.pop(call.request_id, None)
+        if reason is not None:
+            outcome = msgspec.structs.replace(self._result(call, result), stream=stats)
+            ctx = self._ctx()
+            decision = decide_cancel(
+                self.state, call.request_id, flight.tenant if flight else "", reason, ctx,
+                stopped=outcome,
+            )  # fmt: skip
+            await self._apply(decision, call.request_id, ctx.now_ms)
+            return
         if call.request_id not in self.state.inflight:  # its partition moved, and the state
             # was rebuilt without it meanwhile: the new owner resumed it (fencing)
             self.fenced += 1
@@ -850,7 +915,7 @@ class Router:
             return
         outcome = self._result(call, result)
         if stats is not None:
-            outcome = msgspec.structs.replace(outcome, stream=stats)
+            outcome = msgspec.structs.replace(outcome, stream=stats, cut=cut)
         if result.ok and result.response is not None:
             outcome = self._refuse_oversized(outcome, result.response)
         flight = self.state.inflight.get(call.request_id)
@@ -863,24 +928,36 @@ class Router:
 
     async def _stream(
         self, call: Call, body: dict[str, Any], reply_to: str | None
-    ) -> tuple[upstream.CallResult, ev.StreamStats] | None:
+    ) -> tuple[upstream.CallResult, ev.StreamStats, str | None] | None:
         """Call the upstream streamed, relaying its chunks past the first-token gate; the
-        call's result and what was relayed, or None when the attempt went stale."""
+        call's result, what was relayed and why it was cut short (budget, max_tokens) if it
+        was, or None when the attempt went stale."""
+        started = self.clock.monotonic()
         relay = Relay(
             producer=self.chunk_producer, topic=reply_to or self.topics.responses,
             request_id=call.request_id, model=call.model, attempt=call.attempt,
             first_token=lambda ttft: self._first_token(call, ttft),
             flush_ms=self.cfg.streaming.flush_ms, flush_tokens=self.cfg.streaming.flush_tokens,
-            clock=self.clock,
+            clock=self.clock, limit_tokens=self._allowance(call, body),
         )  # fmt: skip
         try:
             streamed = await self.upstream.stream(
                 call.model, body, relay.chunk, ttft_timeout_s=self.cfg.streaming.ttft_timeout_s
             )
+            result = streamed.result
         except StaleAttempt:
             await relay.close()
             return None
-        result = streamed.result
+        except CutShort:  # at its allowance: the answer is what was relayed, "length"
+            result = upstream.CallResult(
+                ok=True, status=200, response=streams.completion(relay.merged or {}),
+                latency_ms=(self.clock.monotonic() - started) * 1000,
+            )  # fmt: skip
+        except asyncio.CancelledError:  # a cancel record: the upstream call is closed
+            if call.request_id not in self.cancelling:
+                raise
+            _uncancel()
+            result = upstream.CallResult(ok=False, error_class="cancelled", message="cancelled")
         if result.ok:
             await relay.finish()
         else:
@@ -894,7 +971,22 @@ class Router:
             )
             result = msgspec.structs.replace(result, usage=usage)
         stats = ev.StreamStats(chunks=relay.seq, ttft_ms=relay.ttft_ms, usage_estimated=estimated)
-        return result, stats
+        cut = ("max_tokens" if body.get("max_tokens") else "budget") if relay.cut else None
+        return result, stats, cut
+
+    def _allowance(self, call: Call, body: dict[str, Any]) -> int | None:
+        """Completion tokens the request's budget reservation pays for at this model's price
+        (None: no reservation, budgets off): a stream is cut there."""
+        flight = self.state.inflight.get(call.request_id)
+        tenant = self.state.budgets.get(flight.tenant) if flight is not None else None
+        held = tenant.open.get(call.request_id) if tenant is not None else None
+        if held is None or flight is None or not self.cfg.features.budgets:
+            return None
+        prompt = estimate_tokens(body.get("messages") or [])
+        return completion_allowance(
+            held.amount_micros, prompt, self.prices.price(call.model),
+            limits=self.cfg.tenant(flight.tenant),
+        )  # fmt: skip
 
     async def _first_token(self, call: Call, ttft_ms: float) -> bool:
         """Record an attempt's first token (closing its first-token gate); False if stale."""
@@ -904,7 +996,8 @@ class Router:
         )
         if not decision.events:
             return False
-        await self._apply(decision, call.request_id, ctx.now_ms)
+        # shielded: a cancel arriving meanwhile must not stop it between fold and publish
+        await asyncio.shield(self._apply(decision, call.request_id, ctx.now_ms))
         flight = self.state.inflight.get(call.request_id)
         return flight is not None and flight.first_token_attempt == call.attempt
 
@@ -1249,6 +1342,13 @@ def _pack(
         frame, snapshot_id=snapshot_id, partition=part.partition, offset=offset,
         taken_at_ms=taken_at_ms, writer=writer,
     )  # fmt: skip
+
+
+def _uncancel() -> None:
+    """A cancellation we asked for was handled: the task goes on (to record it)."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
 
 
 def _tenant_of_key(key: bytes | None) -> str:

@@ -38,9 +38,10 @@ from service.wire.stream import (
     delta_chars,
     has_token,
     merge,
+    trim,
 )
 
-__all__ = ["Relay", "StaleAttempt"]
+__all__ = ["CutShort", "Relay", "StaleAttempt"]
 
 _encode = msgspec.json.Encoder().encode
 _CHUNK = STREAM_HEADER, b"chunk"
@@ -48,6 +49,10 @@ _CHUNK = STREAM_HEADER, b"chunk"
 
 class StaleAttempt(Exception):
     """The attempt's request moved on (or its partition did): stop streaming it."""
+
+
+class CutShort(Exception):
+    """The stream reached its allowance and was cut there (its last chunk published)."""
 
 
 class Relay:
@@ -63,6 +68,7 @@ class Relay:
         flush_ms: int,
         flush_tokens: int,
         clock: Clock,
+        limit_tokens: int | None = None,
     ) -> None:
         self.producer, self.topic, self.request_id = producer, topic, request_id
         self.key = request_id.encode()
@@ -83,29 +89,42 @@ class Relay:
         self.seq = 0
         self.chars = 0
         self.ttft_ms: float | None = None
+        self._limit_chars = None if limit_tokens is None else limit_tokens * 4
+        self.cut = False  # stopped at `limit_tokens` (4 characters a token)
+        self.merged: dict[str, Any] | None = None  # everything published (or to be)
 
     async def chunk(self, chunk: dict[str, Any]) -> None:
         if self._failed is not None:
             raise self._failed
-        self._pending = merge(self._pending, chunk)
         chars = delta_chars(chunk)
+        if self._limit_chars is not None and self.chars + chars > self._limit_chars:
+            chunk = trim(chunk, self._limit_chars - self.chars)
+            chars = delta_chars(chunk)
+            self.cut = True
+        self.merged = merge(self.merged, chunk)
+        self._pending = merge(self._pending, chunk)
         self.chars += chars
         self._pending_chars += chars
         if not self.opened:
             if not has_token(chunk):
+                if self.cut:  # nothing at all was allowed
+                    raise CutShort(self.request_id)
                 return
             self.ttft_ms = (self._clock.monotonic() - self._started_at) * 1000
             if not await self._first_token(self.ttft_ms):
                 raise StaleAttempt(self.request_id)
             self.opened = True
             await self._flush()
-            return
-        if self._pending_chars >= self._flush_chars or (
-            self._clock.monotonic() - self._last_flush >= self._flush_s
+        elif (
+            self.cut
+            or self._pending_chars >= self._flush_chars
+            or (self._clock.monotonic() - self._last_flush >= self._flush_s)
         ):
             await self._flush()
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self._flush_s, self._on_timer)
+        if self.cut:
+            raise CutShort(self.request_id)
 
     async def finish(self) -> int:
         """Publish what is left (the call succeeded) and wait for every ack; the chunk count."""

@@ -31,7 +31,7 @@ from typing import Annotated, Any, Final
 import msgspec
 
 from service.core.request import IntakeRequest
-from service.wire.errors import MALFORMED_JSON, WireError, from_msgspec
+from service.wire.errors import MALFORMED_JSON, SCHEMA_VIOLATION, WireError, from_msgspec
 
 __all__ = [
     "INVALID_REPLY_TO",
@@ -40,7 +40,9 @@ __all__ = [
     "RECORD_TOO_LARGE",
     "REQUEST_ID_HEADER",
     "TENANT_ID",
+    "Cancel",
     "Intake",
+    "decode_cancel",
     "decode_intake",
     "estimate_tokens",
     "messages_hash",
@@ -124,6 +126,41 @@ def _parse(value: bytes) -> tuple[dict[str, Any], Intake]:
                     tenant if isinstance(tenant, str) and TENANT_ID.fullmatch(tenant) else None
                 )
         raise wire from None
+
+
+class Cancel(msgspec.Struct, frozen=True, kw_only=True):
+    """A cancel record (CONTRACT.md): stop request `request_id` of `tenant`."""
+
+    request_id: str
+    tenant: str
+    reason: str = "cancel record"
+
+
+_CANCEL_KEY: Final = b'"cancel"'
+
+
+def decode_cancel(value: bytes | None, *, key: bytes | None) -> Cancel | None:
+    """The cancel record `{"cancel": "<request id>", "tenant": "acme"}` in `value`, or None
+    when the record is not one (it is then read as a request). Raises `WireError` for a
+    cancel record that names no request or no valid tenant."""
+    if not value or _CANCEL_KEY not in value or len(value) > MAX_RECORD_BYTES:
+        return None
+    try:
+        body = _decoder.decode(value)
+    except (msgspec.MsgspecError, UnicodeDecodeError):
+        return None
+    if not isinstance(body, dict) or "cancel" not in body:
+        return None
+    rid = body["cancel"]
+    tenant = body.get("tenant") or (key.decode("utf-8", "replace") if key else None)
+    if not isinstance(rid, str) or not 0 < len(rid) <= 1024:
+        raise WireError(SCHEMA_VIOLATION, "cancel must name a request id", "$.cancel")
+    if not isinstance(tenant, str) or not TENANT_ID.fullmatch(tenant):
+        raise WireError(INVALID_TENANT, "a cancel record needs its request's tenant", "$.tenant")
+    reason = body.get("reason")
+    if not isinstance(reason, str) or not 0 < len(reason) <= 200:
+        reason = "cancel record"
+    return Cancel(request_id=rid, tenant=tenant, reason=reason)
 
 
 def decode_intake(

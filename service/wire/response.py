@@ -19,6 +19,7 @@ from service.core import events as ev
 __all__ = ["encode_response", "response_body", "terminal_from_response"]
 
 _encoder: Final = msgspec.json.Encoder()
+Terminal = ev.RequestCompleted | ev.RequestFailed | ev.RequestRejected | ev.RequestCancelled
 _ZERO: Final = ev.Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
 
 
@@ -30,9 +31,7 @@ def _usage(usage: ev.Usage) -> dict[str, int]:
     }
 
 
-def response_body(
-    terminal: ev.RequestCompleted | ev.RequestFailed | ev.RequestRejected,
-) -> dict[str, Any]:
+def response_body(terminal: Terminal) -> dict[str, Any]:
     """The response document for a request's terminal event."""
     base: dict[str, Any] = {"request_id": terminal.request_id, "tenant": terminal.tenant}
     match terminal:
@@ -56,24 +55,17 @@ def response_body(
             _stream(body, terminal.stream)
             return body
         case ev.RequestFailed():
-            body = base | {
-                "status": "error",
-                "model": terminal.model,
-                "cached": False,
-                "attempts": terminal.attempts,
-                "latency_ms": round(terminal.latency_ms, 3),
-                "cost_usd": terminal.cost_micros / 1_000_000,
-                "usage": _usage(terminal.usage or _ZERO),
-                "error": {
-                    "code": terminal.code,
-                    "message": terminal.message,
-                    "candidates": [msgspec.to_builtins(e) for e in terminal.errors],
-                },
-            }
+            body = _ended(base, terminal, "error", {
+                "code": terminal.code, "message": terminal.message,
+                "candidates": [msgspec.to_builtins(e) for e in terminal.errors],
+            })  # fmt: skip
             if terminal.partial:
                 body["partial"] = True
-            _stream(body, terminal.stream)
             return body
+        case ev.RequestCancelled():
+            return _ended(
+                base, terminal, "cancelled", {"code": "cancelled", "message": terminal.reason}
+            )
     error: dict[str, Any] = {"code": terminal.code, "message": terminal.message}
     if terminal.retry_after_ms is not None:
         error["retry_after_ms"] = terminal.retry_after_ms
@@ -87,6 +79,27 @@ def response_body(
         "usage": _usage(_ZERO),
         "error": error,
     }
+
+
+def _ended(
+    base: dict[str, Any],
+    terminal: ev.RequestFailed | ev.RequestCancelled,
+    status: str,
+    error: dict[str, Any],
+) -> dict[str, Any]:
+    """A request that ended without an answer, with what it used (a stream's part)."""
+    body = base | {
+        "status": status,
+        "model": terminal.model,
+        "cached": False,
+        "attempts": terminal.attempts,
+        "latency_ms": round(terminal.latency_ms, 3),
+        "cost_usd": terminal.cost_micros / 1_000_000,
+        "usage": _usage(terminal.usage or _ZERO),
+        "error": error,
+    }
+    _stream(body, terminal.stream)
+    return body
 
 
 def _stream(body: dict[str, Any], stats: ev.StreamStats | None) -> None:
@@ -108,7 +121,7 @@ def _stream_of(doc: dict[str, Any]) -> ev.StreamStats | None:
     )  # fmt: skip
 
 
-def encode_response(terminal: ev.RequestCompleted | ev.RequestFailed | ev.RequestRejected) -> bytes:
+def encode_response(terminal: Terminal) -> bytes:
     return _encoder.encode(response_body(terminal))
 
 
@@ -121,9 +134,7 @@ def _usage_of(doc: Any) -> ev.Usage:
     )
 
 
-def terminal_from_response(
-    doc: dict[str, Any], *, reply_to: str | None
-) -> ev.RequestCompleted | ev.RequestFailed | ev.RequestRejected:
+def terminal_from_response(doc: dict[str, Any], *, reply_to: str | None) -> Terminal:
     """The terminal event a response document was built from (`response_body`'s inverse).
 
     Raises ValueError (or KeyError/TypeError) on a document Turnout did not write."""
@@ -153,6 +164,14 @@ def terminal_from_response(
             usage=_usage_of(doc["usage"]) if doc.get("partial") else None,
             cost_micros=round(float(doc.get("cost_usd", 0)) * 1_000_000),
             stream=_stream_of(doc),
+        )  # fmt: skip
+    if status == "cancelled":
+        return ev.RequestCancelled(
+            **base, reason=str(error["message"]), attempts=int(doc["attempts"]),
+            latency_ms=float(doc["latency_ms"]),
+            model=str(doc["model"]) if doc.get("model") is not None else None,
+            usage=_usage_of(doc["usage"]), cost_micros=round(float(doc["cost_usd"]) * 1_000_000),
+            reply_to=reply_to, stream=_stream_of(doc),
         )  # fmt: skip
     if status == "rejected":
         retry = error.get("retry_after_ms")

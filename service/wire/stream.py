@@ -39,6 +39,7 @@ __all__ = [
     "delta_chars",
     "has_token",
     "merge",
+    "trim",
 ]
 
 STREAM_HEADER: Final = "turnout-stream"  # "chunk" | "end"
@@ -181,6 +182,30 @@ def _merge_logprobs(into: Any, value: Any) -> Any:
         elif items is not None:
             out[key] = items
     return out
+
+
+def trim(chunk: dict[str, Any], keep: int) -> dict[str, Any]:
+    """`chunk` with at most `keep` characters of output (text first, then tool-call
+    arguments), every choice ended `finish_reason: "length"`: where a stream is cut."""
+    left = max(keep, 0)
+    choices = []
+    for choice in chunk.get("choices") or ():
+        delta = dict(choice.get("delta") or {})
+        for key in _TEXT:
+            value = delta.get(key)
+            if isinstance(value, str):
+                delta[key], left = value[:left], max(left - len(value), 0)
+        calls = []
+        for call in delta.get("tool_calls") or ():
+            fn = dict(call.get("function") or {})
+            if isinstance(fn.get("arguments"), str):
+                text = fn["arguments"]
+                fn["arguments"], left = text[:left], max(left - len(text), 0)
+            calls.append({**call, "function": fn})
+        if calls:
+            delta["tool_calls"] = calls
+        choices.append({**choice, "delta": delta, "finish_reason": "length"})
+    return {**chunk, "choices": choices}
 
 
 def completion(merged: dict[str, Any]) -> dict[str, Any]:

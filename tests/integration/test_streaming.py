@@ -45,6 +45,14 @@ model = "down/*"
 outcome = 503
 retry_after_s = 0
 
+[[rule]]
+model = "slow/*"
+chunk_ms = 100
+
+[prices."slow/model"]
+prompt = "0.000001"
+completion = "0.00001"
+
 [prices."broken/model"]
 prompt = "0.000001"
 completion = "0.00001"
@@ -73,6 +81,8 @@ def gateway_config(settings: KafkaSettings, sim: RunningSimulator) -> Config:
             "general": {"models": ["openai/gpt-4o-mini", "anthropic/claude-3.5-haiku"]},
             "flaky": {"models": ["down/model", "good/model"]},
             "broken": {"models": ["broken/model", "good/model"]},
+            "slow": {"models": ["slow/model"]},
+            "single": {"models": ["openai/gpt-4o-mini"]},
         },
         retry={"max_retries": 0},
         breaker={"failure_threshold": 50},
@@ -80,6 +90,8 @@ def gateway_config(settings: KafkaSettings, sim: RunningSimulator) -> Config:
             "default": UNLIMITED,
             "poor": UNLIMITED | {"budget_usd_per_day": 0.000001},
             "slow": UNLIMITED | {"burst": 1, "requests_per_minute": 1},
+            # a cent a day, and no max_tokens given reserves 20 completion tokens
+            "capped": UNLIMITED | {"budget_usd_per_day": 0.01, "default_max_tokens": 20},
         },
         gateway={"port": 0, "timeout_s": 30, "keys": _keys()},
     )  # fmt: skip
@@ -284,3 +296,128 @@ async def test_a_stream_over_kafka_alone_is_chunks_in_order_then_the_assembled_a
                 pass
         assert failed.value.response["partial"] is True
         assert failed.value.response["error"]["code"] == "upstream_stream_error"
+
+
+def sim_streams(sim: RunningSimulator) -> dict[str, int]:
+    return dict(httpx.get(f"{sim.url}/_sim/stats").json()["streams"])
+
+
+async def test_a_client_that_disconnects_mid_stream_cancels_the_request_and_the_upstream(
+    kafka_settings: KafkaSettings, kafka_topics: Topics, simulator: RunningSimulator
+) -> None:
+    async with stack(kafka_settings, simulator) as (_, gateway):
+        body = {"model": "turnout/slow", "messages": PROMPT, "stream": True}
+        headers = {"authorization": f"Bearer {KEY}", "idempotency-key": "gone-1"}
+        async with (
+            httpx.AsyncClient(timeout=30) as http,
+            http.stream("POST", f"{gateway.base_url}/chat/completions", json=body,
+                        headers=headers) as response,
+        ):  # fmt: skip
+            assert response.status_code == 200
+            lines = response.aiter_lines()
+            while not (await anext(lines)).startswith("data: {"):
+                pass  # the first chunk came: now go away
+        rid = "idem:acme:gone-1"
+        envs = await read_events(
+            kafka_settings.bootstrap, kafka_settings.topics.events,
+            lambda es: any(e.type == "turnout.request.cancelled" and e.subject == rid for e in es),
+        )  # fmt: skip
+        mine = [e for e in envs if e.subject == rid]
+        (cancelled,) = of_type(mine, "request.cancelled")
+        assert cancelled.data.reason == "client disconnected"
+        assert cancelled.data.usage.completion_tokens > 0 and cancelled.data.cost_micros > 0
+        (cut,) = of_type(mine, "stream.cut")
+        assert cut.data.why == "cancel"
+        charged = sum(e.data.amount_micros for e in of_type(mine, "budget.charged"))
+        assert charged == cancelled.data.cost_micros  # what was streamed is charged
+        for _ in range(50):  # the simulator stopped generating: its stream was aborted
+            if sim_streams(simulator)["aborted"] == 1:
+                break
+            await asyncio.sleep(0.1)
+        assert sim_streams(simulator) | {"chunks": 0} == {
+            "completed": 0, "errored": 0, "aborted": 1, "chunks": 0,
+        }  # fmt: skip
+
+
+async def test_a_cancel_record_stops_a_stream_over_kafka_and_another_tenant_cannot(
+    kafka_settings: KafkaSettings, kafka_topics: Topics, simulator: RunningSimulator
+) -> None:
+    cfg = gateway_config(kafka_settings, simulator)
+    async with running(cfg), AsyncTurnout(kafka_settings) as turnout:
+        stream = await turnout.stream(PROMPT, tenant="acme", task_type="slow")
+        chunks = aiter(stream)
+        await anext(chunks)
+        await turnout.cancel(stream.request_id, tenant="mallory")  # not theirs: ignored
+        await asyncio.sleep(0.3)
+        await turnout.cancel(stream.request_id, tenant="acme")
+        with pytest.raises(StreamFailed) as stopped:
+            async for _ in chunks:
+                pass
+        assert stopped.value.response["status"] == "cancelled"
+        assert stopped.value.response["cost_usd"] > 0
+        assert stopped.value.response["stream"]["chunks"] >= 2  # it ran on after mallory's
+
+
+async def test_a_stream_is_cut_at_what_its_budget_reserved_and_spend_stays_within_it(
+    kafka_settings: KafkaSettings, kafka_topics: Topics, simulator: RunningSimulator
+) -> None:
+    """LiteLLM #41610 / Envoy AI Gateway #2394: the request that crosses the limit
+    completes anyway. Here a stream longer than its reservation pays for is cut there."""
+    whole = direct(simulator, "openai/gpt-4o-mini")["choices"][0]["message"]["content"]
+    assert len(whole) > 120  # longer than the 20 tokens (~80 characters) reserved
+    cfg = gateway_config(kafka_settings, simulator)
+    async with running(cfg), AsyncTurnout(kafka_settings) as turnout:
+        # one candidate: the reservation is this model's worst case (with several, the
+        # priciest one's, and a cheaper model's stream may run longer within it)
+        stream = await turnout.stream(PROMPT, tenant="capped", task_type="single", temperature=0)
+        chunks = [c async for c in stream]
+        text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+        last = stream.response
+        assert last is not None and last["status"] == "ok"
+        assert whole.startswith(text) and 0 < len(text) <= 20 * 4
+        assert last["response"]["choices"][0]["finish_reason"] == "length"
+        assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+        assert last["usage_estimated"] is True
+        envs = await read_events(
+            kafka_settings.bootstrap, kafka_settings.topics.events,
+            lambda es: any(e.type == "turnout.request.completed" for e in es),
+        )  # fmt: skip
+        (cut,) = of_type(envs, "stream.cut")
+        assert cut.data.why == "budget" and cut.data.completion_tokens <= 20
+        (reserved,) = of_type(envs, "budget.reserved")
+        charged = sum(e.data.amount_micros for e in of_type(envs, "budget.charged"))
+        assert 0 < charged <= reserved.data.amount_micros <= 10_000  # within the cent
+
+
+def sse_events(text: str) -> list[tuple[str | None, str]]:
+    """(id, data) of each event of an SSE body."""
+    out = []
+    for block in text.strip().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+        out.append((fields.get("id"), fields["data"]))
+    return out
+
+
+async def test_last_event_id_resumes_exactly_after_that_chunk(
+    kafka_settings: KafkaSettings, kafka_topics: Topics, simulator: RunningSimulator
+) -> None:
+    async with (
+        stack(kafka_settings, simulator) as (_, gateway),
+        httpx.AsyncClient(timeout=30, headers={"authorization": f"Bearer {KEY}"}) as http,
+    ):
+        body = {"model": "turnout/slow", "messages": PROMPT, "stream": True}
+        first = await http.post(f"{gateway.base_url}/chat/completions", json=body)
+        events = sse_events(first.text)
+        assert events[-1] == (None, "[DONE]") and len(events) > 4
+        ids = [int(i) for i, _ in events[:-1] if i is not None]
+        assert ids == list(range(1, len(ids) + 1))
+        rid = first.headers["x-request-id"]
+        url = f"{gateway.base_url}/chat/completions/{rid}/stream"
+        again = await http.get(url, headers={"last-event-id": "2"})
+        assert again.status_code == 200
+        assert sse_events(again.text) == events[2:]  # chunk 3 on, byte for byte, then [DONE]
+        assert sse_events((await http.get(url, headers={"last-event-id": str(ids[-1])})).text) == [
+            (None, "[DONE]")
+        ]
+        other = await http.get(url, headers={"authorization": f"Bearer {POOR_KEY}"})
+        assert other.status_code == 404  # another tenant's stream is not found

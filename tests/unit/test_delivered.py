@@ -19,12 +19,16 @@ _usage = st.builds(
     total_tokens=st.integers(0, 2 * 10**6),
 )  # fmt: skip
 _latency = st.floats(0, 10**6, allow_nan=False).map(lambda x: round(x, 3))
+_stats = st.none() | st.builds(
+    ev.StreamStats, chunks=st.integers(0, 10**5), ttft_ms=st.none() | _latency,
+    usage_estimated=st.booleans(),
+)  # fmt: skip
 _completed = st.builds(
     ev.RequestCompleted, request_id=_text, tenant=_text, model=_text, cached=st.booleans(),
     coalesced=st.booleans(), attempts=st.integers(0, 20), latency_ms=_latency, usage=_usage,
     cost_micros=st.integers(0, 10**12), response=st.dictionaries(_text, _text, max_size=3),
     reply_to=st.none() | _text, saved_usage=st.none() | _usage,
-    saved_cost_micros=st.integers(0, 10**9),
+    saved_cost_micros=st.integers(0, 10**9), stream=_stats,
 ).filter(lambda t: t.saved_usage is not None or t.saved_cost_micros == 0)  # fmt: skip
 _failed = st.builds(
     ev.RequestFailed, request_id=_text, tenant=_text, code=_text, message=_text,
@@ -32,13 +36,24 @@ _failed = st.builds(
     errors=st.lists(st.builds(ev.CandidateError, model=_text, code=_text, message=_text),
                     max_size=3),
 )  # fmt: skip
+_partial = st.builds(
+    ev.RequestFailed, request_id=_text, tenant=_text, code=_text, message=_text,
+    attempts=st.integers(1, 20), latency_ms=_latency, reply_to=st.none() | _text,
+    partial=st.just(True), model=_text, usage=_usage, cost_micros=st.integers(0, 10**9),
+    stream=_stats,
+)  # fmt: skip
+_cancelled = st.builds(
+    ev.RequestCancelled, request_id=_text, tenant=_text, reason=_text,
+    attempts=st.integers(0, 20), latency_ms=_latency, model=st.none() | _text, usage=_usage,
+    cost_micros=st.integers(0, 10**9), reply_to=st.none() | _text, stream=_stats,
+)  # fmt: skip
 _rejected = st.builds(
     ev.RequestRejected, request_id=_text, tenant=_text, code=_text, message=_text,
     retry_after_ms=st.none() | st.integers(0, 10**8), reply_to=st.none() | _text,
 )  # fmt: skip
 
 
-@given(st.one_of(_completed, _failed, _rejected))
+@given(st.one_of(_completed, _failed, _partial, _cancelled, _rejected))
 def test_a_response_gives_back_the_terminal_event_it_was_built_from(terminal: ev.Event) -> None:
     doc = msgspec.json.decode(encode_response(terminal))  # type: ignore[arg-type]
     assert terminal_from_response(doc, reply_to=terminal.reply_to) == terminal  # type: ignore[attr-defined]

@@ -20,6 +20,8 @@ from service.core.events import EVENT_TYPES, SYSTEM_TENANT, Event, RawEvent, Usa
 DURATIONS = {"latency_ms", "ttft_ms"}  # float milliseconds; every other `_ms` is an instant
 CONTRACT_TYPES = {
     "turnout.stream.first_token",
+    "turnout.stream.cut",
+    "turnout.request.cancelled",
     "turnout.request.accepted",
     "turnout.request.rejected",
     "turnout.request.deadlettered",
@@ -192,6 +194,20 @@ SAMPLES: list[Event] = [
     ),
     ev.RouterMarker(tenant="acme", instance="r1", marker_id="m1", partition=4),
     ev.StreamFirstToken(request_id="r-1", tenant="acme", model="a/b", attempt=2, ttft_ms=41.5),
+    ev.StreamCut(
+        request_id="r-1", tenant="acme", model="a/b", attempt=2, why="budget", completion_tokens=40
+    ),
+    ev.RequestCancelled(
+        request_id="r-1",
+        tenant="acme",
+        reason="client disconnected",
+        attempts=1,
+        latency_ms=20.5,
+        model="a/b",
+        cost_micros=12,
+        usage=ev.Usage(prompt_tokens=1, completion_tokens=2, total_tokens=3),
+        stream=ev.StreamStats(chunks=3, ttft_ms=4.5),
+    ),
 ]
 
 

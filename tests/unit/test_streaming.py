@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from typing import Any
 
 import msgspec
@@ -10,6 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from service.core import events as ev
+from service.core.budget import completion_allowance
+from service.core.pricing import Price, cost_micros
 from service.core.request import (
     CallResult,
     Context,
@@ -234,3 +237,81 @@ def test_a_stream_whose_router_died_after_its_first_token_ends_partial_on_resume
     assert isinstance(respond, Respond)
     assert isinstance(respond.terminal, ev.RequestFailed) and respond.terminal.partial
     assert respond.terminal.code == "upstream_stream_error"
+
+
+# --------------------------------------------------------------------------- cancel
+
+
+def test_a_cancel_record_is_read_as_one_and_a_bad_one_is_refused() -> None:
+    import pytest
+
+    from service.wire.errors import WireError
+    from service.wire.intake import decode_cancel
+
+    cancel = decode_cancel(b'{"cancel": "r-1", "tenant": "acme"}', key=None)
+    assert cancel is not None and (cancel.request_id, cancel.tenant) == ("r-1", "acme")
+    assert decode_cancel(b'{"cancel": "r-1"}', key=b"acme") == cancel
+    said = b'{"messages": [{"role": "user", "content": "cancel"}], "tenant": "a"}'
+    assert decode_cancel(said, key=None) is None  # a request that mentions the word
+    with pytest.raises(WireError, match="tenant"):
+        decode_cancel(b'{"cancel": "r-1", "tenant": "no spaces"}', key=None)
+    with pytest.raises(WireError, match="request id"):
+        decode_cancel(b'{"cancel": 7, "tenant": "acme"}', key=None)
+
+
+def test_a_cancel_ends_a_request_once_charging_what_it_streamed() -> None:
+    from service.core.request import decide_cancel
+
+    state = RouterState()
+    rid = _started(state)
+    _apply(state, decide_first_token(state, rid, "a/one", 1, 5.0, _ctx()).events)
+    assert decide_cancel(state, rid, "someone-else", "x", _ctx()).events == []
+    stopped = msgspec.structs.replace(_failure("a/one", 1), error_class="cancelled")
+    decision = decide_cancel(state, rid, "acme", "client disconnected", _ctx(), stopped=stopped)
+    (respond,) = decision.effects
+    assert isinstance(respond, Respond) and isinstance(respond.terminal, ev.RequestCancelled)
+    assert respond.terminal.cost_micros == 40 and respond.terminal.reason == "client disconnected"
+    assert isinstance(decision.events[0], ev.StreamCut)
+    charged = [e for e in decision.events if isinstance(e, ev.BudgetCharged)]
+    assert sum(e.amount_micros for e in charged) == 40
+    _apply(state, decision.events)
+    assert rid not in state.inflight and isinstance(state.finished[rid], ev.RequestCancelled)
+    assert decide_cancel(state, rid, "acme", "again", _ctx()).events == []  # ended once
+
+
+# --------------------------------------------------------------------------- cutting
+
+
+def test_a_cut_keeps_only_what_is_allowed_and_ends_with_length() -> None:
+    from service.wire.stream import trim
+
+    chunk = {"id": "g", "choices": [{"index": 0, "delta": {"content": "abcdef", "tool_calls": [
+        {"index": 0, "function": {"arguments": "xyz"}}]}}]}  # fmt: skip
+    cut = trim(chunk, 7)
+    (choice,) = cut["choices"]
+    assert choice["delta"]["content"] == "abcdef"
+    assert choice["delta"]["tool_calls"][0]["function"]["arguments"] == "x"
+    assert choice["finish_reason"] == "length"
+    assert trim(chunk, 0)["choices"][0]["delta"]["content"] == ""
+    assert chunk["choices"][0]["delta"]["content"] == "abcdef"  # untouched
+
+
+@given(
+    st.integers(min_value=0, max_value=10**7),
+    st.integers(min_value=0, max_value=10**5),
+    st.none() | st.builds(Price, prompt=st.floats(0, 1e-4), completion=st.floats(1e-9, 1e-4)),
+)
+def test_a_stream_cut_at_its_allowance_never_costs_more_than_its_reservation(
+    reservation: int, prompt: int, price: Price | None
+) -> None:
+    limits = CFG.tenant("default")
+    tokens = completion_allowance(reservation, prompt, price, limits=limits)
+    assert tokens is not None and tokens >= 0
+    at = price or Price(
+        prompt=limits.default_price_per_mtok / 1e6, completion=limits.default_price_per_mtok / 1e6
+    )
+    if tokens > 0:
+        assert cost_micros(at, prompt, tokens) <= reservation
+    # and it is not needlessly short: two tokens more would pass the reservation (exactly)
+    more = Decimal(str(at.prompt)) * prompt + Decimal(str(at.completion)) * (tokens + 2)
+    assert more * 1_000_000 > reservation or tokens == 0
