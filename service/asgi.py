@@ -22,6 +22,7 @@ from typing import Any
 
 __all__ = [
     "JSON",
+    "Message",
     "Receive",
     "Scope",
     "Send",

@@ -352,11 +352,15 @@ class AsyncTurnout:
         return stream
 
     async def send(
-        self, body: Mapping[str, Any], *, timeout_s: float = 120
+        self,
+        body: Mapping[str, Any],
+        *,
+        timeout_s: float = 120,
+        headers: Sequence[tuple[str, bytes]] = (),
     ) -> ReplyStream | asyncio.Future[dict[str, Any]]:
-        """Send a whole intake document (`reply_to` is set to this client's): a
-        `ReplyStream` when it asks to stream (`timeout_s` per record), else the future of
-        its response."""
+        """Send a whole intake document (`reply_to` is set to this client's; `headers` on
+        its record, e.g. a W3C `traceparent`): a `ReplyStream` when it asks to stream
+        (`timeout_s` per record), else the future of its response."""
         self._require_replies()
         doc = {**body, "reply_to": self.reply_topic}
         rid = str(doc["request_id"])
@@ -367,7 +371,7 @@ class AsyncTurnout:
         else:
             waiter = self._expect(rid)
         try:
-            await self._send(doc)
+            await self._send(doc, headers)
         except BaseException:
             if isinstance(waiter, ReplyStream):
                 waiter.close()
@@ -462,11 +466,12 @@ class AsyncTurnout:
         finally:
             self._forget(rid, future)  # a late response is kept as unclaimed
 
-    async def _send(self, body: dict[str, Any]) -> None:
+    async def _send(self, body: dict[str, Any], headers: Sequence[tuple[str, bytes]] = ()) -> None:
         if self._producer is None:
             raise TurnoutError("the Turnout client is not started: use `async with AsyncTurnout()`")
         value = json.dumps(body, separators=(",", ":")).encode()
-        await (await self._producer.send(self.topics.requests, value, key=body["tenant"].encode()))
+        key = body["tenant"].encode()
+        await (await self._producer.send(self.topics.requests, value, key=key, headers=headers))
 
     async def _read_replies(self) -> None:
         assert self._reader is not None

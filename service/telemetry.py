@@ -34,7 +34,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from service.core import events as ev
 from service.upstream.translate import CallResult
 
-__all__ = ["Telemetry"]
+__all__ = ["Telemetry", "gateway_tracer", "server_span"]
 
 SERVICE_NAME: Final = "turnout-router"
 SCOPE: Final = "turnout.router"
@@ -42,6 +42,8 @@ PROVIDER: Final = "openrouter"  # gen_ai.provider.name: any OpenAI-compatible up
 TRACEPARENT: Final = "traceparent"
 DURATION_BUCKETS: Final = [0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24,
                            20.48, 40.96, 81.92]  # fmt: skip
+CHUNK_BUCKETS: Final = [0.001, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5,
+                        0.75, 1.0, 2.5]  # fmt: skip
 TOKEN_BUCKETS: Final = [1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304,
                         16777216, 67108864]  # fmt: skip
 
@@ -90,6 +92,16 @@ class Telemetry:
             "gen_ai.client.token.usage", unit="{token}",
             description="Measures number of input and output tokens used",
             explicit_bucket_boundaries_advisory=TOKEN_BUCKETS,
+        )  # fmt: skip
+        self.first_chunk = meter.create_histogram(
+            "gen_ai.client.operation.time_to_first_chunk", unit="s",
+            description="Time to receive the first chunk of a streamed answer",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )  # fmt: skip
+        self.per_chunk = meter.create_histogram(
+            "gen_ai.client.operation.time_per_output_chunk", unit="s",
+            description="Time per output chunk after the first of a streamed answer",
+            explicit_bucket_boundaries_advisory=CHUNK_BUCKETS,
         )  # fmt: skip
         self.requests = meter.create_counter(
             "turnout.requests", unit="{request}", description="Requests finished, by outcome"
@@ -191,6 +203,20 @@ class Telemetry:
             )  # fmt: skip
         return Attempt(model, span)
 
+    def streamed(
+        self, attempt: Attempt | None, ttft_ms: float | None, intervals_s: Sequence[float]
+    ) -> None:
+        """A streamed attempt's time to its first chunk, and the time of each chunk after it."""
+        if attempt is None or not self.metrics or ttft_ms is None:
+            return
+        attrs = {"gen_ai.operation.name": "chat", "gen_ai.provider.name": PROVIDER,
+                 "gen_ai.request.model": attempt.model}  # fmt: skip
+        self.first_chunk.record(ttft_ms / 1000, attrs)
+        for interval in intervals_s:
+            self.per_chunk.record(interval, attrs)
+        if attempt.span is not None:
+            attempt.span.set_attribute("gen_ai.response.time_to_first_chunk", ttft_ms / 1000)
+
     def end_attempt(self, attempt: Attempt | None, result: CallResult) -> None:
         """The call came back: end its span, record its duration and token usage."""
         if attempt is None:
@@ -290,6 +316,34 @@ def _endpoint(environ: Mapping[str, str], signal: str) -> str:
     if own:
         return own
     return environ["OTEL_EXPORTER_OTLP_ENDPOINT"].rstrip("/") + f"/v1/{signal}"
+
+
+def gateway_tracer(
+    environ: Mapping[str, str] = os.environ, *, provider: Any | None = None, instance: str = ""
+) -> tuple[trace.Tracer, Any | None]:
+    """The gateway's tracer (and its provider, to shut down): `provider` when given, else
+    OTLP/HTTP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, else a no-op one."""
+    if (
+        provider is None
+        and environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        and (environ.get("OTEL_SDK_DISABLED", "").lower() != "true")
+    ):
+        from opentelemetry.sdk.resources import Resource
+
+        resource = Resource.create(
+            {"service.name": "turnout-gateway", "service.instance.id": instance}
+        )
+        provider = _tracer_provider(resource, _endpoint(environ, "traces"))
+    tracer = (provider or trace.NoOpTracerProvider()).get_tracer("turnout.gateway")
+    return tracer, provider
+
+
+def server_span(tracer: trace.Tracer, name: str, headers: Any) -> tuple[trace.Span, str | None]:
+    """A SERVER span continuing the W3C `traceparent` among HTTP `headers` (bytes pairs),
+    and its own traceparent to hand on (None when not traced)."""
+    carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in headers if k == b"traceparent"}
+    span = tracer.start_span(name, context=_propagator.extract(carrier), kind=SpanKind.SERVER)
+    return span, _traceparent(span.get_span_context())
 
 
 def _tracer_provider(resource: Any, endpoint: str) -> Any:

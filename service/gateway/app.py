@@ -40,13 +40,15 @@ from contextlib import suppress
 from typing import Any, Final
 
 import msgspec
+from opentelemetry.trace import Status, StatusCode
 
-from service.asgi import Receive, Scope, Send, Stream, read_body, respond, start_stream
+from service.asgi import Message, Receive, Scope, Send, Stream, read_body, respond, start_stream
 from service.client import AsyncTurnout, ReplyStream, StreamFailed
 from service.clock import clock
 from service.core.config import Config
 from service.gateway.keys import KeyRing
 from service.kafka.settings import KafkaSettings
+from service.telemetry import gateway_tracer, server_span
 from service.wire.intake import TENANT_ID
 from service.wire.sse import encode_event
 
@@ -57,6 +59,7 @@ log = logging.getLogger("turnout.gateway")
 _encode = msgspec.json.Encoder().encode
 _DONE: Final = b"data: [DONE]\n\n"
 _ROUTE_PREFIX: Final = "turnout/"
+_TRACEPARENT: Final = "traceparent"
 _RESUME: Final = ("/v1/chat/completions/", "/stream")
 _KEEP_STREAMS: Final = 10_000  # streams this gateway remembers for resume
 
@@ -105,8 +108,15 @@ def _header(scope: Scope, name: bytes) -> str | None:
 class GatewayApp:
     """`turnout gateway` as an ASGI 3 application (uvicorn runs it: `service.gateway.server`)."""
 
-    def __init__(self, cfg: Config, *, settings: KafkaSettings | None = None) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        settings: KafkaSettings | None = None,
+        tracer_provider: Any | None = None,
+    ) -> None:
         self.cfg = cfg
+        self.tracer, self.tracer_provider = gateway_tracer(provider=tracer_provider)
         self.keys = KeyRing(cfg.gateway.keys)
         self.settings = settings or KafkaSettings.from_config(cfg.kafka, topics=cfg.topics)
         self.client = AsyncTurnout(self.settings)
@@ -161,6 +171,8 @@ class GatewayApp:
             elif message["type"] == "lifespan.shutdown":
                 self.started = False
                 await self.client.close(delete_reply_topic=True)
+                if self.tracer_provider is not None:
+                    self.tracer_provider.force_flush()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -188,6 +200,30 @@ class GatewayApp:
         await respond(send, 200, _encode({"object": "list", "data": data}))
 
     async def _chat(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """One chat request, in a SERVER span continuing the caller's `traceparent` and
+        handed on to the router in the intake record's header (one trace, end to end)."""
+        span, traceparent = server_span(self.tracer, "POST /v1/chat/completions", scope["headers"])
+        status: list[int] = []
+
+        async def sent(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status.append(message["status"])
+            await send(message)
+
+        try:
+            await self._chat_traced(scope, receive, sent, span, traceparent)
+        except _Refused as err:
+            await self._error(sent, err.code, str(err), param=err.param)
+        finally:
+            if status:
+                span.set_attribute("http.response.status_code", status[0])
+                if status[0] >= 500:
+                    span.set_status(Status(StatusCode.ERROR, str(status[0])))
+            span.end()
+
+    async def _chat_traced(
+        self, scope: Scope, receive: Receive, send: Send, span: Any, traceparent: str | None
+    ) -> None:
         tenant = self._tenant(scope)
         body = await read_body(receive)
         if len(body) > self.cfg.gateway.max_body_bytes:
@@ -196,15 +232,21 @@ class GatewayApp:
                 f"the body is {len(body):,} bytes; at most {self.cfg.gateway.max_body_bytes:,}",
             )
         intake = self._intake(scope, tenant, body)
+        span.set_attributes({
+            "turnout.request_id": intake["request_id"], "turnout.tenant": tenant,
+            "turnout.task_type": intake["task_type"], "turnout.stream": bool(intake.get("stream")),
+            "gen_ai.operation.name": "chat",
+        })  # fmt: skip
+        headers = [(_TRACEPARENT, traceparent.encode())] if traceparent else []
         self.requests += 1
         if intake.get("stream"):
             self.streams += 1
             self.served[intake["request_id"]] = (intake["tenant"], clock.now_ms())
             while len(self.served) > _KEEP_STREAMS:
                 self.served.popitem(last=False)
-            await self._stream(scope, receive, send, intake)
+            await self._stream(scope, receive, send, intake, headers)
         else:
-            await self._plain(send, intake)
+            await self._plain(send, intake, headers)
 
     # ------------------------------------------------------------ requests
 
@@ -264,8 +306,10 @@ class GatewayApp:
             intake["stream"] = True
         return intake
 
-    async def _plain(self, send: Send, intake: dict[str, Any]) -> None:
-        waiter = await self._send(intake)
+    async def _plain(
+        self, send: Send, intake: dict[str, Any], headers: list[tuple[str, bytes]]
+    ) -> None:
+        waiter = await self._send(intake, headers)
         assert isinstance(waiter, asyncio.Future)
         try:
             async with asyncio.timeout(self.cfg.gateway.timeout_s):
@@ -280,9 +324,14 @@ class GatewayApp:
         await respond(send, 200, _encode(doc.get("response") or {}), _answer_headers(doc))
 
     async def _stream(
-        self, scope: Scope, receive: Receive, send: Send, intake: dict[str, Any]
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        intake: dict[str, Any],
+        headers: list[tuple[str, bytes]],
     ) -> None:
-        waiter = await self._send(intake)
+        waiter = await self._send(intake, headers)
         assert isinstance(waiter, ReplyStream)
         waiter.timeout_s = self.cfg.gateway.timeout_s
         relay = asyncio.create_task(self._relay(send, waiter))
@@ -374,9 +423,11 @@ class GatewayApp:
         except Exception as err:  # the request runs to its end: it is still charged right
             log.warning("could not cancel %s: %s", intake["request_id"], err)
 
-    async def _send(self, intake: dict[str, Any]) -> ReplyStream | asyncio.Future[dict[str, Any]]:
+    async def _send(
+        self, intake: dict[str, Any], headers: list[tuple[str, bytes]]
+    ) -> ReplyStream | asyncio.Future[dict[str, Any]]:
         try:
-            return await self.client.send(intake)
+            return await self.client.send(intake, headers=headers)
         except Exception as err:
             log.warning("could not publish request %s: %s", intake["request_id"], err)
             raise _Refused("not_ready", f"Turnout could not take the request: {err}") from None

@@ -17,6 +17,7 @@ import logging
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
@@ -66,11 +67,13 @@ def start_in_thread(
     settings: KafkaSettings | None = None,
     host: str | None = None,
     port: int | None = None,
+    tracer_provider: Any | None = None,
 ) -> RunningGateway:
     """Start a gateway (default `[gateway] host`/`port`; 0 = a free port) and return once it
     serves. `settings` replaces the Kafka settings `cfg` gives (tests)."""
     sock = bind_socket(host or cfg.gateway.host, cfg.gateway.port if port is None else port)
-    return RunningGateway(GatewayApp(cfg, settings=settings), sock).start()
+    app = GatewayApp(cfg, settings=settings, tracer_provider=tracer_provider)
+    return RunningGateway(app, sock).start()
 
 
 def cli_main(args: argparse.Namespace) -> int:

@@ -882,7 +882,7 @@ class Router:
         cut: str | None = None
         try:
             if flight is not None and flight.stream:
-                streamed = await self._stream(call, body, flight.reply_to)
+                streamed = await self._stream(call, body, flight.reply_to, attempt)
                 if streamed is None:  # stale: the request moved on while it streamed
                     return
                 result, stats, cut = streamed
@@ -927,7 +927,7 @@ class Router:
         await self._apply(decision, call.request_id, ctx.now_ms)
 
     async def _stream(
-        self, call: Call, body: dict[str, Any], reply_to: str | None
+        self, call: Call, body: dict[str, Any], reply_to: str | None, attempt: Any = None
     ) -> tuple[upstream.CallResult, ev.StreamStats, str | None] | None:
         """Call the upstream streamed, relaying its chunks past the first-token gate; the
         call's result, what was relayed and why it was cut short (budget, max_tokens) if it
@@ -939,6 +939,7 @@ class Router:
             first_token=lambda ttft: self._first_token(call, ttft),
             flush_ms=self.cfg.streaming.flush_ms, flush_tokens=self.cfg.streaming.flush_tokens,
             clock=self.clock, limit_tokens=self._allowance(call, body),
+            timed=self.telemetry.metrics,
         )  # fmt: skip
         try:
             streamed = await self.upstream.stream(
@@ -972,6 +973,7 @@ class Router:
             result = msgspec.structs.replace(result, usage=usage)
         stats = ev.StreamStats(chunks=relay.seq, ttft_ms=relay.ttft_ms, usage_estimated=estimated)
         cut = ("max_tokens" if body.get("max_tokens") else "budget") if relay.cut else None
+        self.telemetry.streamed(attempt, relay.ttft_ms, relay.intervals or ())
         return result, stats, cut
 
     def _allowance(self, call: Call, body: dict[str, Any]) -> int | None:

@@ -69,6 +69,7 @@ class Relay:
         flush_tokens: int,
         clock: Clock,
         limit_tokens: int | None = None,
+        timed: bool = False,
     ) -> None:
         self.producer, self.topic, self.request_id = producer, topic, request_id
         self.key = request_id.encode()
@@ -92,6 +93,9 @@ class Relay:
         self._limit_chars = None if limit_tokens is None else limit_tokens * 4
         self.cut = False  # stopped at `limit_tokens` (4 characters a token)
         self.merged: dict[str, Any] | None = None  # everything published (or to be)
+        # with `timed`: seconds between chunks with output, after the first (telemetry)
+        self.intervals: list[float] | None = [] if timed else None
+        self._last_token = 0.0
 
     async def chunk(self, chunk: dict[str, Any]) -> None:
         if self._failed is not None:
@@ -105,6 +109,11 @@ class Relay:
         self._pending = merge(self._pending, chunk)
         self.chars += chars
         self._pending_chars += chars
+        if self.intervals is not None and chars:
+            now = self._clock.monotonic()
+            if self._last_token:
+                self.intervals.append(now - self._last_token)
+            self._last_token = now
         if not self.opened:
             if not has_token(chunk):
                 if self.cut:  # nothing at all was allowed

@@ -222,3 +222,71 @@ async def test_a_request_still_in_flight_when_the_router_stops_ends_its_span(
     assert span.attributes["turnout.outcome"] == "stopped"
     assert span.status.description == "stopped"
     telemetry.shutdown()
+
+
+async def test_a_streamed_attempt_records_its_time_to_first_chunk_and_per_chunk_times(
+    kafka_settings: KafkaSettings, kafka_topics: Topics, simulator: RunningSimulator
+) -> None:
+    reader = InMemoryMetricReader()
+    telemetry = Telemetry(meter_provider=MeterProvider(metric_readers=[reader]))
+    async with running(config(kafka_settings, simulator), telemetry):
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_settings.bootstrap, acks="all")
+        await producer.start()
+        try:
+            value = request("streamed-1", stream=True, max_tokens=200)
+            await producer.send_and_wait(kafka_topics.requests, value, key=b"acme")
+        finally:
+            await producer.stop()
+        await read_events(
+            kafka_settings.bootstrap, kafka_topics.events,
+            lambda es: bool(of_type(es, "request.completed")),
+        )  # fmt: skip
+    points = {
+        m.name: m.data.data_points
+        for rm in reader.get_metrics_data().resource_metrics
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+    }
+    (first,) = points["gen_ai.client.operation.time_to_first_chunk"]
+    assert first.count == 1 and 0 < first.sum < 5
+    assert first.attributes["gen_ai.request.model"]
+    (chunks,) = points["gen_ai.client.operation.time_per_output_chunk"]
+    assert chunks.count > 1  # one per chunk after the first
+    telemetry.shutdown()
+
+
+async def test_the_gateways_span_and_the_routers_are_one_trace(
+    kafka_settings: KafkaSettings, kafka_topics: Topics, simulator: RunningSimulator
+) -> None:
+    import httpx
+
+    from service.gateway import start_in_thread as start_gateway
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    telemetry = Telemetry(tracer_provider=provider)
+    cfg = config(kafka_settings, simulator, gateway={"port": 0})
+    async with running(cfg, telemetry):
+        gateway = await asyncio.to_thread(start_gateway, cfg, tracer_provider=provider)
+        try:
+            async with httpx.AsyncClient(timeout=30) as http:
+                answer = await http.post(
+                    f"{gateway.base_url}/chat/completions",
+                    json={"model": "turnout/general", "stream": True,
+                          "messages": [{"role": "user", "content": "hi"}]},
+                    headers={"traceparent": TRACEPARENT},
+                )  # fmt: skip
+            assert answer.status_code == 200 and answer.text.endswith("data: [DONE]\n\n")
+        finally:
+            await asyncio.to_thread(gateway.stop)
+    spans = exporter.get_finished_spans()
+    (server,) = [s for s in spans if s.kind is SpanKind.SERVER]
+    (req,) = [s for s in spans if s.kind is SpanKind.CONSUMER]
+    assert server.name == "POST /v1/chat/completions"
+    assert f"{server.context.trace_id:032x}" == TRACE_ID  # the caller's trace
+    assert req.context.trace_id == server.context.trace_id
+    assert req.parent is not None and req.parent.span_id == server.context.span_id
+    assert server.attributes is not None
+    assert server.attributes["http.response.status_code"] == 200
+    assert server.attributes["turnout.stream"] is True
