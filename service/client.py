@@ -31,12 +31,13 @@ Rules:
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeVar
+
+import msgspec
 
 from service.clock import clock
 from service.core.config import Config
@@ -53,6 +54,9 @@ __all__ = [
 
 Messages = str | Sequence[Mapping[str, Any]]
 T = TypeVar("T")
+
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder().decode
 
 _KEEP_UNCLAIMED = 10_000
 """Responses nobody waits for yet (e.g. after `submit`), kept for a later `wait`."""
@@ -177,7 +181,7 @@ class ReplyStream:
 
     async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
         async for _, chunk in self.raw():
-            yield json.loads(chunk)
+            yield _decode(chunk)
 
     def close(self) -> None:
         if self._on_close is not None:
@@ -469,7 +473,7 @@ class AsyncTurnout:
     async def _send(self, body: dict[str, Any], headers: Sequence[tuple[str, bytes]] = ()) -> None:
         if self._producer is None:
             raise TurnoutError("the Turnout client is not started: use `async with AsyncTurnout()`")
-        value = json.dumps(body, separators=(",", ":")).encode()
+        value = _encode(body)
         key = body["tenant"].encode()
         await (await self._producer.send(self.topics.requests, value, key=key, headers=headers))
 
@@ -497,7 +501,7 @@ class AsyncTurnout:
                     stream._put(item)
             return
         try:
-            doc = json.loads(value or b"")
+            doc = _decode(value or b"")
         except ValueError:
             return  # not a response document: nothing waits for it
         if not isinstance(doc, dict):
@@ -547,7 +551,7 @@ def _item(
         except ValueError:
             return []
     try:
-        doc = json.loads(value or b"")
+        doc = _decode(value or b"")
     except ValueError:
         return []
     return [doc] if isinstance(doc, dict) else []

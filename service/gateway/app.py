@@ -32,7 +32,6 @@ Rules:
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 from collections import OrderedDict
@@ -57,6 +56,7 @@ __all__ = ["GatewayApp", "error_status"]
 log = logging.getLogger("turnout.gateway")
 
 _encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder().decode
 _DONE: Final = b"data: [DONE]\n\n"
 _ROUTE_PREFIX: Final = "turnout/"
 _TRACEPARENT: Final = "traceparent"
@@ -266,7 +266,7 @@ class GatewayApp:
 
     def _intake(self, scope: Scope, tenant: str, body: bytes) -> dict[str, Any]:
         try:
-            doc = json.loads(body)
+            doc = _decode(body)
         except ValueError as err:
             raise _Refused("invalid_request", f"the body is not JSON: {err}") from None
         if not isinstance(doc, dict):

@@ -1,0 +1,260 @@
+"""Benchmark: `turnout gateway` + one router, driven over HTTP the way the peers are measured.
+
+    .venv/bin/python tests/benchmarks/bench_gateway.py [--seconds 10] [--only plain,open,streams]
+        [--engines kafka]
+
+What runs (every process started here is stopped here): a broker (Apache Kafka by
+default), `turnout simulate` at 0 ms and at 50 ms (pinned to CPU 0, as in
+bench_router.py), ONE `turnout router` and ONE `turnout gateway` (open: no keys) on
+fresh topics, tenant limits out of reach and the cache off (every request a miss).
+This process is the load generator (aiohttp), on the same 2 cores.
+
+Figures, each beside its baseline measured in the same run (the same requests sent
+straight to the simulator by the same generator):
+1. Closed loop, 32 connections, 0 ms upstream, plain: req/s, latency p50/p99 and
+   added p50/p99, and the CPU (utime + stime) of gateway + router per request.
+   Targets: >= 1,500 req/s; <= 0.6 ms CPU per request (Portkey 0.94, LiteLLM 11 on
+   this machine).
+2. Open loop, 500 req/s, 50 ms upstream, plain and streamed: added p50/p99 (target
+   p99 <= 15 ms on Apache Kafka); for streams, to the last byte.
+3. Streams: 100 concurrent closed-loop streams from an upstream at a model's pace (50 ms
+   to the first token, then a chunk every 25 ms: about half a second a stream, so
+   some 200 streams a second): added time to first token p50/p99 (target p99 <=
+   15 ms) and chunk records per streamed answer (SSE events with an `id:`) with the
+   default coalescing, against the upstream's chunks per answer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from bench_router import CONFIG, cpu_s, percentile, pinned, router, simulator, stop_process
+from engines import brokers
+
+from service.kafka.broker import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL = "openai/gpt-4o-mini"
+_ids = itertools.count()
+
+
+@contextlib.contextmanager
+def gateway(bootstrap: str, prefix: str, config_path: str) -> Iterator[tuple[str, int]]:
+    """`turnout gateway` on a free port: (its /v1 base URL, pid), once it is ready."""
+    port = free_port()
+    env = os.environ | {"TURNOUT_KAFKA_BOOTSTRAP": bootstrap, "TURNOUT_KAFKA_TOPIC_PREFIX": prefix}
+    command = [sys.executable, "-m", "service", "gateway", "--port", str(port),
+               "--config", config_path]  # fmt: skip
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=log)
+        try:
+            deadline = time.monotonic() + 30
+            while not _ready(port):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    log.seek(0)
+                    raise SystemExit(f"gateway did not start:\n{log.read().decode()[-2000:]}")
+                time.sleep(0.1)
+            yield f"http://127.0.0.1:{port}/v1", proc.pid
+        finally:
+            stop_process(proc, 15)
+
+
+@contextlib.contextmanager
+def paced_simulator(latency_ms: float, chunk_ms: float) -> Iterator[str]:
+    """`turnout simulate` whose streams send a chunk every `chunk_ms` (a real model's
+    pace: a 60-token answer takes about 20 chunks), on CPU 0: its base URL."""
+    with tempfile.NamedTemporaryFile("w", suffix=".toml") as scenario:
+        scenario.write(f'latency_ms = {latency_ms}\n[[rule]]\nmodel = "*"\nchunk_ms = {chunk_ms}\n')
+        scenario.flush()
+        command = [sys.executable, "-m", "service", "simulate", "--port", "0",
+                   "--scenario", scenario.name]  # fmt: skip
+        proc = subprocess.Popen(
+            pinned(command, 0), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            text=True,
+        )  # fmt: skip
+        try:
+            assert proc.stdout is not None
+            found = re.search(r"(http://\S+/api/v1)", proc.stdout.readline())
+            if found is None:
+                raise SystemExit("the paced simulator did not start")
+            yield found.group(1)
+        finally:
+            stop_process(proc, 10)
+            proc.stdout.close() if proc.stdout else None
+
+
+def _ready(port: int) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
+
+
+def body(stream: bool, model: str) -> dict[str, Any]:
+    n = next(_ids)
+    return {"model": model, "temperature": 0, "stream": stream, "max_tokens": 60,
+            "messages": [{"role": "user", "content": f"Say hello to request {n}."}]}  # fmt: skip
+
+
+async def one(
+    http: aiohttp.ClientSession, url: str, stream: bool, model: str
+) -> tuple[float, float, int]:
+    """(seconds to the first token or whole answer, seconds to the end, SSE events: those
+    with an `id:` from the gateway, every `data:` one from the upstream)."""
+    direct = "/api/v1/" in url
+    start = time.perf_counter()
+    first, ids = 0.0, 0
+    async with http.post(url, json=body(stream, model)) as response:
+        if response.status != 200:
+            raise RuntimeError(f"HTTP {response.status}: {(await response.text())[:200]}")
+        if not stream:
+            await response.read()
+            first = time.perf_counter() - start
+        else:
+            async for line in response.content:
+                data = line.startswith(b"data: {")
+                if line.startswith(b"id:") or (data and direct):
+                    ids += 1
+                if data and not first and _has_text(line):
+                    first = time.perf_counter() - start
+    return first or time.perf_counter() - start, time.perf_counter() - start, ids
+
+
+async def closed_loop(
+    base: str, model: str, connections: int, seconds: float, stream: bool
+) -> list[tuple[float, float, int]]:
+    url = f"{base}/chat/completions"
+    out: list[tuple[float, float, int]] = []
+    connector = aiohttp.TCPConnector(limit=connections)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        end = time.perf_counter() + seconds
+
+        async def worker() -> None:
+            while time.perf_counter() < end:
+                out.append(await one(http, url, stream, model))
+
+        await asyncio.gather(*(worker() for _ in range(connections)))
+    return out
+
+
+async def open_loop(
+    base: str, model: str, rate: float, seconds: float, stream: bool
+) -> list[tuple[float, float, int]]:
+    url = f"{base}/chat/completions"
+    connector = aiohttp.TCPConnector(limit=2048)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        tasks = []
+        start = time.perf_counter()
+        for i in range(int(rate * seconds)):
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(http, url, stream, model)))
+        return list(await asyncio.gather(*tasks))
+
+
+def _has_text(line: bytes) -> bool:
+    """Whether an SSE data line's chunk carries text (not only a role or usage)."""
+    at = line.find(b'"content":"')
+    return at >= 0 and line[at + 11 : at + 12] != b'"'
+
+
+def ms(values: list[float], p: float) -> float:
+    return percentile(values, p) * 1000
+
+
+def line(name: str, got: list[tuple[float, float, int]], base: list[tuple[float, float, int]],
+         seconds: float, cpu: float | None = None, *, which: int = 1) -> None:  # fmt: skip
+    a, b = [g[which] for g in got], [g[which] for g in base]
+    cpu_text = f", gateway+router CPU {cpu * 1000 / len(got):.2f} ms/req" if cpu else ""
+    print(
+        f"  {name}: {len(got) / seconds:,.0f} req/s (baseline {len(base) / seconds:,.0f}), "
+        f"p50 {ms(a, 50):.1f} / p99 {ms(a, 99):.1f} ms (baseline {ms(b, 50):.1f} / "
+        f"{ms(b, 99):.1f}); added p50 {ms(a, 50) - ms(b, 50):.1f} / p99 "
+        f"{ms(a, 99) - ms(b, 99):.1f} ms{cpu_text}",
+        flush=True,
+    )
+
+
+def run(args: argparse.Namespace, bootstrap: str) -> None:
+    with (
+        simulator(0) as (fast, _),
+        simulator(50) as (slow, _),
+        paced_simulator(50, 25) as paced,
+    ):
+        for upstream, parts in ((fast, {"plain"}), (slow, {"open"}), (paced, {"streams"})):
+            want = parts & args.parts
+            if not want:
+                continue
+            with (
+                router(bootstrap, upstream, args.config_path, 10,
+                       {"TURNOUT_FEATURES_CACHING": "false"}) as r,
+                gateway(bootstrap, r.topics.requests.rsplit(".", 1)[0], args.config_path)
+                as (base, gw_pid),
+            ):  # fmt: skip
+                asyncio.run(closed_loop(base, MODEL, 32, 3, False))  # warm-up
+                pids = (gw_pid, r.pid)
+                if "plain" in want:
+                    before = sum(cpu_s(p) for p in pids)
+                    got = asyncio.run(closed_loop(base, MODEL, 32, args.seconds, False))
+                    cpu = sum(cpu_s(p) for p in pids) - before
+                    direct = asyncio.run(closed_loop(upstream, MODEL, 32, args.seconds, False))
+                    line("closed loop, 32 connections, plain", got, direct, args.seconds, cpu)
+                if "streams" in want:
+                    got = asyncio.run(closed_loop(base, MODEL, 100, args.seconds, True))
+                    direct = asyncio.run(closed_loop(upstream, MODEL, 100, args.seconds, True))
+                    line("100 concurrent streams, time to first token", got, direct,
+                         args.seconds, which=0)  # fmt: skip
+                    records = statistics.mean(g[2] for g in got)
+                    chunks = statistics.mean(g[2] for g in direct)
+                    print(f"  chunk records per streamed answer: {records:.1f} "
+                          f"(the upstream's SSE events per answer: {chunks:.1f})")  # fmt: skip
+                if "open" in want:
+                    for stream in (False, True):
+                        got = asyncio.run(open_loop(base, MODEL, args.rate, args.seconds, stream))
+                        direct = asyncio.run(
+                            open_loop(upstream, MODEL, args.rate, args.seconds, stream)
+                        )
+                        kind = "streamed, to the last byte" if stream else "plain"
+                        line(f"open loop {args.rate:g} req/s, 50 ms upstream, {kind}", got,
+                             direct, args.seconds)  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--rate", type=float, default=500.0)
+    parser.add_argument("--only", default="plain,open,streams")
+    parser.add_argument("--engines", default="kafka")
+    args = parser.parse_args()
+    args.parts = set(args.only.split(","))
+    print(f"{os.cpu_count()} CPUs; simulator pinned to CPU 0; the rest float")
+    with tempfile.NamedTemporaryFile("w", suffix=".toml") as config_file:
+        config_file.write(CONFIG)
+        config_file.flush()
+        args.config_path = config_file.name
+        for engine in brokers(args.engines):
+            with engine as (name, bootstrap, _):
+                print(f"\n=== broker: {name} ({bootstrap}) ===", flush=True)
+                run(args, bootstrap)
+
+
+if __name__ == "__main__":
+    main()
