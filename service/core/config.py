@@ -179,12 +179,14 @@ class SnapshotsConfig(_Section, frozen=True, kw_only=True):
 class StreamingConfig(_Section, frozen=True, kw_only=True):
     """How streamed answers are relayed (`"stream": true`). Upstream deltas are coalesced
     into one chunk record until `flush_tokens` (estimated) have gathered or `flush_ms` has
-    passed since the last record; the first token is always sent at once. No first token
-    within `ttft_timeout_s` is a failed attempt (retried or fallen back, like a timeout)."""
+    passed since the last record; the first token is always sent at once (no linger), the
+    later records of every stream in flight are batched `linger_ms` (fewer produce requests).
+    No first token within `ttft_timeout_s` is a failed attempt (retried or fallen back)."""
 
     flush_ms: int = 25
     flush_tokens: int = 32
     ttft_timeout_s: float = 20.0
+    linger_ms: int = 5  # chunk records after the first: batched across streams this long
 
 
 class GatewayConfig(_Section, frozen=True, kw_only=True):

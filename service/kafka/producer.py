@@ -137,6 +137,11 @@ class Producer:
             raise translate(err, bootstrap=self.settings.bootstrap) from err
         return future
 
+    async def partitions(self, topic: str) -> int:
+        """How many partitions `topic` has (from the producer's metadata)."""
+        with kafka_errors(self.settings.bootstrap):
+            return len(await self._producer.partitions_for(topic))
+
     async def send_batch(self, records: Iterable[OutRecord]) -> list[RecordMetadata]:
         """Enqueue every record, then wait for all deliveries together.
 

@@ -91,7 +91,7 @@ from service.kafka.topics import (
 )
 from service.runtime import snapshots
 from service.runtime.cachecodec import CacheCodecError, default_codec
-from service.runtime.deliveries import Orphan, find_delivered
+from service.runtime.deliveries import Orphan, find_delivered, reply_partition
 from service.runtime.streaming import CutShort, Relay, StaleAttempt
 from service.telemetry import Telemetry
 from service.upstream import client as upstream
@@ -237,8 +237,11 @@ class Router:
         linger = self.kafka.events_linger_ms if cfg.features.batching else 0
         events = self.kafka.replace(linger_ms=linger)
         self.event_producers = [Producer(events) for _ in range(EVENT_PRODUCERS)]
-        # streamed answers' chunk records: no linger, so a first token never waits
-        self.chunk_producer = Producer(self.kafka.replace(linger_ms=0))
+        # streamed answers' chunk records: the first on a producer with no linger, so a
+        # first token never waits; the rest batched across streams
+        self.first_chunks = Producer(self.kafka.replace(linger_ms=0))
+        self.chunk_producer = Producer(self.kafka.replace(linger_ms=cfg.streaming.linger_ms))
+        self._partitions: dict[str, int] = {}  # reply topic -> its partition count
         self.streams: set[str] = set()  # request ids answered as streams (last record's header)
         self.calls: dict[str, asyncio.Task[None]] = {}  # request id -> its running call
         self.cancelling: dict[str, str] = {}  # request id -> why its call is being stopped
@@ -284,6 +287,7 @@ class Router:
             for producer in self.event_producers:
                 await producer.start()
             await self.chunk_producer.start()
+            await self.first_chunks.start()
             await self.consumer.start()
             await self._check_snapshots_topic()
             await self._publish([self._config_applied()])
@@ -302,6 +306,7 @@ class Router:
             for producer in self.event_producers:
                 await producer.stop()
             await self.chunk_producer.stop()
+            await self.first_chunks.stop()
             await self.producer.stop()
             await self.upstream.aclose()
 
@@ -933,8 +938,15 @@ class Router:
         call's result, what was relayed and why it was cut short (budget, max_tokens) if it
         was, or None when the attempt went stale."""
         started = self.clock.monotonic()
+        topic = reply_to or self.topics.responses
+        partitions = self._partitions.get(topic)
+        if partitions is None:
+            partitions = self._partitions[topic] = await self.producer.partitions(topic)
+            if len(self._partitions) > 10_000:
+                self._partitions.clear()
         relay = Relay(
-            producer=self.chunk_producer, topic=reply_to or self.topics.responses,
+            producer=self.chunk_producer, first=self.first_chunks, topic=topic,
+            partition=reply_partition(call.request_id, partitions),
             request_id=call.request_id, model=call.model, attempt=call.attempt,
             first_token=lambda ttft: self._first_token(call, ttft),
             flush_ms=self.cfg.streaming.flush_ms, flush_tokens=self.cfg.streaming.flush_tokens,
@@ -943,9 +955,14 @@ class Router:
         )  # fmt: skip
         try:
             streamed = await self.upstream.stream(
-                call.model, body, relay.chunk, ttft_timeout_s=self.cfg.streaming.ttft_timeout_s
-            )
+                call.model, body, relay.chunk, ttft_timeout_s=self.cfg.streaming.ttft_timeout_s,
+                assemble=False,
+            )  # fmt: skip
             result = streamed.result
+            if result.ok:  # the relay merged what the client saw: that is the answer
+                result = upstream.assembled(
+                    relay.merged or {}, latency_ms=result.latency_ms, slow=result.slow
+                )
         except StaleAttempt:
             await relay.close()
             return None

@@ -11,8 +11,13 @@ Rules:
   and then only once `first_token` (the router's `decide_first_token`) agreed;
   a chunk with only a role waits for it. A stale attempt (the request moved on)
   raises `StaleAttempt`, which aborts the upstream call.
-- The first token goes out at once, on a producer with no linger; a stalled
-  stream's gathered deltas go out `flush_ms` after the last record at the latest.
+- The first token goes out at once, on a producer with no linger; later records
+  on one that lingers `[streaming] linger_ms` (batching the records of every stream
+  in flight into fewer produce requests), each only once the first is acked, so
+  the two producers never reorder a stream. A stalled stream's gathered deltas go
+  out `flush_ms` after the last record at the latest.
+- The partition is computed once per stream (`partition`, murmur2 of the request
+  id, as the default partitioner would), not hashed again for every record.
 - Records are sent one at a time in `seq` order (a lock), keyed by request id
   (one partition, in order); `finish` publishes what is left and waits for every
   record's ack, so the last record (sent by the router afterwards, on another
@@ -60,7 +65,9 @@ class Relay:
         self,
         *,
         producer: Producer,
+        first: Producer | None = None,
         topic: str,
+        partition: int | None = None,
         request_id: str,
         model: str,
         attempt: int,
@@ -72,6 +79,9 @@ class Relay:
         timed: bool = False,
     ) -> None:
         self.producer, self.topic, self.request_id = producer, topic, request_id
+        self._first = first or producer
+        self._first_ack: asyncio.Future[Any] | None = None
+        self.partition = partition
         self.key = request_id.encode()
         self._served = [(MODEL_HEADER, model.encode()), (ATTEMPT_HEADER, b"%d" % attempt)]
         self._first_token = first_token
@@ -92,7 +102,7 @@ class Relay:
         self.ttft_ms: float | None = None
         self._limit_chars = None if limit_tokens is None else limit_tokens * 4
         self.cut = False  # stopped at `limit_tokens` (4 characters a token)
-        self.merged: dict[str, Any] | None = None  # everything published (or to be)
+        self.merged: dict[str, Any] | None = None  # everything published, merged
         # with `timed`: seconds between chunks with output, after the first (telemetry)
         self.intervals: list[float] | None = [] if timed else None
         self._last_token = 0.0
@@ -105,7 +115,6 @@ class Relay:
             chunk = trim(chunk, self._limit_chars - self.chars)
             chars = delta_chars(chunk)
             self.cut = True
-        self.merged = merge(self.merged, chunk)
         self._pending = merge(self._pending, chunk)
         self.chars += chars
         self._pending_chars += chars
@@ -167,6 +176,7 @@ class Relay:
             pending, self._pending = self._pending, None
             if pending is None:
                 return
+            self.merged = merge(self.merged, pending)
             self._pending_chars = 0
             self._last_flush = self._clock.monotonic()
             if self._timer is not None:
@@ -176,6 +186,14 @@ class Relay:
             seq = self.seq
             value = chunk_record(self.request_id, seq, _encode(pending))
             headers = [_CHUNK, (SEQ_HEADER, b"%d" % seq), *self._served]
-            self._acks.append(
-                await self.producer.send(self.topic, value, key=self.key, headers=headers)
-            )
+            if seq == 1:  # at once, on the producer with no linger
+                ack = self._first_ack = await self._first.send(
+                    self.topic, value, key=self.key, headers=headers, partition=self.partition
+                )
+            else:  # after the first is in (order across producers), batched with others
+                if self._first_ack is not None and not self._first_ack.done():
+                    await asyncio.shield(self._first_ack)
+                ack = await self.producer.send(
+                    self.topic, value, key=self.key, headers=headers, partition=self.partition
+                )
+            self._acks.append(ack)

@@ -52,7 +52,9 @@ from service.upstream.translate import (
 from service.wire.sse import SSEParser
 from service.wire.stream import completion, has_token, merge
 
-__all__ = ["CallResult", "ClientOptions", "ClientStats", "StreamOutcome", "UpstreamClient"]
+__all__ = [
+    "CallResult", "ClientOptions", "ClientStats", "StreamOutcome", "UpstreamClient", "assembled",
+]  # fmt: skip
 
 _encode_json = msgspec.json.Encoder().encode
 _JSON_HEADERS: Final = {"content-type": "application/json"}
@@ -219,6 +221,7 @@ class UpstreamClient:
         *,
         ttft_timeout_s: float,
         timeout_s: float | None = None,
+        assemble: bool = True,
     ) -> StreamOutcome:
         """POST `/chat/completions` for `model` streamed (usage asked for), calling
         `on_chunk` with each parsed chunk in order; never raises for upstream trouble.
@@ -228,7 +231,9 @@ class UpstreamClient:
         an `error` (`midstream_error`), a stream that stops before `data: [DONE]`
         (`connection_reset`), a chunk that is not JSON (`malformed_response`). An
         exception from `on_chunk` propagates, after the upstream connection is closed
-        (which aborts the upstream's generation), as does cancellation."""
+        (which aborts the upstream's generation), as does cancellation. `assemble=False`:
+        the caller merges the chunks itself (`merged` and the success's `response` and
+        `usage` stay None)."""
         payload = _encode_json({
             **body, "model": model, "stream": True, "stream_options": {"include_usage": True},
         })  # fmt: skip
@@ -258,7 +263,7 @@ class UpstreamClient:
                     else:
                         await self._relay(
                             response, parser, outcome, on_chunk, started,
-                            lambda: deadline.reschedule(start_loop + deadline_s),
+                            lambda: deadline.reschedule(start_loop + deadline_s), assemble,
                         )  # fmt: skip
                 finally:
                     await response.aclose()
@@ -286,6 +291,7 @@ class UpstreamClient:
         on_chunk: OnChunk,
         started: float,
         first_token: Callable[[], None],
+        assemble: bool,
     ) -> None:
         async for piece in response.aiter_raw():
             for event in parser.feed(piece):
@@ -303,7 +309,8 @@ class UpstreamClient:
                 if error is not None:
                     message = error.get("message") if isinstance(error, dict) else str(error)
                     raise _StreamFailure("midstream_error", str(message or "error chunk")[:300])
-                outcome.merged = merge(outcome.merged, chunk)
+                if assemble:
+                    outcome.merged = merge(outcome.merged, chunk)
                 if outcome.first_token_ms is None and has_token(chunk):
                     outcome.first_token_ms = (self._clock.monotonic() - started) * 1000
                     first_token()
@@ -331,14 +338,10 @@ class UpstreamClient:
                 ok=False, latency_ms=latency_ms, error_class=name,
                 message=f"{type(culprit).__name__}: {text}"[:300] if text else name,
             )  # fmt: skip
-        merged = outcome.merged or {}
-        usage = merged.get("usage")
-        return CallResult(
-            ok=True, status=200, latency_ms=latency_ms, response=completion(merged),
-            usage=usage_of(usage), generation_id=merged.get("id"),
-            cost_usd=usage.get("cost") if isinstance(usage, dict) else None,
-            slow=latency_ms > self.options.call_timeout_s * 1000,
-        )  # fmt: skip
+        slow = latency_ms > self.options.call_timeout_s * 1000
+        if outcome.merged is None:
+            return CallResult(ok=True, status=200, latency_ms=latency_ms, slow=slow)
+        return assembled(outcome.merged, latency_ms=latency_ms, slow=slow)
 
     async def get_json(self, path: str, *, timeout_s: float | None = None) -> CallResult:
         """GET `path` under the base URL; any JSON object is a success (`response`)."""
@@ -456,6 +459,16 @@ class UpstreamClient:
             f"UpstreamClient(base_url={self.options.base_url!r}, "
             f"transport={type(self._transport).__name__}, authorized={self._authorized})"
         )
+
+
+def assembled(merged: dict[str, Any], *, latency_ms: float, slow: bool = False) -> CallResult:
+    """The success a whole merged stream amounts to: its completion, usage and cost."""
+    usage = merged.get("usage")
+    return CallResult(
+        ok=True, status=200, latency_ms=latency_ms, response=completion(merged),
+        usage=usage_of(usage), generation_id=merged.get("id"),
+        cost_usd=usage.get("cost") if isinstance(usage, dict) else None, slow=slow,
+    )  # fmt: skip
 
 
 def _aiohttp_transport(options: ClientOptions) -> AiohttpTransport:
