@@ -227,7 +227,8 @@ def _add_demo(sub: Any) -> None:
         sub,
         "demo",
         "service.demo:cli_main",
-        "run broker, simulator, 2 routers, sink, alerts, dashboard, traffic; Ctrl-C stops all",
+        "run broker, simulator, 2 routers, gateway, sink, alerts, dashboard, traffic; Ctrl-C "
+        "stops all",
     )
     p.add_argument("--duration", type=float, default=None, help="stop S seconds after ready")
     p.add_argument("--no-dashboard", action="store_true", help="do not start the dashboard")
@@ -238,7 +239,7 @@ def _add_demo(sub: Any) -> None:
     p.add_argument("--data", default="data/demo", help="data and logs (default data/demo; emptied)")
     p.add_argument("--simulator", action="store_true", help="use the simulator even when "
                    "OPENROUTER_API_KEY is set")  # fmt: skip
-    for name, port in (("kafka", 9092), ("sim", 8089), ("dashboard", 8501)):
+    for name, port in (("kafka", 9092), ("sim", 8089), ("gateway", 8000), ("dashboard", 8501)):
         p.add_argument(f"--{name}-port", type=int, default=None,
                        help=f"default {port} (a free one if taken); 0: any free one")  # fmt: skip
     p = _command(

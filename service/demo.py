@@ -2,7 +2,8 @@
 
 Job: start the local broker (Apache Kafka, or Tansu without Java), the upstream
 simulator (or use OpenRouter when OPENROUTER_API_KEY is set), two routers, the
-sink, the alert evaluator, the dashboard and the traffic generator; say what
+OpenAI-compatible gateway, the sink, the alert evaluator, the dashboard and the
+traffic generator (part of it streamed); say what
 runs where; show progress until Ctrl-C, SIGTERM or `--duration`; then stop
 everything.
 
@@ -22,8 +23,8 @@ Rules:
   times) that is somehow still there is killed. No process outlives the demo.
 - `<data>` (default `data/demo`) is emptied at the start of every run, but only
   when it is empty or was made by an earlier demo (a marker file says so).
-- Ports: the defaults (Kafka 9092, simulator 8089, routers 8080/8081, dashboard
-  8501) are used when free, else a free port (and the demo says so); a port
+- Ports: the defaults (Kafka 9092, simulator 8089, routers 8080/8081, gateway 8000,
+  dashboard 8501) are used when free, else a free port (and the demo says so); a port
   given on the command line is used as given.
 """
 
@@ -76,6 +77,7 @@ class Ports:
     simulator: int
     routers: tuple[int, int]
     dashboard: int
+    gateway: int = 8000
     notes: tuple[str, ...] = ()
 
 
@@ -98,11 +100,12 @@ def choose_ports(args: argparse.Namespace) -> Ports:
         pick_port(8080, None, what="router-1's health endpoints"),
         pick_port(8081, None, what="router-2's health endpoints"),
         pick_port(8501, args.dashboard_port, what="the dashboard"),
+        pick_port(8000, getattr(args, "gateway_port", None), what="the gateway"),
     ]
-    (kafka, _), (sim, _), (r1, _), (r2, _), (dash, _) = picks
+    (kafka, _), (sim, _), (r1, _), (r2, _), (dash, _), (gw, _) = picks
     if r2 == r1:  # both fell back to free ports at once: ask again
         r2 = free_port()
-    return Ports(kafka=kafka, simulator=sim, routers=(r1, r2), dashboard=dash,
+    return Ports(kafka=kafka, simulator=sim, routers=(r1, r2), dashboard=dash, gateway=gw,
                  notes=tuple(note for _, note in picks if note))  # fmt: skip
 
 
@@ -199,6 +202,11 @@ def plan_children(
         ))  # fmt: skip
     kids.append(Child(name="sink", stage=2, argv=("sink", *cfg, *duck), ready_text="readers use",
                       where=str(paths.archive)))  # fmt: skip
+    kids.append(Child(
+        name="gateway", stage=3, argv=("gateway", *cfg, "--port", str(ports.gateway)),
+        ready_url=f"http://127.0.0.1:{ports.gateway}/readyz", start_timeout_s=60,
+        where=f"http://127.0.0.1:{ports.gateway}/v1 (OpenAI-compatible; open: no keys)",
+    ))  # fmt: skip
     rules = ("--rules", str(paths.rules))
     kids.append(Child(name="alerts", stage=3, argv=("alerts", *cfg, *duck, *rules),
                       ready_text="rule(s) on", where=f"rules {paths.rules}"))  # fmt: skip
@@ -271,6 +279,11 @@ def _turnout_command() -> str:
     return _shown(script) if script.exists() else f"{sys.executable} -m service"
 
 
+def _python() -> str:
+    """How the user runs this Python (the venv's, where the openai SDK is installed)."""
+    return _shown(Path(sys.executable))
+
+
 def print_table(plan: Plan, supervisor: Supervisor, paths: DemoPaths, ports: Ports) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -298,6 +311,16 @@ def print_table(plan: Plan, supervisor: Supervisor, paths: DemoPaths, ports: Por
         f"TURNOUT_DUCKDB_PATH={paths.archive.resolve()}",
         f'  {cmd} submit "hello" --wait',
         f'  {cmd} sql "SELECT tenant, outcome, count(*) FROM requests GROUP BY ALL ORDER BY ALL"',
+        "The OpenAI-compatible gateway, streamed with curl and called with the openai SDK:",
+        f"  curl -N http://127.0.0.1:{ports.gateway}/v1/chat/completions "
+        "-H 'Content-Type: application/json' -H 'X-Turnout-Tenant: acme' -d '{\"model\": "
+        '"turnout/general", "stream": true, "messages": [{"role": "user", '
+        '"content": "Say hello"}]}\'',
+        f"  {_python()} -c 'from openai import OpenAI; c = OpenAI(base_url="
+        f'"http://127.0.0.1:{ports.gateway}/v1", api_key="demo", '
+        'default_headers={"X-Turnout-Tenant": "acme"}); '
+        'print(c.chat.completions.create(model="turnout/general", messages=[{"role": '
+        '"user", "content": "Say hello"}]).choices[0].message.content)\'',
         f"Processes: {_shown(paths.pids)}. Ctrl-C stops everything.",
     ]
     print("\n".join(lines), flush=True)  # plain: commands must not wrap

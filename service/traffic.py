@@ -67,6 +67,7 @@ class TenantMix(msgspec.Struct, frozen=True, kw_only=True):
     task_types: tuple[str, ...] = ("general",)
     repeat_share: float = 0.0  # share of requests that repeat a common prompt at temperature 0
     max_tokens: int = 128
+    stream_share: float = 0.0  # share of its fresh requests sent as streams
 
 
 class Shot(msgspec.Struct, frozen=True, kw_only=True):
@@ -79,17 +80,25 @@ class Shot(msgspec.Struct, frozen=True, kw_only=True):
     prompt: str
     temperature: float
     max_tokens: int
+    stream: bool = False
 
 
 DEFAULT_MIX: Final = (
-    TenantMix(tenant="acme", weight=3.0, repeat_share=0.6),
-    TenantMix(tenant="globex", weight=2.0, task_types=("general", "code"), repeat_share=0.3),
+    TenantMix(tenant="acme", weight=3.0, repeat_share=0.6, stream_share=0.5),
+    TenantMix(
+        tenant="globex",
+        weight=2.0,
+        task_types=("general", "code"),
+        repeat_share=0.3,
+        stream_share=0.3,
+    ),
     TenantMix(tenant="initech", weight=1.5, repeat_share=0.2, max_tokens=64),
     TenantMix(tenant="penny", weight=1.0, task_types=("code",), max_tokens=256),
 )
 """The demo's tenants (limits in service/demo_files/turnout.toml): at 5 requests/s acme sends ~2/s,
 globex ~1.3/s on both routes, initech ~1/s against a limit of 20 a minute, penny
-~0.7/s of code questions against a budget of $0.008 a day."""
+~0.7/s of code questions against a budget of $0.008 a day. Half of acme's fresh
+questions and 30% of globex's are streamed (a repeat is never: streams are not cached)."""
 
 _COMMON: Final[dict[str, tuple[str, ...]]] = {
     "general": (
@@ -150,8 +159,10 @@ def _shot(index: int, at_s: float, *, seed: int, mix: tuple[TenantMix, ...]) -> 
     else:
         template = _pick(_FRESH.get(task, _FRESH["general"]), uniform(seed, index, "prompt"))
         prompt = template.format(n=index + 1, year=1900 + index % 125)
+    stream = not repeat and uniform(seed, index, "stream") < who.stream_share
     return Shot(index=index, at_s=at_s, tenant=who.tenant, task_type=task, prompt=prompt,
-                temperature=0.0 if repeat else 0.7, max_tokens=who.max_tokens)  # fmt: skip
+                temperature=0.0 if repeat else 0.7, max_tokens=who.max_tokens,
+                stream=stream)  # fmt: skip
 
 
 def plan(*, seed: int, rate: float, mix: tuple[TenantMix, ...] = DEFAULT_MIX) -> Iterator[Shot]:
@@ -172,6 +183,8 @@ class Tally:
     sent: int = 0
     answered: int = 0
     cached: int = 0
+    streamed: int = 0  # answers that came as streams
+    chunks: int = 0  # chunk records those streams had
     timeouts: int = 0
     send_errors: int = 0
     skipped: int = 0
@@ -198,7 +211,8 @@ class Tally:
     def to_dict(self, *, elapsed_s: float = 0.0, done: bool = False) -> dict[str, Any]:
         return {
             "sent": self.sent, "answered": self.answered, "in_flight": self.in_flight,
-            "cached": self.cached, "timeouts": self.timeouts, "send_errors": self.send_errors,
+            "cached": self.cached, "streamed": self.streamed, "chunks": self.chunks,
+            "timeouts": self.timeouts, "send_errors": self.send_errors,
             "skipped": self.skipped, "status": dict(self.statuses), "codes": dict(self.codes),
             "tenants": dict(self.tenants), "elapsed_s": round(elapsed_s, 1), "done": done,
         }  # fmt: skip
@@ -215,6 +229,8 @@ def summary_line(stats: Mapping[str, Any]) -> str:
     if codes:
         line += " (" + ", ".join(f"{c} {n}" for c, n in sorted(codes.items())) + ")"
     line += f"; {stats.get('cached', 0)} from cache"
+    if stats.get("streamed"):
+        line += f", {stats['streamed']} streamed ({stats.get('chunks', 0)} chunks)"
     extra = [f"{stats[k]} {k.replace('_', ' ')}" for k in ("timeouts", "send_errors", "skipped")
              if stats.get(k)]  # fmt: skip
     return line + ("; " + ", ".join(extra) if extra else "")
@@ -236,6 +252,9 @@ class TrafficOptions:
 async def _one(client: Any, shot: Shot, tally: Tally, options: TrafficOptions) -> None:
     cap = options.max_tokens
     max_tokens = min(shot.max_tokens, cap) if cap else shot.max_tokens
+    if shot.stream:
+        await _streamed(client, shot, tally, options, max_tokens)
+        return
     try:
         rid = await client.submit(shot.prompt, tenant=shot.tenant, task_type=shot.task_type,
                                   temperature=shot.temperature, max_tokens=max_tokens)  # fmt: skip
@@ -249,6 +268,34 @@ async def _one(client: Any, shot: Shot, tally: Tally, options: TrafficOptions) -
         tally.timeouts += 1
     except Exception:  # the client closed under us: counted as no answer
         tally.timeouts += 1
+
+
+async def _streamed(
+    client: Any, shot: Shot, tally: Tally, options: TrafficOptions, max_tokens: int
+) -> None:
+    from service.client import StreamFailed
+
+    try:
+        stream = await client.stream(shot.prompt, tenant=shot.tenant, task_type=shot.task_type,
+                                     temperature=shot.temperature, max_tokens=max_tokens,
+                                     timeout_s=options.timeout_s)  # fmt: skip
+    except Exception:
+        tally.send_errors += 1
+        return
+    tally.sent += 1
+    chunks = 0
+    try:
+        async for _ in stream:
+            chunks += 1
+    except StreamFailed:
+        pass  # counted by its last record below
+    except Exception:  # no next record in time, or the client closed under us
+        tally.timeouts += 1
+        return
+    if stream.response is not None:
+        tally.streamed += 1
+        tally.chunks += chunks
+        tally.record(stream.response)
 
 
 async def _stopped(stop: asyncio.Event, delay_s: float) -> bool:

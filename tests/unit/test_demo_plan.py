@@ -45,8 +45,8 @@ def test_every_part_runs_a_real_turnout_command_with_real_options() -> None:
 
 def test_parts_start_in_stages_broker_first_traffic_last() -> None:
     plan = plan_children(PORTS, PATHS, openrouter=False, rate=5, dashboard_flags=DASHBOARD_FLAGS)
-    assert names(plan) == ["broker", "simulator", "router-1", "router-2", "sink", "alerts",
-                           "dashboard", "traffic"]  # fmt: skip
+    assert names(plan) == ["broker", "simulator", "router-1", "router-2", "sink", "gateway",
+                           "alerts", "dashboard", "traffic"]  # fmt: skip
     stages = [c.stage for c in plan.children]
     assert stages == sorted(stages)
     stage = {c.name: c.stage for c in plan.children}

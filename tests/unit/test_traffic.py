@@ -99,3 +99,13 @@ def test_the_summary_names_lost_requests_only_when_there_are_some() -> None:
     assert summary_line({}) == "0 sent, 0 answered; 0 from cache"
     line = summary_line({"sent": 3, "answered": 1, "timeouts": 2, "skipped": 4})
     assert line.endswith("; 2 timeouts, 4 skipped")
+
+
+def test_part_of_the_fresh_traffic_streams_and_no_repeat_does() -> None:
+    shots = list(itertools.islice(plan(seed=3, rate=5), 2000))
+    streamed = [s for s in shots if s.stream]
+    acme = [s for s in shots if s.tenant == "acme" and s.temperature > 0]
+    assert streamed and all(s.temperature > 0 for s in streamed)  # repeats are cacheable
+    assert {s.tenant for s in streamed} == {"acme", "globex"}
+    share = sum(s.stream for s in acme) / len(acme)
+    assert 0.4 < share < 0.6  # acme streams half of its fresh questions
