@@ -14,7 +14,8 @@ overrun, a cache eviction and an alert left firing. The last two
 add no row to the `requests` view. `workload(..., kinds=ALL_KINDS)` mixes
 them in; the default output never changes. `ROUTE_KINDS` are told only when
 asked for by name (`story`): the preferred model skipped for an open
-breaker (a fallback before any attempt), or over a price cap (policy).
+breaker (a fallback before any attempt), or over a price cap (policy). So are
+`STREAM_KINDS`: a streamed answer (first token after 120 ms, 40 tokens in 2 s).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ __all__ = [
     "MODELS",
     "REQUESTLESS",
     "ROUTE_KINDS",
+    "STREAM_KINDS",
     "Story",
     "envelopes",
     "story",
@@ -62,6 +64,7 @@ EXTRA_KINDS = ("cache_miss", "budget_warned", "budget_rejected", "evicted", "ale
 ALL_KINDS = KINDS + EXTRA_KINDS
 REQUESTLESS = ("evicted", "alert_firing")
 ROUTE_KINDS = ("skipped_open", "skipped_price")
+STREAM_KINDS = ("streamed",)
 _USAGE = Usage(prompt_tokens=12, completion_tokens=40, total_tokens=52)
 _COST = 210
 _RESPONSE = {
@@ -203,6 +206,27 @@ def _skipped(reason: str) -> Callable[[str, str], list[Event]]:
     return tell
 
 
+STREAM_TTFT_MS = 120.0
+STREAM_LATENCY_MS = 2_120.0  # 40 completion tokens in the 2 s after the first: 20 tokens/s
+
+
+def _streamed(rid: str, t: str) -> list[Event]:
+    r = _r(rid, t)
+    stats = ev.StreamStats(chunks=6, ttft_ms=STREAM_TTFT_MS)
+    accepted, *rest = _accepted(rid, t)
+    assert isinstance(accepted, ev.RequestAccepted)
+    *done, completed = _completed(rid, t, MODELS[0], 1)
+    assert isinstance(completed, ev.RequestCompleted)
+    return [
+        msgspec.structs.replace(accepted, stream=True), *rest,
+        ev.AttemptStarted(**r, model=MODELS[0], attempt=1, model_attempt=1),
+        ev.StreamFirstToken(**r, model=MODELS[0], attempt=1, ttft_ms=STREAM_TTFT_MS),
+        ev.AttemptSucceeded(**r, model=MODELS[0], attempt=1, status=200,
+                            latency_ms=STREAM_LATENCY_MS, usage=_USAGE, cost_micros=_COST),
+        *done, msgspec.structs.replace(completed, stream=stats),
+    ]  # fmt: skip
+
+
 def _cached(rid: str, t: str) -> list[Event]:
     r = _r(rid, t)
     hit = ev.CacheHit(**r, cache_key=f"k-{rid}", model=MODELS[0], stored_at_ms=1,
@@ -317,6 +341,7 @@ _STORIES: dict[str, Callable[[str, str], list[Event]]] = {
     "alert_firing": _alert_firing,
     "skipped_open": _skipped("breaker_open"),
     "skipped_price": _skipped("over_price"),
+    "streamed": _streamed,
 }
 
 

@@ -141,9 +141,10 @@ def _request_words(e: Any) -> tuple[str | None, str] | None:
             return None, f"{e.strategy}: {order}" + (f"; skipped {skipped}" if skipped else "")
         case ev.RequestCompleted():
             how = " from the cache" if e.cached else " (coalesced)" if e.coalesced else ""
+            streamed = f", streamed in {e.stream.chunks} chunk record(s)" if e.stream else ""
             return e.model, (
                 f"completed{how} after {e.attempts} attempt(s) in {_ms(e.latency_ms)}, "
-                f"{e.usage.total_tokens} tokens, {_usd(e.cost_micros)}"
+                f"{e.usage.total_tokens} tokens, {_usd(e.cost_micros)}{streamed}"
             )
         case ev.RequestFailed():
             errors = "; ".join(f"{c.model}: {c.code}" for c in e.errors)

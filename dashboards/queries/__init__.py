@@ -49,6 +49,7 @@ from dashboards.queries.routing import (
     retries_over_time,
     routing_kpis,
     skipped_candidates,
+    streams_by_model,
 )
 from dashboards.queries.tenants import (
     budget_status,
@@ -86,5 +87,6 @@ __all__ = [
     "retry_budget",
     "routing_kpis",
     "skipped_candidates",
+    "streams_by_model",
     "top_tenants",
 ]

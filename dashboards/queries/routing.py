@@ -25,6 +25,7 @@ __all__ = [
     "retries_over_time",
     "routing_kpis",
     "skipped_candidates",
+    "streams_by_model",
 ]
 
 
@@ -133,5 +134,34 @@ def retries_over_time(run: Run, scope: Scope) -> pd.DataFrame:
         WHERE {any_of("tenants", "tenant")} AND {any_of("models", "model")} AND {task_of_request()}
         GROUP BY ALL
         ORDER BY time, model
+    """
+    return run(sql, scope.params())
+
+
+def streams_by_model(run: Run, scope: Scope) -> pd.DataFrame:
+    """Streamed attempts by model: streams, time to first token p50/p95 (ms), and output
+    tokens per second after the first token (median) of the ones that finished."""
+    sql = f"""
+        WITH f AS (
+            SELECT request_id, tenant, (data ->> '$.attempt')::INTEGER AS attempt,
+                   data ->> '$.model' AS model, (data ->> '$.ttft_ms')::DOUBLE AS ttft_ms
+            FROM events
+            WHERE type = 'turnout.stream.first_token' AND {EVENTS_IN}
+        ), s AS (
+            SELECT request_id, (data ->> '$.attempt')::INTEGER AS attempt,
+                   (data ->> '$.latency_ms')::DOUBLE AS latency_ms,
+                   (data ->> '$.usage.completion_tokens')::BIGINT AS tokens
+            FROM events
+            WHERE type = 'turnout.attempt.succeeded' AND {EVENTS_IN}
+        )
+        SELECT f.model, count(*) AS streams,
+               quantile_cont(f.ttft_ms, 0.5) AS ttft_p50_ms,
+               quantile_cont(f.ttft_ms, 0.95) AS ttft_p95_ms,
+               median(s.tokens / nullif((s.latency_ms - f.ttft_ms) / 1000, 0)) AS tokens_per_s
+        FROM f LEFT JOIN s USING (request_id, attempt)
+        WHERE {any_of("tenants", "f.tenant")} AND {any_of("models", "f.model")}
+          AND {task_of_request("f.request_id")}
+        GROUP BY ALL
+        ORDER BY streams DESC, f.model
     """
     return run(sql, scope.params())

@@ -83,6 +83,22 @@ def render(ctx: Context) -> None:
             ),
             width="stretch",
         )
+    streams = queries.streams_by_model(ctx.db, ctx.scope)
+    if not streams.empty:
+        st.subheader("Streams")
+        st.caption(
+            "Streamed answers by model: time to the first token (from the attempt's start) "
+            "and output tokens per second after it."
+        )
+        st.dataframe(
+            streams,
+            hide_index=True,
+            column_config={
+                "ttft_p50_ms": st.column_config.NumberColumn("TTFT p50 (ms)", format="%.0f"),
+                "ttft_p95_ms": st.column_config.NumberColumn("TTFT p95 (ms)", format="%.0f"),
+                "tokens_per_s": st.column_config.NumberColumn("tokens/s", format="%.1f"),
+            },
+        )
     skipped = queries.skipped_candidates(ctx.db, ctx.scope)
     if not skipped.empty:
         st.subheader("Candidates skipped")

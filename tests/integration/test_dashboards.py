@@ -419,3 +419,31 @@ def test_rule_durations_read_back_as_written(ms_: int) -> None:
     from analytics.alerts.rules import parse_duration
 
     assert parse_duration(fmt.duration(ms_)) == ms_
+
+
+@pytest.fixture(scope="module")
+def streamed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The seeded archive's traffic plus four streamed answers by tenant t1."""
+    from analytics.synthetic import STREAM_TTFT_MS, story
+
+    assert STREAM_TTFT_MS == 120.0
+    extra = [story("streamed", f"stream-{i}", "t1") for i in range(4)]
+    path = tmp_path_factory.mktemp("streamed") / "turnout.duckdb"
+    with Archive.open(path) as archive:
+        archive.load_batch(_rows([*STORIES, *extra]))
+        archive.publish()
+    return path
+
+
+def test_routing_shows_time_to_first_token_and_tokens_per_second_by_model(
+    app: AppTest, streamed: Path, seeded: Path
+) -> None:
+    open_page(app, streamed, "routing")
+    assert_clean(app)
+    (table,) = [d.value for d in app.dataframe if "ttft_p50_ms" in d.value.columns]
+    (row,) = table.to_dict("records")
+    assert row["model"] == MODELS[0] and row["streams"] == 4
+    assert row["ttft_p50_ms"] == row["ttft_p95_ms"] == 120.0
+    assert row["tokens_per_s"] == 20.0  # 40 tokens in the 2 s after the first
+    open_page(app, seeded, "routing")  # no stream in the window: no table
+    assert not [d for d in app.dataframe if "ttft_p50_ms" in d.value.columns]
