@@ -74,15 +74,14 @@ def admission_key(req: IntakeRequest, cfg: Config) -> str | None:
     to `decide_intake` (the core cannot decompress)."""
     if req.messages is None or not caching.is_cacheable(req.params, req.cache, cfg):
         return None
-    if req.stream:  # a streamed answer is not cached or shared (yet): it is relayed live
-        return None
     return caching.cache_key(
         tenant=req.tenant,
         scope=cfg.cache.scope,
         model=req.model,
         task_type=req.task_type,
         messages=req.messages,
-        params=req.params,
+        # a streamed answer is cached as its chunks, apart from the same question's whole one
+        params={**req.params, "stream": True} if req.stream else req.params,
     )
 
 

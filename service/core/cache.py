@@ -135,9 +135,10 @@ def _is_zero(value: object) -> bool:
 
 
 def is_cacheable(params: Mapping[str, Any], cache_opt: bool | None, cfg: Config) -> bool:
-    """Caching on, not opted out, not streamed, and deterministic: temperature 0,
-    the request opts in (`cache: true`) or `[cache] cache_nondeterministic`."""
-    if not cfg.features.caching or cache_opt is False or params.get("stream"):
+    """Caching on, not opted out, and deterministic: temperature 0, the request opts in
+    (`cache: true`) or `[cache] cache_nondeterministic`. (A streamed request is cacheable
+    too: its answer is cached as its chunks, under a key of its own.)"""
+    if not cfg.features.caching or cache_opt is False:
         return False
     return bool(
         cache_opt or cfg.cache.cache_nondeterministic or _is_zero(params.get("temperature"))

@@ -484,7 +484,7 @@ def _stream_headers(stream: ReplyStream) -> list[tuple[bytes, bytes]]:
         (b"x-request-id", stream.request_id.encode()),
         (b"x-turnout-model", (stream.model or "").encode()),
         (b"x-turnout-attempts", str(stream.attempt or 0).encode()),
-        (b"x-turnout-cache", b"miss"),
+        (b"x-turnout-cache", b"hit" if stream.attempt == 0 else b"miss"),  # attempt 0: cached
         (b"x-accel-buffering", b"no"),
     ]
 

@@ -92,7 +92,7 @@ from service.kafka.topics import (
 from service.runtime import snapshots
 from service.runtime.cachecodec import CacheCodecError, default_codec
 from service.runtime.deliveries import Orphan, find_delivered, reply_partition
-from service.runtime.streaming import CutShort, Relay, StaleAttempt
+from service.runtime.streaming import CutShort, Relay, StaleAttempt, replay
 from service.telemetry import Telemetry
 from service.upstream import client as upstream
 from service.upstream.pricing import PriceCache
@@ -243,6 +243,7 @@ class Router:
         self.chunk_producer = Producer(self.kafka.replace(linger_ms=cfg.streaming.linger_ms))
         self._partitions: dict[str, int] = {}  # reply topic -> its partition count
         self.streams: set[str] = set()  # request ids answered as streams (last record's header)
+        self.replays: dict[str, list[dict[str, Any]]] = {}  # a stream's cached chunks, to send
         self.calls: dict[str, asyncio.Task[None]] = {}  # request id -> its running call
         self.cancelling: dict[str, str] = {}  # request id -> why its call is being stopped
         self.consumer = GroupConsumer(
@@ -781,10 +782,18 @@ class Router:
         if entry is None:
             return key, None
         try:
-            return key, self.codec.decode_response(entry)
+            answer = self.codec.decode_response(entry)
         except CacheCodecError:
             log.warning("cache entry %s is unreadable: answering from the upstream", key)
             return key, None
+        if not req.stream:
+            return key, answer
+        chunks, whole = answer.get("chunks"), answer.get("completion")
+        if not isinstance(chunks, list) or not isinstance(whole, dict):
+            log.warning("cache entry %s is not a stream's: answering from the upstream", key)
+            return key, None
+        self.replays[req.request_id] = chunks  # the hit answers with these, then `whole`
+        return key, whole
 
     async def _deadletter(self, record: Any, err: WireError) -> None:
         """The DLQ copy and the terminal `deadlettered` event; a record that names its
@@ -871,6 +880,10 @@ class Router:
             # sent together, acks awaited together: the response does not wait for the
             # events' round trip (the terminal, which records it, still comes after both)
             await self._publish(early, request_id, wait=False, time_ms=now, folded=True)
+            for r in responds:  # a streamed cache hit: its recorded chunks come first
+                chunks = self.replays.pop(r.terminal.request_id, None)
+                if chunks is not None and isinstance(r.terminal, ev.RequestCompleted):
+                    await self._replay(r.terminal, chunks)
             sent = [await self._send_response(r.terminal) for r in responds if not r.delivered]
             await asyncio.gather(*self.unacked.pop(request_id, []), *sent)
             await self._publish(terminals, time_ms=now, folded=True)
@@ -885,12 +898,13 @@ class Router:
         attempt = self.telemetry.start_attempt(call.request_id, call.model, call.attempt)
         stats: ev.StreamStats | None = None
         cut: str | None = None
+        chunks: list[dict[str, Any]] | None = None
         try:
             if flight is not None and flight.stream:
                 streamed = await self._stream(call, body, flight.reply_to, attempt)
                 if streamed is None:  # stale: the request moved on while it streamed
                     return
-                result, stats, cut = streamed
+                result, stats, cut, chunks = streamed
             else:
                 result = await self.upstream.call(call.model, body)
         except asyncio.CancelledError:
@@ -925,7 +939,11 @@ class Router:
             outcome = self._refuse_oversized(outcome, result.response)
         flight = self.state.inflight.get(call.request_id)
         if result.ok and result.response and flight is not None and flight.cache_key:
-            encoded = self.codec.encode_response(result.response, self.cache_encoding)
+            # a whole stream is kept as its chunk records and its assembled answer
+            stored = result.response if chunks is None else {
+                "completion": result.response, "chunks": chunks,
+            }  # fmt: skip
+            encoded = self.codec.encode_response(stored, self.cache_encoding)
             outcome = msgspec.structs.replace(outcome, cache_body=encoded)
         ctx = self._ctx()
         decision = decide_result(self.state, call.request_id, outcome, ctx)
@@ -933,20 +951,15 @@ class Router:
 
     async def _stream(
         self, call: Call, body: dict[str, Any], reply_to: str | None, attempt: Any = None
-    ) -> tuple[upstream.CallResult, ev.StreamStats, str | None] | None:
+    ) -> tuple[upstream.CallResult, ev.StreamStats, str | None, list[dict[str, Any]]] | None:
         """Call the upstream streamed, relaying its chunks past the first-token gate; the
         call's result, what was relayed and why it was cut short (budget, max_tokens) if it
         was, or None when the attempt went stale."""
         started = self.clock.monotonic()
         topic = reply_to or self.topics.responses
-        partitions = self._partitions.get(topic)
-        if partitions is None:
-            partitions = self._partitions[topic] = await self.producer.partitions(topic)
-            if len(self._partitions) > 10_000:
-                self._partitions.clear()
         relay = Relay(
             producer=self.chunk_producer, first=self.first_chunks, topic=topic,
-            partition=reply_partition(call.request_id, partitions),
+            partition=await self._reply_partition(topic, call.request_id),
             request_id=call.request_id, model=call.model, attempt=call.attempt,
             first_token=lambda ttft: self._first_token(call, ttft),
             flush_ms=self.cfg.streaming.flush_ms, flush_tokens=self.cfg.streaming.flush_tokens,
@@ -991,7 +1004,22 @@ class Router:
         stats = ev.StreamStats(chunks=relay.seq, ttft_ms=relay.ttft_ms, usage_estimated=estimated)
         cut = ("max_tokens" if body.get("max_tokens") else "budget") if relay.cut else None
         self.telemetry.streamed(attempt, relay.ttft_ms, relay.intervals or ())
-        return result, stats, cut
+        return result, stats, cut, relay.published
+
+    async def _reply_partition(self, topic: str, request_id: str) -> int:
+        partitions = self._partitions.get(topic)
+        if partitions is None:
+            partitions = self._partitions[topic] = await self.producer.partitions(topic)
+            if len(self._partitions) > 10_000:
+                self._partitions.clear()
+        return reply_partition(request_id, partitions)
+
+    async def _replay(self, terminal: ev.RequestCompleted, chunks: list[dict[str, Any]]) -> None:
+        """A streamed cache hit: the recorded chunk records again, at once, in order."""
+        topic = terminal.reply_to or self.topics.responses
+        partition = await self._reply_partition(topic, terminal.request_id)
+        await replay(self.first_chunks, topic, partition, terminal.request_id, terminal.model,
+                     chunks)  # fmt: skip
 
     def _allowance(self, call: Call, body: dict[str, Any]) -> int | None:
         """Completion tokens the request's budget reservation pays for at this model's price
@@ -1069,6 +1097,7 @@ class Router:
         self.bodies.pop(request_id, None)
         self.unacked.pop(request_id, None)
         self.streams.discard(request_id)
+        self.replays.pop(request_id, None)
 
     def _finish_one(self, request_id: str, pos: Position) -> None:
         positions = self.positions.get(request_id, [])

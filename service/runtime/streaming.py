@@ -46,7 +46,7 @@ from service.wire.stream import (
     trim,
 )
 
-__all__ = ["CutShort", "Relay", "StaleAttempt"]
+__all__ = ["CutShort", "Relay", "StaleAttempt", "replay"]
 
 _encode = msgspec.json.Encoder().encode
 _CHUNK = STREAM_HEADER, b"chunk"
@@ -54,6 +54,23 @@ _CHUNK = STREAM_HEADER, b"chunk"
 
 class StaleAttempt(Exception):
     """The attempt's request moved on (or its partition did): stop streaming it."""
+
+
+async def replay(
+    producer: Producer, topic: str, partition: int | None, request_id: str, model: str,
+    chunks: list[dict[str, Any]],
+) -> None:  # fmt: skip
+    """Publish a cached stream's chunk records (seq 1..N) at once and wait for their acks."""
+    key = request_id.encode()
+    served = [(MODEL_HEADER, model.encode()), (ATTEMPT_HEADER, b"0")]
+    acks = []
+    for seq, chunk in enumerate(chunks, start=1):
+        value = chunk_record(request_id, seq, _encode(chunk))
+        headers = [_CHUNK, (SEQ_HEADER, b"%d" % seq), *served]
+        acks.append(
+            await producer.send(topic, value, key=key, headers=headers, partition=partition)
+        )
+    await asyncio.gather(*acks)
 
 
 class CutShort(Exception):
@@ -103,6 +120,7 @@ class Relay:
         self._limit_chars = None if limit_tokens is None else limit_tokens * 4
         self.cut = False  # stopped at `limit_tokens` (4 characters a token)
         self.merged: dict[str, Any] | None = None  # everything published, merged
+        self.published: list[dict[str, Any]] = []  # each record's chunk (what a cache keeps)
         # with `timed`: seconds between chunks with output, after the first (telemetry)
         self.intervals: list[float] | None = [] if timed else None
         self._last_token = 0.0
@@ -177,6 +195,7 @@ class Relay:
             if pending is None:
                 return
             self.merged = merge(self.merged, pending)
+            self.published.append(pending)
             self._pending_chars = 0
             self._last_flush = self._clock.monotonic()
             if self._timer is not None:

@@ -421,3 +421,34 @@ async def test_last_event_id_resumes_exactly_after_that_chunk(
         ]
         other = await http.get(url, headers={"authorization": f"Bearer {POOR_KEY}"})
         assert other.status_code == 404  # another tenant's stream is not found
+
+
+async def test_a_streamed_answer_is_cached_as_its_chunks_and_a_hit_replays_them(
+    kafka_settings: KafkaSettings, kafka_topics: Topics, simulator: RunningSimulator
+) -> None:
+    """LiteLLM #11145: a cached stream replays as one lump. Here it replays the chunks."""
+    cfg = gateway_config(kafka_settings, simulator)
+    cfg = msgspec.structs.replace(
+        cfg, streaming=msgspec.structs.replace(cfg.streaming, flush_tokens=2)
+    )
+    async with running(cfg), AsyncTurnout(kafka_settings) as turnout:
+        first = await turnout.stream(PROMPT, tenant="acme", temperature=0)
+        original = [c async for c in first]
+        plain = await turnout.route(PROMPT, tenant="acme", temperature=0)
+        again = await turnout.stream(PROMPT, tenant="acme", temperature=0)
+        replayed = [c async for c in again]
+        assert first.response is not None and again.response is not None
+        assert first.response["cached"] is False and len(original) > 1
+        assert plain["cached"] is False  # a whole answer is cached apart from a stream's
+        assert again.response["cached"] is True and again.response["cost_usd"] == 0
+        assert replayed == original  # the same chunks, in the same order
+        assert again.response["response"] == first.response["response"]
+        assert again.attempt == 0 and again.model == first.model
+        broken = await turnout.stream(PROMPT, tenant="acme", task_type="broken", temperature=0)
+        with pytest.raises(StreamFailed):
+            async for _ in broken:
+                pass
+        retry = await turnout.stream(PROMPT, tenant="acme", task_type="broken", temperature=0)
+        with pytest.raises(StreamFailed):  # a failed stream was not cached: it fails again
+            async for _ in retry:
+                pass

@@ -167,7 +167,6 @@ CACHEABLE = [
     ({"temperature": 0}, False, {}, False),
     ({"temperature": 0.7}, None, {"cache_nondeterministic": True}, True),
     ({"temperature": 0.7}, False, {"cache_nondeterministic": True}, False),
-    ({"temperature": 0, "stream": True}, True, {}, False),
     ({"temperature": 0}, True, {"features": {"caching": False}}, False),
 ]
 
