@@ -21,6 +21,10 @@ Rules:
 - A reply topic that is gone, or a read that fails or takes longer than `timeout_s`,
   finds nothing there (logged): the orphans it held are resumed, at worst answered
   twice, never lost.
+- A stream's chunk records are not its answer. An orphan with chunk records and no
+  last record had begun streaming (its first-token event may not have reached the
+  log): it is found as `{STREAM_BEGUN: True}`, so its next owner ends it `partial`
+  and never streams it again from `seq` 1.
 - Pure reading: nothing is written, no group is joined.
 """
 
@@ -40,7 +44,13 @@ from service.kafka.settings import KafkaSettings
 from service.kafka.topics import existing_topics
 from service.wire.stream import STREAM_HEADER
 
-__all__ = ["SKEW_MS", "Orphan", "find_delivered", "reply_partition"]
+__all__ = [
+    "SKEW_MS",
+    "STREAM_BEGUN",
+    "Orphan",
+    "find_delivered",
+    "reply_partition",
+]
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +110,7 @@ async def _scan(
     ids: Mapping[TopicPartition, set[str]],
 ) -> dict[str, dict[str, Any]]:
     found: dict[str, dict[str, Any]] = {}
+    begun: set[str] = set()
     async with Reader(settings, starts) as reader:
         begin = await reader.offsets_for_times(starts)
         ends = await reader.end_offsets(list(starts))
@@ -114,6 +125,7 @@ async def _scan(
                     key = record.key.decode("utf-8", "replace") if record.key else None
                     if record.offset < ends[tp] and key in ids[tp] and key not in found:
                         if _is_chunk(record.headers):  # a stream's chunk, not its answer
+                            begun.add(key)
                             continue
                         doc = _document(record.value)
                         if doc is not None and doc.get("request_id") == key:
@@ -121,7 +133,13 @@ async def _scan(
             for tp in list(left):
                 if await reader.position(tp) >= ends[tp]:
                     left.discard(tp)
+    for rid in begun - found.keys():  # chunks went out but no last record: it had begun
+        found[rid] = {"request_id": rid, STREAM_BEGUN: True}
     return found
+
+
+STREAM_BEGUN: Final = "_turnout_stream_begun"
+"""Marks a request found with chunk records on its reply topic and no last record."""
 
 
 def _is_chunk(headers: Any) -> bool:

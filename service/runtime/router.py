@@ -91,7 +91,7 @@ from service.kafka.topics import (
 )
 from service.runtime import snapshots
 from service.runtime.cachecodec import CacheCodecError, default_codec
-from service.runtime.deliveries import Orphan, find_delivered, reply_partition
+from service.runtime.deliveries import STREAM_BEGUN, Orphan, find_delivered, reply_partition
 from service.runtime.streaming import CutShort, Relay, StaleAttempt, replay
 from service.telemetry import Telemetry
 from service.upstream import client as upstream
@@ -669,6 +669,11 @@ class Router:
         resume = req.request_id in self.orphans
         self.orphans.discard(req.request_id)
         delivered = self.delivered.pop(req.request_id, None)
+        if delivered is not None and delivered.get(STREAM_BEGUN):  # its chunks went out
+            delivered = None
+            if resume:
+                await self._stream_begun(req.request_id)
+                ctx = self._ctx()
         if delivered is not None and (resume or req.request_id not in self.state.inflight):
             terminal = terminal_from_response(delivered, reply_to=req.reply_to)
             decision = decide_delivered(self.state, terminal, ctx)
@@ -1034,6 +1039,20 @@ class Router:
             held.amount_micros, prompt, self.prices.price(call.model),
             limits=self.cfg.tenant(flight.tenant),
         )  # fmt: skip
+
+    async def _stream_begun(self, request_id: str) -> None:
+        """An orphan whose chunk records are on its reply topic although the log has no
+        first token for it (its router died before that event was written): record the
+        first token now, so it is resumed as a stream that had begun (ended `partial`),
+        never streamed again from `seq` 1."""
+        flight = self.state.inflight.get(request_id)
+        if flight is None or flight.first_token_attempt or flight.model is None:
+            return
+        ctx = self._ctx()
+        decision = decide_first_token(
+            self.state, request_id, flight.model, flight.attempt, 0.0, ctx
+        )
+        await self._apply(decision, request_id, ctx.now_ms)
 
     async def _first_token(self, call: Call, ttft_ms: float) -> bool:
         """Record an attempt's first token (closing its first-token gate); False if stale."""

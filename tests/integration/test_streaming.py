@@ -452,3 +452,34 @@ async def test_a_streamed_answer_is_cached_as_its_chunks_and_a_hit_replays_them(
         with pytest.raises(StreamFailed):  # a failed stream was not cached: it fails again
             async for _ in retry:
                 pass
+
+
+async def test_a_router_that_dies_mid_stream_before_its_first_token_is_logged_streams_it_once(
+    kafka_settings: KafkaSettings, kafka_topics: Topics, simulator: RunningSimulator
+) -> None:
+    """The first chunk goes out before its first-token event is acked. Here that event
+    never reaches the log and the router dies mid-stream: the next owner finds the
+    stream's chunks on the reply topic and ends it partial; it never streams it again
+    from seq 1 (a client would see two answers spliced into one)."""
+    from service.runtime.router import StateDiverged
+
+    cfg = gateway_config(kafka_settings, simulator)
+    async with AsyncTurnout(kafka_settings) as turnout:
+        async with running(cfg, "first") as first:
+
+            async def unrecorded(call: Any, ttft_ms: float) -> bool:
+                return True  # the gate opens, but no first-token event is written
+
+            first._first_token = unrecorded  # type: ignore[method-assign]
+            stream = await turnout.stream(PROMPT, tenant="acme", task_type="slow")
+            records = stream.raw()
+            seqs = [(await anext(records))[0]]
+            first._fail_fatally(StateDiverged("injected: the router dies mid-stream"))
+        async with running(cfg, "next"):
+            with pytest.raises(StreamFailed) as ended:
+                async for seq, _ in records:
+                    seqs.append(seq)
+    assert seqs == list(range(1, len(seqs) + 1))  # never from 1 again
+    assert ended.value.response["partial"] is True
+    assert ended.value.response["error"]["code"] == "upstream_stream_error"
+    assert sim_streams(simulator)["completed"] == 0  # nobody streamed it again to the end
