@@ -49,6 +49,10 @@ retry_after_s = 0
 model = "slow/*"
 chunk_ms = 100
 
+[[rule]]
+model = "stall/*"
+latency_ms = 3000
+
 [prices."slow/model"]
 prompt = "0.000001"
 completion = "0.00001"
@@ -83,6 +87,7 @@ def gateway_config(settings: KafkaSettings, sim: RunningSimulator) -> Config:
             "broken": {"models": ["broken/model", "good/model"]},
             "slow": {"models": ["slow/model"]},
             "single": {"models": ["openai/gpt-4o-mini"]},
+            "stalling": {"models": ["stall/model", "good/model"]},
         },
         retry={"max_retries": 0},
         breaker={"failure_threshold": 50},
@@ -298,6 +303,10 @@ async def test_a_stream_over_kafka_alone_is_chunks_in_order_then_the_assembled_a
         assert failed.value.response["error"]["code"] == "upstream_stream_error"
 
 
+def sim_total(sim: RunningSimulator) -> int:
+    return int(httpx.get(f"{sim.url}/_sim/stats").json()["total"])
+
+
 def sim_streams(sim: RunningSimulator) -> dict[str, int]:
     return dict(httpx.get(f"{sim.url}/_sim/stats").json()["streams"])
 
@@ -483,3 +492,65 @@ async def test_a_router_that_dies_mid_stream_before_its_first_token_is_logged_st
     assert ended.value.response["partial"] is True
     assert ended.value.response["error"]["code"] == "upstream_stream_error"
     assert sim_streams(simulator)["completed"] == 0  # nobody streamed it again to the end
+
+
+async def test_no_first_token_in_time_is_a_failed_attempt_and_falls_back(
+    kafka_settings: KafkaSettings, kafka_topics: Topics, simulator: RunningSimulator
+) -> None:
+    """A model that sends only keep-alives for 3 s, with ttft_timeout_s = 0.5: the attempt
+    fails `timeout` (counted by the breaker), the next model answers, the client sees
+    only its tokens."""
+    cfg = gateway_config(kafka_settings, simulator)
+    cfg = msgspec.structs.replace(
+        cfg, streaming=msgspec.structs.replace(cfg.streaming, ttft_timeout_s=0.5)
+    )
+    async with running(cfg), AsyncTurnout(kafka_settings) as turnout:
+        stream = await turnout.stream(PROMPT, tenant="acme", task_type="stalling", temperature=0)
+        text = "".join([c["choices"][0]["delta"].get("content") or "" async for c in stream
+                        if c["choices"]])  # fmt: skip
+        assert stream.response is not None and stream.response["model"] == "good/model"
+        assert text == direct(simulator, "good/model")["choices"][0]["message"]["content"]
+        envs = await read_events(
+            kafka_settings.bootstrap, kafka_settings.topics.events,
+            lambda es: any(e.type == "turnout.request.completed" for e in es),
+        )  # fmt: skip
+        (failed,) = of_type(envs, "attempt.failed")
+        assert failed.data.model == "stall/model" and failed.data.error_class == "timeout"
+        assert failed.data.breaker_failure and "first token" in failed.data.message
+        assert stream.response["latency_ms"] < 2500  # it did not wait the 3 s out
+
+
+async def test_the_sync_client_streams_from_its_own_thread(
+    kafka_settings: KafkaSettings, kafka_topics: Topics, simulator: RunningSimulator
+) -> None:
+    from service.client import Turnout
+
+    async with running(gateway_config(kafka_settings, simulator)):
+
+        def call() -> list[dict[str, Any]]:
+            with Turnout(kafka_settings) as client:
+                return list(client.stream(PROMPT, tenant="acme", temperature=0))
+
+        chunks = await asyncio.to_thread(call)
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert text == direct(simulator, "openai/gpt-4o-mini")["choices"][0]["message"]["content"]
+
+
+async def test_an_sdk_retry_with_the_same_idempotency_key_is_answered_once(
+    kafka_settings: KafkaSettings, kafka_topics: Topics, simulator: RunningSimulator
+) -> None:
+    async with stack(kafka_settings, simulator) as (_, gateway):
+        before = sim_total(simulator)
+        client = sdk(gateway)
+        answers = [
+            await client.chat.completions.with_raw_response.create(
+                model="turnout/general", messages=PROMPT,  # type: ignore[arg-type]
+                extra_headers={"Idempotency-Key": "same-1"},
+            )
+            for _ in range(3)
+        ]  # fmt: skip
+        after = sim_total(simulator)
+    assert after - before == 1  # one upstream call for three sends
+    bodies = {a.parse().choices[0].message.content for a in answers}
+    assert len(bodies) == 1
+    assert {a.headers["x-request-id"] for a in answers} == {"idem:acme:same-1"}
