@@ -428,10 +428,13 @@ class Router:
     ) -> list[Orphan]:
         """Intake records after the committed offset (up to the end now) whose request the
         log does not know: the last owner may have answered them in the same decision
-        that accepted or rejected them, and died before its events were written."""
-        starts = {tp: offset for tp, offset in self._floor.items() if offset and tp in assigned}
+        that accepted or rejected them, and died before its events were written. A
+        partition with no commit yet is read from its start (consumers start at the
+        earliest record): its last owner may have answered records and died before its
+        first commit."""
+        starts = {tp: offset for tp, offset in self._floor.items() if tp in assigned}
         out: list[Orphan] = []
-        if not starts:  # a new group: nobody handled anything yet
+        if not starts:
             return out
         async with Reader(self.kafka, starts, start_offsets=starts) as reader:
             ends = await reader.end_offsets(starts)

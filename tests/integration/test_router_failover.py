@@ -15,11 +15,12 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
+from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
 from service.core import events as ev
 from service.kafka.settings import KafkaSettings, Topics
-from service.runtime.router import StateDiverged
+from service.runtime.router import StateDiverged, home_partition
 from service.upstream.simulator import SimulatorOptions, parse_scenario, start_in_thread
 from service.upstream.simulator.server import RunningSimulator
 from service.wire import cloudevents as ce
@@ -183,3 +184,37 @@ async def test_a_router_that_dies_between_a_response_and_its_terminal_event_answ
     assert calls == len(ids)  # none called again
     assert charged == round(sum(costs.values()) * 1_000_000) > 0
     assert set(spent.values()) == {charged}  # day, month and lifetime: charged once
+
+
+async def test_a_bad_record_answered_by_a_router_that_died_before_any_commit_is_answered_once(
+    kafka_engine: str, kafka_settings: KafkaSettings, kafka_topics: Topics
+) -> None:
+    """Found by the fault suite's combined round: a router dead-letters a record that names
+    its request (and answers it `rejected`), then dies before the `deadlettered` event is
+    written and before its partition's first commit. The next owner used to skip partitions
+    with no commit when it looked for such answers, and answered the record again."""
+    if kafka_engine == "tansu":
+        pytest.fail("this needs Apache Kafka's offsets_for_times and end offsets")
+    bad = msgspec.json.encode({"request_id": "evil-1", "tenant": "no spaces allowed",
+                               "messages": [{"role": "user", "content": "hi"}]})  # fmt: skip
+    with start_in_thread(SimulatorOptions()) as sim:
+        cfg = config(kafka_settings, sim)
+        async with running(cfg, "first") as first:
+            real_publish = first._publish
+
+            async def publish(events: Any, *args: Any, **kwargs: Any) -> None:
+                if any(isinstance(e, ev.RequestDeadlettered) for e in events):
+                    raise KafkaError("injected: the events producer failed")
+                await real_publish(events, *args, **kwargs)
+
+            first._publish = publish  # type: ignore[method-assign]
+            await produce(kafka_settings.bootstrap, kafka_topics.requests, [(b"acme", bad, None)])
+            await asyncio.wait_for(first._stop.wait(), 30)  # type: ignore[union-attr]
+        assert isinstance(first.fatal, StateDiverged)
+        tp = TopicPartition(kafka_topics.requests, home_partition("acme"))
+        async with running(cfg, "next") as nxt:  # until it has handled the record again
+            await until(lambda: nxt.offsets.committable().get(tp, 0) >= 1, 30)
+        answers = await collect_until_quiet(kafka_settings.bootstrap, kafka_topics.responses)
+        dlq = await collect_until_quiet(kafka_settings.bootstrap, kafka_topics.dlq)
+    assert [a.key for a in answers] == [b"evil-1"]  # answered once, by the first router
+    assert len(dlq) == 1
