@@ -238,6 +238,12 @@ def follower_terminal(follower: InFlight, leader: Terminal, now_ms: int) -> Term
             usage=NO_USAGE, cost_micros=0, saved_usage=leader.usage,
             saved_cost_micros=leader.cost_micros,
         )  # fmt: skip
+    if isinstance(leader, ev.RequestFailed | ev.RequestCancelled):  # used nothing itself
+        return msgspec.structs.replace(
+            leader, request_id=follower.request_id, tenant=follower.tenant,
+            reply_to=follower.reply_to, attempts=0, latency_ms=latency, usage=None,
+            cost_micros=0,
+        )  # fmt: skip
     return msgspec.structs.replace(
         leader, request_id=follower.request_id, tenant=follower.tenant,
         reply_to=follower.reply_to, attempts=0, latency_ms=latency,

@@ -203,7 +203,7 @@ def decide_intake(
         assert key is not None and lookup is not None and cached_response is not None
         return answer_from_cache(req, key, lookup, cached_response, ctx)
     looked = lookup.events if lookup is not None else []
-    if key is not None and not req.stream:  # a stream is not shared (yet): each is its own
+    if key is not None:  # a streamed follower shares its leader's stream, as it goes
         joined = caching.decide_coalesce(
             cache_index(state, req.tenant),
             request_id=req.request_id, tenant=req.tenant, key=key, cfg=ctx.cfg,

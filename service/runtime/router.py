@@ -244,6 +244,7 @@ class Router:
         self._partitions: dict[str, int] = {}  # reply topic -> its partition count
         self.streams: set[str] = set()  # request ids answered as streams (last record's header)
         self.replays: dict[str, list[dict[str, Any]]] = {}  # a stream's cached chunks, to send
+        self.relays: dict[str, Relay] = {}  # leader request id -> its stream, while it runs
         self.calls: dict[str, asyncio.Task[None]] = {}  # request id -> its running call
         self.cancelling: dict[str, str] = {}  # request id -> why its call is being stopped
         self.consumer = GroupConsumer(
@@ -695,6 +696,11 @@ class Router:
         await self._apply(decision, req.request_id, ctx.now_ms)
         if not decision.events:  # a duplicate: the first record answers (or answered)
             self._finish_one(req.request_id, pos)
+        for event in decision.events:  # a streamed follower joins its leader's stream
+            if isinstance(event, ev.RequestCoalesced) and req.stream:
+                relay = self.relays.get(event.leader_request_id)
+                if relay is not None and req.request_id in self.state.inflight:
+                    await self._follow(relay, req.request_id, req.reply_to)
 
     async def _forwarded(self, record: Any, tenant: str, request_id: str, pos: Position) -> bool:
         """Forward a record off its tenant's home partition there (True), keeping its id,
@@ -729,6 +735,8 @@ class Router:
             ctx = self._ctx()
             decision = decide_cancel(self.state, rid, cancel.tenant, cancel.reason, ctx)
             await self._apply(decision, rid, ctx.now_ms)
+            for relay in self.relays.values():  # a follower of a stream: no more records
+                relay.drop(rid)
         self._finish(pos)
 
     async def _recover(self, record: Any, pos: Position, err: Exception) -> None:
@@ -974,6 +982,13 @@ class Router:
             clock=self.clock, limit_tokens=self._allowance(call, body),
             timed=self.telemetry.metrics,
         )  # fmt: skip
+        self.relays[call.request_id] = relay
+        flight = self.state.inflight.get(call.request_id)
+        index = cache_index(self.state, flight.tenant) if flight is not None else None
+        for follower in index.followers(call.request_id) if index is not None else ():
+            joined = self.state.inflight.get(follower)
+            if joined is not None and joined.stream:  # it came while the leader waited
+                await self._follow(relay, follower, joined.reply_to)
         try:
             streamed = await self.upstream.stream(
                 call.model, body, relay.chunk, ttft_timeout_s=self.cfg.streaming.ttft_timeout_s,
@@ -1013,6 +1028,10 @@ class Router:
         cut = ("max_tokens" if body.get("max_tokens") else "budget") if relay.cut else None
         self.telemetry.streamed(attempt, relay.ttft_ms, relay.intervals or ())
         return result, stats, cut, relay.published
+
+    async def _follow(self, relay: Relay, request_id: str, reply_to: str | None) -> None:
+        topic = reply_to or self.topics.responses
+        await relay.follow(request_id, topic, await self._reply_partition(topic, request_id))
 
     async def _reply_partition(self, topic: str, request_id: str) -> int:
         partitions = self._partitions.get(topic)
@@ -1120,6 +1139,7 @@ class Router:
         self.unacked.pop(request_id, None)
         self.streams.discard(request_id)
         self.replays.pop(request_id, None)
+        self.relays.pop(request_id, None)
 
     def _finish_one(self, request_id: str, pos: Position) -> None:
         positions = self.positions.get(request_id, [])

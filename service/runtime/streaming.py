@@ -16,6 +16,9 @@ Rules:
   in flight into fewer produce requests), each only once the first is acked, so
   the two producers never reorder a stream. A stalled stream's gathered deltas go
   out `flush_ms` after the last record at the latest.
+- Coalesced requests share the stream (`follow`): a follower gets the records
+  published before it joined, then each later record with the leader's, under its
+  own request id on its own reply topic.
 - The partition is computed once per stream (`partition`, murmur2 of the request
   id, as the default partitioner would), not hashed again for every record.
 - Records are sent one at a time in `seq` order (a lock), keyed by request id
@@ -97,7 +100,7 @@ class Relay:
     ) -> None:
         self.producer, self.topic, self.request_id = producer, topic, request_id
         self._first = first or producer
-        self._first_ack: asyncio.Future[Any] | None = None
+        self._first_acks: list[asyncio.Future[Any]] = []  # seq 1's: later records wait
         self.partition = partition
         self.key = request_id.encode()
         self._served = [(MODEL_HEADER, model.encode()), (ATTEMPT_HEADER, b"%d" % attempt)]
@@ -121,6 +124,8 @@ class Relay:
         self.cut = False  # stopped at `limit_tokens` (4 characters a token)
         self.merged: dict[str, Any] | None = None  # everything published, merged
         self.published: list[dict[str, Any]] = []  # each record's chunk (what a cache keeps)
+        # coalesced requests that share this stream: request id -> (key, topic, partition)
+        self.followers: dict[str, tuple[bytes, str, int | None]] = {}
         # with `timed`: seconds between chunks with output, after the first (telemetry)
         self.intervals: list[float] | None = [] if timed else None
         self._last_token = 0.0
@@ -180,6 +185,27 @@ class Relay:
         if self._failed is not None:
             raise self._failed
 
+    async def follow(self, request_id: str, topic: str, partition: int | None) -> None:
+        """A coalesced request joins this stream: the records published so far, at once
+        and acked (so the two producers never reorder its stream), then every later one."""
+        async with self._lock:
+            if request_id in self.followers or request_id == self.request_id:
+                return
+            key = request_id.encode()
+            acks = []
+            for seq, chunk in enumerate(self.published, start=1):
+                value = chunk_record(request_id, seq, _encode(chunk))
+                headers = [_CHUNK, (SEQ_HEADER, b"%d" % seq), *self._served]
+                acks.append(await self._first.send(
+                    topic, value, key=key, headers=headers, partition=partition
+                ))  # fmt: skip
+            await asyncio.gather(*acks)
+            self.followers[request_id] = (key, topic, partition)
+
+    def drop(self, request_id: str) -> None:
+        """A follower that ended on its own (cancelled) gets no more records."""
+        self.followers.pop(request_id, None)
+
     def _on_timer(self) -> None:
         self._timer = None
         task = asyncio.get_running_loop().create_task(self._flush())
@@ -203,16 +229,22 @@ class Relay:
                 self._timer = None
             self.seq += 1
             seq = self.seq
-            value = chunk_record(self.request_id, seq, _encode(pending))
+            chunk = _encode(pending)
             headers = [_CHUNK, (SEQ_HEADER, b"%d" % seq), *self._served]
             if seq == 1:  # at once, on the producer with no linger
-                ack = self._first_ack = await self._first.send(
-                    self.topic, value, key=self.key, headers=headers, partition=self.partition
-                )
+                producer = self._first
             else:  # after the first is in (order across producers), batched with others
-                if self._first_ack is not None and not self._first_ack.done():
-                    await asyncio.shield(self._first_ack)
-                ack = await self.producer.send(
-                    self.topic, value, key=self.key, headers=headers, partition=self.partition
-                )
-            self._acks.append(ack)
+                producer = self.producer
+                waiting = [a for a in self._first_acks if not a.done()]
+                if waiting:
+                    await asyncio.shield(asyncio.gather(*waiting))
+            readers = [(self.request_id, self.key, self.topic, self.partition)]
+            readers += [(rid, *where) for rid, where in self.followers.items()]
+            for rid, key, topic, partition in readers:
+                ack = await producer.send(
+                    topic, chunk_record(rid, seq, chunk), key=key, headers=headers,
+                    partition=partition,
+                )  # fmt: skip
+                self._acks.append(ack)
+                if seq == 1:
+                    self._first_acks.append(ack)

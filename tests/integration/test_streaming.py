@@ -554,3 +554,25 @@ async def test_an_sdk_retry_with_the_same_idempotency_key_is_answered_once(
     bodies = {a.parse().choices[0].message.content for a in answers}
     assert len(bodies) == 1
     assert {a.headers["x-request-id"] for a in answers} == {"idem:acme:same-1"}
+
+
+async def test_identical_concurrent_streams_share_one_upstream_stream(
+    kafka_settings: KafkaSettings, kafka_topics: Topics, simulator: RunningSimulator
+) -> None:
+    """The second of two identical cacheable streams joins the first while it runs: it
+    gets the chunks published before it came, then the rest live; one upstream stream."""
+    cfg = gateway_config(kafka_settings, simulator)
+    async with running(cfg), AsyncTurnout(kafka_settings) as turnout:
+        first = await turnout.stream(PROMPT, tenant="acme", task_type="slow", temperature=0)
+        first_chunks = aiter(first)
+        head = [await anext(first_chunks)]  # the leader is streaming: now the second asks
+        second = await turnout.stream(PROMPT, tenant="acme", task_type="slow", temperature=0)
+        theirs = [c async for c in second]
+        mine = head + [c async for c in first_chunks]
+    assert first.response is not None and second.response is not None
+    assert second.response["coalesced"] is True and second.response["cost_usd"] == 0
+    assert first.response["coalesced"] is False and first.response["cost_usd"] > 0
+    assert theirs == mine and len(mine) > 2  # every chunk, in order, also the early ones
+    assert second.response["response"] == first.response["response"]
+    streams = sim_streams(simulator)
+    assert (streams["completed"], streams["aborted"]) == (1, 0)  # one upstream stream
