@@ -64,6 +64,7 @@ def accepted_event(req: IntakeRequest, cfg: Config, key: str | None) -> ev.Reque
         intake_offset=req.intake_offset,
         redrive_of=req.redrive_of,
         stream=req.stream,
+        cache_opt=req.cache,
     )
 
 
@@ -95,7 +96,12 @@ def rejected(req: IntakeRequest, code: str, message: str, retry_after_ms: int | 
         reply_to=req.reply_to,
         intake_partition=req.intake_partition,
         intake_offset=req.intake_offset,
-    )
+        intake=ev.IntakeFacts(
+            task_type=req.task_type, model=req.model, messages_hash=req.messages_hash,
+            prompt_tokens_est=req.prompt_tokens_est, max_tokens=req.max_tokens,
+            params=req.params, cache_opt=req.cache, stream=req.stream,
+        ),
+    )  # fmt: skip
     return Decision(events=[terminal], effects=[Respond(terminal=terminal)])
 
 

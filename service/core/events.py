@@ -52,6 +52,8 @@ __all__ = [
     "ConfigApplied",
     "Event",
     "FallbackTaken",
+    "IntakeFacts",
+    "PricesUpdated",
     "RatelimitExceeded",
     "RawEvent",
     "RequestAccepted",
@@ -142,6 +144,21 @@ class RequestAccepted(_EventBase, frozen=True, kw_only=True):
     intake_offset: int | None = None
     redrive_of: str | None = None
     stream: bool = False  # answered as chunk records, then the last record
+    cache_opt: bool | None = None  # the request's own `cache` opt-in/out (what-if replay)
+
+
+class IntakeFacts(msgspec.Struct, frozen=True, kw_only=True):
+    """What a rejected request asked for, so `turnout replay whatif` can decide it again
+    under another config (a higher rate limit, a larger budget). No prompt text."""
+
+    task_type: str
+    model: str | None = None
+    messages_hash: str
+    prompt_tokens_est: int
+    max_tokens: int | None = None
+    params: dict[str, Any] = {}
+    cache_opt: bool | None = None
+    stream: bool = False
 
 
 class RequestRejected(_EventBase, frozen=True, kw_only=True):
@@ -157,6 +174,7 @@ class RequestRejected(_EventBase, frozen=True, kw_only=True):
     # the intake record rejected (a redelivered copy of it is not answered again)
     intake_partition: int | None = None
     intake_offset: int | None = None
+    intake: IntakeFacts | None = None  # set when refused at admission (limits, budgets)
 
 
 class RequestDeadlettered(_EventBase, frozen=True, kw_only=True):
@@ -533,6 +551,17 @@ class ConfigApplied(_EventBase, frozen=True, kw_only=True):
     features: dict[str, bool] = {}
 
 
+class PricesUpdated(_EventBase, frozen=True, kw_only=True):
+    """The price table a router decides with changed (fetched at start, refreshed every
+    `[upstream] pricing_ttl_s`): USD per token, `[prompt, completion]` per model. Budgets
+    reserve, and `cheapest` routes, by it; `turnout replay whatif` re-decides with it."""
+
+    TYPE: ClassVar[str] = "turnout.prices.updated"
+    tenant: str = SYSTEM_TENANT
+    instance: str
+    prices: dict[str, list[float]] = {}
+
+
 class RouterMarker(_EventBase, frozen=True, kw_only=True):
     """Written by a router and read back to know it has caught up on `partition`."""
 
@@ -577,6 +606,7 @@ Event: TypeAlias = (
     | AlertFired
     | AlertResolved
     | ConfigApplied
+    | PricesUpdated
     | RouterMarker
 )
 

@@ -42,7 +42,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import suppress
 from typing import Any, Final
 
@@ -57,7 +57,7 @@ from service.core.budget import completion_allowance
 from service.core.cache import encoding_for
 from service.core.config import BatchingConfig, Config, config_hash, config_to_dict
 from service.core.partitioning import PARTITIONS, home_partition
-from service.core.pricing import call_cost_micros
+from service.core.pricing import Price, call_cost_micros
 from service.core.request import (
     Call,
     CallResult,
@@ -225,6 +225,8 @@ class Router:
         self.drain_timeout_s = 30.0  # on stop: how long work in flight may take to finish
         self._stopping = False
         self._pricing: asyncio.Task[Any] | None = None
+        self._prices_said: Mapping[str, Price] | None = None  # the table last published
+        self._prices_last: dict[str, list[float]] = {}
         self.intake_stats = IntakeStats()
         self.tasks: set[asyncio.Task[None]] = set()
         self.producer = Producer(self.kafka)  # responses, DLQ, forwards, markers
@@ -296,6 +298,7 @@ class Router:
             if self._needs_prices():  # bounded: a slow /models must not hold the start
                 with suppress(TimeoutError):
                     await asyncio.wait_for(self.prices.refresh(), PRICES_AT_START_S)
+                await self._record_prices()
             await self._serve(stop)
         finally:
             self._stopping = True
@@ -1210,6 +1213,26 @@ class Router:
             features={k: bool(v) for k, v in config_to_dict(self.cfg)["features"].items()},
         )  # fmt: skip
 
+    async def _refresh_prices(self) -> None:
+        await self.prices.refresh()
+        try:
+            await self._record_prices()
+        except Exception as err:  # said again after the next refresh that changes it
+            self._prices_said = None
+            log.warning("could not record the new price table: %r", err)
+
+    async def _record_prices(self) -> None:
+        """Publish the price table (`turnout.prices.updated`) when it changed since this
+        router last said it: `turnout replay whatif` reserves and routes by it."""
+        table = self.prices.table
+        if table is self._prices_said or not table:
+            return
+        self._prices_said = table
+        prices = {m: [p.prompt, p.completion] for m, p in sorted(table.items())}
+        if prices != self._prices_last:
+            await self._publish([ev.PricesUpdated(instance=self.instance, prices=prices)])
+            self._prices_last = prices
+
     def _needs_prices(self) -> bool:
         """Prices matter for `cheapest`, price caps and budget reservations."""
         if self.cfg.features.budgets:
@@ -1376,7 +1399,7 @@ class Router:
                     self._maybe_snapshot(p)
             if self._needs_prices() and (self._pricing is None or self._pricing.done()):
                 # its own task: a slow /models never holds up the commits
-                self._pricing = asyncio.create_task(self.prices.refresh())
+                self._pricing = asyncio.create_task(self._refresh_prices())
 
     async def _commit(self) -> None:
         pinned = self._pinned()

@@ -19,6 +19,7 @@ from service.core.events import EVENT_TYPES, SYSTEM_TENANT, Event, RawEvent, Usa
 
 DURATIONS = {"latency_ms", "ttft_ms"}  # float milliseconds; every other `_ms` is an instant
 CONTRACT_TYPES = {
+    "turnout.prices.updated",
     "turnout.stream.first_token",
     "turnout.stream.cut",
     "turnout.request.cancelled",
@@ -60,6 +61,7 @@ GLOBAL_TYPES = {
     "turnout.alert.fired",
     "turnout.alert.resolved",
     "turnout.config.applied",
+    "turnout.prices.updated",
     "turnout.router.marker",
 }
 USAGE = Usage(prompt_tokens=12, completion_tokens=40, total_tokens=52)
@@ -193,6 +195,7 @@ SAMPLES: list[Event] = [
         features={"caching": True},
     ),
     ev.RouterMarker(tenant="acme", instance="r1", marker_id="m1", partition=4),
+    ev.PricesUpdated(instance="r1", prices={"a/b": [1e-07, 4e-07]}),
     ev.StreamFirstToken(request_id="r-1", tenant="acme", model="a/b", attempt=2, ttft_ms=41.5),
     ev.StreamCut(
         request_id="r-1", tenant="acme", model="a/b", attempt=2, why="budget", completion_tokens=40
