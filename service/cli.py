@@ -258,7 +258,7 @@ def _add_demo(sub: Any) -> None:
     p.add_argument("--config", default=None, help="TOML config file (default ./turnout.toml)")
 
 
-def _replay_source(p: argparse.ArgumentParser) -> None:
+def _replay_source(p: argparse.ArgumentParser, *, new_config: bool = False) -> None:
     p.add_argument(
         "--source",
         choices=("archive", "kafka"),
@@ -266,6 +266,11 @@ def _replay_source(p: argparse.ArgumentParser) -> None:
         help="read the DuckDB archive (default) or the events topic itself",
     )
     p.add_argument("--duckdb", default=None, help="archive path (default [duckdb] path)")
+    if new_config:  # what-if: the config to re-decide under (also says where the log is)
+        p.add_argument("--config", required=True, metavar="NEW.toml",
+                       help="the config to re-decide under (its [kafka] and [duckdb] say "
+                       "where the log is)")  # fmt: skip
+        return
     p.add_argument("--config", default=None, help="TOML config file (default ./turnout.toml)")
 
 
@@ -277,7 +282,9 @@ def _allow_relative_times(p: argparse.ArgumentParser) -> None:
 
 
 def _add_replay(sub: Any) -> None:
-    p = sub.add_parser("replay", help="read the event log back: trail, state, verify, redrive")
+    p = sub.add_parser(
+        "replay", help="read the event log back: trail, state, verify, redrive, whatif"
+    )
     rsub = p.add_subparsers(dest="replay_command", metavar="COMMAND", required=True)
     t = _command(
         rsub,
@@ -337,6 +344,55 @@ def _add_replay(sub: Any) -> None:
     r.add_argument("--dry-run", action="store_true", help="print what would be sent; send nothing")
     _replay_source(r)
     _allow_relative_times(r)
+    w = _command(
+        rsub,
+        "whatif",
+        "analytics.whatif.cli:whatif_main",
+        "re-decide the recorded traffic of a window under another config; show what differs",
+    )
+    w.add_argument(
+        "--from",
+        dest="from_",
+        default=None,
+        metavar="TIME",
+        help="window start (default: the first recorded request)",
+    )
+    w.add_argument(
+        "--to", default=None, metavar="TIME", help="window end (default: the last recorded request)"
+    )
+    w.add_argument("--tenant", default=None, help="report only this tenant (all are re-decided)")
+    w.add_argument(
+        "--diff",
+        action="store_true",
+        help="list each request whose outcome, model, attempts or cost changed, and why",
+    )
+    w.add_argument("--format", choices=("table", "json"), default="table")
+    w.add_argument(
+        "--assume",
+        action="append",
+        metavar="MODEL=latency_ms:P50,P99,ERROR_RATE",
+        help="how a model the recording never called behaves (repeatable)",
+    )
+    w.add_argument(
+        "--trail",
+        default=None,
+        metavar="REQUEST_ID",
+        help="show this request's recorded and what-if decisions",
+    )
+    w.add_argument(
+        "--source",
+        choices=("archive", "kafka"),
+        default="archive",
+        help="read the DuckDB archive (default) or the events topic itself",
+    )
+    w.add_argument("--duckdb", default=None, help="archive path (default [duckdb] path)")
+    w.add_argument(
+        "--config",
+        required=True,
+        metavar="NEW.toml",
+        help="the config to re-decide under (its [kafka] and [duckdb] say where the log is)",
+    )
+    _allow_relative_times(w)
 
 
 def _add_cache(sub: Any) -> None:

@@ -5,13 +5,18 @@ module for `now` and fresh ids and hands them to the core as arguments. Tests
 replace the clock with `FixedClock` to get deterministic times and ids.
 
 Ids are UUIDv7 (RFC 9562): 48 bits of Unix milliseconds, then random bits, so
-they sort by creation time.
+they sort by creation time. `SystemClock.new_id` is monotonic within a process
+(RFC 9562 section 6.2, method 3: within one millisecond, the 74 random bits of
+the previous id plus one): the events of one router sort, by id, in the order
+it decided them, even within a millisecond and across partitions (what-if
+replay uses that order to break ties).
 """
 
 from __future__ import annotations
 
 import os
 import random
+import threading
 import time
 import uuid
 from datetime import UTC, datetime
@@ -31,8 +36,8 @@ def uuid7_at(unix_ms: int, rand: bytes) -> uuid.UUID:
     return uuid.UUID(int=value)
 
 
-_V7_CLEAR = ~(0xF << 76 | 0x3 << 62) & ((1 << 128) - 1)
-_V7_SET = 0x7 << 76 | 0x2 << 62
+_RAND_BITS = 74  # 12 bits of rand_a, then 62 of rand_b, around the version and variant
+_LOW_62 = (1 << 62) - 1
 
 
 # new_id's random bits: a private generator seeded from the OS (and again in a forked
@@ -40,7 +45,15 @@ _V7_SET = 0x7 << 76 | 0x2 << 62
 # ~1.7 us an id took, on a path that makes ten ids per request. Ids need to be unique,
 # not secret (nothing is authorised by knowing one).
 _rng = random.Random()
-os.register_at_fork(after_in_child=_rng.seed)
+_forks = [0]  # a forked child counts up from its own random bits, never from its parent's
+
+
+def _forked() -> None:
+    _rng.seed()
+    _forks[0] += 1
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 def uuid7() -> uuid.UUID:
@@ -54,7 +67,13 @@ class Clock(Protocol):
 
 
 class SystemClock:
-    """Wall-clock time in Unix milliseconds and UUIDv7 ids."""
+    """Wall-clock time in Unix milliseconds and UUIDv7 ids (monotonic per process)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last_ms = 0
+        self._last_bits = 0
+        self._fork = _forks[0]
 
     def now_ms(self) -> int:
         return time.time_ns() // 1_000_000
@@ -63,9 +82,23 @@ class SystemClock:
         return time.monotonic()
 
     def new_id(self) -> str:
-        """A UUIDv7 string, formatted without building a `uuid.UUID` (hot path)."""
-        value = (time.time_ns() // 1_000_000) << 80 | _rng.getrandbits(80)
-        value = value & _V7_CLEAR | _V7_SET
+        """A UUIDv7 string, greater than every id this clock made before (hot path: no
+        `uuid.UUID`). A new millisecond starts from fresh random bits (the top one clear,
+        so counting up within it cannot overflow in practice); the same millisecond, or a
+        clock that stepped back, counts up from the last id."""
+        now = time.time_ns() // 1_000_000
+        with self._lock:
+            if self._fork != _forks[0]:
+                self._fork, self._last_ms = _forks[0], 0
+            if now > self._last_ms:
+                bits = _rng.getrandbits(_RAND_BITS - 1)
+            else:
+                now, bits = self._last_ms, self._last_bits + 1
+                if bits >> _RAND_BITS:  # 2^73 ids in one millisecond: take the next one
+                    now, bits = now + 1, _rng.getrandbits(_RAND_BITS - 1)
+            self._last_ms, self._last_bits = now, bits
+        value = (now & 0xFFFF_FFFF_FFFF) << 80 | 0x7 << 76 | (bits >> 62) << 64
+        value |= 0x2 << 62 | bits & _LOW_62
         h = f"{value:032x}"
         return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 

@@ -1,9 +1,12 @@
-"""The shell's ids: UUIDv7 strings that are unique, ordered by time, and differ in a fork."""
+"""The shell's ids: UUIDv7 strings that are unique, in creation order, and differ in a fork."""
 
 from __future__ import annotations
 
 import os
+import time
 import uuid
+
+import pytest
 
 from service.clock import SystemClock
 
@@ -15,8 +18,20 @@ def test_ids_are_uuid7_unique_and_ordered_by_their_millisecond() -> None:
     parsed = [uuid.UUID(i) for i in ids]
     assert all(u.version == 7 and u.variant == uuid.RFC_4122 for u in parsed)
     stamps = [u.int >> 80 for u in parsed]
-    assert stamps == sorted(stamps)  # ordered by their millisecond (random within one)
+    assert stamps == sorted(stamps)  # ordered by their millisecond
+    assert len(set(stamps)) < len(stamps)  # many ids share a millisecond...
+    assert ids == sorted(ids)  # ...and still sort in the order they were made
     assert str(parsed[0]) == ids[0]  # the canonical lower-case 8-4-4-4-12 form
+
+
+def test_ids_of_a_clock_that_stepped_back_still_count_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = SystemClock()
+    first = clock.new_id()
+    real = time.time_ns
+    monkeypatch.setattr(time, "time_ns", lambda: real() - 5_000_000_000)  # NTP stepped back 5 s
+    later = [clock.new_id() for _ in range(100)]
+    assert [first, *later] == sorted([first, *later]) and len(set(later)) == 100
+    assert all(uuid.UUID(i).version == 7 for i in later)
 
 
 def test_a_forked_child_does_not_repeat_its_parents_ids() -> None:

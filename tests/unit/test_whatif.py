@@ -1,0 +1,342 @@
+"""What-if replay on logs written by the router's own core (`analytics.whatif.virtual`).
+
+The recordings here are what a single router writes for a workload: the same
+deciders and reducer in virtual time, a seeded upstream with an outage on one
+model, rate limits, budgets, cache hits, coalescing, streams, retries,
+fallbacks and cancels. What-if then re-decides them; under the recorded config
+it must agree on every request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from analytics.replay.source import Recorded
+from analytics.whatif.engine import WhatIf
+from analytics.whatif.outcomes import OutcomeModel, UnknownModel, parse_assume
+from analytics.whatif.report import Verdict, outcome_of
+from analytics.whatif.virtual import Outcome, VirtualArrival, record
+from service.core import events as ev
+from service.core.config import Config, parse_config
+from service.core.decision import IntakeRequest
+from service.core.pricing import Price
+
+T0 = 1_767_225_600_000
+MODELS = ("alpha/one", "beta/two", "gamma/three")
+PRICES = {
+    "alpha/one": Price(prompt=4e-6, completion=1.2e-5),
+    "beta/two": Price(prompt=1e-6, completion=3e-6),
+    "gamma/three": Price(prompt=5e-7, completion=1e-6),
+}
+USAGE = ev.Usage(prompt_tokens=30, completion_tokens=60, total_tokens=90)
+
+
+@dataclass(frozen=True)
+class Workload:
+    n: int = 1500
+    seed: int = 7
+    tenants: tuple[str, ...] = ("acme", "globex", "initech")
+    gap_ms: int = 60  # mean gap between arrivals
+    outage: tuple[int, int] = (30_000, 70_000)  # alpha/one answers 503 in this span
+    error_every: int = 25  # one call in this many fails (server_error)
+    cache_share: float = 0.3  # of requests with temperature 0 (cacheable)
+    stream_share: float = 0.2
+    cancel_share: float = 0.02
+
+
+def base_raw(**tenants: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "routes": {"general": {"models": list(MODELS)}},
+        "tenants": {"acme": {"requests_per_minute": 120, "burst": 30,
+                             "budget_usd_per_day": 0.1}, **tenants},
+        "breaker": {"failure_threshold": 3, "recovery_timeout_s": 5},
+        "retry": {"max_retries": 2, "base_delay_ms": 50},
+    }  # fmt: skip
+
+
+def arrivals(w: Workload) -> list[VirtualArrival]:
+    rng = random.Random(w.seed)
+    out, t = [], T0
+    for i in range(w.n):
+        t += rng.randint(0, 2 * w.gap_ms)
+        text = f"question {rng.randint(0, 150)}"
+        req = IntakeRequest(
+            request_id=f"r{i:06d}", tenant=rng.choice(w.tenants),
+            messages_hash=hashlib.sha256(text.encode()).hexdigest(), prompt_tokens_est=30,
+            max_tokens=rng.choice((None, 100, 400)),
+            params={"temperature": 0 if rng.random() < w.cache_share else 0.7},
+            messages=[{"role": "user", "content": text}], stream=rng.random() < w.stream_share,
+        )  # fmt: skip
+        cancel = rng.randint(50, 900) if rng.random() < w.cancel_share else None
+        out.append(VirtualArrival(t, req, cancel_after_ms=cancel))
+    return out
+
+
+def upstream(w: Workload) -> Any:
+    start, end = T0 + w.outage[0], T0 + w.outage[1]
+
+    def call(rid: str, model: str, model_attempt: int, now: int) -> Outcome:
+        h = int.from_bytes(hashlib.blake2b(f"{rid}{model}{model_attempt}".encode()).digest()[:8])
+        if model == MODELS[0] and start <= now < end:
+            return Outcome(ok=False, duration_ms=40 + h % 60, status=503, error_class="unavailable")
+        if h % w.error_every == 0:
+            return Outcome(ok=False, duration_ms=80, status=500, error_class="server_error")
+        duration = 150 + h % 900
+        price = PRICES[model]
+        cost = round((price.prompt * 30 + price.completion * 60) * 1e6)
+        return Outcome(ok=True, duration_ms=duration, usage=USAGE, cost_micros=cost,
+                       first_token_after_ms=duration // 5)  # fmt: skip
+
+    return call
+
+
+def recording(w: Workload, cfg: Config) -> list[Recorded]:
+    return record(cfg, arrivals(w), upstream(w), prices=PRICES)
+
+
+def whatif(
+    log: list[Recorded], cfg: Config, recorded_cfg: Config, **kwargs: Any
+) -> tuple[WhatIf, list[Verdict]]:
+    changed: list[Verdict] = []
+    outcomes = kwargs.pop("outcomes", None) or OutcomeModel()
+    run = WhatIf(cfg, iter(log), outcomes, recorded_cfg=recorded_cfg, on_verdict=changed.append,
+                 **kwargs)  # fmt: skip
+    run.run()
+    return run, changed
+
+
+@pytest.fixture(scope="module")
+def recorded() -> tuple[Config, list[Recorded]]:
+    cfg = parse_config(base_raw(), {})
+    return cfg, recording(Workload(), cfg)
+
+
+def terminals(log: list[Recorded]) -> dict[str, Any]:
+    ends = (ev.RequestCompleted, ev.RequestFailed, ev.RequestRejected, ev.RequestCancelled)
+    return {r.data.request_id: r.data for r in log if isinstance(r.data, ends)}
+
+
+# --- honest by construction ---------------------------------------------------
+
+
+def test_the_recorded_config_reproduces_every_recorded_decision(
+    recorded: tuple[Config, list[Recorded]],
+) -> None:
+    cfg, log = recorded
+    run, changed = whatif(log, cfg, cfg)
+    outcomes = {outcome_of(t) for t in terminals(log).values()}
+    # the workload has what the claim is about: limits, budgets, cache, outage, cancels
+    assert {"ok", "cached", "rate_limited", "budget_exceeded", "cancelled"} <= outcomes
+    assert any(isinstance(r.data, ev.BreakerOpened) for r in log)
+    assert any(isinstance(r.data, ev.FallbackTaken) for r in log)
+    assert changed == []
+    assert run.stats.requests == 1500 and run.stats.calls_modelled == 0
+    assert run.recorded.as_json() == run.whatif.as_json()
+
+
+@st.composite
+def workloads(draw: st.DrawFn) -> tuple[Workload, dict[str, Any]]:
+    w = Workload(
+        n=draw(st.integers(20, 250)),
+        seed=draw(st.integers(0, 2**32)),
+        tenants=tuple(draw(st.lists(st.sampled_from(["a", "b", "c", "d"]), min_size=1,
+                                    max_size=3, unique=True))),
+        gap_ms=draw(st.integers(0, 400)),
+        outage=(draw(st.integers(0, 20_000)), draw(st.integers(20_000, 60_000))),
+        error_every=draw(st.integers(2, 40)),
+        cache_share=draw(st.floats(0, 1)),
+        stream_share=draw(st.floats(0, 1)),
+        cancel_share=draw(st.floats(0, 0.2)),
+    )  # fmt: skip
+    tenant = {
+        "requests_per_minute": draw(st.integers(5, 300)),
+        "burst": draw(st.integers(1, 50)),
+        "budget_usd_per_day": draw(st.sampled_from([0.002, 0.01, 0.05, 1.0])),
+    }
+    raw = base_raw(**{t: tenant for t in w.tenants})
+    raw["breaker"] = {"failure_threshold": draw(st.integers(1, 6)),
+                      "recovery_timeout_s": draw(st.integers(1, 20))}  # fmt: skip
+    raw["retry"] = {"max_retries": draw(st.integers(0, 3)),
+                    "base_delay_ms": draw(st.integers(1, 300))}  # fmt: skip
+    raw["routes"]["general"]["strategy"] = draw(st.sampled_from(["priority", "lowest_latency",
+                                                                 "cheapest"]))  # fmt: skip
+    return w, raw
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(workloads())
+def test_any_workload_re_decided_under_its_own_config_agrees_on_every_request(
+    case: tuple[Workload, dict[str, Any]],
+) -> None:
+    w, raw = case
+    cfg = parse_config(raw, {})
+    log = recording(w, cfg)
+    run, changed = whatif(log, cfg, cfg)
+    assert [(v.request_id, v.side("recorded"), v.side("whatif")) for v in changed] == []
+    assert run.recorded.as_json() == run.whatif.as_json()
+
+
+def test_a_run_is_deterministic_even_where_outcomes_are_modelled(
+    recorded: tuple[Config, list[Recorded]],
+) -> None:
+    cfg, log = recorded
+    raw = base_raw()
+    raw["routes"]["general"]["models"] = ["gamma/three", "beta/two"]
+    new = parse_config(raw, {})
+    first, a = whatif(log, new, cfg)
+    second, b = whatif(log, new, cfg)
+    assert first.stats.calls_modelled > 100
+    assert [(v.request_id, v.side("whatif")) for v in a] == [
+        (v.request_id, v.side("whatif")) for v in b
+    ]
+    assert first.whatif.as_json() == second.whatif.as_json()
+
+
+# --- the must-shows -----------------------------------------------------------
+
+
+def sliding_window_rejections(times: list[int], limit: int, window_ms: int = 60_000) -> int:
+    """An independent count: arrivals refused by a `limit` per `window_ms` sliding window."""
+    admitted: deque[int] = deque()
+    refused = 0
+    for t in times:
+        while admitted and admitted[0] <= t - window_ms:
+            admitted.popleft()
+        if len(admitted) >= limit:
+            refused += 1
+        else:
+            admitted.append(t)
+    return refused
+
+
+def test_halving_one_tenants_requests_per_minute_rejects_what_a_sliding_window_count_says() -> None:
+    # tenants limited only by requests_per_minute (no burst, no budget), sending steadily
+    w = Workload(n=3000, gap_ms=40, cancel_share=0, cache_share=0)
+    lax = {
+        "requests_per_minute": 600,
+        "burst": None,
+        "requests_per_hour": None,
+        "tokens_per_minute": None,
+        "budget_usd_per_day": None,
+        "budget_usd_per_month": None,
+    }
+    cfg = parse_config(base_raw(acme=lax, globex=lax, initech=lax), {})
+    log = recording(w, cfg)
+    halved = base_raw(acme={**lax, "requests_per_minute": 300}, globex=lax, initech=lax)
+    run, changed = whatif(log, parse_config(halved, {}), cfg, tenant="acme")
+
+    acme = [a.time_ms for a in arrivals(w) if a.request.tenant == "acme"]
+    assert run.recorded.outcomes["rate_limited"] == sliding_window_rejections(acme, 600)
+    expected = sliding_window_rejections(acme, 300)
+    assert expected > run.recorded.outcomes["rate_limited"] + 100
+    assert run.whatif.outcomes["rate_limited"] == expected
+    newly = [v for v in changed if v.side("whatif")["outcome"] == "rate_limited"]
+    assert len(newly) == expected - run.recorded.outcomes["rate_limited"]
+    # the other tenants are unchanged
+    _, everyone = whatif(log, parse_config(halved, {}), cfg)
+    assert {v.tenant for v in everyone} == {"acme"}
+
+
+def test_removing_the_model_that_had_the_outage_opens_no_breaker_and_the_next_one_serves(
+    recorded: tuple[Config, list[Recorded]],
+) -> None:
+    cfg, log = recorded
+    assert any(isinstance(r.data, ev.BreakerOpened) and r.data.model == "alpha/one" for r in log)
+    raw = base_raw()
+    raw["routes"]["general"]["models"] = ["beta/two", "gamma/three"]
+    run, changed = whatif(log, parse_config(raw, {}), cfg)
+
+    assert "alpha/one" not in run.whatif.breaker_open_ms and run.recorded.breaker_open_ms
+    assert run.whatif.calls["alpha/one"] == 0
+    served_by_alpha = {
+        rid for rid, t in terminals(log).items()
+        if isinstance(t, ev.RequestCompleted) and t.model == "alpha/one" and not t.cached
+        and not t.coalesced
+    }  # fmt: skip
+    moved = {v.request_id: v for v in changed if v.request_id in served_by_alpha}
+    assert len(moved) > 100
+    ok = [v for v in moved.values() if v.side("whatif")["outcome"] == "ok"]
+    assert ok and all(v.side("whatif")["model"] == "beta/two" for v in ok)
+    assert all(v.modelled >= 1 and "modelled outcome on beta/two" in v.reason for v in ok)
+    assert run.stats.calls_modelled > 0
+
+
+def test_a_budget_lowered_below_recorded_spend_keeps_the_tenants_spend_within_it(
+    recorded: tuple[Config, list[Recorded]],
+) -> None:
+    cfg, log = recorded
+    run_same, _ = whatif(log, cfg, cfg)
+    spent = run_same.recorded.spend_micros["globex"]
+    limit_usd = round(spent / 1e6 / 3, 6)
+    raw = base_raw(globex={"budget_usd_per_day": limit_usd})
+    run, changed = whatif(log, parse_config(raw, {}), cfg)
+
+    assert spent > 0
+    assert 0 < run.whatif.spend_micros["globex"] <= round(limit_usd * 1e6)
+    assert run.whatif.outcomes["budget_exceeded"] > run.recorded.outcomes["budget_exceeded"]
+    refused = [
+        v for v in changed if v.side("whatif")["outcome"] == "budget_exceeded"
+        and v.tenant == "globex"
+    ]  # fmt: skip
+    assert len(refused) > 10
+    assert all("day budget of tenant 'globex' would be exceeded" in v.reason for v in refused)
+
+
+# --- unseen models, windows, tenants -------------------------------------------
+
+
+def test_a_model_never_recorded_is_refused_unless_assumed(
+    recorded: tuple[Config, list[Recorded]],
+) -> None:
+    cfg, log = recorded
+    raw = base_raw()
+    raw["routes"]["general"]["models"] = ["delta/new", "beta/two"]
+    new = parse_config(raw, {})
+    with pytest.raises(UnknownModel, match="delta/new"):
+        whatif(log, new, cfg)
+    assumed = OutcomeModel(parse_assume(["delta/new=latency_ms:300,900,0.5"]))
+    run, _ = whatif(log, new, cfg, outcomes=assumed)
+    calls = run.whatif.calls
+    assert calls["delta/new"] > 50
+    assert run.whatif.fallbacks["delta/new"] > 20  # half its calls fail: fall back...
+    assert run.whatif.breaker_open_ms["delta/new"] > 0  # ...and its breaker opens
+    p50 = run.whatif.as_json()["latency_ms"]["p50"]
+    assert 200 < p50 < 1500
+
+
+def test_bad_assumptions_are_refused_with_every_problem_listed() -> None:
+    with pytest.raises(ValueError) as err:
+        parse_assume(["x=latency_ms:900,100,0.1", "y=latency_ms:1,2", "z=latency_ms:1,2,3"])
+    text = str(err.value)
+    assert "'x=" in text and "'y=" in text and "'z=" in text
+
+
+def test_a_window_re_decides_only_its_arrivals_on_the_state_before_it(
+    recorded: tuple[Config, list[Recorded]],
+) -> None:
+    cfg, log = recorded
+    since, until = T0 + 20_000, T0 + 50_000
+    run, changed = whatif(log, cfg, cfg, since_ms=since, until_ms=until)
+    inside = {
+        r.data.request_id for r in log
+        if since <= r.time_ms <= until and (isinstance(r.data, ev.RequestAccepted) or (
+            isinstance(r.data, ev.RequestRejected) and r.data.intake is not None))
+    }  # fmt: skip
+    assert run.stats.requests == len(inside) > 100
+    assert changed == []  # the state before the window carried limits, budgets, breakers
+
+
+def test_tenant_reports_only_that_tenant(recorded: tuple[Config, list[Recorded]]) -> None:
+    cfg, log = recorded
+    run, _ = whatif(log, cfg, cfg, tenant="initech")
+    expected = {rid for rid, t in terminals(log).items() if t.tenant == "initech"}
+    assert run.whatif.requests == len(expected) == run.recorded.requests
+    assert set(run.whatif.spend_micros) <= {"initech"}
