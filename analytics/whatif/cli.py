@@ -107,6 +107,7 @@ def whatif_main(args: argparse.Namespace) -> int:
                 f"behaves with --assume {err}=latency_ms:P50,P99,ERROR_RATE "
                 f"(e.g. --assume {err}=latency_ms:800,2500,0.01)"
             ) from None
+    diffs.sort(key=lambda v: (v.time_ms, v.request_id))
     if stats.requests == 0:
         raise TurnoutError("no requests arrived in the window: check --from/--to (and --tenant)")
     if recorded_cfg is None:

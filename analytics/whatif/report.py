@@ -195,8 +195,11 @@ def explain(
 ) -> str:
     """Why a request came out differently, in a few words (its `--diff` line)."""
     parts: list[str] = []
-    if isinstance(whatif, ev.RequestRejected) and not isinstance(recorded, ev.RequestRejected):
-        return f"{whatif.code}: {whatif.message}"
+    if isinstance(whatif, ev.RequestRejected):
+        if not isinstance(recorded, ev.RequestRejected):
+            return f"{whatif.code}: {whatif.message}"
+        if recorded.code != whatif.code:
+            return f"{whatif.code} (recorded: {recorded.code}): {whatif.message}"
     if isinstance(recorded, ev.RequestRejected) and not isinstance(whatif, ev.RequestRejected):
         parts.append(f"admitted (recorded: {recorded.code})")
     route = next((e for e in whatif_events if isinstance(e, ev.RouteDecided)), None)
@@ -265,7 +268,7 @@ def render(recorded: Summary, whatif: Summary) -> Table:
     t.add_column("")
     t.add_column("recorded", justify="right")
     t.add_column("what-if", justify="right")
-    _row(t, "requests", r["requests"], w["requests"], style="bold")
+    _row(t, "requests", f"{r['requests']:,}", f"{w['requests']:,}", style="bold")
     for o in OUTCOMES:
         if recorded.outcomes[o] or whatif.outcomes[o]:
             _row(t, f"  {o}", f"{recorded.outcomes[o]:,}", f"{whatif.outcomes[o]:,}")
