@@ -21,6 +21,7 @@ PAGES: Final = (
     ("screens/cache.py", "Cache", ":material/cached:"),
     ("screens/alerts.py", "Alerts", ":material/notifications_active:"),
     ("screens/explorer.py", "Request explorer", ":material/manage_search:"),
+    ("screens/whatif.py", "What-if", ":material/science:"),
 )
 
 

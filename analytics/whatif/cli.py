@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -20,11 +20,11 @@ from rich.table import Table
 
 from analytics.archive import open_reader
 from analytics.replay.cli import _gc_paused, _out, _usage, _warn_unreadable, load
-from analytics.replay.source import ArchiveStream, Loaded, Query, Recorded
+from analytics.replay.source import ArchiveStream, Loaded, Query, Recorded, from_archive
 from analytics.replay.state_at import parse_when
 from analytics.replay.trail import describe
 from analytics.whatif.engine import HORIZON_MS, WhatIf
-from analytics.whatif.outcomes import OutcomeModel, UnknownModel, parse_assume
+from analytics.whatif.outcomes import Assumption, OutcomeModel, UnknownModel, parse_assume
 from analytics.whatif.report import Verdict, render, report_json
 from service.clock import clock
 from service.core import events as ev
@@ -33,21 +33,50 @@ from service.errors import TurnoutError
 from service.runtime.config import load_config
 from service.wire.cloudevents import format_time
 
-__all__ = ["whatif_main"]
+__all__ = ["applied_config", "on_archive", "whatif_main"]
 
 _DIFF_ROWS = 200  # the table lists this many changed requests; JSON lists them all
 
 
-def _recorded_config(args: argparse.Namespace, cfg: Config, until: int | None) -> Config | None:
-    """The configuration the recording's routers applied last (None: none recorded)."""
-    (loaded,) = load(args, cfg, [Query(types=(ev.ConfigApplied.TYPE,), until_ms=until)])
-    applied = [r.data for r in loaded.events if isinstance(r.data, ev.ConfigApplied)]
+def applied_config(records: Iterable[Recorded]) -> Config | None:
+    """The configuration the recording's routers applied last (None: none recorded, or
+    written by a version whose config this one cannot read)."""
+    applied = [r.data for r in records if isinstance(r.data, ev.ConfigApplied)]
     if not applied:
         return None
     try:
         return parse_config(applied[-1].config, {})
-    except ConfigError:  # written by another version: compare nothing against it
+    except ConfigError:
         return None
+
+
+def _recorded_config(args: argparse.Namespace, cfg: Config, until: int | None) -> Config | None:
+    (loaded,) = load(args, cfg, [Query(types=(ev.ConfigApplied.TYPE,), until_ms=until)])
+    return applied_config(loaded.events)
+
+
+def on_archive(
+    path: str | Path, cfg: Config, *, since_ms: int | None, until_ms: int | None,
+    tenant: str | None = None, assumptions: Mapping[str, Assumption] | None = None,
+) -> tuple[WhatIf, list[Verdict]]:  # fmt: skip
+    """A what-if run over the archive at `path` (read-only), and its changed requests in
+    arrival order (the dashboard's page). Raises `UnknownModel` like the command."""
+    diffs: list[Verdict] = []
+    con = open_reader(Path(path))
+    try:
+        configs = from_archive(con, Query(types=(ev.ConfigApplied.TYPE,), until_ms=until_ms))
+        query = Query(until_ms=None if until_ms is None else until_ms + HORIZON_MS)
+        with _gc_paused():
+            run = WhatIf(
+                cfg, iter(ArchiveStream(con, query)), OutcomeModel(assumptions),
+                since_ms=since_ms, until_ms=until_ms, tenant=tenant,
+                recorded_cfg=applied_config(configs.events), on_verdict=diffs.append,
+            )  # fmt: skip
+            run.run()
+    finally:
+        con.close()
+    diffs.sort(key=lambda v: (v.time_ms, v.request_id))
+    return run, diffs
 
 
 @contextmanager

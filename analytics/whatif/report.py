@@ -32,6 +32,7 @@ __all__ = [
     "outcome_of",
     "render",
     "report_json",
+    "rows",
 ]
 
 OUTCOMES: Final = (
@@ -92,30 +93,9 @@ class Summary:
     _open_since: dict[str, int] = field(default_factory=dict)
 
     def add(self, time_ms: int, event: object) -> None:
-        match event:
-            case ev.AttemptStarted(model=model):
-                self.calls[model] += 1
-            case ev.FallbackTaken(from_model=model):
-                self.fallbacks[model] += 1
-            case ev.RetryScheduled():
-                self.retries += 1
-            case ev.CacheHit():
-                self.hits += 1
-            case ev.CacheMiss():
-                self.misses += 1
-            case ev.BreakerOpened(model=model):
-                self._open_since.setdefault(model, time_ms)
-            case ev.BreakerHalfOpened(model=model) | ev.BreakerClosed(model=model):
-                since = self._open_since.pop(model, None)
-                if since is not None:
-                    self.breaker_open_ms[model] += time_ms - since
-            case (
-                ev.RequestCompleted()
-                | ev.RequestFailed()
-                | ev.RequestRejected()
-                | (ev.RequestCancelled())
-            ):
-                self.end(event)
+        count = _COUNTERS.get(type(event))
+        if count is not None:
+            count(self, time_ms, event)
 
     def end(self, terminal: Terminal | None) -> None:
         """Count one request's outcome (None: still in flight when the run ended)."""
@@ -155,6 +135,51 @@ class Summary:
                            "p99": _quantile(self.latencies, 0.99)},
             "cache_hit_ratio": ratio,
         }  # fmt: skip
+
+
+def _started(s: Summary, _t: int, e: ev.AttemptStarted) -> None:
+    s.calls[e.model] += 1
+
+
+def _fell_back(s: Summary, _t: int, e: ev.FallbackTaken) -> None:
+    s.fallbacks[e.from_model] += 1
+
+
+def _retried(s: Summary, _t: int, _e: object) -> None:
+    s.retries += 1
+
+
+def _hit(s: Summary, _t: int, _e: object) -> None:
+    s.hits += 1
+
+
+def _missed(s: Summary, _t: int, _e: object) -> None:
+    s.misses += 1
+
+
+def _opened(s: Summary, t: int, e: ev.BreakerOpened) -> None:
+    s._open_since.setdefault(e.model, t)
+
+
+def _left_open(s: Summary, t: int, e: ev.BreakerHalfOpened | ev.BreakerClosed) -> None:
+    since = s._open_since.pop(e.model, None)
+    if since is not None:
+        s.breaker_open_ms[e.model] += t - since
+
+
+def _ended(s: Summary, _t: int, e: Terminal) -> None:
+    s.end(e)
+
+
+_COUNTERS: Final[dict[type, Any]] = {
+    ev.AttemptStarted: _started, ev.FallbackTaken: _fell_back, ev.RetryScheduled: _retried,
+    ev.CacheHit: _hit, ev.CacheMiss: _missed, ev.BreakerOpened: _opened,
+    ev.BreakerHalfOpened: _left_open, ev.BreakerClosed: _left_open,
+    ev.RequestCompleted: _ended, ev.RequestFailed: _ended, ev.RequestRejected: _ended,
+    ev.RequestCancelled: _ended,
+}  # fmt: skip
+"""What each counted event type adds to a side (one dict lookup per event: both sides
+see every event of the window)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,36 +281,41 @@ def _fmt_ms(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f} ms"
 
 
-def _row(table: Table, label: str, a: object, b: object, style: str | None = None) -> None:
-    changed = a != b
-    table.add_row(label, str(a), str(b), style=style or ("bold yellow" if changed else None))
+def rows(recorded: Summary, whatif: Summary) -> list[tuple[str, str, str]]:
+    """The side-by-side comparison as (what, recorded, what-if) text rows."""
+    r, w = recorded.as_json(), whatif.as_json()
+    out = [("requests", f"{r['requests']:,}", f"{w['requests']:,}")]
+    for o in OUTCOMES:
+        if recorded.outcomes[o] or whatif.outcomes[o]:
+            out.append((f"  {o}", f"{recorded.outcomes[o]:,}", f"{whatif.outcomes[o]:,}"))
+    for m in sorted(set(recorded.calls) | set(whatif.calls)):
+        out.append((f"calls {m}", f"{recorded.calls[m]:,}", f"{whatif.calls[m]:,}"))
+    for m in sorted(set(recorded.fallbacks) | set(whatif.fallbacks)):
+        out.append((f"fallbacks from {m}", f"{recorded.fallbacks[m]:,}",
+                    f"{whatif.fallbacks[m]:,}"))  # fmt: skip
+    out.append(("retries", f"{recorded.retries:,}", f"{whatif.retries:,}"))
+    for m in sorted(set(recorded.breaker_open_ms) | set(whatif.breaker_open_ms)):
+        out.append((f"breaker open {m}", f"{recorded.breaker_open_ms[m] / 1000:,.1f} s",
+                    f"{whatif.breaker_open_ms[m] / 1000:,.1f} s"))  # fmt: skip
+    for tenant in sorted(set(recorded.spend_micros) | set(whatif.spend_micros)):
+        out.append((f"spend {tenant}", f"${recorded.spend_micros[tenant] / 1e6:,.4f}",
+                    f"${whatif.spend_micros[tenant] / 1e6:,.4f}"))  # fmt: skip
+    out.append(("spend, all tenants", f"${r['spend_usd_total']:,.4f}",
+                f"${w['spend_usd_total']:,.4f}"))  # fmt: skip
+    out.append(("latency p50", _fmt_ms(r["latency_ms"]["p50"]), _fmt_ms(w["latency_ms"]["p50"])))
+    out.append(("latency p99", _fmt_ms(r["latency_ms"]["p99"]), _fmt_ms(w["latency_ms"]["p99"])))
+    ratio = ["-" if x["cache_hit_ratio"] is None else f"{x['cache_hit_ratio']:.1%}" for x in (r, w)]
+    out.append(("cache hit ratio", ratio[0], ratio[1]))
+    return out
 
 
 def render(recorded: Summary, whatif: Summary) -> Table:
-    """The side-by-side table."""
-    r, w = recorded.as_json(), whatif.as_json()
+    """The side-by-side table (a changed row in bold yellow)."""
     t = Table(title="Recorded vs what-if", title_justify="left")
     t.add_column("")
     t.add_column("recorded", justify="right")
     t.add_column("what-if", justify="right")
-    _row(t, "requests", f"{r['requests']:,}", f"{w['requests']:,}", style="bold")
-    for o in OUTCOMES:
-        if recorded.outcomes[o] or whatif.outcomes[o]:
-            _row(t, f"  {o}", f"{recorded.outcomes[o]:,}", f"{whatif.outcomes[o]:,}")
-    for m in sorted(set(recorded.calls) | set(whatif.calls)):
-        _row(t, f"calls {m}", f"{recorded.calls[m]:,}", f"{whatif.calls[m]:,}")
-    for m in sorted(set(recorded.fallbacks) | set(whatif.fallbacks)):
-        _row(t, f"fallbacks from {m}", f"{recorded.fallbacks[m]:,}", f"{whatif.fallbacks[m]:,}")
-    _row(t, "retries", f"{recorded.retries:,}", f"{whatif.retries:,}")
-    for m in sorted(set(recorded.breaker_open_ms) | set(whatif.breaker_open_ms)):
-        _row(t, f"breaker open {m}", f"{recorded.breaker_open_ms[m] / 1000:,.1f} s",
-             f"{whatif.breaker_open_ms[m] / 1000:,.1f} s")  # fmt: skip
-    for tenant in sorted(set(recorded.spend_micros) | set(whatif.spend_micros)):
-        _row(t, f"spend {tenant}", f"${recorded.spend_micros[tenant] / 1e6:,.4f}",
-             f"${whatif.spend_micros[tenant] / 1e6:,.4f}")  # fmt: skip
-    _row(t, "spend, all tenants", f"${r['spend_usd_total']:,.4f}", f"${w['spend_usd_total']:,.4f}")
-    _row(t, "latency p50", _fmt_ms(r["latency_ms"]["p50"]), _fmt_ms(w["latency_ms"]["p50"]))
-    _row(t, "latency p99", _fmt_ms(r["latency_ms"]["p99"]), _fmt_ms(w["latency_ms"]["p99"]))
-    ratio = [x["cache_hit_ratio"] for x in (r, w)]
-    _row(t, "cache hit ratio", *("-" if x is None else f"{x:.1%}" for x in ratio))
+    for i, (label, a, b) in enumerate(rows(recorded, whatif)):
+        style = "bold" if i == 0 else ("bold yellow" if a != b else None)
+        t.add_row(label, a, b, style=style)
     return t
