@@ -340,3 +340,21 @@ def test_tenant_reports_only_that_tenant(recorded: tuple[Config, list[Recorded]]
     expected = {rid for rid, t in terminals(log).items() if t.tenant == "initech"}
     assert run.whatif.requests == len(expected) == run.recorded.requests
     assert set(run.whatif.spend_micros) <= {"initech"}
+
+
+def test_records_the_codec_could_not_type_are_ignored_and_change_nothing(
+    recorded: tuple[Config, list[Recorded]],
+) -> None:
+    cfg, log = recorded
+    rid = next(r.subject for r in log if isinstance(r.data, ev.RequestAccepted))
+    hostile = [
+        Recorded(partition=0, offset=10**6, time_ms=T0 + 5, type="turnout.unknown.thing",
+                 tenant="acme", subject=rid, data=ev.RawEvent(type="turnout.unknown.thing",
+                 data={"request_id": rid, "junk": True}), id="zzz"),
+        Recorded(partition=0, offset=10**6 + 1, time_ms=T0 + 6, type="turnout.unknown.thing",
+                 tenant=ev.SYSTEM_TENANT, subject=None, data=ev.RawEvent(
+                     type="turnout.unknown.thing", data=[1, 2, 3]), id="zzz2"),
+    ]  # fmt: skip
+    mixed = sorted([*log, *hostile], key=lambda r: (r.time_ms, r.id))
+    run, changed = whatif(mixed, cfg, cfg)
+    assert changed == [] and run.stats.requests == 1500
