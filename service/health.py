@@ -56,7 +56,8 @@ def _details(router: Router) -> dict[str, Any]:
         "breakers": {m: b.status for m, b in sorted(router.state.breakers.items())},
         "in_flight": router.offsets.in_progress(),
         "requests_in_flight": len(router.state.inflight),
-        "upstream": msgspec.to_builtins(router.upstream.stats()),
+        "upstream": msgspec.to_builtins(router.upstream.default.stats()),
+        "providers": _providers(router),
         "prices": msgspec.to_builtins(router.prices.stats()),
         "intake": router.intake_stats.as_dict(),
         "rebuild": router.rebuild_stats,
@@ -65,6 +66,18 @@ def _details(router: Router) -> dict[str, Any]:
         "tenants": {"rate_limited": len(router.state.limits), "budgets": len(router.state.budgets)},
         "memory_max_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
     }
+
+
+def _providers(router: Router) -> dict[str, Any]:
+    """Each provider's pool, and the breakers of the models it served (keys: never)."""
+    out: dict[str, Any] = {}
+    for name, stats in router.upstream.stats().items():
+        out[name] = {"pool": msgspec.to_builtins(stats), "breakers": {}}
+    for model, b in sorted(router.state.breakers.items()):
+        served = out.get(router.upstream.provider(model))
+        if served is not None:
+            served["breakers"][model] = b.status
+    return out
 
 
 async def consumer_lag(router: Router) -> dict[str, Any]:

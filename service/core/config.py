@@ -9,6 +9,8 @@ Rules:
   Values are read as TOML values (`true`, `5`, `["a", "b"]`), else as strings.
 - Tenant tables inherit every unset key from `[tenants.default]`.
 - The API key itself never appears here: only the name of the variable holding it.
+- `[upstream]` is the default provider; `[providers.<name>]` add more (CONTRACT.md
+  "Providers"); which provider serves a model is `service.core.providers`.
 - No I/O: reading the file is the shell's job (`service.runtime.config`).
 """
 
@@ -23,7 +25,10 @@ from typing import Any, Final
 
 import msgspec
 
+from service.core.pricing import parse_price
+
 __all__ = [
+    "DEFAULT_PROVIDER",
     "FEATURES",
     "GATEWAY_KEY",
     "IDEMPOTENCE",
@@ -38,6 +43,8 @@ __all__ = [
     "GatewayConfig",
     "KafkaConfig",
     "PrivacyConfig",
+    "ProviderConfig",
+    "ProviderPrice",
     "RetryConfig",
     "RouteConfig",
     "RouterConfig",
@@ -119,6 +126,28 @@ class UpstreamConfig(_Section, frozen=True, kw_only=True):
     referer: str = "https://github.com/turnout"
     title: str = "Turnout"
     pricing_ttl_s: float = 3600.0
+
+
+class ProviderPrice(_Section, frozen=True, kw_only=True):
+    """USD per token, as decimal strings (or numbers), when a provider publishes none."""
+
+    prompt: str | float
+    completion: str | float
+
+
+class ProviderConfig(_Section, frozen=True, kw_only=True):
+    """One more upstream: any OpenAI-compatible API (vLLM, Ollama, OpenAI, Groq...)."""
+
+    base_url: str
+    api_key_env: str | None = None  # the variable holding its key; None: no key sent
+    headers: dict[str, str] = {}
+    models: tuple[str, ...] = ()  # globs: which route models it serves
+    strip_prefix: str | None = None  # sent upstream without this prefix
+    timeout_s: float = 30.0
+    connect_timeout_s: float = 5.0
+    pool_size: int = 100
+    keepalive_s: float = 30.0
+    prices: dict[str, ProviderPrice] = {}
 
 
 class RouteConfig(_Section, frozen=True, kw_only=True):
@@ -265,6 +294,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     tenants: dict[str, TenantLimits] = msgspec.field(
         default_factory=lambda: {"default": TenantLimits()}
     )
+    providers: dict[str, ProviderConfig] = {}  # in the file's order: the first match serves
     features: Features = Features()
     privacy: PrivacyConfig = PrivacyConfig()
     duckdb: DuckdbConfig = DuckdbConfig()
@@ -293,7 +323,11 @@ _FLAT_SECTIONS: Final[dict[str, type[_Section]]] = {
 _NAMED_SECTIONS: Final[dict[str, type[_Section]]] = {
     "routes": RouteConfig,
     "tenants": TenantLimits,
+    "providers": ProviderConfig,
 }
+_SECRET_HEADERS: Final = frozenset({"authorization", "api-key", "x-api-key", "proxy-authorization"})
+_ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+DEFAULT_PROVIDER: Final = "upstream"  # the name `[upstream]` goes by in events and /healthz
 
 
 def _field_names(cls: type[_Section]) -> list[str]:
@@ -464,6 +498,31 @@ def _check_semantics(cfg: Config, problems: list[str]) -> None:
             problems.append(f"[gateway.keys] tenant {tenant!r} is not a valid tenant id")
     if not cfg.upstream.base_url.startswith(("http://", "https://")):
         problems.append("[upstream] base_url must start with http:// or https://")
+    for name, provider in cfg.providers.items():
+        _check_provider(name, provider, problems)
+
+
+def _check_provider(name: str, p: ProviderConfig, problems: list[str]) -> None:
+    where = f"providers.{name}"
+    if name == DEFAULT_PROVIDER:
+        problems.append(f"[{where}] the name {name!r} is [upstream]'s: pick another")
+    if not p.base_url.startswith(("http://", "https://")):
+        problems.append(f"[{where}] base_url must start with http:// or https://")
+    if not p.models:
+        problems.append(f'[{where}] models must list at least one glob (e.g. ["local/*"])')
+    if p.api_key_env is not None and not _ENV_NAME.fullmatch(p.api_key_env):
+        problems.append(f"[{where}] api_key_env must name an environment variable, "
+                        f"not hold a key")  # fmt: skip
+    secret = [h for h in p.headers if h.lower() in _SECRET_HEADERS]
+    if secret:
+        problems.append(f"[{where}] headers must not carry a key ({', '.join(secret)}): "
+                        "name its variable in api_key_env instead")  # fmt: skip
+    if p.pool_size < 1 or p.timeout_s <= 0 or p.connect_timeout_s <= 0:
+        problems.append(f"[{where}] pool_size must be at least 1 and the timeouts positive")
+    for model, price in p.prices.items():
+        if parse_price(str(price.prompt), str(price.completion)) is None:
+            problems.append(f"[{where}.prices] {model!r}: prompt and completion must be "
+                            "non-negative USD per token")  # fmt: skip
 
 
 def _parse_named(name: str, raw: Any, problems: list[str]) -> dict[str, Any]:

@@ -337,6 +337,7 @@ class RouteDecided(_EventBase, frozen=True, kw_only=True):
     order: list[str]
     skipped: list[SkippedModel] = []
     sample: float | None = None
+    providers: list[str] | None = None  # with [providers]: the provider of each of `order`
 
 
 class StreamFirstToken(_EventBase, frozen=True, kw_only=True):
@@ -382,6 +383,7 @@ class AttemptStarted(_EventBase, frozen=True, kw_only=True):
     model: str
     attempt: int
     model_attempt: int
+    provider: str | None = None  # set when [providers] are configured: who was called
 
 
 class AttemptSucceeded(_EventBase, frozen=True, kw_only=True):
@@ -396,6 +398,7 @@ class AttemptSucceeded(_EventBase, frozen=True, kw_only=True):
     cost_micros: int
     generation_id: str | None = None
     slow: bool = False  # slower than [breaker] call_timeout_s: counts as a breaker failure
+    provider: str | None = None
 
 
 class AttemptFailed(_EventBase, frozen=True, kw_only=True):
@@ -414,6 +417,7 @@ class AttemptFailed(_EventBase, frozen=True, kw_only=True):
     breaker_failure: bool
     fallback: bool
     retry_after_ms: int | None = None
+    provider: str | None = None
 
 
 class RetryScheduled(_EventBase, frozen=True, kw_only=True):

@@ -69,6 +69,7 @@ from service.core.decision import (
 )
 from service.core.outcomes import CLASSES
 from service.core.partitioning import home_partition
+from service.core.providers import provider_of
 from service.core.retry import retry_allowed, retry_delay_ms
 from service.core.routing import RouteDecision, decide_route
 from service.core.state import InFlight, RouterState, Terminal, expired_outcome
@@ -91,6 +92,12 @@ __all__ = [
     "decide_result",
     "decide_retry_due",
 ]
+
+
+def _provider(ctx: Context, model: str) -> str | None:
+    """The provider serving `model`, recorded in events when `[providers]` are configured
+    (None otherwise: a config with only `[upstream]` writes the events it always wrote)."""
+    return provider_of(ctx.cfg, model) if ctx.cfg.providers else None
 
 
 def _half_open_due(breakers: Mapping[str, Breaker], model: str, now_ms: int) -> list[Any]:
@@ -127,6 +134,7 @@ def _start(
             model=model,
             attempt=attempt,
             model_attempt=model_attempt,
+            provider=_provider(ctx, model),
         )
     )
     return events, Call(request_id=flight.request_id, model=model, attempt=attempt)
@@ -259,6 +267,7 @@ def _route(
         candidates=list(route.candidates), order=list(route.order),
         skipped=[ev.SkippedModel(model=m, reason=r) for m, r in route.skipped],
         sample=route.sample,
+        providers=[provider_of(ctx.cfg, m) for m in route.order] if ctx.cfg.providers else None,
     )  # fmt: skip
     return route, decided
 
@@ -361,6 +370,7 @@ def _on_success(state: RouterState, flight: InFlight, result: CallResult, ctx: C
         cost_micros=result.cost_micros,
         generation_id=result.generation_id,
         slow=result.slow,
+        provider=_provider(ctx, result.model),
     )
     breaker, _ = _breaker_events(state, result.model, result.slow, ctx, None)
     terminal = _completed(flight, result, ctx.now_ms)
@@ -393,6 +403,7 @@ def _on_failure(state: RouterState, flight: InFlight, result: CallResult, ctx: C
         breaker_failure=cls.breaker_failure,
         fallback=cls.fallback,
         retry_after_ms=result.retry_after_ms,
+        provider=_provider(ctx, result.model),
     )
     breaker_events, breaker = _breaker_events(
         state, result.model, cls.breaker_failure, ctx, result.retry_after_ms
@@ -441,7 +452,7 @@ def _stream_broken(
         request_id=flight.request_id, tenant=flight.tenant, model=result.model,
         attempt=result.attempt, status=result.status, error_class=cls.name, message=message,
         latency_ms=result.latency_ms, retryable=False, breaker_failure=True, fallback=False,
-        retry_after_ms=result.retry_after_ms,
+        retry_after_ms=result.retry_after_ms, provider=_provider(ctx, result.model),
     )  # fmt: skip
     breaker_events, _ = _breaker_events(state, result.model, True, ctx, result.retry_after_ms)
     errors = (*flight.errors, ev.CandidateError(model=result.model, code=cls.name, message=message))

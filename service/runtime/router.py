@@ -58,6 +58,7 @@ from service.core.cache import encoding_for
 from service.core.config import BatchingConfig, Config, config_hash, config_to_dict
 from service.core.partitioning import PARTITIONS, home_partition
 from service.core.pricing import Price, call_cost_micros
+from service.core.providers import DEFAULT_PROVIDER, configured_prices, provider_of
 from service.core.request import (
     Call,
     CallResult,
@@ -96,6 +97,7 @@ from service.runtime.streaming import CutShort, Relay, StaleAttempt, replay
 from service.telemetry import Telemetry
 from service.upstream import client as upstream
 from service.upstream.pricing import PriceCache
+from service.upstream.providers import Upstreams
 from service.wire import cloudevents as ce
 from service.wire import stream as streams
 from service.wire.errors import WireError
@@ -253,10 +255,15 @@ class Router:
             self.kafka, [self.topics.requests],
             on_assigned=self._on_assigned, on_revoked=self._on_revoked,
         )  # fmt: skip
-        self.upstream = upstream.UpstreamClient(
-            upstream.ClientOptions.from_config(cfg.upstream, cfg.breaker)
-        )
-        self.prices = PriceCache(self.upstream, ttl_s=cfg.upstream.pricing_ttl_s)
+        self.upstream = Upstreams(cfg)  # one pool per provider ([upstream] and [providers])
+        self.configured_prices = configured_prices(cfg)
+        # OpenRouter's table prices only the models [upstream] serves; [providers.x.prices]
+        # the models their provider serves (a model with neither: the tenant's default)
+        self.prices = PriceCache(
+            self.upstream.default, ttl_s=cfg.upstream.pricing_ttl_s,
+            fixed=self.configured_prices,
+            keep=lambda m: provider_of(cfg, m) == DEFAULT_PROVIDER,
+        )  # fmt: skip
         # snapshots (service.runtime.snapshots): events folded per partition but not yet
         # handed to a producer, the delivery of the last one that was, and the offset the
         # rebuild reached; a snapshot is captured only when nothing folded is unsent
@@ -1112,8 +1119,10 @@ class Router:
 
     def _result(self, call: Call, r: upstream.CallResult) -> CallResult:
         usage = r.usage or ev.Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
+        # a price the operator configured for the model's provider wins over a reported cost
+        reported = None if call.model in self.configured_prices else r.cost_usd
         cost = call_cost_micros(
-            r.cost_usd, self.prices.price(call.model), usage.prompt_tokens, usage.completion_tokens
+            reported, self.prices.price(call.model), usage.prompt_tokens, usage.completion_tokens
         )
         return CallResult(
             model=call.model, attempt=call.attempt, ok=r.ok, latency_ms=r.latency_ms,

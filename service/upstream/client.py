@@ -41,7 +41,7 @@ from httpx_aiohttp import AiohttpTransport, HttpxAiohttpClient
 
 from service.clock import Clock
 from service.clock import clock as system_clock
-from service.core.config import BreakerConfig, UpstreamConfig
+from service.core.config import BreakerConfig, ProviderConfig, UpstreamConfig
 from service.upstream.translate import (
     CallResult,
     Reply,
@@ -79,6 +79,7 @@ class ClientOptions(msgspec.Struct, frozen=True, kw_only=True):
     title: str = _UPSTREAM.title
     call_timeout_s: float = BreakerConfig().call_timeout_s
     trust_env: bool = True  # proxies from HTTP(S)_PROXY, also over the aiohttp transport
+    headers: dict[str, str] = {}  # sent with every request (a provider's extra headers)
 
     @classmethod
     def from_config(
@@ -94,6 +95,24 @@ class ClientOptions(msgspec.Struct, frozen=True, kw_only=True):
             referer=upstream.referer,
             title=upstream.title,
             call_timeout_s=(breaker or BreakerConfig()).call_timeout_s,
+        )
+
+    @classmethod
+    def from_provider(
+        cls, provider: ProviderConfig, breaker: BreakerConfig | None = None
+    ) -> ClientOptions:
+        """A `[providers.<name>]` table's client: no OpenRouter attribution headers."""
+        return cls(
+            base_url=provider.base_url.rstrip("/"),
+            api_key_env=provider.api_key_env or "",
+            timeout_s=provider.timeout_s,
+            connect_timeout_s=provider.connect_timeout_s,
+            pool_size=provider.pool_size,
+            keepalive_s=provider.keepalive_s,
+            referer="",
+            title="",
+            call_timeout_s=(breaker or BreakerConfig()).call_timeout_s,
+            headers=dict(provider.headers),
         )
 
 
@@ -505,4 +524,6 @@ def _headers(options: ClientOptions, key: str | None) -> dict[str, str]:
         headers["http-referer"] = options.referer
     if options.title:
         headers["x-title"] = options.title
+    for name, value in options.headers.items():
+        headers[name.lower()] = value
     return headers

@@ -21,7 +21,7 @@ Rules:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 
@@ -115,13 +115,19 @@ class PriceCache:
         ttl_s: float,
         retry_s: float = 30.0,
         clock: Clock = system_clock,
+        fixed: Mapping[str, Price] | None = None,
+        keep: Callable[[str], bool] | None = None,
     ) -> None:
+        """`fixed`: prices configured for models the fetched table must not price (other
+        providers'); `keep`: which fetched models this table may price (None: all)."""
         self._client = client
+        self._fixed = dict(fixed or {})
+        self._keep = keep
         self._ttl_ms = round(ttl_s * 1000)
         self._retry_ms = round(min(retry_s, ttl_s) * 1000)
         self._clock = clock
         self._lock = asyncio.Lock()
-        self._table: Mapping[str, Price] = MappingProxyType({})
+        self._table: Mapping[str, Price] = MappingProxyType(dict(self._fixed))
         self._fetched_at_ms: int | None = None
         self._next_ms = 0
         self._fetches = 0
@@ -160,7 +166,9 @@ class PriceCache:
             self._last_error = str(err)
             self._next_ms = now_ms + self._retry_ms
             return
-        self._table = MappingProxyType(table)
+        keep = self._keep
+        kept = {m: p for m, p in table.items() if keep is None or keep(m)}
+        self._table = MappingProxyType({**kept, **self._fixed})
         self._fetched_at_ms = now_ms
         self._last_error = None
         self._next_ms = now_ms + self._ttl_ms

@@ -1,0 +1,82 @@
+"""Which provider serves a model (`service.core.providers`) and the `[providers]` config."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from service.core.config import DEFAULT_PROVIDER, ConfigError, parse_config
+from service.core.pricing import Price
+from service.core.providers import configured_prices, provider_of, upstream_model
+
+TWO = {
+    "providers": {
+        "local": {"base_url": "http://127.0.0.1:8000/v1", "models": ["local/*"],
+                  "strip_prefix": "local/",
+                  "prices": {"local/llama-3.1-8b": {"prompt": "0", "completion": "0"},
+                             "openai/gpt-4o": {"prompt": "1", "completion": "1"}}},
+        "openai": {"base_url": "https://api.openai.com/v1", "api_key_env": "OPENAI_API_KEY",
+                   "models": ["openai/*", "local/special"],
+                   "headers": {"OpenAI-Organization": "org-1"}},
+    }
+}  # fmt: skip
+
+
+@given(st.text(min_size=1, max_size=40))
+def test_without_providers_every_model_goes_to_upstream_by_its_own_name(model: str) -> None:
+    cfg = parse_config({}, {})
+    assert provider_of(cfg, model) == DEFAULT_PROVIDER
+    assert upstream_model(cfg, model) == model
+    assert configured_prices(cfg) == {}
+
+
+def test_the_first_provider_whose_globs_match_serves_the_model() -> None:
+    cfg = parse_config(TWO, {})
+    assert provider_of(cfg, "local/llama-3.1-8b") == "local"
+    assert provider_of(cfg, "local/special") == "local"  # local is listed first
+    assert provider_of(cfg, "openai/gpt-4o") == "openai"
+    assert provider_of(cfg, "anthropic/claude-3.5-haiku") == DEFAULT_PROVIDER
+
+
+def test_strip_prefix_sends_the_bare_name_to_its_provider_only() -> None:
+    cfg = parse_config(TWO, {})
+    assert upstream_model(cfg, "local/llama-3.1-8b") == "llama-3.1-8b"
+    assert upstream_model(cfg, "openai/gpt-4o") == "openai/gpt-4o"
+    assert upstream_model(cfg, "anthropic/claude-3.5-haiku") == "anthropic/claude-3.5-haiku"
+
+
+def test_configured_prices_count_only_for_models_their_provider_serves() -> None:
+    prices = configured_prices(parse_config(TWO, {}))
+    assert prices == {"local/llama-3.1-8b": Price(prompt=0.0, completion=0.0)}
+
+
+def test_an_environment_variable_overrides_a_providers_key() -> None:
+    cfg = parse_config(TWO, {"TURNOUT_PROVIDERS_LOCAL_BASE_URL": "http://10.0.0.5:8000/v1"})
+    assert cfg.providers["local"].base_url == "http://10.0.0.5:8000/v1"
+
+
+def test_a_bad_providers_table_is_refused_with_every_problem_listed() -> None:
+    raw = {
+        "providers": {
+            "upstream": {"base_url": "http://x/v1", "models": ["a/*"]},
+            "ftp": {"base_url": "ftp://x", "models": ["b/*"]},
+            "empty": {"base_url": "http://x/v1"},
+            "leaky": {"base_url": "http://x/v1", "models": ["c/*"], "api_key_env": "sk-or-v1 123"},
+            "priced": {"base_url": "http://x/v1", "models": ["d/*"],
+                       "prices": {"d/x": {"prompt": "-1", "completion": "free"}}},
+            "typo": {"base_url": "http://x/v1", "modles": ["e/*"]},
+        }
+    }  # fmt: skip
+    with pytest.raises(ConfigError) as err:
+        parse_config(raw, {})
+    text = str(err.value)
+    for expected in (
+        "[providers.upstream] the name 'upstream' is [upstream]'s",
+        "[providers.ftp] base_url must start with http:// or https://",
+        "[providers.empty] models must list at least one glob",
+        "[providers.leaky] api_key_env must name an environment variable",
+        "[providers.priced.prices] 'd/x'",
+        "[providers.typo] unknown key 'modles'",
+    ):
+        assert expected in text, text
