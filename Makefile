@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo lint typecheck importlint unit integration install clean browser kafka kcat
+.PHONY: test demo lint typecheck importlint unit integration install clean browser kafka kcat litellm
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -57,8 +57,21 @@ kcat:
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kcat >/dev/null; } || \
 	  echo "make: no kcat and no apt-get here: install kcat for tests/e2e/test_kafka_cli.py"
 
-test: lint typecheck importlint browser kcat kafka
-	$(BIN)/pytest -q
+# The LiteLLM proxy (with its mock responses): an OpenAI-compatible server no one here wrote,
+# configured as a second provider in tests/integration/test_third_party_provider.py. Its
+# own venv (its many pinned dependencies stay out of ours), made once and cached in
+# ~/.cache/turnout/litellm-<version>.
+LITELLM_VERSION := 1.72.0
+LITELLM_VENV    := $(HOME)/.cache/turnout/litellm-$(LITELLM_VERSION)
+litellm:
+	@test -x $(LITELLM_VENV)/bin/litellm || { \
+	  echo "make: installing the LiteLLM proxy $(LITELLM_VERSION) into $(LITELLM_VENV) (once)"; \
+	  rm -rf $(LITELLM_VENV) && $(PYTHON) -m venv $(LITELLM_VENV) && \
+	  $(LITELLM_VENV)/bin/python -m pip install --quiet 'litellm[proxy]==$(LITELLM_VERSION)' || \
+	  { rm -rf $(LITELLM_VENV); echo "make: could not install litellm[proxy]==$(LITELLM_VERSION) from PyPI"; exit 1; }; }
+
+test: lint typecheck importlint browser kcat kafka litellm
+	TURNOUT_TEST_LITELLM=$(LITELLM_VENV)/bin/litellm $(BIN)/pytest -q
 
 demo: $(STAMP) kafka
 	$(BIN)/turnout demo

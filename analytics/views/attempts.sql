@@ -1,4 +1,5 @@
--- One row per upstream attempt (request_id, attempt): model, timing, result.
+-- One row per upstream attempt (request_id, attempt): model, provider, timing, result.
+-- provider is NULL for events written without [providers] (the [upstream] provider).
 -- outcome is succeeded | failed | in_flight. The failure flags record the
 -- classification the router applied (retryable, counted by the breaker,
 -- led to a fallback). Scans attempt events: filter on started_at.
@@ -14,7 +15,7 @@ WITH a AS (
             "status": "INTEGER", "latency_ms": "DOUBLE", "error_class": "VARCHAR",
             "message": "VARCHAR", "retryable": "BOOLEAN", "breaker_failure": "BOOLEAN",
             "fallback": "BOOLEAN", "retry_after_ms": "BIGINT", "cost_micros": "BIGINT",
-            "generation_id": "VARCHAR",
+            "generation_id": "VARCHAR", "provider": "VARCHAR",
             "usage": {"prompt_tokens": "BIGINT", "completion_tokens": "BIGINT",
                       "total_tokens": "BIGINT"}
         }') AS d
@@ -28,6 +29,7 @@ SELECT
     any_value(tenant) AS tenant,
     any_value(d.model) AS model,
     any_value(d.model_attempt) AS model_attempt,
+    coalesce(any_value(d.provider), 'upstream') AS provider,
     min(time) FILTER (WHERE type = 'turnout.attempt.started') AS started_at,
     min(time) FILTER (WHERE type <> 'turnout.attempt.started') AS finished_at,
     CASE

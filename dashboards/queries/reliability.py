@@ -50,17 +50,18 @@ def breaker_states(run: Run, scope: Scope) -> pd.DataFrame:
 
 
 def attempt_outcomes(run: Run, scope: Scope) -> pd.DataFrame:
-    """Finished upstream attempts: model, result (ok or the error class), attempts, p95_ms."""
+    """Finished upstream attempts: model, provider, result (ok or the error class),
+    attempts, p95_ms (`provider` is `upstream` for events written without [providers])."""
     sql = f"""
         WITH a AS (
             SELECT tenant, request_id, type,
                    json_transform(data, '{{"model": "VARCHAR", "error_class": "VARCHAR",
-                                          "latency_ms": "DOUBLE"}}') AS d
+                                          "latency_ms": "DOUBLE", "provider": "VARCHAR"}}') AS d
             FROM events
             WHERE type IN ('turnout.attempt.succeeded', 'turnout.attempt.failed')
               AND {EVENTS_IN}
         )
-        SELECT d.model AS model,
+        SELECT d.model AS model, coalesce(d.provider, 'upstream') AS provider,
                CASE WHEN type = 'turnout.attempt.succeeded' THEN 'ok'
                     ELSE coalesce(d.error_class, 'error') END AS result,
                count(*) AS attempts,

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import msgspec
 import pytest
 
 from analytics import synthetic
@@ -464,3 +465,24 @@ def test_the_fast_path_stores_and_refuses_exactly_what_the_codec_does(tmp_path: 
     assert [(names[e[8]], e) for e in fast[0]] == [(names[e[8]], e) for e in codec[0]]
     assert [(names[e[0]], e) for e in fast[1]] == [(names[e[0]], e) for e in codec[1]]
     assert len(codec[0]) > 10 and len(codec[1]) > 10  # both kinds are exercised
+
+
+def test_attempts_name_the_provider_that_was_called(path: Path) -> None:
+    """Events written with `[providers]` carry `provider`; older ones are `[upstream]`'s."""
+    stories = workload(24)
+    attempt_types = (ev.AttemptStarted, ev.AttemptSucceeded, ev.AttemptFailed)
+    local = {s.request_id for s in stories[::2]}
+    renamed = [
+        replace(s, events=tuple(
+            msgspec.structs.replace(e, provider="local")
+            if s.request_id in local and isinstance(e, attempt_types) else e
+            for e in s.events
+        ))
+        for s in stories
+    ]  # fmt: skip
+    with Archive.open(path) as archive:
+        load(archive, rows_of(renamed))
+    con = open_reader(path)
+    rows = query(con, "SELECT request_id, provider FROM attempts")
+    assert rows and {r["provider"] for r in rows} == {"local", "upstream"}
+    assert all((r["provider"] == "local") == (r["request_id"] in local) for r in rows)

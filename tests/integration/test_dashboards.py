@@ -195,6 +195,7 @@ def test_reliability_shows_every_breaker_transition(app: AppTest, seeded: Path) 
     outcomes = app.dataframe[1].value
     failed = outcomes.loc[outcomes["result"] == "http_503", "attempts"].sum()
     assert failed == sum(isinstance(e, ev.AttemptFailed) for s in STORIES for e in s.events)
+    assert set(outcomes["provider"]) == {"upstream"}  # written without [providers]
 
 
 def test_tenants_show_rate_limits_and_budgets(app: AppTest, seeded: Path) -> None:
