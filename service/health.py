@@ -72,7 +72,12 @@ def _providers(router: Router) -> dict[str, Any]:
     """Each provider's pool, and the breakers of the models it served (keys: never)."""
     out: dict[str, Any] = {}
     for name, stats in router.upstream.stats().items():
-        out[name] = {"pool": msgspec.to_builtins(stats), "breakers": {}}
+        prices = router.prices.provider_stats().get(name)
+        out[name] = {
+            "pool": msgspec.to_builtins(stats),
+            "breakers": {},
+            "prices": msgspec.to_builtins(prices) if prices is not None else None,
+        }
     for model, b in sorted(router.state.breakers.items()):
         served = out.get(router.upstream.provider(model))
         if served is not None:

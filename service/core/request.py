@@ -329,6 +329,33 @@ def _breaker_events(
     return [], b
 
 
+def _provider_unreachable(
+    state: RouterState, model: str, transitions: list[Any], ctx: Context
+) -> list[Any]:
+    """A model whose breaker just opened because its provider refused the connection: the
+    whole API is unreachable, so the breakers of the provider's other route models open
+    too (with `[providers]` only; with `[upstream]` alone every model would stop at once)."""
+    opened = next((e for e in transitions if isinstance(e, ev.BreakerOpened)), None)
+    if opened is None or not ctx.cfg.providers or not ctx.cfg.features.circuit_breaker:
+        return []
+    provider = provider_of(ctx.cfg, model)
+    out: list[Any] = []
+    seen = {model}
+    for route in ctx.cfg.routes.values():
+        for other in route.models:
+            if other in seen or provider_of(ctx.cfg, other) != provider:
+                continue
+            seen.add(other)
+            b = state.breakers.get(other)
+            if b is not None and b.status != "closed":
+                continue
+            out.append(ev.BreakerOpened(
+                model=other, reason=f"provider {provider} unreachable ({model}: {opened.reason})",
+                failures=0, calls=0, open_until_ms=opened.open_until_ms,
+            ))  # fmt: skip
+    return out
+
+
 def _completed(flight: InFlight, result: CallResult, now_ms: int) -> ev.RequestCompleted:
     return ev.RequestCompleted(
         request_id=flight.request_id,
@@ -408,6 +435,8 @@ def _on_failure(state: RouterState, flight: InFlight, result: CallResult, ctx: C
     breaker_events, breaker = _breaker_events(
         state, result.model, cls.breaker_failure, ctx, result.retry_after_ms
     )
+    if cls.name == "connect_error" and breaker_events:
+        breaker_events += _provider_unreachable(state, result.model, breaker_events, ctx)
     errors = (
         *flight.errors,
         ev.CandidateError(model=result.model, code=cls.name, message=result.message),
@@ -419,8 +448,11 @@ def _on_failure(state: RouterState, flight: InFlight, result: CallResult, ctx: C
             events=[*events, retry],
             effects=[Wait(request_id=flight.request_id, delay_ms=retry.delay_ms)],
         )
+    just_opened = {e.model for e in breaker_events if isinstance(e, ev.BreakerOpened)}
     nxt = (
-        _next_candidate(state, flight, ctx) if cls.fallback and ctx.cfg.features.fallbacks else None
+        _next_candidate(state, flight, ctx, skip=just_opened)
+        if cls.fallback and ctx.cfg.features.fallbacks
+        else None
     )
     if nxt is not None:
         moved = msgspec.structs.replace(flight, errors=errors)
@@ -511,8 +543,14 @@ def _plan_retry(
     )
 
 
-def _next_candidate(state: RouterState, flight: InFlight, ctx: Context) -> str | None:
+def _next_candidate(
+    state: RouterState, flight: InFlight, ctx: Context, *, skip: set[str] | None = None
+) -> str | None:
+    """The next model of the request's order whose breaker admits a call (`skip`: breakers
+    this very decision opens)."""
     for model in flight.order[flight.index + 1 :]:
+        if skip and model in skip and ctx.cfg.features.circuit_breaker:
+            continue
         b = state.breakers.get(model)
         if b is None or not ctx.cfg.features.circuit_breaker or can_call(b, ctx.now_ms):
             return model

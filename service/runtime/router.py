@@ -58,7 +58,7 @@ from service.core.cache import encoding_for
 from service.core.config import BatchingConfig, Config, config_hash, config_to_dict
 from service.core.partitioning import PARTITIONS, home_partition
 from service.core.pricing import Price, call_cost_micros
-from service.core.providers import DEFAULT_PROVIDER, configured_prices, provider_of
+from service.core.providers import configured_prices, provider_of
 from service.core.request import (
     Call,
     CallResult,
@@ -96,7 +96,7 @@ from service.runtime.deliveries import STREAM_BEGUN, Orphan, find_delivered, rep
 from service.runtime.streaming import CutShort, Relay, StaleAttempt, replay
 from service.telemetry import Telemetry
 from service.upstream import client as upstream
-from service.upstream.pricing import PriceCache
+from service.upstream.pricing import PriceBook, PriceCache
 from service.upstream.providers import Upstreams
 from service.wire import cloudevents as ce
 from service.wire import stream as streams
@@ -192,6 +192,18 @@ class Offsets:
             self.seen.pop(tp, None)
 
 
+def _serves(cfg: Config, provider: str) -> Callable[[str], bool]:
+    """Whether `provider` serves a model (its price table may price only those)."""
+    return lambda model: provider_of(cfg, model) == provider
+
+
+def _prefixed(cfg: Config, provider: str) -> Callable[[str], str] | None:
+    """How a provider's `/models` names become route names: its `strip_prefix` put back."""
+    table = cfg.providers.get(provider)
+    prefix = table.strip_prefix if table is not None else None
+    return (lambda m: m if m.startswith(prefix) else prefix + m) if prefix else None
+
+
 class Router:
     """One router instance; several form one consumer group."""
 
@@ -257,13 +269,17 @@ class Router:
         )  # fmt: skip
         self.upstream = Upstreams(cfg)  # one pool per provider ([upstream] and [providers])
         self.configured_prices = configured_prices(cfg)
-        # OpenRouter's table prices only the models [upstream] serves; [providers.x.prices]
-        # the models their provider serves (a model with neither: the tenant's default)
-        self.prices = PriceCache(
-            self.upstream.default, ttl_s=cfg.upstream.pricing_ttl_s,
-            fixed=self.configured_prices,
-            keep=lambda m: provider_of(cfg, m) == DEFAULT_PROVIDER,
-        )  # fmt: skip
+        self._unpriced: set[str] = set()  # models warned about: no price, no reported cost
+        # each provider's /models prices the models it serves (OpenRouter's: [upstream]'s);
+        # [providers.x.prices] win; a model with neither: the tenant's default price
+        self.prices = PriceBook({
+            name: PriceCache(
+                client, ttl_s=cfg.upstream.pricing_ttl_s,
+                keep=_serves(cfg, name),
+                rename=_prefixed(cfg, name),
+            )
+            for name, client in self.upstream.clients.items()
+        }, self.configured_prices)  # fmt: skip
         # snapshots (service.runtime.snapshots): events folded per partition but not yet
         # handed to a producer, the delivery of the last one that was, and the offset the
         # rebuild reached; a snapshot is captured only when nothing folded is unsent
@@ -1121,15 +1137,31 @@ class Router:
         usage = r.usage or ev.Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
         # a price the operator configured for the model's provider wins over a reported cost
         reported = None if call.model in self.configured_prices else r.cost_usd
-        cost = call_cost_micros(
-            reported, self.prices.price(call.model), usage.prompt_tokens, usage.completion_tokens
-        )
+        price = self.prices.price(call.model)
+        if reported is None and price is None and usage.total_tokens:
+            price = self._default_price(call)
+        cost = call_cost_micros(reported, price, usage.prompt_tokens, usage.completion_tokens)
         return CallResult(
             model=call.model, attempt=call.attempt, ok=r.ok, latency_ms=r.latency_ms,
             status=r.status, response=r.response, usage=usage, cost_micros=cost,
             generation_id=r.generation_id, error_class=r.error_class or "http_error",
             message=r.message or "", retry_after_ms=r.retry_after_ms, slow=r.slow,
         )  # fmt: skip
+
+    def _default_price(self, call: Call) -> Price:
+        """A model with no price anywhere and no reported cost is charged at its tenant's
+        `default_price_per_mtok` (as its reservation was), and said once per model."""
+        flight = self.state.inflight.get(call.request_id)
+        limits = self.cfg.tenant(flight.tenant if flight is not None else "default")
+        if call.model not in self._unpriced:
+            self._unpriced.add(call.model)
+            log.warning(
+                "no price for %s (provider %s) and no cost reported: charging the tenant's "
+                "default_price_per_mtok (%g USD); set [providers.<name>.prices] to fix",
+                call.model, self.upstream.provider(call.model), limits.default_price_per_mtok,
+            )  # fmt: skip
+        per_token = limits.default_price_per_mtok / 1e6
+        return Price(prompt=per_token, completion=per_token)
 
     async def _respond(self, terminal: Terminal) -> None:
         await (await self._send_response(terminal))

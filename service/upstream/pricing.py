@@ -33,7 +33,14 @@ from service.core.pricing import Price, parse_price
 
 from .client import CallResult, UpstreamClient
 
-__all__ = ["PriceCache", "PriceCacheStats", "PricesUnavailable", "fetch_prices", "parse_models"]
+__all__ = [
+    "PriceBook",
+    "PriceCache",
+    "PriceCacheStats",
+    "PricesUnavailable",
+    "fetch_prices",
+    "parse_models",
+]
 
 
 class PricesUnavailable(Exception):
@@ -117,12 +124,15 @@ class PriceCache:
         clock: Clock = system_clock,
         fixed: Mapping[str, Price] | None = None,
         keep: Callable[[str], bool] | None = None,
+        rename: Callable[[str], str] | None = None,
     ) -> None:
         """`fixed`: prices configured for models the fetched table must not price (other
-        providers'); `keep`: which fetched models this table may price (None: all)."""
+        providers'); `keep`: which fetched models this table may price (None: all);
+        `rename`: a listed name as the routes name it (a provider's prefix put back)."""
         self._client = client
         self._fixed = dict(fixed or {})
         self._keep = keep
+        self._rename = rename
         self._ttl_ms = round(ttl_s * 1000)
         self._retry_ms = round(min(retry_s, ttl_s) * 1000)
         self._clock = clock
@@ -166,8 +176,9 @@ class PriceCache:
             self._last_error = str(err)
             self._next_ms = now_ms + self._retry_ms
             return
-        keep = self._keep
-        kept = {m: p for m, p in table.items() if keep is None or keep(m)}
+        keep, rename = self._keep, self._rename
+        named = table if rename is None else {rename(m): p for m, p in table.items()}
+        kept = {m: p for m, p in named.items() if keep is None or keep(m)}
         self._table = MappingProxyType({**kept, **self._fixed})
         self._fetched_at_ms = now_ms
         self._last_error = None
@@ -182,3 +193,45 @@ class PriceCache:
             failures=self._failures,
             last_error=self._last_error,
         )
+
+
+class PriceBook:
+    """The price table of every provider, merged: each provider's `/models` (when it
+    publishes OpenRouter-style pricing) for the models it serves, then the configured
+    `[providers.x.prices]`. The merged table keeps its identity until a part changes."""
+
+    def __init__(self, caches: Mapping[str, PriceCache], fixed: Mapping[str, Price]) -> None:
+        self.caches = dict(caches)
+        self._fixed = dict(fixed)
+        self._parts: tuple[Mapping[str, Price], ...] = ()
+        self._table: Mapping[str, Price] = MappingProxyType(dict(self._fixed))
+
+    @property
+    def table(self) -> Mapping[str, Price]:
+        parts = tuple(c.table for c in self.caches.values())
+        if any(a is not b for a, b in zip(parts, self._parts, strict=False)) or (
+            len(parts) != len(self._parts)
+        ):
+            merged: dict[str, Price] = {}
+            for part in parts:
+                merged.update(part)
+            merged.update(self._fixed)
+            self._parts, self._table = parts, MappingProxyType(merged)
+        return self._table
+
+    def price(self, model: str) -> Price | None:
+        return self.table.get(model)
+
+    async def refresh(
+        self, now_ms: int | None = None, *, force: bool = False
+    ) -> Mapping[str, Price]:
+        await asyncio.gather(*(c.refresh(now_ms, force=force) for c in self.caches.values()))
+        return self.table
+
+    def stats(self) -> PriceCacheStats:
+        """The default provider's (`[upstream]`) fetches, with the merged table's size."""
+        first = next(iter(self.caches.values()))
+        return msgspec.structs.replace(first.stats(), models=len(self.table))
+
+    def provider_stats(self) -> dict[str, PriceCacheStats]:
+        return {name: c.stats() for name, c in self.caches.items()}

@@ -31,6 +31,12 @@ def by_model(sim: RunningSimulator) -> dict[str, int]:
     return dict(httpx.get(f"{sim.url}/_sim/stats").json()["by_model"])
 
 
+def listed_price(sim: RunningSimulator, model: str) -> dict[str, str]:
+    """The pricing the simulator's `/models` lists for `model` (OpenRouter's shape)."""
+    listed = httpx.get(f"{sim.base_url}/models").json()["data"]
+    return dict(next(m for m in listed if m["id"] == model)["pricing"])
+
+
 def decoded(records: list[Any]) -> list[ce.Envelope]:
     return [ce.decode(r.key, r.value, r.headers) for r in records]
 
@@ -109,4 +115,21 @@ async def test_strip_prefix_sends_the_bare_name_and_budgets_charge_the_configure
     (ok,) = [e.data for e in events if isinstance(e.data, ev.AttemptSucceeded)]
     assert ok.provider == "local"
     assert set(health_providers) == {"upstream", "local"}
-    assert health_providers["local"].calls == 1
+    assert health_providers["local"].succeeded == 2  # its /models, then the chat call
+
+
+async def test_a_providers_own_models_listing_prices_the_models_it_serves(
+    kafka_settings: KafkaSettings, kafka_topics: Topics, simulator: RunningSimulator
+) -> None:
+    mini = listed_price(simulator, "openai/gpt-4o-mini")
+    cfg = config(
+        kafka_settings, simulator,
+        providers={"mirror": {"base_url": simulator.base_url, "models": ["mirror/*"],
+                              "strip_prefix": "mirror/"}},
+        routes={"general": {"models": ["mirror/openai/gpt-4o-mini", "openai/gpt-4o"]}},
+    )  # fmt: skip
+    async with running(cfg) as router:
+        table = dict(router.prices.table)
+    price = table["mirror/openai/gpt-4o-mini"]  # the provider's listing, its prefix put back
+    assert (price.prompt, price.completion) == (float(mini["prompt"]), float(mini["completion"]))
+    assert "openai/gpt-4o" in table  # [upstream]'s listing prices the models it serves

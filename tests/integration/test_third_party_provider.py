@@ -125,3 +125,30 @@ async def test_a_third_party_openai_compatible_server_answers_plain_and_streamed
         assert d.cost_micros == expected and d.usage.total_tokens > 0
     attempts = [e.data for e in events if isinstance(e.data, ev.AttemptSucceeded)]
     assert {a.provider for a in attempts} == {"litellm"}
+
+
+async def test_a_model_priced_nowhere_is_charged_the_tenants_default_price_and_said_once(
+    kafka_settings: KafkaSettings, kafka_topics: Topics, simulator: RunningSimulator, proxy: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    cfg = config(
+        kafka_settings, simulator,
+        providers={"litellm": {"base_url": proxy, "models": ["litellm/*"],
+                               "strip_prefix": "litellm/"}},
+        routes={"general": {"models": ["litellm/mock-gpt"]}},
+    )  # fmt: skip
+    per_mtok = cfg.tenant("acme").default_price_per_mtok
+    with caplog.at_level("WARNING", logger="turnout.router"):
+        async with running(cfg):
+            await produce(kafka_settings.bootstrap, kafka_topics.requests, [
+                (b"acme", request(f"unpriced-{i}", temperature=0.5), None) for i in range(2)
+            ])  # fmt: skip
+            await collect(kafka_settings.bootstrap, kafka_topics.responses, 2)
+            logged = await collect_until_quiet(kafka_settings.bootstrap, kafka_topics.events)
+    done = [e.data for e in (ce.decode(r.key, r.value, r.headers) for r in logged)
+            if isinstance(e.data, ev.RequestCompleted)]  # fmt: skip
+    assert len(done) == 2
+    for d in done:  # LiteLLM's mock lists no prices and reports no cost
+        assert d.cost_micros == round(d.usage.total_tokens * per_mtok) > 0
+    said = [r for r in caplog.records if "no price for litellm/mock-gpt" in r.getMessage()]
+    assert len(said) == 1 and "provider litellm" in said[0].getMessage()

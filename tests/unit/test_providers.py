@@ -80,3 +80,66 @@ def test_a_bad_providers_table_is_refused_with_every_problem_listed() -> None:
         "[providers.typo] unknown key 'modles'",
     ):
         assert expected in text, text
+
+
+# --- a provider that refuses connections ---------------------------------------------
+
+from service.core import events as ev  # noqa: E402
+from service.core.decision import Call, CallResult, Context, IntakeRequest  # noqa: E402
+from service.core.request import decide_intake, decide_result  # noqa: E402
+from service.core.state import RouterState, evolve  # noqa: E402
+
+DOWN = {
+    "providers": {"down": {"base_url": "http://127.0.0.1:9/v1", "models": ["down/*"]}},
+    "routes": {"general": {"models": ["down/a", "down/b", "good/x"]}},
+    "retry": {"max_retries": 0},
+    "breaker": {"failure_threshold": 2, "recovery_timeout_s": 30},
+}
+
+
+def fail_once(state: RouterState, cfg: object, rid: str, error_class: str, now: int) -> list:
+    ctx = Context(now_ms=now, cfg=cfg)  # type: ignore[arg-type]
+    req = IntakeRequest(request_id=rid, tenant="acme", messages_hash="h", prompt_tokens_est=5)
+    events = []
+    decision = decide_intake(state, req, ctx, cache_key=None)
+    while True:
+        for e in decision.events:
+            evolve(state, e, now, ctx.cfg)
+        events += decision.events
+        calls = [e for e in decision.effects if isinstance(e, Call)]
+        if not calls:
+            return events
+        call = calls[0]
+        ok = call.model.startswith("good/")
+        result = CallResult(model=call.model, attempt=call.attempt, ok=ok, latency_ms=1.0,
+                            status=200 if ok else None,
+                            error_class="ok" if ok else error_class)  # fmt: skip
+        decision = decide_result(state, rid, result, ctx)
+
+
+def test_a_refused_connection_that_opens_one_breaker_opens_the_providers_others_too() -> None:
+    cfg = parse_config(DOWN, {})
+    state = RouterState()
+    first = fail_once(state, cfg, "r1", "connect_error", 1_000)
+    assert not [e for e in first if isinstance(e, ev.BreakerOpened)]  # one failure: closed
+    second = fail_once(state, cfg, "r2", "connect_error", 2_000)
+    opened = [e for e in second if isinstance(e, ev.BreakerOpened)]
+    assert [o.model for o in opened] == ["down/a", "down/b"]
+    assert "provider down unreachable (down/a: 2 consecutive failures)" in opened[1].reason
+    tried = [e.model for e in second if isinstance(e, ev.AttemptStarted)]
+    assert tried == ["down/a", "good/x"]  # the fallback skipped down/b: never called
+    assert state.breakers["down/b"].status == "open"
+    assert isinstance(second[-1], ev.RequestCompleted) and second[-1].model == "good/x"
+
+
+def test_a_5xx_or_a_config_without_providers_opens_breakers_only_on_their_own_failures() -> None:
+    for raw, error in ((DOWN, "server_error"), ({**DOWN, "providers": {}}, "connect_error")):
+        cfg = parse_config(raw, {})
+        state = RouterState()
+        fail_once(state, cfg, "r1", error, 1_000)
+        events = fail_once(state, cfg, "r2", error, 2_000)
+        opened = [e for e in events if isinstance(e, ev.BreakerOpened)]
+        assert [o.model for o in opened] == ["down/a", "down/b"]  # each failed twice itself
+        assert not any("unreachable" in o.reason for o in opened)
+        tried = [e.model for e in events if isinstance(e, ev.AttemptStarted)]
+        assert tried == ["down/a", "down/b", "good/x"]
