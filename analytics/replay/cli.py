@@ -55,6 +55,7 @@ from analytics.replay.verify import (
 from service.clock import clock
 from service.core import events as ev
 from service.core.config import Config
+from service.core.providers import provider_of
 from service.core.state import RouterState
 from service.errors import TurnoutError
 from service.health import finished_outcomes
@@ -240,6 +241,11 @@ def state_main(args: argparse.Namespace) -> int:
     for line in config_warnings(folded.configs, cfg):
         print(f"turnout: warning: {line}", file=sys.stderr)
     snapshot = folded.state.snapshot()
+    if cfg.providers:  # which provider serves each model the state knows (by this config)
+        breakers, latency = snapshot["breakers"], snapshot["latency"]
+        assert isinstance(breakers, dict) and isinstance(latency, dict)
+        known = sorted({*breakers, *latency})
+        snapshot["providers"] = {m: provider_of(cfg, m) for m in known}
     if args.format == "json":
         doc = {"at": format_time(at), "events": folded.events, "state": plain(snapshot)}
         sys.stdout.write(msgspec.json.encode(doc).decode() + "\n")

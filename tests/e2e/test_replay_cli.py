@@ -141,6 +141,24 @@ def test_state_at_a_moment_a_breaker_was_open_shows_it_open_and_later_closed(
         assert section in table.stdout
 
 
+def test_state_names_the_provider_of_each_model_when_providers_are_configured(
+    archive: tuple[Path, list[Envelope]], tmp_path: Path
+) -> None:
+    path = archive[0]
+    (tmp_path / "providers.toml").write_text(
+        '[providers.anthropic]\nbase_url = "https://api.anthropic.com/v1"\n'
+        'models = ["anthropic/*"]\n'
+    )
+    done = replay("state", "--at", "now", "--duckdb", str(path), "--format", "json",
+                  "--config", str(tmp_path / "providers.toml"))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    providers = json.loads(done.stdout)["state"]["providers"]
+    assert providers[MODEL] == "anthropic"
+    assert set(providers.values()) <= {"anthropic", "upstream"} and len(providers) > 1
+    plain_run = replay("state", "--at", "now", "--duckdb", str(path), "--format", "json")
+    assert "providers" not in json.loads(plain_run.stdout)["state"]  # none configured
+
+
 @pytest.mark.parametrize("at", ["yesterday", "5m", "2026-02-30"])
 def test_a_time_that_cannot_be_read_is_bad_usage(
     archive: tuple[Path, list[Envelope]], at: str
