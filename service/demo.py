@@ -78,6 +78,7 @@ class Ports:
     routers: tuple[int, int]
     dashboard: int
     gateway: int = 8000
+    backup: int = 8090  # the second provider's simulator
     notes: tuple[str, ...] = ()
 
 
@@ -101,12 +102,15 @@ def choose_ports(args: argparse.Namespace) -> Ports:
         pick_port(8081, None, what="router-2's health endpoints"),
         pick_port(8501, args.dashboard_port, what="the dashboard"),
         pick_port(8000, getattr(args, "gateway_port", None), what="the gateway"),
+        pick_port(8090, None, what="the backup provider's simulator"),
     ]
-    (kafka, _), (sim, _), (r1, _), (r2, _), (dash, _), (gw, _) = picks
+    (kafka, _), (sim, _), (r1, _), (r2, _), (dash, _), (gw, _), (backup, _) = picks
     if r2 == r1:  # both fell back to free ports at once: ask again
         r2 = free_port()
+    if backup in (sim, r1, r2, dash, gw, kafka):
+        backup = free_port()
     return Ports(kafka=kafka, simulator=sim, routers=(r1, r2), dashboard=dash, gateway=gw,
-                 notes=tuple(note for _, note in picks if note))  # fmt: skip
+                 backup=backup, notes=tuple(note for _, note in picks if note))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -193,6 +197,12 @@ def plan_children(
             ready_text="simulator listening",
             where=f"http://127.0.0.1:{ports.simulator}/api/v1 (gpt-4o-mini fails 20-50 s)",
         ))  # fmt: skip
+        kids.append(Child(  # a second provider: the general route's fallback lives there
+            name="simulator-2", stage=1,  # the same latencies (its models have no outage)
+            argv=("simulate", "--port", str(ports.backup), "--scenario", str(paths.scenario)),
+            ready_text="simulator listening",
+            where=f"http://127.0.0.1:{ports.backup}/api/v1 (provider backup: Claude 3.5 Haiku)",
+        ))  # fmt: skip
     for i, port in enumerate(ports.routers, start=1):
         kids.append(Child(
             name=f"router-{i}", stage=2,
@@ -240,6 +250,7 @@ def child_env(ports: Ports, paths: DemoPaths, *, openrouter: bool) -> dict[str, 
     )
     if not openrouter:
         env["TURNOUT_UPSTREAM_BASE_URL"] = f"http://127.0.0.1:{ports.simulator}/api/v1"
+        env["TURNOUT_PROVIDERS_BACKUP_BASE_URL"] = f"http://127.0.0.1:{ports.backup}/api/v1"
     return env
 
 

@@ -45,12 +45,13 @@ def test_every_part_runs_a_real_turnout_command_with_real_options() -> None:
 
 def test_parts_start_in_stages_broker_first_traffic_last() -> None:
     plan = plan_children(PORTS, PATHS, openrouter=False, rate=5, dashboard_flags=DASHBOARD_FLAGS)
-    assert names(plan) == ["broker", "simulator", "router-1", "router-2", "sink", "gateway",
-                           "alerts", "dashboard", "traffic"]  # fmt: skip
+    assert names(plan) == ["broker", "simulator", "simulator-2", "router-1", "router-2", "sink",
+                           "gateway", "alerts", "dashboard", "traffic"]  # fmt: skip
     stages = [c.stage for c in plan.children]
     assert stages == sorted(stages)
     stage = {c.name: c.stage for c in plan.children}
     assert stage["broker"] < stage["simulator"] < stage["router-1"] == stage["router-2"]
+    assert stage["simulator-2"] == stage["simulator"]
     assert stage["router-1"] < stage["alerts"] < stage["traffic"]
 
 
@@ -73,7 +74,7 @@ def test_the_dashboard_is_started_only_when_this_version_has_one() -> None:
 
 def test_openrouter_mode_runs_no_simulator_and_caps_the_traffic() -> None:
     plan = plan_children(PORTS, PATHS, openrouter=True, rate=0.2, dashboard_flags=None)
-    assert "simulator" not in names(plan)
+    assert "simulator" not in names(plan) and "simulator-2" not in names(plan)
     (traffic,) = [c for c in plan.children if c.name == "traffic"]
     assert traffic.argv[traffic.argv.index("--rate") + 1] == "0.2"
     assert traffic.argv[traffic.argv.index("--max-tokens") + 1] == "16"
@@ -87,6 +88,7 @@ def test_children_find_kafka_the_archive_and_the_upstream_through_the_environmen
     assert sim["TURNOUT_KAFKA_BOOTSTRAP"] == "127.0.0.1:9092"
     assert sim["TURNOUT_DUCKDB_PATH"] == str(PATHS.archive)
     assert sim["TURNOUT_UPSTREAM_BASE_URL"] == "http://127.0.0.1:8089/api/v1"
+    assert sim["TURNOUT_PROVIDERS_BACKUP_BASE_URL"] == "http://127.0.0.1:8090/api/v1"
     assert child_env(PORTS, PATHS, openrouter=True)["TURNOUT_UPSTREAM_BASE_URL"] == (
         "https://my.proxy/api/v1"  # a user's own upstream is kept
     )
