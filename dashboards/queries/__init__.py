@@ -44,6 +44,7 @@ from dashboards.queries.reliability import (
 )
 from dashboards.queries.routing import (
     answered_by_model,
+    calls_by_provider,
     decisions,
     fallbacks,
     retries_over_time,
@@ -72,6 +73,7 @@ __all__ = [
     "cache_by_reason",
     "cache_over_time",
     "cache_totals",
+    "calls_by_provider",
     "decisions",
     "fallbacks",
     "filter_options",

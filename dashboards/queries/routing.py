@@ -20,6 +20,7 @@ from dashboards.scope import Scope
 
 __all__ = [
     "answered_by_model",
+    "calls_by_provider",
     "decisions",
     "fallbacks",
     "retries_over_time",
@@ -97,6 +98,32 @@ def answered_by_model(run: Run, scope: Scope) -> pd.DataFrame:
         WHERE {RPM_WHERE} AND model IS NOT NULL
         GROUP BY ALL
         ORDER BY model, outcome
+    """
+    return run(sql, scope.params())
+
+
+def calls_by_provider(run: Run, scope: Scope) -> pd.DataFrame:
+    """Upstream calls per provider and model: calls, ok, failed, p50_ms (`provider` is
+    `upstream` for events written without [providers])."""
+    sql = f"""
+        WITH a AS (
+            SELECT tenant, request_id, type,
+                   json_transform(data, '{{"model": "VARCHAR", "provider": "VARCHAR",
+                                          "latency_ms": "DOUBLE"}}') AS d
+            FROM events
+            WHERE type IN ('turnout.attempt.succeeded', 'turnout.attempt.failed')
+              AND {EVENTS_IN}
+        )
+        SELECT coalesce(d.provider, 'upstream') AS provider, d.model AS model,
+               count(*) AS calls,
+               count(*) FILTER (WHERE type = 'turnout.attempt.succeeded') AS ok,
+               count(*) FILTER (WHERE type = 'turnout.attempt.failed') AS failed,
+               quantile_cont(d.latency_ms, 0.5) AS p50_ms
+        FROM a
+        WHERE {any_of("tenants", "tenant")} AND {any_of("models", "d.model")}
+          AND {task_of_request()}
+        GROUP BY ALL
+        ORDER BY provider, model
     """
     return run(sql, scope.params())
 

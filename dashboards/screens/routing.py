@@ -103,6 +103,13 @@ def render(ctx: Context) -> None:
     if not skipped.empty:
         st.subheader("Candidates skipped")
         st.dataframe(skipped, hide_index=True)
+    calls = queries.calls_by_provider(ctx.db, ctx.scope)
+    if not calls.empty:
+        st.subheader("Calls by provider")
+        st.dataframe(
+            calls, hide_index=True,
+            column_config={"p50_ms": st.column_config.NumberColumn("p50", format="%.0f ms")},
+        )  # fmt: skip
 
 
 run_page(

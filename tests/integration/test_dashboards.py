@@ -183,6 +183,10 @@ def test_routing_counts_fallbacks_and_retries(app: AppTest, seeded: Path) -> Non
     assert hops[["from_model", "to_model"]].values.tolist() == [[MODELS[0], MODELS[1]]]
     taken = sum(isinstance(e, ev.FallbackTaken) for s in STORIES for e in s.events)
     assert hops["fallbacks"].tolist() == [taken]
+    calls = app.dataframe[-1].value  # the last table: upstream calls by provider and model
+    finished = (ev.AttemptSucceeded, ev.AttemptFailed)
+    assert set(calls["provider"]) == {"upstream"}  # written without [providers]
+    assert calls["calls"].sum() == sum(isinstance(e, finished) for s in STORIES for e in s.events)
 
 
 def test_reliability_shows_every_breaker_transition(app: AppTest, seeded: Path) -> None:
