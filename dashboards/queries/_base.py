@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Final
 
+import numpy as np
 import pandas as pd
 
 __all__ = [
@@ -66,7 +67,11 @@ def one_row(df: pd.DataFrame) -> dict[str, Any]:
 
 
 def plain(value: Any) -> Any:
-    """NaN/NA/NaT as None (unknown, not zero); numpy scalars as Python ones."""
+    """NaN/NA/NaT as None (unknown, not zero); numpy scalars as Python ones; a list
+    column's value (an array) as a list, whatever its length (a one-element array is
+    not a scalar: `.item()` would turn ['openai/gpt-4o'] into its string)."""
+    if isinstance(value, np.ndarray | list | tuple):
+        return [plain(v) for v in value]
     try:
         if pd.isna(value):
             return None

@@ -303,8 +303,18 @@ def test_the_explorer_shows_a_pasted_request_in_order(app: AppTest, seeded: Path
     shown = metrics(app)
     assert (shown["Outcome"], shown["Attempts"]) == ("completed", "2")
     assert f"answered by **{MODELS[1]}**" in app.markdown[0].value
+    assert f"models tried: {MODELS[0]} → {MODELS[1]}" in app.markdown[0].value
     assert len(app.expander) == len(story.events)  # a payload each
     assert app.json[0].value and json.loads(app.json[0].value)["request_id"] == story.request_id
+
+
+def test_the_explorer_names_a_single_model_tried_whole(app: AppTest, seeded: Path) -> None:
+    story = next(s for s in STORIES if s.kind == "ok")  # one attempt, one model
+    open_page(app, seeded, "explorer")
+    app.text_input(key="explorer_paste").input(story.request_id or "").run()
+    assert_clean(app)
+    facts = app.markdown[0].value
+    assert f"models tried: {MODELS[0]}" in facts and " → " not in facts  # not o → p → e …
 
 
 def test_the_explorer_lists_recent_requests_to_pick_from(app: AppTest, seeded: Path) -> None:
