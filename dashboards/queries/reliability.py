@@ -38,7 +38,11 @@ def breaker_states(run: Run, scope: Scope) -> pd.DataFrame:
     sql = f"""
         WITH b AS (
             SELECT model, arg_max(state, time) AS state, max(time) AS since,
-                   arg_max(reason, time) AS reason,
+                   -- the reason of the latest transition itself (arg_max would skip a
+                   -- closed breaker's NULL and show an older "a probe call failed")
+                   arg_max(coalesce(reason, CASE state
+                       WHEN 'closed' THEN coalesce(successes, 0) || ' probe call(s) succeeded'
+                       ELSE 'recovery timeout elapsed' END), time) AS reason,
                    count(*) FILTER (WHERE time >= $start) AS transitions
             FROM breaker_transitions
             WHERE time <= $end AND {any_of("models", "model")}

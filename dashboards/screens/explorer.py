@@ -33,7 +33,7 @@ def _choose(ctx: Context) -> str | None:
         "Recent requests (newest first)",
         options,
         key="explorer_recent",
-        index=options.index(picked) if picked in options else (0 if options else None),
+        index=options.index(picked) if picked in options else _first_finished(recent, options),
         format_func=lambda rid: labels.get(rid, rid),
         placeholder="no requests in this window",
     )
@@ -48,6 +48,15 @@ def _choose(ctx: Context) -> str | None:
             + "; clear the box (or the link) to show the one picked in the list."
         )
     return pasted or linked or choice
+
+
+def _first_finished(recent: pd.DataFrame, options: list[str]) -> int | None:
+    """The list opens on the newest request that has finished (one in flight has little
+    to show yet), else on the newest."""
+    if not options:
+        return None
+    done = recent.loc[recent["outcome"] != "in_flight", "request_id"].tolist()
+    return options.index(done[0]) if done and done[0] in options else 0
 
 
 def _summary(ctx: Context, request_id: str) -> None:

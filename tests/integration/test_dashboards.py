@@ -196,6 +196,8 @@ def test_reliability_shows_every_breaker_transition(app: AppTest, seeded: Path) 
     assert metrics(app)["Transitions in the window"] == str(len(breaker_events))
     states = app.dataframe[0].value
     assert set(states["state"]) == {"closed"}  # every synthetic episode closes again
+    # the reason is the closing transition's own, not an older one's
+    assert states["reason"].str.endswith("probe call(s) succeeded").all(), states["reason"]
     outcomes = app.dataframe[1].value
     failed = outcomes.loc[outcomes["result"] == "http_503", "attempts"].sum()
     assert failed == sum(isinstance(e, ev.AttemptFailed) for s in STORIES for e in s.events)
@@ -327,6 +329,30 @@ def test_the_explorer_lists_recent_requests_to_pick_from(app: AppTest, seeded: P
 
     assert pick in app.subheader[0].value
     assert metrics(app)["Attempts"] == "2"
+
+
+def test_the_explorer_opens_on_the_newest_finished_request_not_one_in_flight(
+    app: AppTest, tmp_path: Path
+) -> None:
+    flying = next(s for s in STORIES if s.kind == "in_flight")
+    done = [s for s in STORIES if s.kind in ("ok", "retried")]
+    later = 1_767_225_600_000 + 3_600_000  # the request in flight arrives an hour later
+    envs = [*envelopes(done, step_ms=STEP_MS), *envelopes([flying], t0_ms=later, seed=1)]
+    rows = []
+    for i, env in enumerate(envs):
+        row = record_row(*encode(env), KafkaPosition("turnout.events", i % 12, i))
+        assert isinstance(row, EventRow)
+        rows.append(row)
+    path = tmp_path / "turnout.duckdb"
+    with Archive.open(path) as archive:
+        archive.load_batch(rows)
+        archive.publish()
+    open_page(app, path, "explorer")
+    app.selectbox(key="f_range").set_value("Last 6 h").run()
+    recent = app.selectbox(key="explorer_recent")
+    assert recent.options[0].startswith(f"{flying.request_id} · in_flight")  # listed first...
+    assert recent.value != flying.request_id  # ...but not opened
+    assert recent.value in {d.request_id for d in done}
 
 
 def test_the_explorer_opens_a_request_from_a_link(app: AppTest, seeded: Path) -> None:
