@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Final
+
 import streamlit as st
 
 from analytics.alerts.rules import Rule, load_rules
 from dashboards import charts, fmt, queries
 from dashboards.shell import Context, run_page
 from service.core.config import ConfigError
+
+_NUMBERS: Final = {  # an alert's value and threshold, to 4 significant digits (0.2198, 219.8)
+    "value": st.column_config.NumberColumn(format="%.4g"),
+    "threshold": st.column_config.NumberColumn(format="%.4g"),
+}
 
 
 def _firing(ctx: Context) -> set[str]:
@@ -16,7 +23,7 @@ def _firing(ctx: Context) -> set[str]:
     if firing.empty:
         st.success("No alert is firing.", icon=":material/check_circle:")
     else:
-        st.dataframe(firing, hide_index=True)
+        st.dataframe(firing, hide_index=True, column_config=_NUMBERS)
     return set(firing["rule"])
 
 
@@ -37,7 +44,7 @@ def _history(ctx: Context) -> None:
         ),
         width="stretch",
     )
-    st.dataframe(queries.alert_history(ctx.db, ctx.scope), hide_index=True)
+    st.dataframe(queries.alert_history(ctx.db, ctx.scope), hide_index=True, column_config=_NUMBERS)
 
 
 def _rule(rule: Rule, firing: bool) -> None:

@@ -54,7 +54,10 @@ def render(ctx: Context) -> None:
             ),
             width="stretch",
         )
-        right.dataframe(outcomes, hide_index=True)
+        right.dataframe(
+            outcomes, hide_index=True,
+            column_config={"p95_ms": st.column_config.NumberColumn("p95", format="%.0f ms")},
+        )  # fmt: skip
 
     st.subheader("Retry budget")
     retry = ctx.settings.config.retry
