@@ -13,7 +13,7 @@ from collections.abc import Callable
 from service.clock import clock
 from service.runtime.config import load_config
 
-__all__ = ["cli_main"]
+__all__ = ["cli_main", "dump_tasks"]
 
 
 async def _main(args: argparse.Namespace) -> int:
@@ -33,6 +33,7 @@ async def _main(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, dump_tasks)  # `kill -USR1 PID`: what awaits what
     serve_health = args.health_port and cfg.features.health_checks
     if args.health_port and not serve_health:
         print("health checks are off ([features] health_checks): no health server", flush=True)
@@ -51,6 +52,29 @@ async def _main(args: argparse.Namespace) -> int:
             await health.cleanup()
         await asyncio.to_thread(telemetry.shutdown)  # flush spans and metrics before exit
     return 0
+
+
+def dump_tasks() -> None:
+    """Log every asyncio task of the process with the line it waits on: for a router that
+    went quiet, `kill -USR1 <pid>` shows where each request, rebalance or loop is stuck."""
+    tasks = asyncio.all_tasks()
+    lines = [f"{len(tasks)} asyncio tasks (SIGUSR1):"]
+    for task in sorted(tasks, key=lambda t: t.get_name()):
+        lines.append(f"  {task.get_name()}: {_awaiting(task.get_coro())}")
+    logging.getLogger("turnout.router").warning("\n".join(lines))
+
+
+def _awaiting(coro: object) -> str:
+    """A coroutine's await chain, outermost first: `run:331 > _serve:402 > wait:...`."""
+    steps: list[str] = []
+    while coro is not None and len(steps) < 30:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is None:
+            steps.append(type(coro).__name__)  # a Future, or a finished coroutine
+            break
+        steps.append(f"{frame.f_code.co_name}:{frame.f_lineno}")
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    return " > ".join(steps) or "not started"
 
 
 def _tune_gc() -> None:
