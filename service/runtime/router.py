@@ -350,7 +350,9 @@ class Router:
                 if batch:
                     self.intake_stats.batch(sum(len(r) for r in batch.values()))
                     # fetching may run ahead of a rebuild: decide on rebuilt state only
-                    await self.ready.wait()
+                    # (and never wait for a rebuild that failed: that stops the router)
+                    if not await self._rebuilt_or_stopped(stop):
+                        break
                 generation = self._generation
                 for record in (r for records in batch.values() for r in records):
                     await self.slots.acquire()
@@ -366,6 +368,18 @@ class Router:
                 self._pricing.cancel()
                 with suppress(asyncio.CancelledError):
                     await self._pricing
+
+    async def _rebuilt_or_stopped(self, stop: asyncio.Event) -> bool:
+        """Wait until the state is rebuilt (True) or the router is stopping (False)."""
+        if self.ready.is_set():
+            return not stop.is_set()
+        waits = [asyncio.ensure_future(self.ready.wait()), asyncio.ensure_future(stop.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
+        return self.ready.is_set() and not stop.is_set()
 
     async def _drain(self, timeout_s: float = 30.0) -> None:
         """Finish the work in flight (bounded), then commit what is done."""
@@ -394,6 +408,18 @@ class Router:
     # ------------------------------------------------------------ state
 
     async def _on_assigned(self, assigned: frozenset[TopicPartition]) -> None:
+        """Rebuild the assigned partitions' state, then serve them. A rebuild that fails
+        (the broker refused a marker, a read failed) stops the router at once, loudly: the
+        supervisor's restart rebuilds from the log. (It used to be kept for the consumer's
+        next fetch, which never came while the serve loop waited for this rebuild: the
+        router went silent with its partitions served by nobody.)"""
+        try:
+            await self._assign(assigned)
+        except Exception as err:
+            self._fail_fatally(StateDiverged(f"the rebuild after a rebalance failed: {err!r}"))
+            raise
+
+    async def _assign(self, assigned: frozenset[TopicPartition]) -> None:
         self.ready.clear()
         partitions = {tp.partition for tp in assigned} | {home_partition(ev.SYSTEM_TENANT)}
         state = await self._rebuild(sorted(partitions), owns={tp.partition for tp in assigned})
@@ -501,6 +527,17 @@ class Router:
         return Orphan(rid, reply_to or self.topics.responses, record.timestamp)
 
     async def _on_revoked(self, revoked: frozenset[TopicPartition]) -> None:
+        try:
+            await self._revoke(revoked)
+        except Exception as err:  # as for a failed rebuild: stop, never hang
+            self._fail_fatally(
+                StateDiverged(
+                    f"the revoke of {sorted(tp.partition for tp in revoked)} failed: {err!r}"
+                )
+            )
+            raise
+
+    async def _revoke(self, revoked: frozenset[TopicPartition]) -> None:
         self.ready.clear()
         self._generation += 1
         if self.schedule is not None:

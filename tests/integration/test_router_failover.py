@@ -20,7 +20,7 @@ from aiokafka.errors import KafkaError
 
 from service.core import events as ev
 from service.kafka.settings import KafkaSettings, Topics
-from service.runtime.router import StateDiverged, home_partition
+from service.runtime.router import Router, StateDiverged, home_partition
 from service.upstream.simulator import SimulatorOptions, parse_scenario, start_in_thread
 from service.upstream.simulator.server import RunningSimulator
 from service.wire import cloudevents as ce
@@ -218,3 +218,48 @@ async def test_a_bad_record_answered_by_a_router_that_died_before_any_commit_is_
         dlq = await collect_until_quiet(kafka_settings.bootstrap, kafka_topics.dlq)
     assert [a.key for a in answers] == [b"evil-1"]  # answered once, by the first router
     assert len(dlq) == 1
+
+
+async def test_a_rebalance_whose_rebuild_cannot_write_to_the_log_stops_the_router_loudly(
+    kafka_settings: KafkaSettings, kafka_topics: Topics, tmp_path: Path
+) -> None:
+    """The combined fault round's silent routers: a rebuild that failed (its markers were
+    refused) left the router waiting for that rebuild for ever, its partitions served by
+    nobody. Now it stops, with the reason, and a restart (its supervisor's) rebuilds."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    from tests.faults.suite import _topic_dynamic_configs
+
+    with start_in_thread(SimulatorOptions()) as sim:
+        cfg = config(kafka_settings, sim)
+        first = Router(cfg, instance="first")
+        stop = asyncio.Event()
+        task = asyncio.create_task(first.run(stop))
+        await asyncio.wait_for(first.ready.wait(), 60)
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_settings.bootstrap)
+        await admin.start()
+        topic = kafka_topics.events
+        kept = await _topic_dynamic_configs(admin, topic)
+        resource = ConfigResource(
+            ConfigResourceType.TOPIC, topic, kept | {"max.message.bytes": "64"}
+        )
+        await admin.alter_configs([resource])  # every record, a marker too, is now refused
+        try:
+            log = tmp_path / "second.log"
+            second = start_router("second", kafka_settings, sim.base_url, log)  # a rebalance
+            try:
+                done, _ = await asyncio.wait({task}, timeout=90)
+                assert done, "the router hung after its rebuild failed"
+                task.exception()  # it may end raising what Kafka refused with; either way
+                assert isinstance(first.fatal, StateDiverged)
+                assert "the rebuild after a rebalance failed" in str(first.fatal)
+            finally:
+                second.terminate()
+                second.wait(30)
+        finally:
+            await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, kept)])
+            await admin.close()
+            stop.set()
+            if not task.done():
+                task.cancel()
