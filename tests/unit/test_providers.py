@@ -87,6 +87,7 @@ def test_a_bad_providers_table_is_refused_with_every_problem_listed() -> None:
 from service.core import events as ev  # noqa: E402
 from service.core.decision import Call, CallResult, Context, IntakeRequest  # noqa: E402
 from service.core.request import decide_intake, decide_result  # noqa: E402
+from service.core.routing import decide_route  # noqa: E402
 from service.core.state import RouterState, evolve  # noqa: E402
 
 DOWN = {
@@ -143,3 +144,23 @@ def test_a_5xx_or_a_config_without_providers_opens_breakers_only_on_their_own_fa
         assert not any("unreachable" in o.reason for o in opened)
         tried = [e.model for e in events if isinstance(e, ev.AttemptStarted)]
         assert tried == ["down/a", "down/b", "good/x"]
+
+
+def test_cheapest_compares_models_across_providers_by_the_price_of_the_one_that_serves() -> None:
+    raw = {
+        "providers": {"local": {"base_url": "http://127.0.0.1:8000/v1", "models": ["local/*"],
+                                "prices": {"local/llama": {"prompt": "0", "completion": "0"}}}},
+        "routes": {"general": {"strategy": "cheapest",
+                               "models": ["openai/gpt-4o", "local/llama", "openai/gpt-4o-mini"]}},
+    }  # fmt: skip
+    cfg = parse_config(raw, {})
+    fetched = {  # OpenRouter's table (it also lists a "local/llama": not the one that serves)
+        "openai/gpt-4o": Price(prompt=2.5e-6, completion=1e-5),
+        "openai/gpt-4o-mini": Price(prompt=1.5e-7, completion=6e-7),
+        "local/llama": Price(prompt=1e-3, completion=1e-3),
+    }
+    prices = {m: p for m, p in fetched.items() if provider_of(cfg, m) == DEFAULT_PROVIDER}
+    prices |= configured_prices(cfg)  # as the router merges them (PriceBook)
+    route = decide_route(cfg.routes["general"], request_id="r", pinned=None, now_ms=0,
+                         breakers={}, latency={}, prices=prices)  # fmt: skip
+    assert route.order == ("local/llama", "openai/gpt-4o-mini", "openai/gpt-4o")
