@@ -139,6 +139,10 @@ class BrokerHistoryLost(Exception):
     restart makes them right before it subscribes."""
 
 
+REBUILD_STALL_S: Final = 30.0
+"""A rebuild that writes no marker, or reads nothing, for this long has failed."""
+
+
 class StateDiverged(Exception):
     """Events already folded into the live state could not be published: the state is no
     longer the fold of the log. Fatal: the router stops (exit 1) without committing the
@@ -591,9 +595,20 @@ class Router:
         starts = {tps[p]: snap.offset for p, snap in chosen.items()}
         async with Reader(self.kafka, tps.values(), start_offsets=starts) as reader:
             self._warn_of_retention(await reader.beginning_offsets(tps.values()), chosen)
-            await self._write_markers(partitions, marker_id)
+            # bounded: a rebuild that cannot finish stops the router (its restart
+            # rebuilds), never leaves it waiting with its partitions served by nobody
+            await asyncio.wait_for(self._write_markers(partitions, marker_id), REBUILD_STALL_S)
+            loop = asyncio.get_running_loop()
+            heard = loop.time()
             while waiting:
                 batch = await reader.getmany(timeout_ms=200)
+                if batch:
+                    heard = loop.time()
+                elif loop.time() - heard > REBUILD_STALL_S:
+                    raise TimeoutError(
+                        f"the rebuild read nothing for {REBUILD_STALL_S:g} s and the markers "
+                        f"of partitions {sorted(waiting)} did not come back"
+                    )
                 for records in batch.values():
                     folded += len(records)
                     for record in records:
