@@ -30,10 +30,13 @@ Rules:
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
+
+import msgspec
 
 from analytics.whatif.outcomes import OutcomeModel
 from analytics.whatif.recording import Arrival, RecordedRequest, Recording
@@ -362,7 +365,7 @@ class WhatIf:
         if result.ok and stream:
             result = self._cut(result, req, flight.tenant, recorded is not None)
         if result.ok and flight.cache_key is not None:
-            result = _with_body(result, req.cache_body or _PLACEHOLDER_BODY)
+            result = msgspec.structs.replace(result, cache_body=req.cache_body or _PLACEHOLDER_BODY)
         if first is not None and stream:
             after, seq, ttft = first
             self._push(now + after, seq, _FIRST, (rid, call.model, call.attempt, ttft))
@@ -400,7 +403,7 @@ class WhatIf:
         )  # fmt: skip
         cost = cost_micros(price, usage.prompt_tokens, allowance) if price is not None else 0
         why = "max_tokens" if req.intake is not None and req.intake.max_tokens else "budget"
-        return _replace(result, usage=usage, cost_micros=cost, cut=why)
+        return msgspec.structs.replace(result, usage=usage, cost_micros=cost, cut=why)
 
     def _wait(self, wait: Wait, now: int) -> None:
         rid = wait.request_id
@@ -469,7 +472,7 @@ class WhatIf:
                 models = [c.model for c in sorted(req.by_attempt.values(), key=lambda c: c.attempt)]
                 reason = explain(recorded, req.route, models, live.terminal, live.events,
                                  live.modelled)  # fmt: skip
-                self._on_verdict(_with_reason(verdict, reason))
+                self._on_verdict(dataclasses.replace(verdict, reason=reason))
         if self._progress is not None and self.stats.requests % 10_000 == 0:
             self._progress(self.stats.requests)
 
@@ -479,19 +482,3 @@ def _stream_stats(req: RecordedRequest, attempt: int) -> ev.StreamStats | None:
     if t is None or isinstance(t, ev.RequestRejected) or t.attempts != attempt:
         return None
     return t.stream
-
-
-def _replace(result: CallResult, **changes: Any) -> CallResult:
-    import msgspec
-
-    return msgspec.structs.replace(result, **changes)
-
-
-def _with_body(result: CallResult, body: EncodedBody) -> CallResult:
-    return _replace(result, cache_body=body)
-
-
-def _with_reason(verdict: Verdict, reason: str) -> Verdict:
-    import dataclasses
-
-    return dataclasses.replace(verdict, reason=reason)

@@ -122,22 +122,19 @@ class PriceCache:
         ttl_s: float,
         retry_s: float = 30.0,
         clock: Clock = system_clock,
-        fixed: Mapping[str, Price] | None = None,
         keep: Callable[[str], bool] | None = None,
         rename: Callable[[str], str] | None = None,
     ) -> None:
-        """`fixed`: prices configured for models the fetched table must not price (other
-        providers'); `keep`: which fetched models this table may price (None: all);
+        """`keep`: which fetched models this table may price (None: all);
         `rename`: a listed name as the routes name it (a provider's prefix put back)."""
         self._client = client
-        self._fixed = dict(fixed or {})
         self._keep = keep
         self._rename = rename
         self._ttl_ms = round(ttl_s * 1000)
         self._retry_ms = round(min(retry_s, ttl_s) * 1000)
         self._clock = clock
         self._lock = asyncio.Lock()
-        self._table: Mapping[str, Price] = MappingProxyType(dict(self._fixed))
+        self._table: Mapping[str, Price] = MappingProxyType({})
         self._fetched_at_ms: int | None = None
         self._next_ms = 0
         self._fetches = 0
@@ -179,7 +176,7 @@ class PriceCache:
         keep, rename = self._keep, self._rename
         named = table if rename is None else {rename(m): p for m, p in table.items()}
         kept = {m: p for m, p in named.items() if keep is None or keep(m)}
-        self._table = MappingProxyType({**kept, **self._fixed})
+        self._table = MappingProxyType(kept)
         self._fetched_at_ms = now_ms
         self._last_error = None
         self._next_ms = now_ms + self._ttl_ms
