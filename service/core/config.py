@@ -89,7 +89,7 @@ class KafkaConfig(_Section, frozen=True, kw_only=True):
     bootstrap: str = "127.0.0.1:9092"
     topic_prefix: str = "turnout"
     group_id: str = "turnout-router"
-    session_timeout_ms: int = 6000
+    session_timeout_ms: int = 30000  # at most 6 s on Tansu (see service.kafka.consumer)
     heartbeat_interval_ms: int = 1000
     rebalance_timeout_ms: int = 30000
     fetch_max_wait_ms: int = 10

@@ -17,8 +17,14 @@ BROKER.md rules followed here:
 - 4 and 5: `auto_offset_reset="earliest"` always; no end offsets, no
   seek_to_end, no offsets_for_times. "Until the end" is a caller's condition
   on what it reads (for example a sentinel record it produced).
-- 11: short session (6 s) and heartbeat (1 s); `wait_for_assignment` before
-  relying on a group member.
+- 11: heartbeat 1 s; the session is 30 s on Apache Kafka (a single broker's restart
+  takes ~15 s here, and a member expired meanwhile hands its partitions over while its
+  own writes are still on their way) but at most 6 s on Tansu, which joins in
+  session/2; `wait_for_assignment` before relying on a group member.
+- A named member (`evict_predecessors`) removes, on Apache Kafka, the members of its
+  group that carry its client id when it starts: its own earlier process that died
+  without leaving. The rebalance its join starts then need not wait a whole session
+  for that dead member.
 - 12: short `fetch_max_wait_ms` (Tansu never answers a waiting fetch early).
 - 13: no static membership; committed offsets are read with `committed(tp)`.
 - 15: every commit runs under `commit_timeout_ms` and raises `CommitTimeout`.
@@ -28,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import suppress
 from types import TracebackType
@@ -41,7 +48,7 @@ from aiokafka.structs import ConsumerRecord, TopicPartition
 from service.errors import TurnoutError
 from service.kafka.errors import CommitTimeout, kafka_errors, start_client
 from service.kafka.settings import KafkaSettings
-from service.kafka.topics import existing_topics
+from service.kafka.topics import admin_client, broker_engine, existing_topics
 
 __all__ = [
     "Batch",
@@ -54,6 +61,11 @@ __all__ = [
     "next_offsets",
     "topic_partitions",
 ]
+
+log = logging.getLogger("turnout.kafka")
+
+TANSU_SESSION_MS = 6_000  # Tansu joins a group in session/2: keep rebalances short there
+EVICT_TIMEOUT_S = 5.0  # how long a start looks for a dead predecessor (see GroupConsumer._evict)
 
 Record: TypeAlias = ConsumerRecord  # ConsumerRecord[bytes, bytes]
 Batch: TypeAlias = dict[TopicPartition, list[Record]]
@@ -183,8 +195,11 @@ class GroupConsumer(_Client):
         group_id: str | None = None,
         on_assigned: PartitionsHook | None = None,
         on_revoked: PartitionsHook | None = None,
+        evict_predecessors: bool = False,
     ) -> None:
         self.group_id = group_id or settings.group_id
+        self.evict_predecessors = evict_predecessors
+        self.evicted: list[str] = []  # member ids removed at start (see _evict)
         super().__init__(settings, group_id=self.group_id)
         self.topics = tuple(topics)
         self.on_assigned = on_assigned
@@ -194,7 +209,17 @@ class GroupConsumer(_Client):
 
     async def start(self) -> None:
         """Connect, then join the group in the background (see `wait_for_assignment`)."""
+        try:
+            engine = await broker_engine(self.settings)
+        except BaseException:  # the client made in __init__ must still be closed
+            await _Client.stop(self)
+            raise
+        if engine == "tansu" and self.settings.session_timeout_ms > TANSU_SESSION_MS:
+            # read by aiokafka when start() makes the group coordinator
+            self._consumer._session_timeout_ms = TANSU_SESSION_MS
         await self._start()  # subscribing first would make start() wait for the join
+        if engine == "kafka" and self.evict_predecessors:
+            await self._evict()
         _leave_even_at_generation_zero(self._consumer)
         self._consumer.subscribe(self.topics, listener=_Listener(self))
 
@@ -207,6 +232,48 @@ class GroupConsumer(_Client):
             await self._revoked(self.assignment)
         await super().stop()
         self._raise_hook_error()
+
+    async def _evict(self) -> None:
+        """Remove the group's members that carry this member's client id: an earlier
+        process under the same name that died without leaving (SIGKILL, OOM, a lost
+        machine). Until its session expired, the rebalance this member's join starts
+        would wait for it, with every partition of the group unserved.
+
+        Best effort: while the group's coordinator is not available yet (a new broker
+        makes `__consumer_offsets` on the first group's first request) it asks again for
+        up to EVICT_TIMEOUT_S, then leaves the predecessor to its session timeout."""
+        deadline = asyncio.get_running_loop().time() + EVICT_TIMEOUT_S
+        while True:
+            try:
+                stale = await self._evict_once()
+                break
+            except (KafkaError, TurnoutError) as err:
+                retriable = getattr(err, "retriable", False)
+                if not retriable or asyncio.get_running_loop().time() > deadline:
+                    log.info("could not look for an earlier member named %s: %r",
+                             self.settings.client_id, err)  # fmt: skip
+                    return
+                await asyncio.sleep(0.2)
+        if not stale:
+            return
+        self.evicted = stale
+        log.warning(
+            "removed %d member(s) of group %s named %s: an earlier process of this name "
+            "that did not leave (two live members must never share a name)",
+            len(stale), self.group_id, self.settings.client_id,
+        )  # fmt: skip
+
+    async def _evict_once(self) -> list[str]:
+        async with admin_client(self.settings) as admin:
+            (described,) = await admin.describe_consumer_groups([self.group_id])
+            groups = described.to_object()["groups"]
+            stale = [m["member_id"] for g in groups for m in g["members"]
+                     if m["client_id"] == self.settings.client_id]  # fmt: skip
+            if stale:
+                node = await admin.find_coordinator(self.group_id)
+                for member_id in stale:
+                    await admin._send_request(LeaveGroupRequest(self.group_id, member_id), node)
+            return stale
 
     @property
     def assignment(self) -> frozenset[TopicPartition]:

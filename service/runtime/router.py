@@ -122,7 +122,9 @@ SUPERVISE_MIN_S, SUPERVISE_MAX_S = 0.2, 10.0  # restart backoff of a failed back
 PRICES_AT_START_S = 5.0  # how long a start waits for the upstream's price table
 DLQ_VALUE_LIMIT = 900_000  # an oversized record's first bytes, leaving room for headers
 RECORD_HEADROOM = 64 * 1024  # an answer's envelope in events and responses: ids, usage
-Position = tuple[TopicPartition, int]
+# an intake record being worked on: its partition, its offset, and the ownership epoch of
+# that partition it was started in (see Offsets)
+Position = tuple[TopicPartition, int, int]
 
 
 _ONE_AT_A_TIME: Final = BatchingConfig(max_records=1, max_wait_ms=100)
@@ -169,19 +171,28 @@ class IntakeStats:
 
 
 class Offsets:
-    """Which intake offsets are done, and how far each partition may be committed."""
+    """Which intake offsets are done, and how far each partition may be committed.
+
+    Each partition's bookkeeping lives for one ownership epoch: `drop` (a revoke, a fence)
+    ends it. A position started in an earlier epoch never counts again: its record comes
+    again from the committed offset to whoever owns the partition now, so a late finish of
+    it (a task fenced after the drop) must neither clear a record of the new epoch at the
+    same offset nor move the commit point past a record nobody decided."""
 
     def __init__(self) -> None:
         self.busy: dict[TopicPartition, set[int]] = {}
         self.seen: dict[TopicPartition, int] = {}
+        self.epochs: dict[TopicPartition, int] = {}
 
-    def start(self, pos: Position) -> None:
-        tp, offset = pos
+    def start(self, tp: TopicPartition, offset: int) -> Position:
         self.busy.setdefault(tp, set()).add(offset)
         self.seen[tp] = max(self.seen.get(tp, -1), offset)
+        return (tp, offset, self.epochs.get(tp, 0))
 
     def finish(self, pos: Position) -> None:
-        self.busy.get(pos[0], set()).discard(pos[1])
+        tp, offset, epoch = pos
+        if self.epochs.get(tp, 0) == epoch:
+            self.busy.get(tp, set()).discard(offset)
 
     def committable(self) -> dict[TopicPartition, int]:
         return {tp: min(self.busy.get(tp) or {hi + 1}) for tp, hi in self.seen.items()}
@@ -194,6 +205,7 @@ class Offsets:
         for tp in tps:
             self.busy.pop(tp, None)
             self.seen.pop(tp, None)
+            self.epochs[tp] = self.epochs.get(tp, 0) + 1
 
 
 def _serves(cfg: Config, provider: str) -> Callable[[str], bool]:
@@ -270,7 +282,8 @@ class Router:
         self.consumer = GroupConsumer(
             self.kafka, [self.topics.requests],
             on_assigned=self._on_assigned, on_revoked=self._on_revoked,
-        )  # fmt: skip
+            evict_predecessors=True,  # a restart under this name need not wait for its
+        )  # fmt: skip                  # crashed predecessor's session to expire
         self.upstream = Upstreams(cfg)  # one pool per provider ([upstream] and [providers])
         self.configured_prices = configured_prices(cfg)
         self._unpriced: set[str] = set()  # models warned about: no price, no reported cost
@@ -299,7 +312,8 @@ class Router:
         self.owned: set[int] = set()  # events partitions this router may publish for
         self.history_lost: dict[str, Any] | None = None  # set when the broker lost our topics
         self._revoking: set[int] = set()  # being handed over (drained, then fenced)
-        self._generation = 0  # counts revokes: a batch fetched before one is not served
+        self._generation = 0  # counts revokes and assigns: a batch fetched before one
+        # is not served
         self._floor: dict[TopicPartition, int] = {}  # committed offsets when assigned
         # the revoke drain ends well before the group's rebalance timeout: a member still
         # draining past it would be dropped and its partitions given out meanwhile
@@ -351,13 +365,15 @@ class Router:
                 batch = await self.consumer.getmany(
                     timeout_ms=batching.max_wait_ms, max_records=batching.max_records
                 )
+                generation = self._generation  # the assignment this batch was fetched in
                 if batch:
                     self.intake_stats.batch(sum(len(r) for r in batch.values()))
                     # fetching may run ahead of a rebuild: decide on rebuilt state only
                     # (and never wait for a rebuild that failed: that stops the router)
                     if not await self._rebuilt_or_stopped(stop):
                         break
-                generation = self._generation
+                    if generation != self._generation:  # a rebalance meanwhile: the new
+                        continue  # assignment reads these records again from its offsets
                 for record in (r for records in batch.values() for r in records):
                     await self.slots.acquire()
                     if generation != self._generation:  # a rebalance while this batch
@@ -425,6 +441,7 @@ class Router:
 
     async def _assign(self, assigned: frozenset[TopicPartition]) -> None:
         self.ready.clear()
+        self._generation += 1
         partitions = {tp.partition for tp in assigned} | {home_partition(ev.SYSTEM_TENANT)}
         state = await self._rebuild(sorted(partitions), owns={tp.partition for tp in assigned})
         if self.fatal is not None:  # stopping (the broker lost its history): serve nothing
@@ -559,7 +576,7 @@ class Router:
         self.owned -= {tp.partition for tp in revoked}
         self._revoking = set()
         self.offsets.drop(revoked)
-        handed = [rid for rid, ps in self.positions.items() if any(tp in revoked for tp, _ in ps)]
+        handed = [rid for rid, ps in self.positions.items() if any(p[0] in revoked for p in ps)]
         self.telemetry.abandon(handed, "handed_over")
 
     async def _rebuild(self, partitions: Sequence[int], owns: Iterable[int] = ()) -> RouterState:
@@ -712,8 +729,13 @@ class Router:
     # ------------------------------------------------------------ intake
 
     async def _handle(self, record: Any) -> None:
-        pos: Position = (TopicPartition(record.topic, record.partition), record.offset)
-        self.offsets.start(pos)
+        tp = TopicPartition(record.topic, record.partition)
+        if record.partition not in self.owned:  # fetched before a revoke or a fence: its
+            # record comes again from the committed offset to the partition's owner
+            self.fenced += 1
+            self.slots.release()
+            return
+        pos = self.offsets.start(tp, record.offset)
         try:
             await self._intake(record, pos)
         except StateDiverged as err:

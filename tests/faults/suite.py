@@ -480,8 +480,7 @@ async def run_round(name: str, cluster: Cluster, opts: Options, out: Console) ->
         named_hostile = [rid for _, _, rid in hostile if rid is not None]
         wanted = set(sent_at) | set(named_hostile)
         deadline = time.monotonic() + opts.answer_timeout_s
-        while not wanted <= responses.by_id.keys() and time.monotonic() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(0.5)
+        await wait_answered(cluster, responses, wanted, deadline, out)
         await asyncio.sleep(3.0)  # a second answer would have come by now
         answered_s = time.monotonic() - sent_done
     finally:
@@ -497,6 +496,27 @@ async def run_round(name: str, cluster: Cluster, opts: Options, out: Console) ->
     result.cells["router restarts (supervisor)"] = cluster.restarts
     result.cells["drain after last send (s)"] = round(answered_s, 1)
     return result
+
+
+async def wait_answered(
+    cluster: Cluster, responses: Responses, wanted: set[str], deadline: float, out: Console
+) -> None:
+    """Wait until every wanted id is answered (or the deadline). When answers stop coming
+    for 20 s with some still missing, every router logs its asyncio tasks (SIGUSR1) once,
+    so a stalled run shows in the routers' logs where they wait."""
+    seen, progress_at, dumped = -1, time.monotonic(), False
+    while not wanted <= responses.by_id.keys() and time.monotonic() < deadline:
+        now = len(responses.by_id)
+        if now != seen:
+            seen, progress_at = now, time.monotonic()
+        elif not dumped and time.monotonic() - progress_at > 20:
+            missing = len(wanted - responses.by_id.keys())
+            out.print(f"  no answer for 20 s, {missing} missing: routers dump their tasks")
+            for proc in cluster.routers.values():
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGUSR1)
+            dumped = True
+        await asyncio.sleep(0.5)
 
 
 async def check(

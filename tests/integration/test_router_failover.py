@@ -39,15 +39,19 @@ SERVING = "serving partitions"
 
 
 def start_router(
-    name: str, settings: KafkaSettings, base_url: str, log: Path
+    name: str,
+    settings: KafkaSettings,
+    base_url: str,
+    log: Path,
+    env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
     env = os.environ | {
         "TURNOUT_KAFKA_BOOTSTRAP": settings.bootstrap,
         "TURNOUT_KAFKA_TOPIC_PREFIX": settings.topic_prefix,
         "TURNOUT_KAFKA_GROUP_ID": settings.group_id,
         "TURNOUT_UPSTREAM_BASE_URL": base_url,
-    }
-    with log.open("wb") as err:  # the child keeps its own descriptor
+    } | (env or {})
+    with log.open("ab") as err:  # the child keeps its own descriptor
         return subprocess.Popen(
             [sys.executable, "-m", "service", "router", "--health-port", "0", "--instance", name],
             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err,
@@ -68,12 +72,13 @@ async def test_killing_one_of_two_routers_loses_and_duplicates_nothing(
     tenants = [f"tenant-{i}" for i in range(24)]  # spread over every partition
     ids = [f"fo-{i}" for i in range(300)]
     log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
+    short = {"TURNOUT_KAFKA_SESSION_TIMEOUT_MS": "6000"}  # b never comes back: a takes over
     with start_in_thread(SimulatorOptions(scenario=parse_scenario("latency_ms = 40\n"))) as sim:
-        a = start_router("a", kafka_settings, sim.base_url, log_a)
-        b = None
+        a = start_router("a", kafka_settings, sim.base_url, log_a, short)  # when b's session
+        b = None  # expires
         try:
             await asyncio.to_thread(wait_for_line, log_a, SERVING)
-            b = start_router("b", kafka_settings, sim.base_url, log_b)
+            b = start_router("b", kafka_settings, sim.base_url, log_b, short)
             await asyncio.to_thread(wait_for_line, log_b, SERVING)
             await asyncio.to_thread(wait_for_line, log_a, SERVING, 2)
             for n, chunk in enumerate(range(0, len(ids), 20)):
@@ -98,6 +103,48 @@ async def test_killing_one_of_two_routers_loses_and_duplicates_nothing(
     assert set(per_id) == set(ids)
     assert [i for i, n in per_id.items() if n > 1] == []
     assert a.returncode == 0  # SIGTERM: drained, committed and left the group
+
+
+@pytest.mark.slow
+async def test_a_router_killed_and_restarted_under_its_name_takes_its_place_at_once(
+    kafka_engine: str, kafka_settings: KafkaSettings, kafka_topics: Topics, tmp_path: Path
+) -> None:
+    """A SIGKILLed router never leaves its group. Restarted under the same `--instance`
+    (systemd, a StatefulSet, the fault suite's supervisor), it removes its dead
+    predecessor as it starts, so the rebalance its join starts does not wait the dead
+    member's whole session (120 s here) with every partition of the group unserved."""
+    if kafka_engine == "tansu":
+        pytest.fail("this needs Apache Kafka's DescribeGroups")
+    long = {"TURNOUT_KAFKA_SESSION_TIMEOUT_MS": "120000",
+            "TURNOUT_KAFKA_REBALANCE_TIMEOUT_MS": "120000"}  # fmt: skip
+    tenants = [f"tenant-{i}" for i in range(24)]  # spread over every partition
+    ids = [f"again-{i}" for i in range(48)]
+    log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
+    with start_in_thread(SimulatorOptions()) as sim:
+        a = start_router("a", kafka_settings, sim.base_url, log_a, long)
+        b = None
+        try:
+            await asyncio.to_thread(wait_for_line, log_a, SERVING)
+            b = start_router("b", kafka_settings, sim.base_url, log_b, long)
+            await asyncio.to_thread(wait_for_line, log_a, SERVING, 2)
+            await asyncio.to_thread(wait_for_line, log_b, SERVING)
+            b.send_signal(signal.SIGKILL)
+            b.wait(10)
+            b = start_router("b", kafka_settings, sim.base_url, log_b, long)
+            # both serve again long before the dead member's session could have expired
+            await asyncio.to_thread(wait_for_line, log_b, SERVING, 2, 60)
+            await asyncio.to_thread(wait_for_line, log_a, SERVING, 3, 60)
+            records = [(tenants[i % 24].encode(), request(rid, tenants[i % 24]), None)
+                       for i, rid in enumerate(ids)]  # fmt: skip
+            await produce(kafka_settings.bootstrap, kafka_topics.requests, records)
+            answers = await collect(kafka_settings.bootstrap, kafka_topics.responses, len(ids), 60)
+        finally:
+            for proc in (a, b):
+                if proc is not None and proc.poll() is None:
+                    proc.terminate()
+                    await asyncio.to_thread(proc.wait, 30)
+    assert "removed 1 member(s)" in log_b.read_text()
+    assert sorted(r.key.decode() for r in answers) == sorted(ids)
 
 
 @pytest.mark.slow
