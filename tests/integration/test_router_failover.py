@@ -142,7 +142,10 @@ async def test_a_router_killed_and_restarted_under_its_name_takes_its_place_at_o
             for proc in (a, b):
                 if proc is not None and proc.poll() is None:
                     proc.terminate()
-                    await asyncio.to_thread(proc.wait, 30)
+                    try:
+                        await asyncio.to_thread(proc.wait, 30)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
     assert "removed 1 member(s)" in log_b.read_text()
     assert sorted(r.key.decode() for r in answers) == sorted(ids)
 
