@@ -11,6 +11,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY turnout/ turnout/
 COPY service/ service/
 COPY analytics/ analytics/
 COPY dashboards/ dashboards/

@@ -1,7 +1,7 @@
 """The DuckDB event archive, as its one writer (the sink) sees it.
 
 `Archive.open` opens the main file read-write (one process at a time: see
-`analytics.snapshot` for how readers get in), creates or upgrades the tables
+`turnout.analytics.snapshot` for how readers get in), creates or upgrades the tables
 (schema.sql), rebuilds derived tables whose shape changed (`DERIVED_VERSION`)
 and (re)creates the views (views/*.sql).
 
@@ -38,11 +38,11 @@ from typing import IO, Any
 import duckdb
 import pyarrow as pa
 
-from analytics.records import RecordBatch
-from analytics.rows import ErrorRow, EventRow, decode_records, errors_table, events_table
-from analytics.snapshot import copy_atomically, open_error, open_reader, snapshot_path
-from service.clock import clock
-from service.errors import TurnoutError
+from turnout.analytics.records import RecordBatch
+from turnout.analytics.rows import ErrorRow, EventRow, decode_records, errors_table, events_table
+from turnout.analytics.snapshot import copy_atomically, open_error, open_reader, snapshot_path
+from turnout.service.clock import clock
+from turnout.service.errors import TurnoutError
 
 __all__ = [
     "DERIVED_VERSION",
@@ -95,7 +95,7 @@ _SET_STATE = "INSERT OR REPLACE INTO sink_state VALUES ($name, $value)"
 
 
 def _sql(name: str) -> str:
-    return resources.files("analytics").joinpath(name).read_text(encoding="utf-8")
+    return resources.files("turnout.analytics").joinpath(name).read_text(encoding="utf-8")
 
 
 def _statements(name: str) -> list[str]:
@@ -106,7 +106,7 @@ def _statements(name: str) -> list[str]:
 
 def view_names() -> list[str]:
     """The views the archive defines (one file each in analytics/views/)."""
-    views = resources.files("analytics").joinpath("views")
+    views = resources.files("turnout.analytics").joinpath("views")
     return sorted(f.name.removesuffix(".sql") for f in views.iterdir() if f.name.endswith(".sql"))
 
 

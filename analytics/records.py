@@ -3,7 +3,7 @@
 The sink touches each record once in Python, to copy its key, value and
 CloudEvents headers into columns; DuckDB then checks and parses them
 vectorized (analytics/stage.sql) and stores the good ones. At 100k events/s
-a full codec decode per record (`analytics.rows.record_row`) costs more than
+a full codec decode per record (`turnout.analytics.rows.record_row`) costs more than
 the whole budget, so it is kept for the records the fast check refuses: the
 codec has the last word on what is unreadable, and why.
 
@@ -27,7 +27,7 @@ import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from service.wire.cloudevents import parse_time
+from turnout.service.wire.cloudevents import parse_time
 
 __all__ = ["HEADER_COLUMNS", "KafkaRecord", "RecordBatch", "merge", "record_batch"]
 

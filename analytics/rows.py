@@ -9,7 +9,7 @@ unreadable.
 Rules:
 - the archive stores what the log holds: `data` is the record's value bytes
   as sent (never re-encoded), also for event types this reader does not know;
-- readable means a CloudEvent the codec (`service.wire.cloudevents.decode`)
+- readable means a CloudEvent the codec (`turnout.service.wire.cloudevents.decode`)
   reads: its headers, key and JSON; data that breaks its known type's schema
   is stored as sent, like the data of an unknown type (the archive mirrors
   the log; replay reports such events when it decodes them);
@@ -27,9 +27,9 @@ from typing import NamedTuple
 import msgspec
 import pyarrow as pa
 
-from analytics.records import KafkaRecord
-from service.wire.cloudevents import Envelope, decode, decode_type
-from service.wire.errors import MALFORMED_JSON, SCHEMA_VIOLATION, WireError
+from turnout.analytics.records import KafkaRecord
+from turnout.service.wire.cloudevents import Envelope, decode, decode_type
+from turnout.service.wire.errors import MALFORMED_JSON, SCHEMA_VIOLATION, WireError
 
 __all__ = [
     "EVENT_COLUMNS",

@@ -2,7 +2,7 @@
 
 One member of the consumer group `<prefix>-sink` reads the events topic in
 batches (up to `max_batch_records`, or what arrived within `max_batch_wait_s`),
-puts each batch in column form (`analytics.records`) and stores it in one
+puts each batch in column form (`turnout.analytics.records`) and stores it in one
 DuckDB transaction (`Archive.load_records`); only then are the batch's Kafka
 offsets committed. A crash after the transaction and before the commit
 redelivers the batch, and the primary key on the event id stores each event
@@ -12,7 +12,7 @@ Rules:
 - the main file has one writer: one sink per archive (a second one fails
   with a clear message); readers use the snapshot the sink publishes at most
   every `min_publish_interval_s`, longer when publishing takes long
-  (`publish_cost_factor` x its last duration), see `analytics.snapshot`;
+  (`publish_cost_factor` x its last duration), see `turnout.analytics.snapshot`;
 - two tasks: one fetches the next batch and puts it in column form (each
   fetched chunk on a thread while the next is fetched) while the other has
   the archive's thread store the last one; batches are stored one
@@ -48,14 +48,14 @@ from typing import TypeAlias, TypeVar
 
 from rich.console import Console
 
-from analytics.archive import Archive, LoadResult, Published
-from analytics.records import RecordBatch, merge, record_batch
-from service.kafka.consumer import Batch, GroupConsumer, TopicPartition, next_offsets
-from service.kafka.errors import KafkaFailure, quiet_client_logs
-from service.kafka.settings import KafkaSettings
-from service.kafka.topics import ensure_topics
-from service.runtime.config import load_config
-from service.wire.cloudevents import format_time
+from turnout.analytics.archive import Archive, LoadResult, Published
+from turnout.analytics.records import RecordBatch, merge, record_batch
+from turnout.service.kafka.consumer import Batch, GroupConsumer, TopicPartition, next_offsets
+from turnout.service.kafka.errors import KafkaFailure, quiet_client_logs
+from turnout.service.kafka.settings import KafkaSettings
+from turnout.service.kafka.topics import ensure_topics
+from turnout.service.runtime.config import load_config
+from turnout.service.wire.cloudevents import format_time
 
 __all__ = [
     "Reporter",

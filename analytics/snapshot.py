@@ -5,7 +5,7 @@ open fails ("Could not set lock on file") while that writer holds it; read-
 only openers would in turn lock the writer out. So the archive is two files:
 
 - `turnout.duckdb`, the main file: opened read-write by its one writer, the
-  sink (`analytics.archive.Archive`), for as long as it runs;
+  sink (`turnout.analytics.archive.Archive`), for as long as it runs;
 - `turnout.snapshot.duckdb`, the snapshot (`snapshot_path`): what every
   reader opens (`open_reader`: `turnout sql`, alert rules, dashboards,
   replay). After a CHECKPOINT, when the main file alone holds every committed
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import duckdb
 
-from service.errors import TurnoutError
+from turnout.service.errors import TurnoutError
 
 __all__ = ["copy_atomically", "open_error", "open_reader", "snapshot_path"]
 

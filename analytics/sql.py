@@ -1,7 +1,7 @@
 """`turnout sql`: run one read-only query on the archive; print a table, CSV or JSON.
 
 The query runs on a read-only connection to the archive's published snapshot
-(`analytics.archive.open_reader`), so it works while `turnout sink` writes,
+(`turnout.analytics.archive.open_reader`), so it works while `turnout sink` writes,
 and never sees half a batch. A statement that would change the archive
 (DROP, INSERT, CREATE TABLE, ...) fails with one line and changes nothing.
 
@@ -28,9 +28,9 @@ import msgspec
 from rich.console import Console
 from rich.table import Table
 
-from analytics.archive import open_reader
-from service.errors import TurnoutError
-from service.runtime.config import load_config
+from turnout.analytics.archive import open_reader
+from turnout.service.errors import TurnoutError
+from turnout.service.runtime.config import load_config
 
 __all__ = [
     "TABLE_ROW_LIMIT",

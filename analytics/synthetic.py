@@ -29,10 +29,10 @@ from typing import TypedDict
 
 import msgspec
 
-from service.clock import uuid7_at
-from service.core import events as ev
-from service.core.events import Event, Usage
-from service.wire.cloudevents import Envelope, wrap
+from turnout.service.clock import uuid7_at
+from turnout.service.core import events as ev
+from turnout.service.core.events import Event, Usage
+from turnout.service.wire.cloudevents import Envelope, wrap
 
 __all__ = [
     "ALL_KINDS",

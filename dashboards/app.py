@@ -2,7 +2,7 @@
 
 Sets up the page, the navigation (one file per page in dashboards/screens/) and
 the shared sidebar, then runs the chosen page. Everything it reads comes
-from the archive's published snapshot, read-only (`dashboards.source`).
+from the archive's published snapshot, read-only (`turnout.dashboards.source`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Final
 
 import streamlit as st
 
-from dashboards.shell import load_settings, sidebar
+from turnout.dashboards.shell import load_settings, sidebar
 
 PAGES: Final = (
     ("screens/overview.py", "Overview", ":material/monitoring:"),

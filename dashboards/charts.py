@@ -1,6 +1,6 @@
 """Altair chart builders: one function per kind of picture the pages show.
 
-Each takes a DataFrame whose columns `dashboards.queries` names and returns
+Each takes a DataFrame whose columns `turnout.dashboards.queries` names and returns
 an `alt.Chart` (no Streamlit here). Conventions, so charts read at a glance:
 - time runs left to right in UTC; every mark has a tooltip with exact values;
 - outcomes, breaker states and severities keep one colour everywhere

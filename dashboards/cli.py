@@ -5,7 +5,7 @@ exit 1: the config file, the rules file, the port. Then it runs Streamlit's
 server (`python -m streamlit run`) in a child process: headless (no browser
 opened, no e-mail prompt), no usage statistics, no file watcher. The archive
 path, config file and rules file reach the app through the environment
-(`dashboards.settings`), under the keys a user may also set by hand.
+(`turnout.dashboards.settings`), under the keys a user may also set by hand.
 
 A missing archive is not an error: the pages say "no events yet" and fill in
 once `turnout sink` runs. Ctrl-C or SIGTERM stops the server and waits for
@@ -25,11 +25,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Final
 
-from analytics.alerts.rules import load_rules
-from dashboards.settings import ENV_CONFIG, ENV_RULES
-from service.errors import TurnoutError
-from service.procs import die_with_parent
-from service.runtime.config import load_config
+from turnout.analytics.alerts.rules import load_rules
+from turnout.dashboards.settings import ENV_CONFIG, ENV_RULES
+from turnout.service.errors import TurnoutError
+from turnout.service.procs import die_with_parent
+from turnout.service.runtime.config import load_config
 
 __all__ = ["APP", "STOP_TIMEOUT_S", "cli_main", "serve", "streamlit_command", "streamlit_env"]
 

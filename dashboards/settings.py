@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from service.core.config import Config
-from service.runtime.config import load_config
+from turnout.service.core.config import Config
+from turnout.service.runtime.config import load_config
 
 __all__ = ["ENV_CONFIG", "ENV_RULES", "Settings"]
 

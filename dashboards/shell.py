@@ -1,7 +1,7 @@
 """The frame every dashboard page runs in: settings, the sidebar, the page body.
 
 - `load_settings()`: the archive path, config and rules file
-  (`dashboards.settings`), or an error on the page for a bad config.
+  (`turnout.dashboards.settings`), or an error on the page for a bad config.
 - `sidebar()`: time range, window anchor, auto-refresh and the tenant / task
   type / model filters. Widgets keep their values in `st.session_state`
   under `KEYS`, so every page shares them.
@@ -22,13 +22,13 @@ from typing import Final
 import duckdb
 import streamlit as st
 
-from dashboards import fmt, queries
-from dashboards.scope import ANCHORS, RANGES, REFRESH, Scope, make_scope, window
-from dashboards.settings import Settings
-from dashboards.source import Db, source_key
-from service.clock import clock
-from service.core.config import ConfigError
-from service.errors import TurnoutError
+from turnout.dashboards import fmt, queries
+from turnout.dashboards.scope import ANCHORS, RANGES, REFRESH, Scope, make_scope, window
+from turnout.dashboards.settings import Settings
+from turnout.dashboards.source import Db, source_key
+from turnout.service.clock import clock
+from turnout.service.core.config import ConfigError
+from turnout.service.errors import TurnoutError
 
 __all__ = [
     "KEYS",

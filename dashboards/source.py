@@ -2,7 +2,7 @@
 
 Every query goes through `Db`, a callable `(sql, params) -> DataFrame`:
 
-- connections come from `analytics.snapshot.open_reader` (the published
+- connections come from `turnout.analytics.snapshot.open_reader` (the published
   snapshot, read-only; the main file while none exists), one per snapshot
   file version (`SourceKey`: path, inode, mtime, size), shared by all browser
   sessions; each query runs on its own cursor, so sessions never share one
@@ -26,7 +26,7 @@ import duckdb
 import pandas as pd
 import streamlit as st
 
-from analytics.snapshot import open_reader, snapshot_path
+from turnout.analytics.snapshot import open_reader, snapshot_path
 
 __all__ = ["RESULT_TTL_S", "Db", "SourceKey", "source_key"]
 

@@ -15,8 +15,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from service.core.config import ConfigError
-from service.errors import TurnoutError
+from turnout.service.core.config import ConfigError
+from turnout.service.errors import TurnoutError
 
 __all__ = ["build_parser", "main"]
 
@@ -48,7 +48,7 @@ def _add_broker(sub: Any) -> None:
     p = _command(
         sub,
         "broker",
-        "service.kafka.broker:cli_main",
+        "turnout.service.kafka.broker:cli_main",
         "run a local Kafka broker in the foreground (Apache Kafka; Tansu without Java)",
         "Run a local Kafka broker in the foreground: Apache Kafka (one KRaft node, data kept "
         "on disk) where Java >= 17 is found, else the memory-only Tansu broker. Its jars come "
@@ -90,7 +90,7 @@ def _add_topics(sub: Any) -> None:
     ensure = _command(
         tsub,
         "ensure",
-        "service.kafka.topics:cli_ensure",
+        "turnout.service.kafka.topics:cli_ensure",
         "create the topics with fixed partition counts and configs (idempotent)",
         "Create Turnout's topics with fixed partition counts and configs (retention from "
         "[topics]); check the ones that exist: a config that drifted is set back, another "
@@ -103,7 +103,7 @@ def _add_simulate(sub: Any) -> None:
     p = _command(
         sub,
         "simulate",
-        "service.upstream.simulator.cli:cli_main",
+        "turnout.service.upstream.simulator.cli:cli_main",
         "run the OpenRouter-compatible upstream simulator",
     )
     p.add_argument("--host", default="127.0.0.1")
@@ -123,7 +123,7 @@ def _add_router(sub: Any) -> None:
     p = _command(
         sub,
         "router",
-        "service.runtime.serve:cli_main",
+        "turnout.service.runtime.serve:cli_main",
         "run one router instance (several form one consumer group)",
     )
     p.add_argument("--config", default=None, help="TOML config file (default ./turnout.toml)")
@@ -137,7 +137,7 @@ def _add_gateway(sub: Any) -> None:
     p = _command(
         sub,
         "gateway",
-        "service.gateway.server:cli_main",
+        "turnout.service.gateway.server:cli_main",
         "run the OpenAI-compatible HTTP gateway (POST /v1/chat/completions, streamed or not)",
         "Run the OpenAI-compatible HTTP front door: any OpenAI SDK pointed at "
         "http://HOST:PORT/v1 sends its requests through Turnout's topics. "
@@ -159,7 +159,7 @@ def _add_submit(sub: Any) -> None:
     p = _command(
         sub,
         "submit",
-        "service.submit:cli_main",
+        "turnout.service.submit:cli_main",
         "submit one request to the intake topic; with --wait print its response",
     )
     p.add_argument("prompt", metavar="PROMPT", help="the user message")
@@ -180,7 +180,7 @@ def _add_analytics(sub: Any) -> None:
     p = _command(
         sub,
         "sink",
-        "analytics.sink:cli_main",
+        "turnout.analytics.sink:cli_main",
         "stream events from Kafka into the DuckDB archive",
     )
     p.add_argument("--config", default=None, help="TOML config file")
@@ -188,7 +188,7 @@ def _add_analytics(sub: Any) -> None:
     p = _command(
         sub,
         "sql",
-        "analytics.sql:cli_main",
+        "turnout.analytics.sql:cli_main",
         "run one read-only query on the archive and print the result",
     )
     p.add_argument("query", nargs="?", help="the SQL query (or --file)")
@@ -199,7 +199,7 @@ def _add_analytics(sub: Any) -> None:
     p = _command(
         sub,
         "alerts",
-        "analytics.alerts.runner:cli_main",
+        "turnout.analytics.alerts.runner:cli_main",
         "evaluate SQL alert rules on the archive; emit fired/resolved events",
     )
     p.add_argument("--rules", default=None, help="rules TOML file (default: the shipped rules)")
@@ -212,7 +212,7 @@ def _add_dashboard(sub: Any) -> None:
     p = _command(
         sub,
         "dashboard",
-        "dashboards.cli:cli_main",
+        "turnout.dashboards.cli:cli_main",
         "serve the Streamlit dashboards (read-only on the archive)",
     )
     p.add_argument("--port", type=int, default=8501, help="listen port (default 8501)")
@@ -226,7 +226,7 @@ def _add_demo(sub: Any) -> None:
     p = _command(
         sub,
         "demo",
-        "service.demo:cli_main",
+        "turnout.service.demo:cli_main",
         "run broker, simulator, 2 routers, gateway, sink, alerts, dashboard, traffic; Ctrl-C "
         "stops all",
     )
@@ -245,7 +245,7 @@ def _add_demo(sub: Any) -> None:
     p = _command(
         sub,
         "traffic",
-        "service.traffic:cli_main",
+        "turnout.service.traffic:cli_main",
         "send a steady, seeded mix of tenants and task types (the demo's traffic)",
     )
     p.add_argument("--rate", type=float, default=5.0, help="requests per second (default 5)")
@@ -289,7 +289,7 @@ def _add_replay(sub: Any) -> None:
     t = _command(
         rsub,
         "trail",
-        "analytics.replay.cli:trail_main",
+        "turnout.analytics.replay.cli:trail_main",
         "every event of one request, in order, with timings and reasons",
     )
     t.add_argument("request_id", metavar="REQUEST_ID")
@@ -298,7 +298,7 @@ def _add_replay(sub: Any) -> None:
     s = _command(
         rsub,
         "state",
-        "analytics.replay.cli:state_main",
+        "turnout.analytics.replay.cli:state_main",
         "breakers, budgets, rate limits, cache, latency and in-flight requests as at TIME",
     )
     s.add_argument(
@@ -313,7 +313,7 @@ def _add_replay(sub: Any) -> None:
     v = _command(
         rsub,
         "verify",
-        "analytics.replay.cli:verify_main",
+        "turnout.analytics.replay.cli:verify_main",
         "rebuild a live router's state from the log and compare; exit 1 on a difference",
     )
     live = v.add_mutually_exclusive_group()
@@ -334,7 +334,7 @@ def _add_replay(sub: Any) -> None:
     r = _command(
         rsub,
         "redrive",
-        "analytics.replay.cli:redrive_main",
+        "turnout.analytics.replay.cli:redrive_main",
         "re-submit the requests accepted within a window, with new request ids",
     )
     r.add_argument("--from", dest="from_", required=True, metavar="TIME", help="window start")
@@ -347,7 +347,7 @@ def _add_replay(sub: Any) -> None:
     w = _command(
         rsub,
         "whatif",
-        "analytics.whatif.cli:whatif_main",
+        "turnout.analytics.whatif.cli:whatif_main",
         "re-decide the recorded traffic of a window under another config; show what differs",
     )
     w.add_argument(
@@ -401,7 +401,7 @@ def _add_cache(sub: Any) -> None:
     w = _command(
         csub,
         "warm",
-        "service.warm:cli_main",
+        "turnout.service.warm:cli_main",
         "send the JSONL requests of FILE through the normal path to fill the cache",
     )
     w.add_argument("file", metavar="FILE", help="one intake request (JSON) per line")

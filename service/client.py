@@ -39,14 +39,20 @@ from typing import Any, Self, TypeVar
 
 import msgspec
 
-from service.clock import clock
-from service.core.config import Config
-from service.errors import TurnoutError
-from service.kafka.consumer import Reader, TopicPartition
-from service.kafka.producer import Producer
-from service.kafka.settings import KafkaSettings, validate_topic_name
-from service.kafka.topics import admin_client, ensure_topic, existing_topics
-from service.wire.stream import ATTEMPT_HEADER, MODEL_HEADER, SEQ_HEADER, STREAM_HEADER, chunk_of
+from turnout.service.clock import clock
+from turnout.service.core.config import Config
+from turnout.service.errors import TurnoutError
+from turnout.service.kafka.consumer import Reader, TopicPartition
+from turnout.service.kafka.producer import Producer
+from turnout.service.kafka.settings import KafkaSettings, validate_topic_name
+from turnout.service.kafka.topics import admin_client, ensure_topic, existing_topics
+from turnout.service.wire.stream import (
+    ATTEMPT_HEADER,
+    MODEL_HEADER,
+    SEQ_HEADER,
+    STREAM_HEADER,
+    chunk_of,
+)
 
 __all__ = [
     "AsyncTurnout", "ReplyStream", "StreamFailed", "Turnout", "build_request", "reply_topic",
@@ -195,7 +201,7 @@ def _settings(
     if settings is not None:
         return settings.replace(client_id=f"turnout-client-{client_id}")
     if config is None:
-        from service.runtime.config import load_config
+        from turnout.service.runtime.config import load_config
 
         config = load_config()
     return KafkaSettings.from_config(

@@ -43,8 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from service.kafka.broker import free_port, port_is_open
-from service.procs import Child, ChildFailure, Supervisor, stop_requested
+from turnout.service.kafka.broker import free_port, port_is_open
+from turnout.service.procs import Child, ChildFailure, Supervisor, stop_requested
 
 __all__ = [
     "DEMO_FILES",
@@ -154,7 +154,7 @@ class Plan:
 
 def _dashboard_flags() -> set[str] | None:
     """The options of `turnout dashboard`, or None when this version has no dashboard."""
-    from service.cli import build_parser
+    from turnout.service.cli import build_parser
 
     for action in build_parser()._subparsers._group_actions:  # type: ignore[union-attr]
         choices = getattr(action, "choices", None) or {}
@@ -261,7 +261,7 @@ def fresh_data_dir(data: Path) -> None:
     """Empty `data` for a new run; refuse a directory an earlier demo did not make."""
     if data.exists():
         if not data.is_dir() or (any(data.iterdir()) and not (data / _MARKER).exists()):
-            from service.errors import TurnoutError
+            from turnout.service.errors import TurnoutError
 
             raise TurnoutError(
                 f"{data} exists and was not made by `turnout demo`: move it away "
@@ -347,7 +347,7 @@ class ArchiveView:
 
 def read_archive(path: Path) -> ArchiveView:
     """Events stored and the alerts' latest states, from the published snapshot."""
-    from analytics.snapshot import open_reader
+    from turnout.analytics.snapshot import open_reader
 
     try:
         con = open_reader(path)
@@ -380,7 +380,7 @@ def progress_lines(
     stats: Mapping[str, Any] | None, archive: ArchiveView, elapsed_s: float
 ) -> list[str]:
     """The live progress, as lines (pure)."""
-    from service.traffic import summary_line
+    from turnout.service.traffic import summary_line
 
     clock = f"{int(elapsed_s) // 60}:{int(elapsed_s) % 60:02d}"
     traffic = summary_line(stats) if stats else "starting"
@@ -496,7 +496,7 @@ def run_demo(args: argparse.Namespace) -> int:
                          dashboard_flags=flags, seed=args.seed, engine=engine)  # fmt: skip
     started = time.monotonic()
     env = child_env(ports, paths, openrouter=openrouter)
-    supervisor = Supervisor((sys.executable, "-m", "service"), env=env, logs=paths.logs)
+    supervisor = Supervisor((sys.executable, "-m", "turnout"), env=env, logs=paths.logs)
     failure: ChildFailure | None = None
     with stop_requested() as stop:
         try:
@@ -518,7 +518,7 @@ def run_demo(args: argparse.Namespace) -> int:
                   flush=True)  # fmt: skip
     stats = _read_stats(paths.traffic)
     if stats:
-        from service.traffic import summary_line
+        from turnout.service.traffic import summary_line
 
         print(f"traffic: {summary_line(stats)}", flush=True)
     return 1 if failure is not None else 0
@@ -526,7 +526,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
 def _engine() -> str:
     """The broker engine, fetching Kafka's jars now (with progress) rather than in a child."""
-    from service.kafka.broker import choose_engine
+    from turnout.service.kafka.broker import choose_engine
 
     choice = choose_engine()
     if choice.reason:
@@ -537,7 +537,7 @@ def _engine() -> str:
 def cli_main(args: argparse.Namespace) -> int:
     """`turnout demo [--duration S] [--no-dashboard] [--rate R] ...`."""
     if not DEMO_FILES.is_dir():
-        from service.errors import TurnoutError
+        from turnout.service.errors import TurnoutError
 
         raise TurnoutError(
             f"the demo's files are missing ({DEMO_FILES}): reinstall Turnout "

@@ -18,10 +18,10 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from service.core.config import config_hash, config_to_dict
-from service.core.state import RouterState
-from service.kafka.topics import broker_engine
-from service.runtime.router import Router
+from turnout.service.core.config import config_hash, config_to_dict
+from turnout.service.core.state import RouterState
+from turnout.service.kafka.topics import broker_engine
+from turnout.service.runtime.router import Router
 
 __all__ = ["consumer_lag", "finished_outcomes", "health_app", "start_health", "state_view"]
 

@@ -1,7 +1,7 @@
 """Child processes that start in stages, are watched, and all stop: `turnout demo`'s supervisor.
 
 Rules:
-- A child runs `<command> ARGV...` (the demo: `python -m service ...`) in its
+- A child runs `<command> ARGV...` (the demo: `python -m turnout ...`) in its
   own session (its own process group; a terminal's Ctrl-C does not reach it),
   stdin closed, stdout and stderr into `<logs>/<name>.log`; on Linux it also gets
   PR_SET_PDEATHSIG=SIGKILL, so it dies with the supervisor even when that is
@@ -57,7 +57,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 @dataclass(frozen=True, kw_only=True)
 class Child:
-    """One part to run (`python -m service <argv>` in the demo), and how to tell it is ready."""
+    """One part to run (`python -m turnout <argv>` in the demo), and how to tell it is ready."""
 
     name: str
     argv: tuple[str, ...]
@@ -208,7 +208,7 @@ class Supervisor:
     """Starts children in order, notices when one stops, and stops them all."""
 
     def __init__(self, command: Sequence[str], *, env: Mapping[str, str], logs: Path) -> None:
-        self.command = tuple(command)  # what runs each child's argv: `python -m service`
+        self.command = tuple(command)  # what runs each child's argv: `python -m turnout`
         self.env = dict(env)
         self.logs = logs
         self.running: list[Running] = []

@@ -27,7 +27,7 @@ from typing import Any, Self
 
 import uvicorn
 
-from service.errors import TurnoutError
+from turnout.service.errors import TurnoutError
 
 __all__ = ["HAS_HTTPTOOLS", "HAS_UVLOOP", "ThreadedServer", "bind_socket", "run"]
 

@@ -2,7 +2,7 @@
 
 Without `--wait` the request id is printed and the command exits 0 at once
 (the response goes to the shared responses topic). With `--wait` the command
-opens a `service.client.AsyncTurnout` (its own reply topic), prints the
+opens a `turnout.service.client.AsyncTurnout` (its own reply topic), prints the
 response JSON (coloured when stdout is a terminal) and exits 1 when the status
 is not "ok" or no response came in `--timeout` seconds, with one line on
 stderr saying why.
@@ -16,7 +16,7 @@ import json
 import sys
 from typing import Any
 
-from service.errors import TurnoutError
+from turnout.service.errors import TurnoutError
 
 __all__ = ["cli_main", "print_response"]
 
@@ -26,9 +26,9 @@ def _params(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def _main(args: argparse.Namespace) -> int:
-    from service.client import AsyncTurnout
-    from service.kafka.errors import quiet_client_logs
-    from service.runtime.config import load_config
+    from turnout.service.client import AsyncTurnout
+    from turnout.service.kafka.errors import quiet_client_logs
+    from turnout.service.runtime.config import load_config
 
     quiet_client_logs()
     cfg = load_config(args.config)

@@ -1,7 +1,7 @@
 """Traces and metrics for the router: OpenTelemetry, off (no-op) unless asked for.
 
 Job: one `Telemetry` per process, built by the composition root
-(`service.runtime.serve`) with `Telemetry.from_env`. With
+(`turnout.service.runtime.serve`) with `Telemetry.from_env`. With
 `OTEL_EXPORTER_OTLP_ENDPOINT` set and `[features] tracing` / `metrics` on it
 exports over OTLP/HTTP (protobuf) from SDK providers (resource
 `service.name=turnout-router`, `service.instance.id=<instance>`); otherwise it
@@ -31,8 +31,8 @@ from opentelemetry import metrics, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from service.core import events as ev
-from service.upstream.translate import CallResult
+from turnout.service.core import events as ev
+from turnout.service.upstream.translate import CallResult
 
 __all__ = ["Telemetry", "gateway_tracer", "server_span"]
 

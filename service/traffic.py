@@ -273,7 +273,7 @@ async def _one(client: Any, shot: Shot, tally: Tally, options: TrafficOptions) -
 async def _streamed(
     client: Any, shot: Shot, tally: Tally, options: TrafficOptions, max_tokens: int
 ) -> None:
-    from service.client import StreamFailed
+    from turnout.service.client import StreamFailed
 
     try:
         stream = await client.stream(shot.prompt, tenant=shot.tenant, task_type=shot.task_type,
@@ -352,10 +352,10 @@ async def run_traffic(
 ) -> Tally:
     """Send the planned traffic until `stop` (or the duration); return the counts.
 
-    `config` is a `service.core.config.Config` (None: `./turnout.toml` and the
+    `config` is a `turnout.service.core.config.Config` (None: `./turnout.toml` and the
     environment, as every command reads it).
     """
-    from service.client import AsyncTurnout
+    from turnout.service.client import AsyncTurnout
 
     tally, pending = Tally(), set[asyncio.Task[None]]()
     client = AsyncTurnout(config=config)
@@ -378,8 +378,8 @@ async def run_traffic(
 
 
 async def _main(args: argparse.Namespace) -> int:
-    from service.kafka.errors import quiet_client_logs
-    from service.runtime.config import load_config
+    from turnout.service.kafka.errors import quiet_client_logs
+    from turnout.service.runtime.config import load_config
 
     quiet_client_logs()
     cfg = load_config(args.config)

@@ -25,7 +25,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from service.errors import TurnoutError
+from turnout.service.errors import TurnoutError
 
 __all__ = ["WarmRequest", "cli_main", "read_requests"]
 
@@ -74,8 +74,8 @@ async def _warm(
 ) -> tuple[Counter[str], dict[str, Counter[str]], list[str]]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from service.client import AsyncTurnout
-    from service.runtime.config import load_config
+    from turnout.service.client import AsyncTurnout
+    from turnout.service.runtime.config import load_config
 
     cfg = load_config(args.config)
     totals: Counter[str] = Counter()
@@ -120,11 +120,11 @@ async def _send(client: Any, req: WarmRequest, timeout_s: float) -> tuple[str, s
 
 async def _record(cfg: Any, source: str, by_tenant: dict[str, Counter[str]]) -> None:
     """One `turnout.cache.warmed` event per tenant (keyed by it, on its partition)."""
-    from service.clock import clock
-    from service.core import events as ev
-    from service.kafka.producer import Producer
-    from service.kafka.settings import KafkaSettings
-    from service.wire import cloudevents as ce
+    from turnout.service.clock import clock
+    from turnout.service.core import events as ev
+    from turnout.service.kafka.producer import Producer
+    from turnout.service.kafka.settings import KafkaSettings
+    from turnout.service.wire import cloudevents as ce
 
     settings = KafkaSettings.from_config(
         cfg.kafka, topics=cfg.topics, client_id="turnout-cache-warm"
@@ -163,7 +163,7 @@ def _report(totals: Counter[str], by_tenant: dict[str, Counter[str]]) -> None:
 
 
 def cli_main(args: argparse.Namespace) -> int:
-    from service.kafka.errors import quiet_client_logs
+    from turnout.service.kafka.errors import quiet_client_logs
 
     path = Path(args.file)
     if not path.is_file():

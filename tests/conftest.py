@@ -26,7 +26,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from service.kafka.settings import KafkaSettings, Topics
+from turnout.service.kafka.settings import KafkaSettings, Topics
 
 _KAFKA_IMAGE = os.environ.get("TURNOUT_TEST_KAFKA_IMAGE", "apache/kafka:4.1.1")
 _PRIMARY = pytest.StashKey[str]()
@@ -55,7 +55,7 @@ def _docker_answers(timeout_s: float = 0.3) -> bool:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    from service.kafka.broker import choose_engine
+    from turnout.service.kafka.broker import choose_engine
 
     if os.environ.get("TURNOUT_KAFKA_BOOTSTRAP"):
         primary, why = "external", ""
@@ -69,7 +69,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def _engine_line(config: pytest.Config) -> str:
-    from service.kafka.jars import KAFKA_VERSION
+    from turnout.service.kafka.jars import KAFKA_VERSION
 
     primary = config.stash[_PRIMARY]
     if primary == "external":
@@ -126,7 +126,7 @@ class _Brokers:
 
             container = self._stack.enter_context(KafkaContainer(_KAFKA_IMAGE).with_kraft())
             return str(container.get_bootstrap_server())
-        from service.kafka.broker import local_broker
+        from turnout.service.kafka.broker import local_broker
 
         broker = local_broker(engine, data_dir=self._tmp.mktemp("kafka"))
         return self._stack.enter_context(broker).bootstrap
@@ -173,7 +173,7 @@ def kafka_settings(kafka_bootstrap: str) -> KafkaSettings:
 @pytest.fixture
 async def kafka_topics(kafka_settings: KafkaSettings) -> Topics:
     """This test's topics, created with their fixed partition counts."""
-    from service.kafka.topics import ensure_topics
+    from turnout.service.kafka.topics import ensure_topics
 
     await ensure_topics(kafka_settings)
     return kafka_settings.topics

@@ -10,8 +10,8 @@ The shipped default rules live in `analytics/rules/default.toml`.
 
 from __future__ import annotations
 
-from analytics.alerts.engine import AlertState, Episode, Evaluation, Phase, evaluate, evolve
-from analytics.alerts.rules import Rule, load_rules, parse_duration, parse_rules
+from turnout.analytics.alerts.engine import AlertState, Episode, Evaluation, Phase, evaluate, evolve
+from turnout.analytics.alerts.rules import Rule, load_rules, parse_duration, parse_rules
 
 __all__ = [
     "AlertState",

@@ -24,13 +24,13 @@ from typing import Any, Final
 
 import aiohttp
 
-from analytics.alerts.engine import AlertEvent, Labels
-from analytics.alerts.rules import Rule
-from service.core.events import AlertFired
-from service.errors import TurnoutError
-from service.kafka.errors import RecordTooLarge
-from service.kafka.producer import OutRecord, Producer
-from service.wire.cloudevents import format_time
+from turnout.analytics.alerts.engine import AlertEvent, Labels
+from turnout.analytics.alerts.rules import Rule
+from turnout.service.core.events import AlertFired
+from turnout.service.errors import TurnoutError
+from turnout.service.kafka.errors import RecordTooLarge
+from turnout.service.kafka.producer import OutRecord, Producer
+from turnout.service.wire.cloudevents import format_time
 
 __all__ = ["Outbox", "WebhookPolicy", "Webhooks", "webhook_payload"]
 

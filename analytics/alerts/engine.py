@@ -38,8 +38,8 @@ from typing import Any, Final, NamedTuple, TypeAlias
 
 import msgspec
 
-from analytics.alerts.rules import Rule
-from service.core.events import AlertFired, AlertResolved
+from turnout.analytics.alerts.rules import Rule
+from turnout.service.core.events import AlertFired, AlertResolved
 
 __all__ = [
     "TRANSITIONS",

@@ -46,7 +46,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Final
 
-from service.core.config import ConfigError
+from turnout.service.core.config import ConfigError
 
 __all__ = [
     "OPS",
@@ -259,7 +259,7 @@ def _first_line(err: BaseException) -> str:
 
 def default_rules_text() -> str:
     """The TOML text of the rules shipped with Turnout (`analytics/rules/default.toml`)."""
-    return resources.files("analytics").joinpath("rules/default.toml").read_text(encoding="utf-8")
+    return resources.files("turnout.analytics").joinpath("rules/default.toml").read_text(encoding="utf-8")
 
 
 def load_rules(path: str | os.PathLike[str] | None = None) -> list[Rule]:

@@ -1,11 +1,11 @@
 """`turnout alerts`: the shell around the alert engine (schedule, query, publish, POST).
 
 Each rule runs on its own `every` period. A tick opens one read-only
-connection on the archive's published snapshot (`analytics.archive.open_reader`,
+connection on the archive's published snapshot (`turnout.analytics.archive.open_reader`,
 never the sink's writer), runs the due rules' queries in a worker thread,
 feeds the rows to `engine.evaluate` with the tick's wall-clock `now_ms`, and
 hands the fired/resolved events to two background senders
-(`analytics.alerts.delivery`):
+(`turnout.analytics.alerts.delivery`):
 
 - Kafka: CloudEvents on `<prefix>.events`, key `_system`, source
   `turnout/alerts/<host>-<pid>`, `ce_time` = the evaluation time. An outbox
@@ -49,8 +49,8 @@ import aiohttp
 import duckdb
 import msgspec
 
-from analytics.alerts.delivery import Outbox, WebhookPolicy, Webhooks, webhook_payload
-from analytics.alerts.engine import (
+from turnout.analytics.alerts.delivery import Outbox, WebhookPolicy, Webhooks, webhook_payload
+from turnout.analytics.alerts.engine import (
     AlertEvent,
     AlertState,
     Labels,
@@ -62,14 +62,14 @@ from analytics.alerts.engine import (
     phase_of,
     to_samples,
 )
-from analytics.alerts.rules import Rule, load_rules
-from analytics.archive import open_reader
-from service.clock import Clock, clock
-from service.core.events import AlertFired, AlertResolved
-from service.errors import TurnoutError
-from service.kafka.producer import OutRecord, Producer
-from service.kafka.settings import KafkaSettings
-from service.wire.cloudevents import encode, wrap
+from turnout.analytics.alerts.rules import Rule, load_rules
+from turnout.analytics.archive import open_reader
+from turnout.service.clock import Clock, clock
+from turnout.service.core.events import AlertFired, AlertResolved
+from turnout.service.errors import TurnoutError
+from turnout.service.kafka.producer import OutRecord, Producer
+from turnout.service.kafka.settings import KafkaSettings
+from turnout.service.wire.cloudevents import encode, wrap
 
 __all__ = [
     "AlertRunner",
@@ -393,8 +393,8 @@ def _stop_on_signals(stack: AsyncExitStack) -> asyncio.Event:
 
 def cli_main(args: argparse.Namespace) -> int:
     """`turnout alerts [--rules FILE] [--once] [--duckdb PATH] [--config FILE]`."""
-    from service.kafka.errors import quiet_client_logs
-    from service.runtime.config import load_config
+    from turnout.service.kafka.errors import quiet_client_logs
+    from turnout.service.runtime.config import load_config
 
     cfg = load_config(args.config)
     rules = load_rules(args.rules)

@@ -22,10 +22,10 @@ import msgspec
 from rich.console import Console
 from rich.table import Table
 
-from analytics.archive import open_reader
-from analytics.replay.redrive import NO_PROMPT, Redrive, encode_body, plan
-from analytics.replay.snapshot_check import check_snapshots
-from analytics.replay.source import (
+from turnout.analytics.archive import open_reader
+from turnout.analytics.replay.redrive import NO_PROMPT, Redrive, encode_body, plan
+from turnout.analytics.replay.snapshot_check import check_snapshots
+from turnout.analytics.replay.source import (
     BREAKER_TYPES,
     ArchiveStream,
     Loaded,
@@ -34,7 +34,7 @@ from analytics.replay.source import (
     from_archive,
     from_kafka,
 )
-from analytics.replay.state_at import (
+from turnout.analytics.replay.state_at import (
     Folded,
     config_warnings,
     fold_until,
@@ -42,8 +42,8 @@ from analytics.replay.state_at import (
     plain,
     render_snapshot,
 )
-from analytics.replay.trail import steps, trail_json, trail_table
-from analytics.replay.verify import (
+from turnout.analytics.replay.trail import steps, trail_json, trail_table
+from turnout.analytics.replay.verify import (
     Difference,
     LiveState,
     comparable,
@@ -52,19 +52,19 @@ from analytics.replay.verify import (
     fold_config,
     parse_live,
 )
-from service.clock import clock
-from service.core import events as ev
-from service.core.config import Config
-from service.core.providers import provider_of
-from service.core.state import RouterState
-from service.errors import TurnoutError
-from service.health import finished_outcomes
-from service.kafka.errors import quiet_client_logs
-from service.kafka.producer import OutRecord, Producer
-from service.kafka.settings import KafkaSettings
-from service.kafka.topics import TOPIC_SPECS, ensure_topic, existing_topics
-from service.runtime.config import load_config
-from service.wire.cloudevents import format_time
+from turnout.service.clock import clock
+from turnout.service.core import events as ev
+from turnout.service.core.config import Config
+from turnout.service.core.providers import provider_of
+from turnout.service.core.state import RouterState
+from turnout.service.errors import TurnoutError
+from turnout.service.health import finished_outcomes
+from turnout.service.kafka.errors import quiet_client_logs
+from turnout.service.kafka.producer import OutRecord, Producer
+from turnout.service.kafka.settings import KafkaSettings
+from turnout.service.kafka.topics import TOPIC_SPECS, ensure_topic, existing_topics
+from turnout.service.runtime.config import load_config
+from turnout.service.wire.cloudevents import format_time
 
 __all__ = ["redrive_main", "state_main", "trail_main", "verify_main"]
 

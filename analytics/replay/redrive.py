@@ -20,9 +20,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from analytics.replay.source import Recorded
-from service.client import build_request
-from service.core import events as ev
+from turnout.analytics.replay.source import Recorded
+from turnout.service.client import build_request
+from turnout.service.core import events as ev
 
 __all__ = ["NO_PROMPT", "Plan", "Redrive", "encode_body", "plan"]
 

@@ -1,6 +1,6 @@
 """`turnout replay verify --snapshots`: is every stored snapshot the fold of its events?
 
-A snapshot of events partition `p` at offset `o` (`service.core.snapshot`) claims
+A snapshot of events partition `p` at offset `o` (`turnout.service.core.snapshot`) claims
 that `p`'s own parts (requests in flight and finished, rate windows and budgets
 of its tenants, its cache index) are what folding `p`'s events before `o` gives.
 This reads every snapshot whose chunks are still in `turnout.snapshots`, folds the
@@ -21,16 +21,16 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
-from analytics.replay.verify import Difference, diff
-from service.core import snapshot
-from service.core.config import Config
-from service.core.state import RouterState, evolve
-from service.kafka.consumer import Reader
-from service.kafka.producer import Producer
-from service.kafka.settings import KafkaSettings
-from service.runtime import snapshots
-from service.wire import cloudevents as ce
-from service.wire.errors import WireError
+from turnout.analytics.replay.verify import Difference, diff
+from turnout.service.core import snapshot
+from turnout.service.core.config import Config
+from turnout.service.core.state import RouterState, evolve
+from turnout.service.kafka.consumer import Reader
+from turnout.service.kafka.producer import Producer
+from turnout.service.kafka.settings import KafkaSettings
+from turnout.service.runtime import snapshots
+from turnout.service.wire import cloudevents as ce
+from turnout.service.wire.errors import WireError
 
 __all__ = ["Checked", "check_snapshots"]
 

@@ -1,7 +1,7 @@
 """Where replays read the log: the DuckDB archive (default) or the events topic itself.
 
 Both sources give `Recorded` events, decoded by the same codec the router uses
-(`service.wire.cloudevents`, so upcasters apply alike), each with its Kafka
+(`turnout.service.wire.cloudevents`, so upcasters apply alike), each with its Kafka
 partition and offset. A `Query` says which events a command needs; the
 archive answers it in SQL (and streams the rows: `ArchiveStream`), the topic
 by reading every partition once.
@@ -30,12 +30,12 @@ from typing import Any, Final
 import duckdb
 import msgspec
 
-from service.core import events as ev
-from service.kafka.consumer import Reader, topic_partitions
-from service.kafka.producer import OutRecord, Producer
-from service.kafka.settings import KafkaSettings
-from service.wire import cloudevents as ce
-from service.wire.errors import WireError
+from turnout.service.core import events as ev
+from turnout.service.kafka.consumer import Reader, topic_partitions
+from turnout.service.kafka.producer import OutRecord, Producer
+from turnout.service.kafka.settings import KafkaSettings
+from turnout.service.wire import cloudevents as ce
+from turnout.service.wire.errors import WireError
 
 __all__ = [
     "BREAKER_TYPES",

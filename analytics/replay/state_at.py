@@ -1,6 +1,6 @@
 """`turnout replay state --at TIME`: the router's state as it was at TIME.
 
-The state is `service.core.state.evolve` — the reducer the router runs —
+The state is `turnout.service.core.state.evolve` — the reducer the router runs —
 folded over every event with time <= TIME, in `source.log_order`. Printing
 is generic over `RouterState.snapshot()`: one section per top-level key, so
 parts added to the state later show up without a change here.
@@ -27,11 +27,11 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from analytics.replay.source import Recorded
-from service.core import events as ev
-from service.core.config import Config, config_hash, config_to_dict
-from service.core.state import RouterState, evolve
-from service.wire.cloudevents import format_time, parse_time
+from turnout.analytics.replay.source import Recorded
+from turnout.service.core import events as ev
+from turnout.service.core.config import Config, config_hash, config_to_dict
+from turnout.service.core.state import RouterState, evolve
+from turnout.service.wire.cloudevents import format_time, parse_time
 
 __all__ = [
     "FOLD_NEUTRAL_SECTIONS",

@@ -25,9 +25,9 @@ from typing import Any, Final
 import msgspec
 from rich.table import Table
 
-from analytics.replay.source import BREAKER_TYPES, Recorded
-from service.core import events as ev
-from service.wire.cloudevents import format_time
+from turnout.analytics.replay.source import BREAKER_TYPES, Recorded
+from turnout.service.core import events as ev
+from turnout.service.wire.cloudevents import format_time
 
 __all__ = ["Step", "describe", "models_of", "place", "steps", "trail_json", "trail_table"]
 

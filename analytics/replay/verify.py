@@ -1,11 +1,11 @@
 """`turnout replay verify`: does the log rebuild what a live router holds?
 
 A router serves from the fold of its own event partitions plus the `_system`
-partition (`service.runtime.router`, `_rebuild`). Verify folds the same
+partition (`turnout.service.runtime.router`, `_rebuild`). Verify folds the same
 partitions from the log (archive or topic) with the same reducer and the
 configuration the router runs with (its `/state` carries it; `--config`
 when it does not), and compares the result with the router's `GET /state`
-(`service.health`) or a saved copy of it (`--snapshot FILE`).
+(`turnout.service.health`) or a saved copy of it (`--snapshot FILE`).
 
 Only what the log defines whatever the interleaving of partitions is
 compared (`comparable`): a breaker's status and `open_until_ms` (its failure
@@ -29,10 +29,10 @@ from typing import Any, Final, NamedTuple
 import msgspec
 from rich.table import Table
 
-from analytics.replay.source import Recorded
-from analytics.replay.state_at import fold_until, plain
-from service.core.config import Config, ConfigError, parse_config
-from service.core.state import RouterState
+from turnout.analytics.replay.source import Recorded
+from turnout.analytics.replay.state_at import fold_until, plain
+from turnout.service.core.config import Config, ConfigError, parse_config
+from turnout.service.core.state import RouterState
 
 __all__ = [
     "MISSING",

@@ -1,7 +1,7 @@
 """`turnout replay whatif --config NEW.toml`: re-decide a recorded window under NEW.
 
 Reads the log (the archive's snapshot, or `--source kafka`) in log order,
-streams it through the engine (`analytics.whatif.engine`) and prints the
+streams it through the engine (`turnout.analytics.whatif.engine`) and prints the
 side-by-side table, the changed requests (`--diff`), one request's what-if
 trail (`--trail`), or all of it as JSON (`--format json`). Exit codes: 0 done,
 1 failed (one line on stderr), 2 bad usage.
@@ -18,20 +18,20 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from analytics.archive import open_reader
-from analytics.replay.cli import _gc_paused, _out, _usage, _warn_unreadable, load
-from analytics.replay.source import ArchiveStream, Loaded, Query, Recorded, from_archive
-from analytics.replay.state_at import parse_when
-from analytics.replay.trail import describe
-from analytics.whatif.engine import HORIZON_MS, WhatIf
-from analytics.whatif.outcomes import Assumption, OutcomeModel, UnknownModel, parse_assume
-from analytics.whatif.report import Verdict, render, report_json
-from service.clock import clock
-from service.core import events as ev
-from service.core.config import Config, ConfigError, parse_config
-from service.errors import TurnoutError
-from service.runtime.config import load_config
-from service.wire.cloudevents import format_time
+from turnout.analytics.archive import open_reader
+from turnout.analytics.replay.cli import _gc_paused, _out, _usage, _warn_unreadable, load
+from turnout.analytics.replay.source import ArchiveStream, Loaded, Query, Recorded, from_archive
+from turnout.analytics.replay.state_at import parse_when
+from turnout.analytics.replay.trail import describe
+from turnout.analytics.whatif.engine import HORIZON_MS, WhatIf
+from turnout.analytics.whatif.outcomes import Assumption, OutcomeModel, UnknownModel, parse_assume
+from turnout.analytics.whatif.report import Verdict, render, report_json
+from turnout.service.clock import clock
+from turnout.service.core import events as ev
+from turnout.service.core.config import Config, ConfigError, parse_config
+from turnout.service.errors import TurnoutError
+from turnout.service.runtime.config import load_config
+from turnout.service.wire.cloudevents import format_time
 
 __all__ = ["applied_config", "on_archive", "whatif_main"]
 

@@ -9,7 +9,7 @@ carries out their effects against the recording instead of the network:
 - a `Call` of the model the recording called for that request at that attempt on
   it takes the recorded outcome (status, error class, latency, usage, cost, first
   token, stream cut), ending as long after its start as the recorded one did;
-  any other call is drawn from the outcome model (`analytics.whatif.outcomes`);
+  any other call is drawn from the outcome model (`turnout.analytics.whatif.outcomes`);
 - a `Wait` is due after the recorded lag when the recording scheduled the same
   retry with the same delay, else after its delay;
 - a recorded cancel arrives at its recorded time.
@@ -38,24 +38,24 @@ from typing import Any, Final
 
 import msgspec
 
-from analytics.whatif.outcomes import OutcomeModel
-from analytics.whatif.recording import Arrival, RecordedRequest, Recording
-from analytics.whatif.report import Summary, Verdict, explain
-from service.core import events as ev
-from service.core.admission import NO_USAGE, cache_index
-from service.core.budget import completion_allowance
-from service.core.cache import EncodedBody, cache_key, is_cacheable
-from service.core.config import Config
-from service.core.decision import Call, CallResult, Context, Decision, Respond, Wait
-from service.core.pricing import cost_micros
-from service.core.request import (
+from turnout.analytics.whatif.outcomes import OutcomeModel
+from turnout.analytics.whatif.recording import Arrival, RecordedRequest, Recording
+from turnout.analytics.whatif.report import Summary, Verdict, explain
+from turnout.service.core import events as ev
+from turnout.service.core.admission import NO_USAGE, cache_index
+from turnout.service.core.budget import completion_allowance
+from turnout.service.core.cache import EncodedBody, cache_key, is_cacheable
+from turnout.service.core.config import Config
+from turnout.service.core.decision import Call, CallResult, Context, Decision, Respond, Wait
+from turnout.service.core.pricing import cost_micros
+from turnout.service.core.request import (
     decide_cancel,
     decide_first_token,
     decide_intake,
     decide_result,
     decide_retry_due,
 )
-from service.core.state import RouterState, Terminal, evolve
+from turnout.service.core.state import RouterState, Terminal, evolve
 
 __all__ = ["RunStats", "WhatIf"]
 

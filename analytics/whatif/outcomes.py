@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Final
 
-from analytics.whatif.recording import RecordedCall, RecordedRequest
-from service.core import events as ev
-from service.core.pricing import Price, cost_micros
+from turnout.analytics.whatif.recording import RecordedCall, RecordedRequest
+from turnout.service.core import events as ev
+from turnout.service.core.pricing import Price, cost_micros
 
 __all__ = ["Assumption", "Drawn", "OutcomeModel", "UnknownModel", "parse_assume"]
 

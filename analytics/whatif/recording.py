@@ -1,6 +1,6 @@
 """What a recording says happened to each request, as inputs a re-decision can use.
 
-`Recording` reads the log once, in log order (`analytics.replay.source.log_order`),
+`Recording` reads the log once, in log order (`turnout.analytics.replay.source.log_order`),
 and keeps per request:
 
 - its arrival: the time and log position of `turnout.request.accepted` (or of a
@@ -32,12 +32,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Final
 
-from analytics.replay.source import Recorded
-from service.core import events as ev
-from service.core.cache import EncodedBody
-from service.core.decision import IntakeRequest
-from service.core.pricing import Price
-from service.core.state import Terminal
+from turnout.analytics.replay.source import Recorded
+from turnout.service.core import events as ev
+from turnout.service.core.cache import EncodedBody
+from turnout.service.core.decision import IntakeRequest
+from turnout.service.core.pricing import Price
+from turnout.service.core.state import Terminal
 
 __all__ = ["Arrival", "PriceTimeline", "RecordedCall", "RecordedRequest", "Recording"]
 

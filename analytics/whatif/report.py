@@ -21,8 +21,8 @@ from typing import Any, Final
 import msgspec
 from rich.table import Table
 
-from service.core import events as ev
-from service.core.state import Terminal
+from turnout.service.core import events as ev
+from turnout.service.core.state import Terminal
 
 __all__ = [
     "OUTCOMES",

@@ -2,7 +2,7 @@
 
 For tests and benchmarks of what-if replay: `record(cfg, arrivals, upstream)`
 runs the router's own pure core (the same deciders and reducer as
-`service.runtime.router`) over `arrivals`, with `upstream(request_id, model,
+`turnout.service.runtime.router`) over `arrivals`, with `upstream(request_id, model,
 model_attempt, now_ms)` saying what each call returns and how long it takes, and
 returns the events as `Recorded` values in log order (each tenant's events on its
 home partition, with offsets, stamped with the time they were decided at, as the
@@ -17,23 +17,23 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from analytics.replay.source import Recorded, log_order
-from service.clock import uuid7_at
-from service.core import events as ev
-from service.core.admission import NO_USAGE, admission_key, cache_index
-from service.core.cache import EncodedBody
-from service.core.config import Config, config_hash, config_to_dict
-from service.core.decision import Call, CallResult, Context, Decision, IntakeRequest, Wait
-from service.core.partitioning import home_partition
-from service.core.pricing import Price
-from service.core.request import (
+from turnout.analytics.replay.source import Recorded, log_order
+from turnout.service.clock import uuid7_at
+from turnout.service.core import events as ev
+from turnout.service.core.admission import NO_USAGE, admission_key, cache_index
+from turnout.service.core.cache import EncodedBody
+from turnout.service.core.config import Config, config_hash, config_to_dict
+from turnout.service.core.decision import Call, CallResult, Context, Decision, IntakeRequest, Wait
+from turnout.service.core.partitioning import home_partition
+from turnout.service.core.pricing import Price
+from turnout.service.core.request import (
     decide_cancel,
     decide_first_token,
     decide_intake,
     decide_result,
     decide_retry_due,
 )
-from service.core.state import RouterState, evolve
+from turnout.service.core.state import RouterState, evolve
 
 __all__ = ["Outcome", "VirtualArrival", "record"]
 

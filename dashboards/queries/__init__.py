@@ -25,24 +25,24 @@ Rules, for speed on a large archive:
 
 from __future__ import annotations
 
-from dashboards.queries._base import Run
-from dashboards.queries.alerts import alert_episodes, alert_history, alerts_firing
-from dashboards.queries.cache import cache_by_reason, cache_over_time, cache_totals
-from dashboards.queries.explorer import recent_requests, request_summary, request_trail
-from dashboards.queries.overview import (
+from turnout.dashboards.queries._base import Run
+from turnout.dashboards.queries.alerts import alert_episodes, alert_history, alerts_firing
+from turnout.dashboards.queries.cache import cache_by_reason, cache_over_time, cache_totals
+from turnout.dashboards.queries.explorer import recent_requests, request_summary, request_trail
+from turnout.dashboards.queries.overview import (
     archive_facts,
     filter_options,
     overview_kpis,
     overview_series,
     requests_by_outcome,
 )
-from dashboards.queries.reliability import (
+from turnout.dashboards.queries.reliability import (
     attempt_outcomes,
     breaker_states,
     breaker_timeline,
     retry_budget,
 )
-from dashboards.queries.routing import (
+from turnout.dashboards.queries.routing import (
     answered_by_model,
     calls_by_provider,
     decisions,
@@ -52,7 +52,7 @@ from dashboards.queries.routing import (
     skipped_candidates,
     streams_by_model,
 )
-from dashboards.queries.tenants import (
+from turnout.dashboards.queries.tenants import (
     budget_status,
     ratelimit_by_tenant,
     ratelimit_over_time,

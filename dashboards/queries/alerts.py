@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from dashboards.queries._base import Run
-from dashboards.scope import Scope
+from turnout.dashboards.queries._base import Run
+from turnout.dashboards.scope import Scope
 
 __all__ = ["alert_episodes", "alert_history", "alerts_firing"]
 

@@ -6,8 +6,15 @@ from typing import Any, Final
 
 import pandas as pd
 
-from dashboards.queries._base import BUCKET, EVENTS_IN, Run, any_of, one_row, task_of_request
-from dashboards.scope import Scope
+from turnout.dashboards.queries._base import (
+    BUCKET,
+    EVENTS_IN,
+    Run,
+    any_of,
+    one_row,
+    task_of_request,
+)
+from turnout.dashboards.scope import Scope
 
 __all__ = ["cache_by_reason", "cache_over_time", "cache_totals"]
 

@@ -6,8 +6,8 @@ from typing import Any
 
 import pandas as pd
 
-from dashboards.queries._base import REQ_WHERE, TERMINAL, Run, one_row
-from dashboards.scope import Scope
+from turnout.dashboards.queries._base import REQ_WHERE, TERMINAL, Run, one_row
+from turnout.dashboards.scope import Scope
 
 __all__ = ["recent_requests", "request_summary", "request_trail"]
 

@@ -6,8 +6,8 @@ from typing import Any
 
 import pandas as pd
 
-from dashboards.queries._base import BUCKET, REQ_WHERE, RPM_WHERE, Run, one_row
-from dashboards.scope import Scope
+from turnout.dashboards.queries._base import BUCKET, REQ_WHERE, RPM_WHERE, Run, one_row
+from turnout.dashboards.scope import Scope
 
 __all__ = [
     "archive_facts",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from dashboards.queries._base import BUCKET, EVENTS_IN, Run, any_of, task_of_request
-from dashboards.scope import Scope
+from turnout.dashboards.queries._base import BUCKET, EVENTS_IN, Run, any_of, task_of_request
+from turnout.dashboards.scope import Scope
 
 __all__ = ["attempt_outcomes", "breaker_states", "breaker_timeline", "retry_budget"]
 

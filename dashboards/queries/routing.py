@@ -6,7 +6,7 @@ from typing import Any
 
 import pandas as pd
 
-from dashboards.queries._base import (
+from turnout.dashboards.queries._base import (
     BUCKET,
     EVENTS_IN,
     REQ_WHERE,
@@ -16,7 +16,7 @@ from dashboards.queries._base import (
     one_row,
     task_of_request,
 )
-from dashboards.scope import Scope
+from turnout.dashboards.scope import Scope
 
 __all__ = [
     "answered_by_model",

@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 import pandas as pd
 
-from dashboards.queries._base import BUCKET, EVENTS_IN, RPM_WHERE, Run, any_of
-from dashboards.scope import Scope
+from turnout.dashboards.queries._base import BUCKET, EVENTS_IN, RPM_WHERE, Run, any_of
+from turnout.dashboards.scope import Scope
 
 __all__ = ["budget_status", "ratelimit_by_tenant", "ratelimit_over_time", "top_tenants"]
 

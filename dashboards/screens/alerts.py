@@ -6,10 +6,10 @@ from typing import Final
 
 import streamlit as st
 
-from analytics.alerts.rules import Rule, load_rules
-from dashboards import charts, fmt, queries
-from dashboards.shell import Context, run_page
-from service.core.config import ConfigError
+from turnout.analytics.alerts.rules import Rule, load_rules
+from turnout.dashboards import charts, fmt, queries
+from turnout.dashboards.shell import Context, run_page
+from turnout.service.core.config import ConfigError
 
 _NUMBERS: Final = {  # an alert's value and threshold, to 4 significant digits (0.2198, 219.8)
     "value": st.column_config.NumberColumn(format="%.4g"),

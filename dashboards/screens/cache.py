@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboards import charts, fmt, queries
-from dashboards.shell import Context, run_page
+from turnout.dashboards import charts, fmt, queries
+from turnout.dashboards.shell import Context, run_page
 
 
 def render(ctx: Context) -> None:

@@ -7,8 +7,8 @@ import json
 import pandas as pd
 import streamlit as st
 
-from dashboards import charts, fmt, queries
-from dashboards.shell import Context, run_page
+from turnout.dashboards import charts, fmt, queries
+from turnout.dashboards.shell import Context, run_page
 
 _PICKED = "explorer_picked"
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboards import charts, fmt, queries
-from dashboards.shell import Context, run_page
+from turnout.dashboards import charts, fmt, queries
+from turnout.dashboards.shell import Context, run_page
 
 _LATENCY = {"p50_ms": "p50", "p95_ms": "p95", "p99_ms": "p99"}
 

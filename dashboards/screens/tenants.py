@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 import streamlit as st
 
-from dashboards import charts, queries
-from dashboards.shell import Context, run_page
+from turnout.dashboards import charts, queries
+from turnout.dashboards.shell import Context, run_page
 
 
 def _budget_limit(ctx: Context, period: str) -> Callable[[str], float | None]:

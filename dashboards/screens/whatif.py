@@ -15,12 +15,12 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from analytics.whatif.cli import on_archive
-from analytics.whatif.outcomes import UnknownModel, parse_assume
-from analytics.whatif.report import rows
-from dashboards import charts, fmt
-from dashboards.shell import Context, run_page
-from service.core.config import ConfigError, parse_config
+from turnout.analytics.whatif.cli import on_archive
+from turnout.analytics.whatif.outcomes import UnknownModel, parse_assume
+from turnout.analytics.whatif.report import rows
+from turnout.dashboards import charts, fmt
+from turnout.dashboards.shell import Context, run_page
+from turnout.service.core.config import ConfigError, parse_config
 
 _EXAMPLE = """# the config to try: sections you leave out keep their defaults
 [tenants.acme]

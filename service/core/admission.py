@@ -18,13 +18,20 @@ from typing import Any, Final
 
 import msgspec
 
-from service.core import budget, ratelimit
-from service.core import cache as caching
-from service.core import events as ev
-from service.core.config import Config
-from service.core.decision import CallResult, Context, Decision, Effect, IntakeRequest, Respond
-from service.core.partitioning import PARTITIONS, home_partition
-from service.core.state import InFlight, RouterState, Terminal
+from turnout.service.core import budget, ratelimit
+from turnout.service.core import cache as caching
+from turnout.service.core import events as ev
+from turnout.service.core.config import Config
+from turnout.service.core.decision import (
+    CallResult,
+    Context,
+    Decision,
+    Effect,
+    IntakeRequest,
+    Respond,
+)
+from turnout.service.core.partitioning import PARTITIONS, home_partition
+from turnout.service.core.state import InFlight, RouterState, Terminal
 
 __all__ = [
     "NO_USAGE",

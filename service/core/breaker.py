@@ -25,7 +25,7 @@ from typing import Final, Literal
 
 import msgspec
 
-from service.core.config import BreakerConfig
+from turnout.service.core.config import BreakerConfig
 
 __all__ = [
     "TRANSITIONS",

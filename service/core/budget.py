@@ -39,9 +39,9 @@ from typing import Final
 
 import msgspec
 
-from service.core import events as ev
-from service.core.config import TenantLimits
-from service.core.pricing import Price, usd_to_micros
+from turnout.service.core import events as ev
+from turnout.service.core.config import TenantLimits
+from turnout.service.core.pricing import Price, usd_to_micros
 
 __all__ = [
     "LIFETIME",

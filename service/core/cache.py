@@ -9,7 +9,7 @@
 
 Rules:
 - Pure: no clock, no I/O, no compression library. The shell encodes the answer
-  (`service.runtime.cachecodec`) and hands the core an `EncodedBody`; on a hit
+  (`turnout.service.runtime.cachecodec`) and hands the core an `EncodedBody`; on a hit
   it decodes the entry's body. `now_ms` is the event time.
 - The key covers everything that can change the answer: the scope (tenant id,
   or "*" when shared), the pinned model (else the task type), the exact
@@ -40,8 +40,8 @@ from typing import Any, Final, TypeAlias
 
 import msgspec
 
-from service.core import events as ev
-from service.core.config import Config
+from turnout.service.core import events as ev
+from turnout.service.core.config import Config
 
 __all__ = [
     "ENCODINGS",
@@ -418,7 +418,7 @@ def evolve_cache(index: CacheIndex, event: object) -> None:
 
 
 class CacheDump(msgspec.Struct, frozen=True, array_like=True):
-    """A partition's cache index as plain data (`service.core.snapshot`), in order:
+    """A partition's cache index as plain data (`turnout.service.core.snapshot`), in order:
     `entries` least recently used first, `stored_order` as stored."""
 
     entries: list[ev.CacheStored]

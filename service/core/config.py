@@ -10,8 +10,8 @@ Rules:
 - Tenant tables inherit every unset key from `[tenants.default]`.
 - The API key itself never appears here: only the name of the variable holding it.
 - `[upstream]` is the default provider; `[providers.<name>]` add more (CONTRACT.md
-  "Providers"); which provider serves a model is `service.core.providers`.
-- No I/O: reading the file is the shell's job (`service.runtime.config`).
+  "Providers"); which provider serves a model is `turnout.service.core.providers`.
+- No I/O: reading the file is the shell's job (`turnout.service.runtime.config`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any, Final
 
 import msgspec
 
-from service.core.pricing import parse_price
+from turnout.service.core.pricing import parse_price
 
 __all__ = [
     "DEFAULT_PROVIDER",

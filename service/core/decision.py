@@ -14,11 +14,11 @@ from typing import Any
 
 import msgspec
 
-from service.core import events as ev
-from service.core.cache import EncodedBody
-from service.core.config import Config
-from service.core.pricing import Price
-from service.core.state import Terminal
+from turnout.service.core import events as ev
+from turnout.service.core.cache import EncodedBody
+from turnout.service.core.config import Config
+from turnout.service.core.pricing import Price
+from turnout.service.core.state import Terminal
 
 __all__ = [
     "Call",

@@ -3,7 +3,7 @@
 Each event is a frozen, keyword-only `msgspec.Struct` whose class constant
 `TYPE` is its CloudEvents type (`turnout.<noun>.<verb>`). The struct's fields
 are the event's JSON data; the envelope (id, time, source, subject, trace,
-tenant key) lives in `service.wire.cloudevents`. All router state is a fold of
+tenant key) lives in `turnout.service.wire.cloudevents`. All router state is a fold of
 these events, so they record every choice that replay must not make again.
 
 Units: money is integer micro-dollars (`*_micros`), instants are integer Unix

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from fnmatch import fnmatchcase
 
-from service.core.config import DEFAULT_PROVIDER, Config
-from service.core.pricing import Price, parse_price
+from turnout.service.core.config import DEFAULT_PROVIDER, Config
+from turnout.service.core.pricing import Price, parse_price
 
 __all__ = ["DEFAULT_PROVIDER", "configured_prices", "provider_of", "upstream_model"]
 

@@ -41,8 +41,8 @@ from typing import Final
 
 import msgspec
 
-from service.core import events as ev
-from service.core.config import TenantLimits
+from turnout.service.core import events as ev
+from turnout.service.core.config import TenantLimits
 
 __all__ = [
     "DAY_MS",
@@ -305,7 +305,7 @@ def snapshot(windows: TenantWindows, *, now_ms: int | None = None) -> dict[str, 
 
 
 class WindowsDump(msgspec.Struct, frozen=True, array_like=True):
-    """A tenant's windows as plain data (`service.core.snapshot`): `spends` are
+    """A tenant's windows as plain data (`turnout.service.core.snapshot`): `spends` are
     (at_ms, amount, request_id, unsettled), oldest first."""
 
     latest_ms: int | None

@@ -28,8 +28,8 @@ Rules:
 - Breaker transitions are decided here, right after the call outcome that
   causes them, and recorded with their reason.
 - What a tenant may do and what the cache can answer is decided at the door,
-  in `service.core.admission`; the inputs, effects and `Decision` are plain
-  data in `service.core.decision` (re-exported here).
+  in `turnout.service.core.admission`; the inputs, effects and `Decision` are plain
+  data in `turnout.service.core.decision` (re-exported here).
 """
 
 from __future__ import annotations
@@ -39,9 +39,9 @@ from typing import Any, Final
 
 import msgspec
 
-from service.core import cache as caching
-from service.core import events as ev
-from service.core.admission import (
+from turnout.service.core import cache as caching
+from turnout.service.core import events as ev
+from turnout.service.core.admission import (
     NO_USAGE,
     accepted_event,
     admission_key,
@@ -54,10 +54,10 @@ from service.core.admission import (
     store,
     with_followers,
 )
-from service.core.breaker import Breaker, can_call, due_trigger, open_until, record_call
-from service.core.budget import period_keys
-from service.core.config import RouteConfig
-from service.core.decision import (
+from turnout.service.core.breaker import Breaker, can_call, due_trigger, open_until, record_call
+from turnout.service.core.budget import period_keys
+from turnout.service.core.config import RouteConfig
+from turnout.service.core.decision import (
     Call,
     CallResult,
     Context,
@@ -67,12 +67,12 @@ from service.core.decision import (
     Respond,
     Wait,
 )
-from service.core.outcomes import CLASSES
-from service.core.partitioning import home_partition
-from service.core.providers import provider_of
-from service.core.retry import retry_allowed, retry_delay_ms
-from service.core.routing import RouteDecision, decide_route
-from service.core.state import InFlight, RouterState, Terminal, expired_outcome
+from turnout.service.core.outcomes import CLASSES
+from turnout.service.core.partitioning import home_partition
+from turnout.service.core.providers import provider_of
+from turnout.service.core.retry import retry_allowed, retry_delay_ms
+from turnout.service.core.routing import RouteDecision, decide_route
+from turnout.service.core.state import InFlight, RouterState, Terminal, expired_outcome
 
 __all__ = [
     "Call",

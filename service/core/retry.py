@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import msgspec
 
-from service.core.config import RetryConfig
-from service.core.sampling import uniform
+from turnout.service.core.config import RetryConfig
+from turnout.service.core.sampling import uniform
 
 __all__ = [
     "RetryBudget",

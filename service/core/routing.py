@@ -19,11 +19,11 @@ from collections.abc import Mapping
 
 import msgspec
 
-from service.core.breaker import Breaker, can_call
-from service.core.config import RouteConfig
-from service.core.pricing import Price
-from service.core.sampling import uniform
-from service.core.stats import LatencyStat
+from turnout.service.core.breaker import Breaker, can_call
+from turnout.service.core.config import RouteConfig
+from turnout.service.core.pricing import Price
+from turnout.service.core.sampling import uniform
+from turnout.service.core.stats import LatencyStat
 
 __all__ = ["RouteDecision", "decide_route"]
 

@@ -32,15 +32,15 @@ from typing import Final
 
 import msgspec
 
-from service.core import budget as budgets
-from service.core import cache as caches
-from service.core import events as ev
-from service.core import ratelimit
-from service.core.breaker import Breaker
-from service.core.partitioning import home_partition
-from service.core.retry import RetryBudget
-from service.core.state import InFlight, RouterState, Terminal, remember
-from service.core.stats import LatencyStat
+from turnout.service.core import budget as budgets
+from turnout.service.core import cache as caches
+from turnout.service.core import events as ev
+from turnout.service.core import ratelimit
+from turnout.service.core.breaker import Breaker
+from turnout.service.core.partitioning import home_partition
+from turnout.service.core.retry import RetryBudget
+from turnout.service.core.state import InFlight, RouterState, Terminal, remember
+from turnout.service.core.stats import LatencyStat
 
 __all__ = [
     "VERSION",

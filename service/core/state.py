@@ -32,16 +32,16 @@ from typing import Any, Final
 
 import msgspec
 
-from service.core import budget as budgets
-from service.core import events as ev
-from service.core import ratelimit
-from service.core.breaker import Breaker, Trigger, apply_trigger, record_call
-from service.core.budget import TenantBudget, evolve_budget
-from service.core.cache import CacheIndex, evolve_cache
-from service.core.config import Config
-from service.core.partitioning import PARTITIONS, home_partition
-from service.core.retry import RetryBudget, note_request, note_retry
-from service.core.stats import LatencyStat, observe_latency
+from turnout.service.core import budget as budgets
+from turnout.service.core import events as ev
+from turnout.service.core import ratelimit
+from turnout.service.core.breaker import Breaker, Trigger, apply_trigger, record_call
+from turnout.service.core.budget import TenantBudget, evolve_budget
+from turnout.service.core.cache import CacheIndex, evolve_cache
+from turnout.service.core.config import Config
+from turnout.service.core.partitioning import PARTITIONS, home_partition
+from turnout.service.core.retry import RetryBudget, note_request, note_retry
+from turnout.service.core.stats import LatencyStat, observe_latency
 
 __all__ = [
     "OUTCOMES", "InFlight", "RouterState", "Terminal", "evolve", "expired_outcome", "fold",

@@ -1,10 +1,10 @@
 """`turnout gateway`: the OpenAI-compatible HTTP front door (CONTRACT.md, the HTTP gateway).
 
-from service.gateway import start_in_thread
+from turnout.service.gateway import start_in_thread
 with start_in_thread(cfg) as gw:
     client = openai.OpenAI(base_url=gw.base_url, api_key=key)
 """
 
-from service.gateway.server import RunningGateway, start_in_thread
+from turnout.service.gateway.server import RunningGateway, start_in_thread
 
 __all__ = ["RunningGateway", "start_in_thread"]

@@ -41,15 +41,24 @@ from typing import Any, Final
 import msgspec
 from opentelemetry.trace import Status, StatusCode
 
-from service.asgi import Message, Receive, Scope, Send, Stream, read_body, respond, start_stream
-from service.client import AsyncTurnout, ReplyStream, StreamFailed
-from service.clock import clock
-from service.core.config import Config
-from service.gateway.keys import KeyRing
-from service.kafka.settings import KafkaSettings
-from service.telemetry import gateway_tracer, server_span
-from service.wire.intake import TENANT_ID
-from service.wire.sse import encode_event
+from turnout.service.asgi import (
+    Message,
+    Receive,
+    Scope,
+    Send,
+    Stream,
+    read_body,
+    respond,
+    start_stream,
+)
+from turnout.service.client import AsyncTurnout, ReplyStream, StreamFailed
+from turnout.service.clock import clock
+from turnout.service.core.config import Config
+from turnout.service.gateway.keys import KeyRing
+from turnout.service.kafka.settings import KafkaSettings
+from turnout.service.telemetry import gateway_tracer, server_span
+from turnout.service.wire.intake import TENANT_ID
+from turnout.service.wire.sse import encode_event
 
 __all__ = ["GatewayApp", "error_status"]
 
@@ -106,7 +115,7 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 
 class GatewayApp:
-    """`turnout gateway` as an ASGI 3 application (uvicorn runs it: `service.gateway.server`)."""
+    """`turnout gateway` as an ASGI 3 application (`turnout.service.gateway.server` runs it)."""
 
     def __init__(
         self,

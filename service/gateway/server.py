@@ -21,12 +21,12 @@ from typing import Any
 
 import uvicorn
 
-from service.core.config import TENANT, Config
-from service.errors import TurnoutError
-from service.gateway.app import GatewayApp
-from service.gateway.keys import create_key
-from service.kafka.settings import KafkaSettings
-from service.serving import ThreadedServer, bind_socket, run
+from turnout.service.core.config import TENANT, Config
+from turnout.service.errors import TurnoutError
+from turnout.service.gateway.app import GatewayApp
+from turnout.service.gateway.keys import create_key
+from turnout.service.kafka.settings import KafkaSettings
+from turnout.service.serving import ThreadedServer, bind_socket, run
 
 __all__ = ["RunningGateway", "cli_main", "start_in_thread"]
 
@@ -79,7 +79,7 @@ def start_in_thread(
 def cli_main(args: argparse.Namespace) -> int:
     if getattr(args, "gateway_command", None) == "key":
         return _key_create(args)
-    from service.runtime.config import load_config
+    from turnout.service.runtime.config import load_config
 
     cfg = load_config(Path(args.config) if args.config else None)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

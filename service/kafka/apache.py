@@ -36,9 +36,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, ClassVar
 
-from service.errors import TurnoutError
-from service.kafka.jars import KAFKA_VERSION, ensure_jars, require_java
-from service.kafka.local import LocalBroker, free_port, read_tail
+from turnout.service.errors import TurnoutError
+from turnout.service.kafka.jars import KAFKA_VERSION, ensure_jars, require_java
+from turnout.service.kafka.local import LocalBroker, free_port, read_tail
 
 __all__ = ["DEFAULT_HEAP", "ApacheKafkaBroker", "new_cluster_id", "server_properties"]
 

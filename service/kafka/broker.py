@@ -23,15 +23,15 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.errors import TurnoutError
-from service.kafka.apache import ApacheKafkaBroker
-from service.kafka.errors import quiet_client_logs
-from service.kafka.jars import ensure_jars, find_java, jars_ready, require_java
-from service.kafka.local import LocalBroker, free_port, port_is_open
-from service.kafka.settings import KafkaSettings
-from service.kafka.tansu import LIMITS, TansuBroker
-from service.kafka.topics import EnsureReport, ensure_topics
-from service.procs import stop_requested
+from turnout.service.errors import TurnoutError
+from turnout.service.kafka.apache import ApacheKafkaBroker
+from turnout.service.kafka.errors import quiet_client_logs
+from turnout.service.kafka.jars import ensure_jars, find_java, jars_ready, require_java
+from turnout.service.kafka.local import LocalBroker, free_port, port_is_open
+from turnout.service.kafka.settings import KafkaSettings
+from turnout.service.kafka.tansu import LIMITS, TansuBroker
+from turnout.service.kafka.topics import EnsureReport, ensure_topics
+from turnout.service.procs import stop_requested
 
 __all__ = [
     "ENGINES",

@@ -45,10 +45,10 @@ from aiokafka.errors import KafkaError
 from aiokafka.protocol.group import JoinGroupRequest, LeaveGroupRequest
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
-from service.errors import TurnoutError
-from service.kafka.errors import CommitTimeout, kafka_errors, start_client
-from service.kafka.settings import KafkaSettings
-from service.kafka.topics import admin_client, broker_engine, existing_topics
+from turnout.service.errors import TurnoutError
+from turnout.service.kafka.errors import CommitTimeout, kafka_errors, start_client
+from turnout.service.kafka.settings import KafkaSettings
+from turnout.service.kafka.topics import admin_client, broker_engine, existing_topics
 
 __all__ = [
     "Batch",

@@ -16,7 +16,7 @@ from contextlib import contextmanager, suppress
 
 from aiokafka import errors as ak
 
-from service.errors import TurnoutError
+from turnout.service.errors import TurnoutError
 
 __all__ = [
     "CommitTimeout",

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.errors import TurnoutError
+from turnout.service.errors import TurnoutError
 
 __all__ = [
     "KAFKA_VERSION",

@@ -27,9 +27,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, ClassVar, Self
 
-from service.errors import TurnoutError
-from service.kafka.topics import forget_engine
-from service.procs import die_with_parent
+from turnout.service.errors import TurnoutError
+from turnout.service.kafka.topics import forget_engine
+from turnout.service.procs import die_with_parent
 
 __all__ = ["LocalBroker", "check_port_free", "free_port", "port_is_open", "read_tail"]
 

@@ -32,10 +32,10 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from aiokafka.structs import RecordMetadata
 
-from service.errors import TurnoutError
-from service.kafka.errors import RecordTooLarge, kafka_errors, start_client, translate
-from service.kafka.settings import KafkaSettings
-from service.kafka.topics import broker_engine
+from turnout.service.errors import TurnoutError
+from turnout.service.kafka.errors import RecordTooLarge, kafka_errors, start_client, translate
+from turnout.service.kafka.settings import KafkaSettings
+from turnout.service.kafka.topics import broker_engine
 
 __all__ = ["Headers", "OutRecord", "Producer", "RecordMetadata", "producer_config"]
 

@@ -26,8 +26,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from service.core.config import IDEMPOTENCE, KafkaConfig, TopicsConfig
-from service.errors import TurnoutError
+from turnout.service.core.config import IDEMPOTENCE, KafkaConfig, TopicsConfig
+from turnout.service.errors import TurnoutError
 
 __all__ = [
     "COMPRESSION_TYPES",

@@ -18,8 +18,8 @@ from __future__ import annotations
 import os
 from typing import ClassVar
 
-from service.errors import TurnoutError
-from service.kafka.local import LocalBroker
+from turnout.service.errors import TurnoutError
+from turnout.service.kafka.local import LocalBroker
 
 __all__ = ["LIMITS", "TansuBroker"]
 

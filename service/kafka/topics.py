@@ -40,9 +40,9 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import for_code
 
-from service.errors import TurnoutError
-from service.kafka.errors import kafka_errors, quiet_client_logs, start_client, translate
-from service.kafka.settings import KafkaSettings, validate_topic_name
+from turnout.service.errors import TurnoutError
+from turnout.service.kafka.errors import kafka_errors, quiet_client_logs, start_client, translate
+from turnout.service.kafka.settings import KafkaSettings, validate_topic_name
 
 __all__ = [
     "TOPIC_SPECS",
@@ -316,7 +316,7 @@ async def _fix_configs(
 
 def cli_ensure(args: argparse.Namespace) -> int:
     """`turnout topics ensure`: create the topics, check the others; exit 1 on unfixable drift."""
-    from service.runtime.config import load_config
+    from turnout.service.runtime.config import load_config
 
     quiet_client_logs()
     cfg = load_config(getattr(args, "config", None))

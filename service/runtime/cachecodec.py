@@ -2,7 +2,7 @@
 
 The pure core cannot import a compression library, so the shell encodes a
 successful answer here before the core decides to store it
-(`service.core.cache.decide_store` takes the `EncodedBody`), and decodes an
+(`turnout.service.core.cache.decide_store` takes the `EncodedBody`), and decodes an
 entry's body here to answer a hit.
 
 Rules:
@@ -24,7 +24,7 @@ from typing import Any, Final, Protocol
 import msgspec
 import zstandard
 
-from service.core.cache import ENCODINGS, EncodedBody
+from turnout.service.core.cache import ENCODINGS, EncodedBody
 
 __all__ = [
     "GZIP_LEVEL",

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from service.core.config import Config, ConfigError, parse_config
+from turnout.service.core.config import Config, ConfigError, parse_config
 
 __all__ = ["DEFAULT_CONFIG_FILE", "load_config"]
 

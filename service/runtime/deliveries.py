@@ -39,10 +39,10 @@ from typing import Any, Final
 import msgspec
 from aiokafka.partitioner import murmur2
 
-from service.kafka.consumer import Reader, TopicPartition
-from service.kafka.settings import KafkaSettings
-from service.kafka.topics import existing_topics
-from service.wire.stream import STREAM_HEADER
+from turnout.service.kafka.consumer import Reader, TopicPartition
+from turnout.service.kafka.settings import KafkaSettings
+from turnout.service.kafka.topics import existing_topics
+from turnout.service.wire.stream import STREAM_HEADER
 
 __all__ = [
     "SKEW_MS",

@@ -49,17 +49,17 @@ from typing import Any, Final
 import msgspec
 from aiokafka import TopicPartition
 
-from service.clock import Clock, clock
-from service.core import events as ev
-from service.core import snapshot
-from service.core.admission import cache_index
-from service.core.budget import completion_allowance
-from service.core.cache import encoding_for
-from service.core.config import BatchingConfig, Config, config_hash, config_to_dict
-from service.core.partitioning import PARTITIONS, home_partition
-from service.core.pricing import Price, call_cost_micros
-from service.core.providers import configured_prices, provider_of
-from service.core.request import (
+from turnout.service.clock import Clock, clock
+from turnout.service.core import events as ev
+from turnout.service.core import snapshot
+from turnout.service.core.admission import cache_index
+from turnout.service.core.budget import completion_allowance
+from turnout.service.core.cache import encoding_for
+from turnout.service.core.config import BatchingConfig, Config, config_hash, config_to_dict
+from turnout.service.core.partitioning import PARTITIONS, home_partition
+from turnout.service.core.pricing import Price, call_cost_micros
+from turnout.service.core.providers import configured_prices, provider_of
+from turnout.service.core.request import (
     Call,
     CallResult,
     Context,
@@ -77,31 +77,31 @@ from service.core.request import (
     decide_result,
     decide_retry_due,
 )
-from service.core.state import RouterState, Terminal, evolve
-from service.errors import TurnoutError
-from service.kafka.consumer import GroupConsumer, Reader
-from service.kafka.errors import GroupMovedOn
-from service.kafka.producer import Producer
-from service.kafka.settings import KafkaSettings
-from service.kafka.topics import (
+from turnout.service.core.state import RouterState, Terminal, evolve
+from turnout.service.errors import TurnoutError
+from turnout.service.kafka.consumer import GroupConsumer, Reader
+from turnout.service.kafka.errors import GroupMovedOn
+from turnout.service.kafka.producer import Producer
+from turnout.service.kafka.settings import KafkaSettings
+from turnout.service.kafka.topics import (
     broker_engine,
     delete_topics,
     ensure_topics,
     existing_topics,
     topic_specs,
 )
-from service.runtime import snapshots
-from service.runtime.cachecodec import CacheCodecError, default_codec
-from service.runtime.deliveries import STREAM_BEGUN, Orphan, find_delivered, reply_partition
-from service.runtime.streaming import CutShort, Relay, StaleAttempt, replay
-from service.telemetry import Telemetry
-from service.upstream import client as upstream
-from service.upstream.pricing import PriceBook, PriceCache
-from service.upstream.providers import Upstreams
-from service.wire import cloudevents as ce
-from service.wire import stream as streams
-from service.wire.errors import WireError
-from service.wire.intake import (
+from turnout.service.runtime import snapshots
+from turnout.service.runtime.cachecodec import CacheCodecError, default_codec
+from turnout.service.runtime.deliveries import STREAM_BEGUN, Orphan, find_delivered, reply_partition
+from turnout.service.runtime.streaming import CutShort, Relay, StaleAttempt, replay
+from turnout.service.telemetry import Telemetry
+from turnout.service.upstream import client as upstream
+from turnout.service.upstream.pricing import PriceBook, PriceCache
+from turnout.service.upstream.providers import Upstreams
+from turnout.service.wire import cloudevents as ce
+from turnout.service.wire import stream as streams
+from turnout.service.wire.errors import WireError
+from turnout.service.wire.intake import (
     REQUEST_ID_HEADER,
     TENANT_ID,
     Cancel,
@@ -109,8 +109,8 @@ from service.wire.intake import (
     decode_intake,
     estimate_tokens,
 )
-from service.wire.response import encode_response, terminal_from_response
-from service.wire.stream import STREAM_HEADER
+from turnout.service.wire.response import encode_response, terminal_from_response
+from turnout.service.wire.stream import STREAM_HEADER
 
 __all__ = ["PARTITIONS", "Router", "home_partition"]
 

@@ -10,17 +10,17 @@ import signal
 import socket
 from collections.abc import Callable
 
-from service.clock import clock
-from service.runtime.config import load_config
+from turnout.service.clock import clock
+from turnout.service.runtime.config import load_config
 
 __all__ = ["cli_main", "dump_tasks"]
 
 
 async def _main(args: argparse.Namespace) -> int:
-    from service.health import start_health
-    from service.kafka.errors import quiet_client_logs
-    from service.runtime.router import Router
-    from service.telemetry import Telemetry
+    from turnout.service.health import start_health
+    from turnout.service.kafka.errors import quiet_client_logs
+    from turnout.service.runtime.router import Router
+    from turnout.service.telemetry import Telemetry
 
     cfg = load_config(args.config)
     quiet_client_logs()

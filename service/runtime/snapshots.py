@@ -1,6 +1,6 @@
 """`turnout.snapshots`: writing a partition's snapshot, and finding the newest good one.
 
-The codec (what a snapshot holds, its version and digest) is `service.core.snapshot`;
+The codec (what a snapshot holds, its version and digest) is `turnout.service.core.snapshot`;
 this is its shell: compression, records, and the compacted topic.
 
 A snapshot of events partition `p` is written as
@@ -33,11 +33,11 @@ import msgspec
 import zstandard
 from aiokafka import TopicPartition
 
-from service.core import snapshot
-from service.core.config import SnapshotsConfig
-from service.kafka.consumer import Reader
-from service.kafka.producer import Producer
-from service.kafka.settings import KafkaSettings
+from turnout.service.core import snapshot
+from turnout.service.core.config import SnapshotsConfig
+from turnout.service.kafka.consumer import Reader
+from turnout.service.kafka.producer import Producer
+from turnout.service.kafka.settings import KafkaSettings
 
 __all__ = [
     "CHUNK_BYTES",

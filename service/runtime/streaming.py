@@ -1,7 +1,7 @@
 """Relaying a streamed answer: upstream chunks in, coalesced chunk records out.
 
 Job: the router's `on_chunk` for one streamed attempt. Deltas are merged
-(`service.wire.stream.merge`) until `[streaming] flush_tokens` (estimated, 4
+(`turnout.service.wire.stream.merge`) until `[streaming] flush_tokens` (estimated, 4
 characters a token) have gathered or `flush_ms` has passed since the last record,
 then published to the request's reply topic as one chunk record with the next
 `seq` (CONTRACT.md, streaming over Kafka).
@@ -35,9 +35,9 @@ from typing import Any
 
 import msgspec
 
-from service.clock import Clock
-from service.kafka.producer import Producer
-from service.wire.stream import (
+from turnout.service.clock import Clock
+from turnout.service.kafka.producer import Producer
+from turnout.service.wire.stream import (
     ATTEMPT_HEADER,
     MODEL_HEADER,
     SEQ_HEADER,

@@ -18,7 +18,7 @@ Rules:
   logged, and never put in stats or events.
 - `call` never raises for upstream trouble: `_send` returns a `Reply` or the
   transport exception (those in `_CAUGHT`), and
-  `service.upstream.translate.translate`, the one translation, turns either
+  `turnout.service.upstream.translate.translate`, the one translation, turns either
   into a `CallResult`. Bugs and bad arguments still raise.
 - A success slower than `call_timeout_s` stays a success, flagged `slow=True`
   (the breaker counts it as a failure).
@@ -39,18 +39,18 @@ import httpx
 import msgspec
 from httpx_aiohttp import AiohttpTransport, HttpxAiohttpClient
 
-from service.clock import Clock
-from service.clock import clock as system_clock
-from service.core.config import BreakerConfig, ProviderConfig, UpstreamConfig
-from service.upstream.translate import (
+from turnout.service.clock import Clock
+from turnout.service.clock import clock as system_clock
+from turnout.service.core.config import BreakerConfig, ProviderConfig, UpstreamConfig
+from turnout.service.upstream.translate import (
     CallResult,
     Reply,
     classify_exception,
     translate,
     usage_of,
 )
-from service.wire.sse import SSEParser
-from service.wire.stream import completion, has_token, merge
+from turnout.service.wire.sse import SSEParser
+from turnout.service.wire.stream import completion, has_token, merge
 
 __all__ = [
     "CallResult", "ClientOptions", "ClientStats", "StreamOutcome", "UpstreamClient", "assembled",

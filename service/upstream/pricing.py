@@ -15,7 +15,7 @@ Rules:
 - `PriceCache` refreshes once the table is `ttl_s` old; a failed refresh keeps
   the last good table and is retried after `retry_s`, not on every request.
   Concurrent refreshes share one fetch. Time is an argument (`now_ms`) or
-  comes from `service.clock`.
+  comes from `turnout.service.clock`.
 """
 
 from __future__ import annotations
@@ -27,11 +27,10 @@ from typing import Any
 
 import msgspec
 
-from service.clock import Clock
-from service.clock import clock as system_clock
-from service.core.pricing import Price, parse_price
-
-from .client import CallResult, UpstreamClient
+from turnout.service.clock import Clock
+from turnout.service.clock import clock as system_clock
+from turnout.service.core.pricing import Price, parse_price
+from turnout.service.upstream.client import CallResult, UpstreamClient
 
 __all__ = [
     "PriceBook",

@@ -5,7 +5,7 @@
     ups.stats()                                          # {provider: ClientStats}
 
 Which provider serves a model, and the name it is sent, is decided in the core
-(`service.core.providers`); this is the shell: one `UpstreamClient` (its own
+(`turnout.service.core.providers`); this is the shell: one `UpstreamClient` (its own
 connection pool, timeouts, key and headers) per provider. The default client
 (`[upstream]`) also fetches OpenRouter's price table (`default`).
 """
@@ -15,16 +15,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from service.core.config import DEFAULT_PROVIDER, Config
-from service.core.providers import provider_of, upstream_model
-from service.upstream.client import (
+from turnout.service.core.config import DEFAULT_PROVIDER, Config
+from turnout.service.core.providers import provider_of, upstream_model
+from turnout.service.upstream.client import (
     ClientOptions,
     ClientStats,
     OnChunk,
     StreamOutcome,
     UpstreamClient,
 )
-from service.upstream.translate import CallResult
+from turnout.service.upstream.translate import CallResult
 
 __all__ = ["Upstreams"]
 

@@ -6,7 +6,7 @@ exception raised instead into a `CallResult`; `classify_exception` and
 
 Rules:
 - `translate` never raises: HTTP statuses are classified by
-  `service.core.outcomes.classify_status`, exceptions by the `_EXCEPTIONS`
+  `turnout.service.core.outcomes.classify_status`, exceptions by the `_EXCEPTIONS`
   table below, bodies that do not parse become `malformed_response`;
 - the aiohttp transport maps exceptions lossily (every aiohttp
   ClientConnectionError becomes `httpx.ConnectTimeout`: refused connections
@@ -28,8 +28,8 @@ import aiohttp
 import httpx
 import msgspec
 
-from service.core.events import Usage
-from service.core.outcomes import CLASSES, ErrorClass, classify_status
+from turnout.service.core.events import Usage
+from turnout.service.core.outcomes import CLASSES, ErrorClass, classify_status
 
 __all__ = [
     "CallResult", "Reply", "classify_exception", "retry_after_ms", "translate", "usage_of",

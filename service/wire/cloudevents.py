@@ -28,8 +28,8 @@ from typing import Any, Final, TypeAlias
 
 import msgspec
 
-from service.core.events import EVENT_TYPES, Event, RawEvent
-from service.wire.errors import (
+from turnout.service.core.events import EVENT_TYPES, Event, RawEvent
+from turnout.service.wire.errors import (
     INVALID_HEADER,
     INVALID_KEY,
     MALFORMED_JSON,

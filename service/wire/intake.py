@@ -30,8 +30,8 @@ from typing import Annotated, Any, Final
 
 import msgspec
 
-from service.core.request import IntakeRequest
-from service.wire.errors import MALFORMED_JSON, SCHEMA_VIOLATION, WireError, from_msgspec
+from turnout.service.core.request import IntakeRequest
+from turnout.service.wire.errors import MALFORMED_JSON, SCHEMA_VIOLATION, WireError, from_msgspec
 
 __all__ = [
     "INVALID_REPLY_TO",

@@ -14,7 +14,7 @@ from typing import Any, Final
 
 import msgspec
 
-from service.core import events as ev
+from turnout.service.core import events as ev
 
 __all__ = ["encode_response", "response_body", "terminal_from_response"]
 

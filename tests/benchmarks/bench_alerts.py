@@ -5,7 +5,7 @@
 
 Builds each archive with the real schema and views (`Archive.open`), filling
 `events` in DuckDB SQL from `range()`: one template per request story of
-`analytics.synthetic` (the real event structs, JSON-encoded, with the request
+`turnout.analytics.synthetic` (the real event structs, JSON-encoded, with the request
 id, tenant and latency as placeholders), expanded per request and spread over
 the last 24 hours ending now, plus global events (breakers, budgets, alerts).
 Request mix: 70 % ok, 8 % cached, 6 % retried, 5 % fallback, 3 % failed,
@@ -31,12 +31,12 @@ from pathlib import Path
 import duckdb
 import msgspec
 
-from analytics.alerts.rules import load_rules
-from analytics.alerts.runner import _RESTORE_SQL
-from analytics.archive import Archive, open_reader
-from analytics.synthetic import MODELS, story
-from service.clock import clock
-from service.core import events as ev
+from turnout.analytics.alerts.rules import load_rules
+from turnout.analytics.alerts.runner import _RESTORE_SQL
+from turnout.analytics.archive import Archive, open_reader
+from turnout.analytics.synthetic import MODELS, story
+from turnout.service.clock import clock
+from turnout.service.core import events as ev
 
 MIX = {"ok": 70, "cached": 8, "retried": 6, "fallback": 5, "failed": 3, "rejected": 3,
        "coalesced": 2, "in_flight": 2, "deadlettered": 1}  # fmt: skip

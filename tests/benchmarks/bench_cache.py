@@ -37,8 +37,8 @@ from typing import Any
 
 import msgspec
 
-from service.core import events as ev
-from service.core.cache import (
+from turnout.service.core import events as ev
+from turnout.service.core.cache import (
     CacheIndex,
     EncodedBody,
     cache_key,
@@ -47,8 +47,8 @@ from service.core.cache import (
     decide_store,
     evolve_cache,
 )
-from service.core.config import Config, parse_config
-from service.runtime.cachecodec import BodyCodec
+from turnout.service.core.config import Config, parse_config
+from turnout.service.runtime.cachecodec import BodyCodec
 
 ENCODINGS = ("zstd", "gzip", "none")
 KINDS = ("short", "markdown", "json")

@@ -21,9 +21,9 @@ from typing import Any
 
 import msgspec
 
-from service.clock import FixedClock
-from service.core import events as ev
-from service.wire.cloudevents import Envelope, decode, encode, wrap
+from turnout.service.clock import FixedClock
+from turnout.service.core import events as ev
+from turnout.service.wire.cloudevents import Envelope, decode, encode, wrap
 
 Headers = list[tuple[str, bytes]]
 USAGE = ev.Usage(prompt_tokens=412, completion_tokens=187, total_tokens=599)

@@ -21,10 +21,10 @@ from pathlib import Path
 REPO = Path(os.environ.get("TURNOUT_REPO") or Path(__file__).resolve().parents[2])
 sys.path.insert(0, str(REPO))
 
-from analytics.archive import Archive  # noqa: E402
-from analytics.rows import KafkaPosition, record_row  # noqa: E402
-from analytics.synthetic import ALL_KINDS, envelopes, workload  # noqa: E402
-from service.wire.cloudevents import encode  # noqa: E402
+from turnout.analytics.archive import Archive  # noqa: E402
+from turnout.analytics.rows import KafkaPosition, record_row  # noqa: E402
+from turnout.analytics.synthetic import ALL_KINDS, envelopes, workload  # noqa: E402
+from turnout.service.wire.cloudevents import encode  # noqa: E402
 
 PAGES = ("overview", "routing", "reliability", "tenants", "cache", "alerts", "explorer")
 

@@ -45,7 +45,7 @@ import aiohttp
 from bench_router import CONFIG, cpu_s, percentile, pinned, router, simulator, stop_process
 from engines import brokers
 
-from service.kafka.broker import free_port
+from turnout.service.kafka.broker import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "openai/gpt-4o-mini"
@@ -57,7 +57,7 @@ def gateway(bootstrap: str, prefix: str, config_path: str) -> Iterator[tuple[str
     """`turnout gateway` on a free port: (its /v1 base URL, pid), once it is ready."""
     port = free_port()
     env = os.environ | {"TURNOUT_KAFKA_BOOTSTRAP": bootstrap, "TURNOUT_KAFKA_TOPIC_PREFIX": prefix}
-    command = [sys.executable, "-m", "service", "gateway", "--port", str(port),
+    command = [sys.executable, "-m", "turnout", "gateway", "--port", str(port),
                "--config", config_path]  # fmt: skip
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=log)
@@ -80,7 +80,7 @@ def paced_simulator(latency_ms: float, chunk_ms: float) -> Iterator[str]:
     with tempfile.NamedTemporaryFile("w", suffix=".toml") as scenario:
         scenario.write(f'latency_ms = {latency_ms}\n[[rule]]\nmodel = "*"\nchunk_ms = {chunk_ms}\n')
         scenario.flush()
-        command = [sys.executable, "-m", "service", "simulate", "--port", "0",
+        command = [sys.executable, "-m", "turnout", "simulate", "--port", "0",
                    "--scenario", scenario.name]  # fmt: skip
         proc = subprocess.Popen(
             pinned(command, 0), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,

@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from engines import DEFAULT_ENGINES, brokers
 
-from service.kafka.consumer import Reader, TopicPartition, consumer_config
-from service.kafka.producer import OutRecord, Producer, producer_config
-from service.kafka.settings import KafkaSettings
-from service.kafka.topics import broker_engine, ensure_topic
+from turnout.service.kafka.consumer import Reader, TopicPartition, consumer_config
+from turnout.service.kafka.producer import OutRecord, Producer, producer_config
+from turnout.service.kafka.settings import KafkaSettings
+from turnout.service.kafka.topics import broker_engine, ensure_topic
 
 PARTITIONS = 12
 BATCH = 500

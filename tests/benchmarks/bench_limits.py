@@ -28,16 +28,16 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from service.core import events as ev
-from service.core.budget import (
+from turnout.service.core import events as ev
+from turnout.service.core.budget import (
     TenantBudget,
     decide_reserve,
     decide_settle,
     evolve_budget,
 )
-from service.core.config import TenantLimits
-from service.core.pricing import usd_to_micros
-from service.core.ratelimit import DAY_MS, MINUTE_MS, TenantWindows, admit, check, settle
+from turnout.service.core.config import TenantLimits
+from turnout.service.core.pricing import usd_to_micros
+from turnout.service.core.ratelimit import DAY_MS, MINUTE_MS, TenantWindows, admit, check, settle
 
 LIMITS = TenantLimits()
 START_MS = 1_764_201_600_000  # 2025-11-27T00:00:00Z

@@ -2,7 +2,7 @@
 
 Run: `.venv/bin/python tests/benchmarks/bench_rebuild.py [--sizes 100000,1000000,2000000]`
 
-The events topic is filled with the synthetic mixed workload (`analytics.synthetic`:
+The events topic is filled with the synthetic mixed workload (`turnout.analytics.synthetic`:
 real event structs, ~6 per request, CloudEvents-encoded, each on its tenant's home
 partition, 48 tenants over the 12 partitions) up to each size in turn (the log only
 grows: 100k, then 1M, then 2M). At each size, on the same broker, in the same run:
@@ -35,15 +35,15 @@ from engines import brokers
 from rich.console import Console
 from rich.table import Table
 
-from analytics.synthetic import envelopes, workload
-from service.core.config import Config, parse_config
-from service.core.partitioning import home_partition
-from service.kafka.settings import KafkaSettings
-from service.kafka.topics import ensure_topics
-from service.runtime.router import Router
-from service.runtime.serve import _tune_gc
-from service.upstream.simulator import SimulatorOptions, start_in_thread
-from service.wire.cloudevents import encode
+from turnout.analytics.synthetic import envelopes, workload
+from turnout.service.core.config import Config, parse_config
+from turnout.service.core.partitioning import home_partition
+from turnout.service.kafka.settings import KafkaSettings
+from turnout.service.kafka.topics import ensure_topics
+from turnout.service.runtime.router import Router
+from turnout.service.runtime.serve import _tune_gc
+from turnout.service.upstream.simulator import SimulatorOptions, start_in_thread
+from turnout.service.wire.cloudevents import encode
 
 TENANTS = 48
 EVENTS_PER_REQUEST = 6

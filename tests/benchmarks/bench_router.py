@@ -9,7 +9,7 @@ What runs (every process started here is stopped here):
 - each broker in turn (`--engines`: Apache Kafka, then Tansu), and
   `turnout simulate` in its own process,
   pinned to CPU 0 when there are two (0 ms; a second one at 50 ms for part 2);
-- ONE router per scenario: `python -m service router --health-port 0` with a
+- ONE router per scenario: `python -m turnout router --health-port 0` with a
   unique topic prefix and group id (TURNOUT_KAFKA_* / TURNOUT_UPSTREAM_BASE_URL
   in its environment) and a config file that lifts the tenant limits, so no
   request is refused; topics are created first with `ensure_topics`;
@@ -35,7 +35,7 @@ Figures:
    produced, less the upstream) and the hop out (-> arrival). Baseline in the
    same run: a relay process that answers each request the moment it reads it
    (same fetch wait, linger 0), i.e. the two Kafka hops with no router at all.
-3. Projection rebuild: `service.core.state.fold` over a synthetic event mix
+3. Projection rebuild: `turnout.service.core.state.fold` over a synthetic event mix
    (analytics.synthetic), events/s; and CloudEvents decode + evolve of the
    encoded records. Target: >= 200,000 events/s for the fold.
 
@@ -73,14 +73,14 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from engines import DEFAULT_ENGINES, brokers
 from httpx_aiohttp import AiohttpTransport
 
-from analytics.synthetic import envelopes, workload
-from service.core.config import parse_config
-from service.core.events import AttemptSucceeded, RequestAccepted
-from service.core.state import RouterState, evolve, fold
-from service.kafka.consumer import topic_partitions
-from service.kafka.settings import KafkaSettings, Topics
-from service.kafka.topics import ensure_topics
-from service.wire import cloudevents as ce
+from turnout.analytics.synthetic import envelopes, workload
+from turnout.service.core.config import parse_config
+from turnout.service.core.events import AttemptSucceeded, RequestAccepted
+from turnout.service.core.state import RouterState, evolve, fold
+from turnout.service.kafka.consumer import topic_partitions
+from turnout.service.kafka.settings import KafkaSettings, Topics
+from turnout.service.kafka.topics import ensure_topics
+from turnout.service.wire import cloudevents as ce
 
 ROOT = Path(__file__).resolve().parents[2]
 TENANTS = [f"tenant-{i:02d}" for i in range(16)]
@@ -141,7 +141,7 @@ def stop_process(proc: subprocess.Popen[Any], timeout_s: float = 35.0) -> None:
 @contextlib.contextmanager
 def simulator(latency_ms: float) -> Iterator[tuple[str, int]]:
     """`turnout simulate` in a subprocess on CPU 0: (base URL, pid)."""
-    command = [sys.executable, "-m", "service", "simulate", "--port", "0",
+    command = [sys.executable, "-m", "turnout", "simulate", "--port", "0",
                "--latency-ms", str(latency_ms)]  # fmt: skip
     proc = subprocess.Popen(
         pinned(command, 0), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
@@ -194,7 +194,7 @@ def router(
         | (extra_env or {})
         | dict(kv.split("=", 1) for kv in ROUTER_ENV)
     )
-    command = [sys.executable, "-m", "service", "router", "--health-port", "0",
+    command = [sys.executable, "-m", "turnout", "router", "--health-port", "0",
                "--config", config_path, "--instance", "bench"]  # fmt: skip
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(

@@ -4,7 +4,7 @@ Run:  .venv/bin/python tests/benchmarks/bench_simulator.py [--requests 20000] [-
 
 How it is driven:
 - each server is a subprocess pinned to CPU 0 (`taskset -c 0`): the simulator
-  through its CLI (`python -m service simulate --port 0`, 0 ms latency), and a
+  through its CLI (`python -m turnout simulate --port 0`, 0 ms latency), and a
   baseline bare starlette + uvicorn app answering `{"hello": "world"}` with the
   same uvicorn settings (this script with `--serve-baseline`);
 - the load generator is this process, pinned to CPU 1, with one
@@ -156,7 +156,7 @@ async def main(args: argparse.Namespace) -> None:
     if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
         os.sched_setaffinity(0, {1})
     kw = {"requests": args.requests, "concurrency": args.concurrency}
-    simulate = [sys.executable, "-m", "service", "simulate", "--port", "0"]
+    simulate = [sys.executable, "-m", "turnout", "simulate", "--port", "0"]
     baseline = [sys.executable, __file__, "--serve-baseline"]
     chat = json.dumps(CHAT).encode()
     stream = json.dumps({**CHAT, "stream": True}).encode()

@@ -2,7 +2,7 @@
 
 Run: `.venv/bin/python tests/benchmarks/bench_sink.py [--requests N]`
 
-Both sides store the same synthetic mixed workload (`analytics.synthetic`,
+Both sides store the same synthetic mixed workload (`turnout.analytics.synthetic`,
 about 6 events per request, real event structs, CloudEvents-encoded):
 
 - sink, on each broker in turn (Apache Kafka, then Tansu; `--engines`): the
@@ -35,13 +35,13 @@ from aiokafka import AIOKafkaProducer
 from engines import DEFAULT_ENGINES, brokers
 from rich.console import Console
 
-from analytics.archive import Archive
-from analytics.rows import EventRow, KafkaPosition, record_row
-from analytics.sink import Reporter, Sink, SinkOptions
-from analytics.synthetic import envelopes, workload
-from service.kafka.settings import KafkaSettings
-from service.kafka.topics import ensure_topics
-from service.wire.cloudevents import encode
+from turnout.analytics.archive import Archive
+from turnout.analytics.rows import EventRow, KafkaPosition, record_row
+from turnout.analytics.sink import Reporter, Sink, SinkOptions
+from turnout.analytics.synthetic import envelopes, workload
+from turnout.service.kafka.settings import KafkaSettings
+from turnout.service.kafka.topics import ensure_topics
+from turnout.service.wire.cloudevents import encode
 
 Record = tuple[bytes, bytes, list[tuple[str, bytes]]]
 

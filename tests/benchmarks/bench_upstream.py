@@ -3,7 +3,7 @@
 Run:  .venv/bin/python tests/benchmarks/bench_upstream.py [--requests 4000] [--rounds 3]
 
 How it is driven:
-- the simulator runs in its own process through its CLI (`python -m service
+- the simulator runs in its own process through its CLI (`python -m turnout
   simulate --port 0 --latency-ms 0`), pinned to CPU 0 when there are two;
   this process (the client) is pinned to CPU 1;
 - four clients, each with `--concurrency` (32) workers looping on keep-alive
@@ -39,7 +39,7 @@ import httpx
 import msgspec
 from httpx_aiohttp import AiohttpTransport
 
-from service.upstream.client import ClientOptions, UpstreamClient
+from turnout.service.upstream.client import ClientOptions, UpstreamClient
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "openai/gpt-4o-mini"
@@ -72,7 +72,7 @@ class Figure:
 
 def start_simulator() -> tuple[subprocess.Popen[str], str]:
     """`turnout simulate` in a subprocess at 0 ms latency; returns it and its base URL."""
-    command = [sys.executable, "-m", "service", "simulate", "--port", "0", "--latency-ms", "0"]
+    command = [sys.executable, "-m", "turnout", "simulate", "--port", "0", "--latency-ms", "0"]
     if (os.cpu_count() or 1) >= 2 and shutil.which("taskset"):
         command = ["taskset", "-c", "0", *command]
     proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)

@@ -5,11 +5,11 @@ Run: `.venv/bin/python tests/benchmarks/bench_whatif.py [--requests 1000000]`
 The log is what one router writes for the workload of the what-if unit tests
 (`tests/unit/test_whatif.py`: three tenants, rate limits, a budget, an outage of
 one model, cache hits, streams, retries, fallbacks, cancels), made by the
-router's own core in virtual time (`analytics.whatif.virtual`), held in memory
+router's own core in virtual time (`turnout.analytics.whatif.virtual`), held in memory
 as decoded events (reading the archive is not timed here: `turnout replay
 state` and bench_rebuild.py measure decoding). In the same run, on one core:
 
-- **baseline**: folding the recorded log into a `RouterState` (`service.core.state.fold`),
+- **baseline**: folding the recorded log into a `RouterState` (`turnout.service.core.state.fold`),
   as events/s and as requests/s (what a replay costs without deciding anything);
 - **what-if, the recorded config**: every request re-decided with recorded outcomes;
 - **what-if, a changed config**: the outage model removed from the route, so a third
@@ -31,11 +31,11 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from analytics.whatif.engine import WhatIf
-from analytics.whatif.outcomes import OutcomeModel, parse_assume
-from service.core.config import parse_config
-from service.core.state import fold
 from tests.unit.test_whatif import Workload, base_raw, recording
+from turnout.analytics.whatif.engine import WhatIf
+from turnout.analytics.whatif.outcomes import OutcomeModel, parse_assume
+from turnout.service.core.config import parse_config
+from turnout.service.core.state import fold
 
 
 def main() -> None:

@@ -30,7 +30,7 @@ from contextlib import AbstractContextManager
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from service.kafka.broker import local_broker
+from turnout.service.kafka.broker import local_broker
 
 __all__ = ["DEFAULT_ENGINES", "Engine", "brokers"]
 

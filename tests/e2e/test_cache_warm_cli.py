@@ -9,9 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from service.kafka.settings import KafkaSettings, Topics
-from service.upstream.simulator import SimulatorOptions, start_in_thread
 from tests.integration.test_router import config, of_type, read_events, running, sim_calls
+from turnout.service.kafka.settings import KafkaSettings, Topics
+from turnout.service.upstream.simulator import SimulatorOptions, start_in_thread
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -20,7 +20,7 @@ async def warm(settings: KafkaSettings, *args: str) -> subprocess.CompletedProce
     env = {**os.environ, "TURNOUT_KAFKA_BOOTSTRAP": settings.bootstrap,
            "TURNOUT_KAFKA_TOPIC_PREFIX": settings.topic_prefix}  # fmt: skip
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "service", "cache", "warm", *args, cwd=REPO, env=env,
+        sys.executable, "-m", "turnout", "cache", "warm", *args, cwd=REPO, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     out, err = await asyncio.wait_for(proc.communicate(), 120)

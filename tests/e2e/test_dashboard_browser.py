@@ -27,10 +27,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from analytics.archive import Archive
-from analytics.rows import EventRow, KafkaPosition, record_row
-from analytics.synthetic import ALL_KINDS, REQUESTLESS, envelopes, workload
-from service.wire.cloudevents import encode
+from turnout.analytics.archive import Archive
+from turnout.analytics.rows import EventRow, KafkaPosition, record_row
+from turnout.analytics.synthetic import ALL_KINDS, REQUESTLESS, envelopes, workload
+from turnout.service.wire.cloudevents import encode
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 STORIES = workload(90, kinds=ALL_KINDS, task_types=("general", "code"))
@@ -76,7 +76,7 @@ def wait_http(url: str, proc: subprocess.Popen[str], timeout_s: float) -> None:
 def dashboard(archive: Path, tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     """`turnout dashboard` on a free port, as a user starts it; its output in dashboard.log."""
     port = free_port()
-    command = [sys.executable, "-m", "service", "dashboard", "--port", str(port)]
+    command = [sys.executable, "-m", "turnout", "dashboard", "--port", str(port)]
     with open(tmp_path / "dashboard.log", "w") as log:
         proc = subprocess.Popen(
             [*command, "--duckdb", str(archive)],

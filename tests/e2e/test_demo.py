@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from service.cli import build_parser
-from service.kafka.broker import free_port
+from turnout.service.cli import build_parser
+from turnout.service.kafka.broker import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -91,7 +91,7 @@ def _survivors(pids_file: Path) -> list[dict[str, object]]:
 
 def _sql(cwd: Path, query: str) -> list[dict[str, object]]:
     done = subprocess.run(
-        [sys.executable, "-m", "service", "sql", query, "--format", "json",
+        [sys.executable, "-m", "turnout", "sql", query, "--format", "json",
          "--duckdb", "data/demo/turnout.duckdb"],
         cwd=cwd, env=_env(), capture_output=True, text=True, timeout=60,
     )  # fmt: skip
@@ -115,7 +115,7 @@ def test_demo_starts_everything_fills_the_archive_and_ctrl_c_leaves_no_process(
 ) -> None:
     kafka, dashboard = free_port(), free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "service", "demo", "--duration", "85",
+        [sys.executable, "-m", "turnout", "demo", "--duration", "85",
          "--kafka-port", str(kafka), "--dashboard-port", str(dashboard)],
         cwd=demo_dir, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
@@ -168,7 +168,7 @@ def test_a_part_that_fails_to_start_is_named_with_its_log_and_nothing_is_left(
         taken.listen()
         port = taken.getsockname()[1]
         done = subprocess.run(
-            [sys.executable, "-m", "service", "demo", "--no-dashboard",
+            [sys.executable, "-m", "turnout", "demo", "--no-dashboard",
              "--kafka-port", str(free_port()), "--sim-port", str(port)],
             cwd=demo_dir, env=_env(), capture_output=True, text=True, timeout=60,
         )  # fmt: skip

@@ -27,16 +27,16 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import GroupCoordinatorNotAvailableError
 from aiokafka.structs import TopicPartition
 
-from service.kafka.local import free_port, port_is_open
-from service.kafka.settings import KafkaSettings
-from service.kafka.topics import ensure_topic, existing_topics
+from turnout.service.kafka.local import free_port, port_is_open
+from turnout.service.kafka.settings import KafkaSettings
+from turnout.service.kafka.topics import ensure_topic, existing_topics
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def turnout(*args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "service", *args],
+        [sys.executable, "-m", "turnout", *args],
         cwd=REPO,
         env={**os.environ, **(env or {})},
         stdout=subprocess.PIPE,
@@ -366,7 +366,7 @@ def test_a_data_dir_that_is_not_the_brokers_is_never_used_or_wiped(tmp_path: Pat
 @pytest.mark.parametrize("engine", ["kafka", "tansu"])
 def test_the_broker_dies_with_a_killed_parent(engine: str, tmp_path: Path):
     script = (
-        "from service.kafka.broker import local_broker\n"
+        "from turnout.service.kafka.broker import local_broker\n"
         f"b = local_broker({engine!r}, data_dir={str(tmp_path / 'kafka')!r}).start()\n"
         "print(b.pid, b.port, flush=True)\n"
         "import time; time.sleep(120)\n"

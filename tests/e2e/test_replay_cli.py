@@ -15,17 +15,17 @@ from typing import Any
 import duckdb
 import pytest
 
-from analytics.archive import Archive, open_reader, snapshot_path
-from analytics.rows import EventRow, KafkaPosition, record_row
-from analytics.synthetic import envelopes, workload
-from service.core import events as ev
-from service.core.config import parse_config
-from service.core.state import fold
-from service.health import finished_outcomes
-from service.kafka.settings import KafkaSettings, Topics
-from service.runtime.router import home_partition
-from service.wire.cloudevents import Envelope, encode, format_time, wrap
 from tests.integration.test_router import collect
+from turnout.analytics.archive import Archive, open_reader, snapshot_path
+from turnout.analytics.rows import EventRow, KafkaPosition, record_row
+from turnout.analytics.synthetic import envelopes, workload
+from turnout.service.core import events as ev
+from turnout.service.core.config import parse_config
+from turnout.service.core.state import fold
+from turnout.service.health import finished_outcomes
+from turnout.service.kafka.settings import KafkaSettings, Topics
+from turnout.service.runtime.router import home_partition
+from turnout.service.wire.cloudevents import Envelope, encode, format_time, wrap
 
 T0 = 1_767_225_600_000
 REPO = Path(__file__).resolve().parents[2]
@@ -34,7 +34,7 @@ MODEL = "anthropic/claude-3.5-haiku"
 
 def replay(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "service", "replay", *args],
+        [sys.executable, "-m", "turnout", "replay", *args],
         capture_output=True, text=True, timeout=120, cwd=REPO, env={**os.environ, **(env or {})},
     )  # fmt: skip
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from analytics.archive import Archive, snapshot_path
-from analytics.rows import EventRow, KafkaPosition, record_row
-from analytics.synthetic import envelopes, workload
-from service.wire.cloudevents import encode
+from turnout.analytics.archive import Archive, snapshot_path
+from turnout.analytics.rows import EventRow, KafkaPosition, record_row
+from turnout.analytics.synthetic import envelopes, workload
+from turnout.service.wire.cloudevents import encode
 
 REQUESTS = 45
 
@@ -25,7 +25,7 @@ def run(
     *args: str, cwd: Path, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "service", "sql", *args],
+        [sys.executable, "-m", "turnout", "sql", *args],
         capture_output=True, text=True, timeout=60, cwd=cwd, env={**os.environ, **(env or {})},
     )  # fmt: skip
 

@@ -9,9 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from service.kafka.settings import KafkaSettings, Topics
-from service.upstream.simulator import SimulatorOptions, parse_scenario, start_in_thread
 from tests.integration.test_router import config, running
+from turnout.service.kafka.settings import KafkaSettings, Topics
+from turnout.service.upstream.simulator import SimulatorOptions, parse_scenario, start_in_thread
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -20,7 +20,7 @@ async def submit(settings: KafkaSettings, *args: str) -> subprocess.CompletedPro
     env = {**os.environ, "TURNOUT_KAFKA_BOOTSTRAP": settings.bootstrap,
            "TURNOUT_KAFKA_TOPIC_PREFIX": settings.topic_prefix}  # fmt: skip
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "service", "submit", *args, cwd=REPO, env=env,
+        sys.executable, "-m", "turnout", "submit", *args, cwd=REPO, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     out, err = await asyncio.wait_for(proc.communicate(), 90)

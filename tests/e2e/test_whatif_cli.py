@@ -1,7 +1,7 @@
 """`turnout replay whatif` as a user runs it, on a DuckDB archive written by the archive code.
 
 The archive holds what a single router writes for a workload (the router's own
-core in virtual time: `analytics.whatif.virtual`), so the command reads a log
+core in virtual time: `turnout.analytics.whatif.virtual`), so the command reads a log
 with the shape, ids and order a real one has.
 """
 
@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from analytics.replay.source import Recorded
-from service.core import events as ev
-from service.core.config import parse_config
-from service.wire.cloudevents import Envelope, wrap
 from tests.e2e.test_replay_cli import replay, write_archive
 from tests.unit.test_whatif import Workload, base_raw, recording
+from turnout.analytics.replay.source import Recorded
+from turnout.service.core import events as ev
+from turnout.service.core.config import parse_config
+from turnout.service.wire.cloudevents import Envelope, wrap
 
 TENANTS = """
 [tenants.acme]

@@ -6,7 +6,7 @@ Kafka, with one fault per round (and all of them in the last), then the invarian
 
 What runs (every process started here is stopped here): one Apache Kafka broker (its
 data in a temporary directory, kept across its own restarts), the simulator in this
-process, N routers (`python -m service router`) and `turnout sink` as child processes.
+process, N routers (`python -m turnout router`) and `turnout sink` as child processes.
 Each round gets its own topic prefix and consumer group. This process is the client
 (an idempotent producer keyed by tenant, a consumer of the responses) and the
 supervisor: a router that exits unexpectedly is started again a second later, as
@@ -69,14 +69,14 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from rich.console import Console
 from rich.table import Table
 
-from service.core import events as ev
-from service.kafka.apache import ApacheKafkaBroker
-from service.kafka.local import free_port
-from service.kafka.settings import KafkaSettings
-from service.kafka.topics import ensure_topics, existing_topics
-from service.upstream.simulator import SimulatorOptions, parse_scenario, start_in_thread
-from service.upstream.simulator.server import RunningSimulator
-from service.wire import cloudevents as ce
+from turnout.service.core import events as ev
+from turnout.service.kafka.apache import ApacheKafkaBroker
+from turnout.service.kafka.local import free_port
+from turnout.service.kafka.settings import KafkaSettings
+from turnout.service.kafka.topics import ensure_topics, existing_topics
+from turnout.service.upstream.simulator import SimulatorOptions, parse_scenario, start_in_thread
+from turnout.service.upstream.simulator.server import RunningSimulator
+from turnout.service.wire import cloudevents as ce
 
 REPO = Path(__file__).resolve().parents[2]
 ROUNDS = (
@@ -162,7 +162,7 @@ class Cluster:
         log = self.work / f"{self.settings.topic_prefix}-{name}.log"
         with log.open("ab") as err:
             self.routers[name] = subprocess.Popen(
-                [sys.executable, "-m", "service", "router", "--config", str(self.config_path),
+                [sys.executable, "-m", "turnout", "router", "--config", str(self.config_path),
                  "--health-port", "0", "--instance", name],
                 cwd=REPO, env=self.env(), stdout=subprocess.DEVNULL, stderr=err,
             )  # fmt: skip
@@ -182,7 +182,7 @@ class Cluster:
     def start_sink(self) -> None:
         with (self.work / f"{self.settings.topic_prefix}-sink.log").open("ab") as out:
             self.sink = subprocess.Popen(
-                [sys.executable, "-m", "service", "sink"],
+                [sys.executable, "-m", "turnout", "sink"],
                 cwd=REPO, env=self.env(), stdout=out, stderr=subprocess.STDOUT,
             )  # fmt: skip
 

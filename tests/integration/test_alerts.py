@@ -22,18 +22,18 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from analytics.alerts.delivery import WebhookPolicy
-from analytics.alerts.engine import Phase, phase_of
-from analytics.alerts.rules import Rule, load_rules
-from analytics.alerts.runner import AlertRunner, RunnerOptions, open_runner, serve
-from analytics.archive import Archive
-from analytics.rows import EventRow, KafkaPosition, event_row, record_row
-from analytics.synthetic import MODELS, envelopes, story, workload
-from service.clock import clock
-from service.core import events as ev
-from service.kafka.consumer import Reader, topic_partitions
-from service.kafka.settings import KafkaSettings, Topics
-from service.wire.cloudevents import Envelope, decode, encode, wrap
+from turnout.analytics.alerts.delivery import WebhookPolicy
+from turnout.analytics.alerts.engine import Phase, phase_of
+from turnout.analytics.alerts.rules import Rule, load_rules
+from turnout.analytics.alerts.runner import AlertRunner, RunnerOptions, open_runner, serve
+from turnout.analytics.archive import Archive
+from turnout.analytics.rows import EventRow, KafkaPosition, event_row, record_row
+from turnout.analytics.synthetic import MODELS, envelopes, story, workload
+from turnout.service.clock import clock
+from turnout.service.core import events as ev
+from turnout.service.kafka.consumer import Reader, topic_partitions
+from turnout.service.kafka.settings import KafkaSettings, Topics
+from turnout.service.wire.cloudevents import Envelope, decode, encode, wrap
 
 REPO = Path(__file__).resolve().parents[2]
 ERROR_RATE_SQL = """
@@ -217,7 +217,7 @@ async def test_error_rate_ok_pending_fires_once_resolves_once(
 
 
 def _ms(rfc3339: str) -> int:
-    from service.wire.cloudevents import parse_time
+    from turnout.service.wire.cloudevents import parse_time
 
     return parse_time(rfc3339)
 
@@ -381,7 +381,7 @@ async def test_once_from_the_command_line(
     }
     args = ["alerts", "--once", "--rules", str(rules), "--duckdb", str(busy_archive.path)]
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "service", *args, cwd=REPO, env=env,
+        sys.executable, "-m", "turnout", *args, cwd=REPO, env=env,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     out, err = await asyncio.wait_for(proc.communicate(), 30)

@@ -14,14 +14,20 @@ import duckdb
 import msgspec
 import pytest
 
-from analytics import synthetic
-from analytics.archive import DERIVED_VERSION, Archive, open_reader, snapshot_path, view_names
-from analytics.records import record_batch
-from analytics.rows import ErrorRow, EventRow, KafkaPosition, record_row
-from analytics.synthetic import ROUTE_KINDS, Story, envelopes, workload
-from service.core import events as ev
-from service.errors import TurnoutError
-from service.wire.cloudevents import encode
+from turnout.analytics import synthetic
+from turnout.analytics.archive import (
+    DERIVED_VERSION,
+    Archive,
+    open_reader,
+    snapshot_path,
+    view_names,
+)
+from turnout.analytics.records import record_batch
+from turnout.analytics.rows import ErrorRow, EventRow, KafkaPosition, record_row
+from turnout.analytics.synthetic import ROUTE_KINDS, Story, envelopes, workload
+from turnout.service.core import events as ev
+from turnout.service.errors import TurnoutError
+from turnout.service.wire.cloudevents import encode
 
 TERMINAL = {
     ev.RequestCompleted: "completed",
@@ -122,7 +128,7 @@ def test_data_duckdb_cannot_read_is_kept_as_a_sink_error_and_the_batch_goes_in(p
 
 
 def test_a_second_writer_is_refused_with_a_clear_message(path: Path) -> None:
-    code = "import sys; from analytics.archive import Archive; Archive.open(sys.argv[1])"
+    code = "import sys; from turnout.analytics.archive import Archive; Archive.open(sys.argv[1])"
     with Archive.open(path):
         proc = subprocess.run(
             [sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=30
@@ -133,7 +139,7 @@ def test_a_second_writer_is_refused_with_a_clear_message(path: Path) -> None:
 
 def test_a_second_writer_is_refused_also_after_a_snapshot_was_published(path: Path) -> None:
     # the snapshot copy closes a descriptor of the main file, which drops DuckDB's fcntl lock
-    code = "import sys; from analytics.archive import Archive; Archive.open(sys.argv[1])"
+    code = "import sys; from turnout.analytics.archive import Archive; Archive.open(sys.argv[1])"
     with Archive.open(path) as archive:
         archive.publish()
         proc = subprocess.run(

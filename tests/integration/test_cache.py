@@ -21,10 +21,6 @@ from typing import Any
 
 import pytest
 
-from service.kafka.settings import KafkaSettings, Topics
-from service.runtime.router import home_partition
-from service.upstream.simulator import SimulatorOptions, parse_scenario, start_in_thread
-from service.upstream.simulator.server import RunningSimulator
 from tests.integration.test_router import (
     collect,
     config,
@@ -34,6 +30,10 @@ from tests.integration.test_router import (
     running,
     sim_calls,
 )
+from turnout.service.kafka.settings import KafkaSettings, Topics
+from turnout.service.runtime.router import home_partition
+from turnout.service.upstream.simulator import SimulatorOptions, parse_scenario, start_in_thread
+from turnout.service.upstream.simulator.server import RunningSimulator
 
 QUESTION = "What is the capital of France?"
 ZERO = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}

@@ -7,12 +7,12 @@ import time
 
 import pytest
 
-from service.client import AsyncTurnout, Turnout, build_request
-from service.errors import TurnoutError
-from service.kafka.settings import KafkaSettings, Topics
-from service.kafka.topics import existing_topics
-from service.upstream.simulator.server import RunningSimulator
 from tests.integration.test_router import config, running, simulator
+from turnout.service.client import AsyncTurnout, Turnout, build_request
+from turnout.service.errors import TurnoutError
+from turnout.service.kafka.settings import KafkaSettings, Topics
+from turnout.service.kafka.topics import existing_topics
+from turnout.service.upstream.simulator.server import RunningSimulator
 
 __all__ = ["simulator"]  # the fixture, re-exported for pytest
 

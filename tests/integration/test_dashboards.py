@@ -25,15 +25,15 @@ from hypothesis import given
 from hypothesis import strategies as hs
 from streamlit.testing.v1 import AppTest
 
-from analytics.alerts.rules import load_rules
-from analytics.archive import Archive
-from analytics.rows import EventRow, KafkaPosition, record_row
-from analytics.synthetic import ALL_KINDS, MODELS, REQUESTLESS, Story, envelopes, workload
-from dashboards import fmt
-from dashboards.cli import APP
-from dashboards.scope import BUCKETS_S, MAX_BUCKETS, bucket_seconds, make_scope, window
-from service.core import events as ev
-from service.wire.cloudevents import encode
+from turnout.analytics.alerts.rules import load_rules
+from turnout.analytics.archive import Archive
+from turnout.analytics.rows import EventRow, KafkaPosition, record_row
+from turnout.analytics.synthetic import ALL_KINDS, MODELS, REQUESTLESS, Story, envelopes, workload
+from turnout.dashboards import fmt
+from turnout.dashboards.cli import APP
+from turnout.dashboards.scope import BUCKETS_S, MAX_BUCKETS, bucket_seconds, make_scope, window
+from turnout.service.core import events as ev
+from turnout.service.wire.cloudevents import encode
 
 TITLES = {
     "overview": "Overview",
@@ -380,7 +380,7 @@ def test_the_explorer_says_when_a_request_is_unknown(app: AppTest, seeded: Path)
 
 def dashboard(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "service", "dashboard", *args],
+        [sys.executable, "-m", "turnout", "dashboard", *args],
         capture_output=True, text=True, timeout=60, cwd=cwd,
     )  # fmt: skip
 
@@ -459,7 +459,7 @@ def test_numbers_never_print_as_nan_or_none(value: float | None) -> None:
 
 @given(hs.integers(0, 10**10))
 def test_rule_durations_read_back_as_written(ms_: int) -> None:
-    from analytics.alerts.rules import parse_duration
+    from turnout.analytics.alerts.rules import parse_duration
 
     assert parse_duration(fmt.duration(ms_)) == ms_
 
@@ -467,7 +467,7 @@ def test_rule_durations_read_back_as_written(ms_: int) -> None:
 @pytest.fixture(scope="module")
 def streamed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The seeded archive's traffic plus four streamed answers by tenant t1."""
-    from analytics.synthetic import STREAM_TTFT_MS, story
+    from turnout.analytics.synthetic import STREAM_TTFT_MS, story
 
     assert STREAM_TTFT_MS == 120.0
     extra = [story("streamed", f"stream-{i}", "t1") for i in range(4)]

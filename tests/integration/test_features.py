@@ -30,11 +30,6 @@ import httpx
 import pytest
 from opentelemetry.metrics import NoOpCounter, NoOpHistogram
 
-from service.kafka.broker import free_port
-from service.kafka.settings import KafkaSettings, Topics
-from service.telemetry import Telemetry
-from service.upstream.simulator import SimulatorOptions, parse_scenario, start_in_thread
-from service.upstream.simulator.server import RunningSimulator
 from tests.integration.test_cache import Answers, ask
 from tests.integration.test_router import (
     UNLIMITED,
@@ -49,6 +44,11 @@ from tests.integration.test_router import (
 )
 from tests.integration.test_router_failover import REPO, SERVING, wait_for_line
 from tests.integration.test_telemetry import Collector
+from turnout.service.kafka.broker import free_port
+from turnout.service.kafka.settings import KafkaSettings, Topics
+from turnout.service.telemetry import Telemetry
+from turnout.service.upstream.simulator import SimulatorOptions, parse_scenario, start_in_thread
+from turnout.service.upstream.simulator.server import RunningSimulator
 
 TERMINALS = ("request.completed", "request.failed", "request.rejected")
 
@@ -211,7 +211,7 @@ def start_router(
     full = inherited | env | kafka
     with log.open("wb") as out:  # the child keeps its own descriptor
         return subprocess.Popen(
-            [sys.executable, "-m", "service", "router", "--health-port", str(port),
+            [sys.executable, "-m", "turnout", "router", "--health-port", str(port),
              "--instance", "switches"],
             cwd=REPO, env=full, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip

@@ -19,19 +19,24 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource
 from aiokafka.admin.config_resource import ConfigResourceType as ResourceType
 
-from service.errors import TurnoutError
-from service.kafka.broker import free_port
-from service.kafka.consumer import (
+from turnout.service.errors import TurnoutError
+from turnout.service.kafka.broker import free_port
+from turnout.service.kafka.consumer import (
     GroupConsumer,
     Reader,
     TopicPartition,
     next_offsets,
     topic_partitions,
 )
-from service.kafka.errors import KafkaUnavailable, RecordTooLarge
-from service.kafka.producer import OutRecord, Producer
-from service.kafka.settings import MAX_RECORD_BYTES, KafkaSettings, KafkaSettingsError, Topics
-from service.kafka.topics import ensure_topic, ensure_topics, existing_topics
+from turnout.service.kafka.errors import KafkaUnavailable, RecordTooLarge
+from turnout.service.kafka.producer import OutRecord, Producer
+from turnout.service.kafka.settings import (
+    MAX_RECORD_BYTES,
+    KafkaSettings,
+    KafkaSettingsError,
+    Topics,
+)
+from turnout.service.kafka.topics import ensure_topic, ensure_topics, existing_topics
 
 HEADERS = [
     ("ce_specversion", b"1.0"),

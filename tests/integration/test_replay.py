@@ -18,15 +18,15 @@ import duckdb
 import httpx
 from rich.console import Console
 
-from analytics.archive import snapshot_path
-from analytics.sink import Reporter, run_sink
-from service.core.config import Config
-from service.health import start_health
-from service.kafka.broker import free_port
-from service.kafka.settings import KafkaSettings, Topics
-from service.upstream.simulator import SimulatorOptions, parse_scenario, start_in_thread
 from tests.integration.test_router import collect, config, produce, request, running
 from tests.integration.test_sink import FAST, archived, wait_for
+from turnout.analytics.archive import snapshot_path
+from turnout.analytics.sink import Reporter, run_sink
+from turnout.service.core.config import Config
+from turnout.service.health import start_health
+from turnout.service.kafka.broker import free_port
+from turnout.service.kafka.settings import KafkaSettings, Topics
+from turnout.service.upstream.simulator import SimulatorOptions, parse_scenario, start_in_thread
 
 REPO = Path(__file__).resolve().parents[2]
 BAD_MODEL_FAILS = '[[rule]]\nmodel = "bad/*"\noutcome = 503\nretry_after_s = 0\n'
@@ -42,7 +42,7 @@ async def replay(settings: KafkaSettings, *args: str) -> subprocess.CompletedPro
     env = {**os.environ, "TURNOUT_KAFKA_BOOTSTRAP": settings.bootstrap,
            "TURNOUT_KAFKA_TOPIC_PREFIX": settings.topic_prefix}  # fmt: skip
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "service", "replay", *args, cwd=REPO, env=env,
+        sys.executable, "-m", "turnout", "replay", *args, cwd=REPO, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     out, err = await asyncio.wait_for(proc.communicate(), 120)

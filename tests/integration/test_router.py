@@ -15,14 +15,14 @@ import msgspec
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from service.core.config import Config, parse_config
-from service.errors import TurnoutError
-from service.kafka.broker import free_port
-from service.kafka.settings import KafkaSettings, Topics
-from service.runtime.router import Router, home_partition
-from service.upstream.simulator import SimulatorOptions, parse_scenario, start_in_thread
-from service.upstream.simulator.server import RunningSimulator
-from service.wire import cloudevents as ce
+from turnout.service.core.config import Config, parse_config
+from turnout.service.errors import TurnoutError
+from turnout.service.kafka.broker import free_port
+from turnout.service.kafka.settings import KafkaSettings, Topics
+from turnout.service.runtime.router import Router, home_partition
+from turnout.service.upstream.simulator import SimulatorOptions, parse_scenario, start_in_thread
+from turnout.service.upstream.simulator.server import RunningSimulator
+from turnout.service.wire import cloudevents as ce
 
 
 @pytest.fixture
@@ -345,8 +345,8 @@ async def test_a_429_with_retry_after_is_retried_no_sooner_than_it_says(
 async def test_health_endpoints_say_alive_ready_and_what_is_in_force(
     kafka_settings: KafkaSettings, kafka_topics: Topics, simulator: RunningSimulator
 ) -> None:
-    from service.health import start_health
-    from service.kafka.broker import free_port
+    from turnout.service.health import start_health
+    from turnout.service.kafka.broker import free_port
 
     cfg = config(kafka_settings, simulator)
     router = Router(cfg, instance="health")
@@ -463,9 +463,9 @@ async def test_a_failing_commit_loop_is_restarted_and_readyz_says_so_meanwhile(
 ) -> None:
     """Fault injection: the broker refuses commits for a while (as during a coordinator
     move); the loop must not die silently, and readiness must say which part fails."""
-    from service.errors import TurnoutError
-    from service.health import start_health
-    from service.kafka.broker import free_port
+    from turnout.service.errors import TurnoutError
+    from turnout.service.health import start_health
+    from turnout.service.kafka.broker import free_port
 
     router = Router(config(kafka_settings, simulator), instance="supervised")
     port = free_port()

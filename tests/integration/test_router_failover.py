@@ -18,12 +18,6 @@ import pytest
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
-from service.core import events as ev
-from service.kafka.settings import KafkaSettings, Topics
-from service.runtime.router import Router, StateDiverged, home_partition
-from service.upstream.simulator import SimulatorOptions, parse_scenario, start_in_thread
-from service.upstream.simulator.server import RunningSimulator
-from service.wire import cloudevents as ce
 from tests.integration.test_router import (
     collect,
     collect_until_quiet,
@@ -33,6 +27,12 @@ from tests.integration.test_router import (
     running,
     until,
 )
+from turnout.service.core import events as ev
+from turnout.service.kafka.settings import KafkaSettings, Topics
+from turnout.service.runtime.router import Router, StateDiverged, home_partition
+from turnout.service.upstream.simulator import SimulatorOptions, parse_scenario, start_in_thread
+from turnout.service.upstream.simulator.server import RunningSimulator
+from turnout.service.wire import cloudevents as ce
 
 REPO = Path(__file__).resolve().parents[2]
 SERVING = "serving partitions"
@@ -45,15 +45,19 @@ def start_router(
     log: Path,
     env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
-    env = os.environ | {
-        "TURNOUT_KAFKA_BOOTSTRAP": settings.bootstrap,
-        "TURNOUT_KAFKA_TOPIC_PREFIX": settings.topic_prefix,
-        "TURNOUT_KAFKA_GROUP_ID": settings.group_id,
-        "TURNOUT_UPSTREAM_BASE_URL": base_url,
-    } | (env or {})
+    env = (
+        os.environ
+        | {
+            "TURNOUT_KAFKA_BOOTSTRAP": settings.bootstrap,
+            "TURNOUT_KAFKA_TOPIC_PREFIX": settings.topic_prefix,
+            "TURNOUT_KAFKA_GROUP_ID": settings.group_id,
+            "TURNOUT_UPSTREAM_BASE_URL": base_url,
+        }
+        | (env or {})
+    )
     with log.open("ab") as err:  # the child keeps its own descriptor
         return subprocess.Popen(
-            [sys.executable, "-m", "service", "router", "--health-port", "0", "--instance", name],
+            [sys.executable, "-m", "turnout", "router", "--health-port", "0", "--instance", name],
             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err,
         )  # fmt: skip
 

@@ -32,7 +32,7 @@ import pytest
 from openai import AsyncOpenAI
 from openai.types.chat import ChatCompletionMessageParam
 
-from service.upstream.simulator import (
+from turnout.service.upstream.simulator import (
     RunningSimulator,
     SimulatorOptions,
     parse_scenario,
@@ -472,7 +472,7 @@ async def test_stopping_releases_a_hanging_request() -> None:
 
 def _cli(*args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "service", "simulate", *args],
+        [sys.executable, "-m", "turnout", "simulate", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

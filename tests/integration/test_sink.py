@@ -17,13 +17,13 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.structs import RecordMetadata
 from rich.console import Console
 
-from analytics.archive import open_reader
-from analytics.sink import Reporter, SinkOptions, run_sink
-from analytics.synthetic import envelopes, workload
-from service.core.events import RawEvent
-from service.errors import TurnoutError
-from service.kafka.settings import KafkaSettings, Topics
-from service.wire.cloudevents import Envelope, encode
+from turnout.analytics.archive import open_reader
+from turnout.analytics.sink import Reporter, SinkOptions, run_sink
+from turnout.analytics.synthetic import envelopes, workload
+from turnout.service.core.events import RawEvent
+from turnout.service.errors import TurnoutError
+from turnout.service.kafka.settings import KafkaSettings, Topics
+from turnout.service.wire.cloudevents import Envelope, encode
 
 Record = tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]
 FAST = SinkOptions(max_batch_wait_s=0.05, min_publish_interval_s=0.2, report_interval_s=1.0)
@@ -122,7 +122,7 @@ def start_sink(settings: KafkaSettings, path: Path, log: Path) -> subprocess.Pop
     }
     with log.open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "service", "sink"],
+            [sys.executable, "-m", "turnout", "sink"],
             cwd=path.parent, env=env, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
 
@@ -157,7 +157,7 @@ async def test_a_sink_killed_mid_stream_and_restarted_stores_every_event_exactly
     assert con.execute("SELECT count(*) FROM sink_errors").fetchall() == [(0,)]
     cli = await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "service", "sql", "select count(*) as n from events",
+        [sys.executable, "-m", "turnout", "sql", "select count(*) as n from events",
          "--format", "csv", "--duckdb", str(path)],
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip

@@ -17,17 +17,6 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
-from service.core import events as ev
-from service.core import snapshot
-from service.core.config import Config
-from service.core.partitioning import PARTITIONS, home_partition
-from service.core.state import RouterState, evolve, remember
-from service.kafka.producer import Producer
-from service.kafka.settings import KafkaSettings, Topics
-from service.runtime import snapshots
-from service.upstream.simulator import SimulatorOptions, start_in_thread
-from service.upstream.simulator.server import RunningSimulator
-from service.wire import cloudevents as ce
 from tests.integration.test_router import (
     UNLIMITED,
     collect,
@@ -37,6 +26,17 @@ from tests.integration.test_router import (
     running,
     sim_calls,
 )
+from turnout.service.core import events as ev
+from turnout.service.core import snapshot
+from turnout.service.core.config import Config
+from turnout.service.core.partitioning import PARTITIONS, home_partition
+from turnout.service.core.state import RouterState, evolve, remember
+from turnout.service.kafka.producer import Producer
+from turnout.service.kafka.settings import KafkaSettings, Topics
+from turnout.service.runtime import snapshots
+from turnout.service.upstream.simulator import SimulatorOptions, start_in_thread
+from turnout.service.upstream.simulator.server import RunningSimulator
+from turnout.service.wire import cloudevents as ce
 
 REPO = Path(__file__).resolve().parents[2]
 TENANTS = [f"snap-{i}" for i in range(8)]
@@ -234,7 +234,7 @@ def verify_snapshots(settings: KafkaSettings, toml: Path) -> subprocess.Complete
     env = os.environ | {"TURNOUT_KAFKA_BOOTSTRAP": settings.bootstrap,
                         "TURNOUT_KAFKA_TOPIC_PREFIX": settings.topic_prefix}  # fmt: skip
     return subprocess.run(
-        [sys.executable, "-m", "service", "replay", "verify", "--snapshots",
+        [sys.executable, "-m", "turnout", "replay", "verify", "--snapshots",
          "--config", str(toml)],
         capture_output=True, text=True, timeout=120, cwd=REPO, env=env,
     )  # fmt: skip

@@ -17,15 +17,6 @@ import msgspec
 import openai
 import pytest
 
-from service.client import AsyncTurnout, StreamFailed
-from service.core.config import Config
-from service.gateway import RunningGateway, start_in_thread
-from service.gateway.keys import create_key
-from service.kafka.settings import KafkaSettings, Topics
-from service.upstream.simulator import SimulatorOptions, parse_scenario
-from service.upstream.simulator import start_in_thread as start_simulator
-from service.upstream.simulator.server import RunningSimulator
-from service.wire.stream import SEQ_HEADER, STREAM_HEADER
 from tests.integration.test_router import (
     UNLIMITED,
     collect_until_quiet,
@@ -34,6 +25,15 @@ from tests.integration.test_router import (
     read_events,
     running,
 )
+from turnout.service.client import AsyncTurnout, StreamFailed
+from turnout.service.core.config import Config
+from turnout.service.gateway import RunningGateway, start_in_thread
+from turnout.service.gateway.keys import create_key
+from turnout.service.kafka.settings import KafkaSettings, Topics
+from turnout.service.upstream.simulator import SimulatorOptions, parse_scenario
+from turnout.service.upstream.simulator import start_in_thread as start_simulator
+from turnout.service.upstream.simulator.server import RunningSimulator
+from turnout.service.wire.stream import SEQ_HEADER, STREAM_HEADER
 
 SCENARIO = """
 [[rule]]
@@ -470,7 +470,7 @@ async def test_a_router_that_dies_mid_stream_before_its_first_token_is_logged_st
     never reaches the log and the router dies mid-stream: the next owner finds the
     stream's chunks on the reply topic and ends it partial; it never streams it again
     from seq 1 (a client would see two answers spliced into one)."""
-    from service.runtime.router import StateDiverged
+    from turnout.service.runtime.router import StateDiverged
 
     cfg = gateway_config(kafka_settings, simulator)
     async with AsyncTurnout(kafka_settings) as turnout:
@@ -523,7 +523,7 @@ async def test_no_first_token_in_time_is_a_failed_attempt_and_falls_back(
 async def test_the_sync_client_streams_from_its_own_thread(
     kafka_settings: KafkaSettings, kafka_topics: Topics, simulator: RunningSimulator
 ) -> None:
-    from service.client import Turnout
+    from turnout.service.client import Turnout
 
     async with running(gateway_config(kafka_settings, simulator)):
 

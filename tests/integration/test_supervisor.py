@@ -8,7 +8,7 @@ import threading
 import time
 from pathlib import Path
 
-from service.procs import Child, Supervisor, is_alive, proc_info
+from turnout.service.procs import Child, Supervisor, is_alive, proc_info
 
 # A child that prints "ready", then on SIGTERM writes its name to `order` and exits.
 POLITE = """

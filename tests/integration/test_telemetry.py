@@ -19,14 +19,14 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from service.core.config import Config
-from service.kafka.settings import KafkaSettings, Topics
-from service.runtime.router import Router
-from service.telemetry import Telemetry
-from service.upstream.simulator import SimulatorOptions, parse_scenario, start_in_thread
-from service.upstream.simulator.server import RunningSimulator
 from tests.integration.test_router import collect, config, of_type, read_events, request
 from tests.integration.test_router_failover import SERVING, start_router, wait_for_line
+from turnout.service.core.config import Config
+from turnout.service.kafka.settings import KafkaSettings, Topics
+from turnout.service.runtime.router import Router
+from turnout.service.telemetry import Telemetry
+from turnout.service.upstream.simulator import SimulatorOptions, parse_scenario, start_in_thread
+from turnout.service.upstream.simulator.server import RunningSimulator
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 PARENT_ID = "b7ad6b7169203331"
@@ -260,7 +260,7 @@ async def test_the_gateways_span_and_the_routers_are_one_trace(
 ) -> None:
     import httpx
 
-    from service.gateway import start_in_thread as start_gateway
+    from turnout.service.gateway import start_in_thread as start_gateway
 
     exporter = InMemorySpanExporter()
     provider = TracerProvider()

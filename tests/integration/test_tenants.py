@@ -21,12 +21,6 @@ from typing import Any
 
 import pytest
 
-from service.core import budget as budgets
-from service.core.config import Config
-from service.kafka.settings import KafkaSettings, Topics
-from service.runtime.router import Router, home_partition
-from service.upstream.simulator import SimulatorOptions, parse_scenario, start_in_thread
-from service.upstream.simulator.server import RunningSimulator
 from tests.integration.test_router import (
     UNLIMITED,
     collect,
@@ -38,6 +32,12 @@ from tests.integration.test_router import (
     running,
     sim_calls,
 )
+from turnout.service.core import budget as budgets
+from turnout.service.core.config import Config
+from turnout.service.kafka.settings import KafkaSettings, Topics
+from turnout.service.runtime.router import Router, home_partition
+from turnout.service.upstream.simulator import SimulatorOptions, parse_scenario, start_in_thread
+from turnout.service.upstream.simulator.server import RunningSimulator
 
 
 @pytest.fixture

@@ -16,11 +16,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.core import events as ev
-from service.kafka.broker import free_port
-from service.kafka.settings import KafkaSettings, Topics
-from service.upstream.simulator import RunningSimulator
-from service.wire import cloudevents as ce
 from tests.integration.test_router import (
     collect,
     collect_until_quiet,
@@ -30,6 +25,11 @@ from tests.integration.test_router import (
     running,
     simulator,
 )
+from turnout.service.core import events as ev
+from turnout.service.kafka.broker import free_port
+from turnout.service.kafka.settings import KafkaSettings, Topics
+from turnout.service.upstream.simulator import RunningSimulator
+from turnout.service.wire import cloudevents as ce
 
 __all__ = ["simulator"]  # the fixture, shared with test_router.py
 

@@ -21,14 +21,14 @@ import httpx
 import msgspec
 import pytest
 
-from service.core.config import BreakerConfig, UpstreamConfig
-from service.core.outcomes import CLASSES
-from service.core.pricing import Price
-from service.upstream.client import CallResult, ClientOptions, UpstreamClient
-from service.upstream.pricing import PriceCache, fetch_prices, parse_models
-from service.upstream.simulator import RunningSimulator, SimulatorOptions, start_in_thread
-from service.upstream.simulator.cli import load_scenario
-from service.upstream.translate import Reply, retry_after_ms, translate
+from turnout.service.core.config import BreakerConfig, UpstreamConfig
+from turnout.service.core.outcomes import CLASSES
+from turnout.service.core.pricing import Price
+from turnout.service.upstream.client import CallResult, ClientOptions, UpstreamClient
+from turnout.service.upstream.pricing import PriceCache, fetch_prices, parse_models
+from turnout.service.upstream.simulator import RunningSimulator, SimulatorOptions, start_in_thread
+from turnout.service.upstream.simulator.cli import load_scenario
+from turnout.service.upstream.translate import Reply, retry_after_ms, translate
 
 CHAT = {"messages": [{"role": "user", "content": "Say hello to the router."}], "max_tokens": 32}
 KEY_ENV = "TURNOUT_TEST_UPSTREAM_KEY"

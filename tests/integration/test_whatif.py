@@ -13,19 +13,19 @@ import random
 from pathlib import Path
 from typing import Any
 
-from analytics.archive import open_reader
-from analytics.replay.source import ArchiveStream, Query, from_kafka
-from analytics.whatif.engine import WhatIf
-from analytics.whatif.outcomes import OutcomeModel
-from analytics.whatif.report import Verdict, outcome_of
-from service.clock import clock
-from service.core import events as ev
-from service.core.config import Config
-from service.kafka.settings import KafkaSettings, Topics
-from service.upstream.simulator import SimulatorOptions, parse_scenario, start_in_thread
 from tests.integration.test_replay import sinking
 from tests.integration.test_router import UNLIMITED, config, produce, running
 from tests.integration.test_sink import archived, wait_for
+from turnout.analytics.archive import open_reader
+from turnout.analytics.replay.source import ArchiveStream, Query, from_kafka
+from turnout.analytics.whatif.engine import WhatIf
+from turnout.analytics.whatif.outcomes import OutcomeModel
+from turnout.analytics.whatif.report import Verdict, outcome_of
+from turnout.service.clock import clock
+from turnout.service.core import events as ev
+from turnout.service.core.config import Config
+from turnout.service.kafka.settings import KafkaSettings, Topics
+from turnout.service.upstream.simulator import SimulatorOptions, parse_scenario, start_in_thread
 
 REQUESTS = 5000
 # bad/model is down for its first 2 s, then answers; every model is a little slow

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from dashboards.cli import APP
-from service.core.config import parse_config
 from tests.e2e.test_replay_cli import write_archive
 from tests.e2e.test_whatif_cli import ROUTES, TENANTS, envelope
 from tests.unit.test_whatif import Workload, base_raw, recording
+from turnout.dashboards.cli import APP
+from turnout.service.core.config import parse_config
 
 
 @pytest.fixture(scope="module")

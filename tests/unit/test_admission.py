@@ -12,11 +12,11 @@ import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.core import events as ev
-from service.core.cache import EncodedBody
-from service.core.config import Config, parse_config
-from service.core.partitioning import home_partition
-from service.core.request import (
+from turnout.service.core import events as ev
+from turnout.service.core.cache import EncodedBody
+from turnout.service.core.config import Config, parse_config
+from turnout.service.core.partitioning import home_partition
+from turnout.service.core.request import (
     Call,
     CallResult,
     Context,
@@ -27,7 +27,7 @@ from service.core.request import (
     decide_intake,
     decide_result,
 )
-from service.core.state import RouterState, evolve, fold
+from turnout.service.core.state import RouterState, evolve, fold
 
 T0 = 1_795_000_000_000
 USAGE = ev.Usage(prompt_tokens=3, completion_tokens=5, total_tokens=8)

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from analytics.alerts.engine import (
+from turnout.analytics.alerts.engine import (
     TRANSITIONS,
     AlertEvent,
     AlertState,
@@ -22,8 +22,8 @@ from analytics.alerts.engine import (
     phase_of,
     to_samples,
 )
-from analytics.alerts.rules import Rule
-from service.core.events import AlertFired, AlertResolved
+from turnout.analytics.alerts.rules import Rule
+from turnout.service.core.events import AlertFired, AlertResolved
 
 T0 = 1_767_225_600_000
 ERROR_RATE = Rule(

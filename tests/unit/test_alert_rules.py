@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from analytics.alerts.rules import (
+from turnout.analytics.alerts.rules import (
     ConfigError,
     Rule,
     default_rules_text,
@@ -15,7 +15,7 @@ from analytics.alerts.rules import (
     parse_duration,
     parse_rules,
 )
-from service.cli import main
+from turnout.service.cli import main
 
 GOOD = """
 [[rule]]

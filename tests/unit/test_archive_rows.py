@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from analytics.records import HEADER_COLUMNS, merge, record_batch
-from analytics.rows import ErrorRow, EventRow, KafkaPosition, record_row, trace_id
-from analytics.synthetic import KINDS, envelopes, story
-from service.core.events import RawEvent, RequestRejected
-from service.wire.cloudevents import Envelope, encode, wrap
+from turnout.analytics.records import HEADER_COLUMNS, merge, record_batch
+from turnout.analytics.rows import ErrorRow, EventRow, KafkaPosition, record_row, trace_id
+from turnout.analytics.synthetic import KINDS, envelopes, story
+from turnout.service.core.events import RawEvent, RequestRejected
+from turnout.service.wire.cloudevents import Envelope, encode, wrap
 
 POS = KafkaPosition("t.events", 3, 1234, 1_767_225_600_123)
 TRACE = "0af7651916cd43dd8448eb211c80319c"

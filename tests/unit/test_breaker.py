@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service.core.breaker import (
+from turnout.service.core.breaker import (
     TRANSITIONS,
     Breaker,
     BreakerTransitionError,
@@ -18,7 +18,7 @@ from service.core.breaker import (
     open_until,
     record_call,
 )
-from service.core.config import BreakerConfig
+from turnout.service.core.config import BreakerConfig
 
 COUNT = BreakerConfig(failure_threshold=3, recovery_timeout_s=10, success_threshold=2)
 RATE = BreakerConfig(failure_threshold=None, failure_rate=0.5, window_s=10, min_calls=4)

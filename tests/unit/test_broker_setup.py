@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from service.errors import TurnoutError
-from service.kafka import jars
-from service.kafka.apache import new_cluster_id, server_properties, wipe
+from turnout.service.errors import TurnoutError
+from turnout.service.kafka import jars
+from turnout.service.kafka.apache import new_cluster_id, server_properties, wipe
 
 
 @pytest.mark.parametrize(

@@ -15,8 +15,8 @@ from hypothesis.stateful import (
     rule,
 )
 
-from service.core import events as ev
-from service.core.budget import (
+from turnout.service.core import events as ev
+from turnout.service.core.budget import (
     LIFETIME,
     BudgetEvent,
     TenantBudget,
@@ -27,8 +27,8 @@ from service.core.budget import (
     reservation_micros,
     snapshot,
 )
-from service.core.config import TenantLimits
-from service.core.pricing import Price
+from turnout.service.core.config import TenantLimits
+from turnout.service.core.pricing import Price
 
 T = "acme"
 

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.core import events as ev
-from service.core.cache import (
+from turnout.service.core import events as ev
+from turnout.service.core.cache import (
     IGNORED_PARAMS,
     SWEEP_LIMIT,
     CacheIndex,
@@ -23,7 +23,7 @@ from service.core.cache import (
     evolve_cache,
     is_cacheable,
 )
-from service.core.config import Config, parse_config
+from turnout.service.core.config import Config, parse_config
 
 USAGE = ev.Usage(prompt_tokens=12, completion_tokens=40, total_tokens=52)
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital?"}]

@@ -8,11 +8,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.core import events as ev
-from service.core.cache import CacheIndex, EncodedBody, decide_lookup, decide_store, evolve_cache
-from service.core.config import parse_config
-from service.runtime.cachecodec import BodyCodec, CacheCodecError, default_codec
-from service.wire.cloudevents import decode, encode, wrap
+from turnout.service.core import events as ev
+from turnout.service.core.cache import (
+    CacheIndex,
+    EncodedBody,
+    decide_lookup,
+    decide_store,
+    evolve_cache,
+)
+from turnout.service.core.config import parse_config
+from turnout.service.runtime.cachecodec import BodyCodec, CacheCodecError, default_codec
+from turnout.service.wire.cloudevents import decode, encode, wrap
 
 ENCODINGS = ["zstd", "gzip", "none"]
 USAGE = ev.Usage(prompt_tokens=12, completion_tokens=40, total_tokens=52)

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from service.clock import SystemClock
+from turnout.service.clock import SystemClock
 
 
 def test_ids_are_uuid7_unique_and_ordered_by_their_millisecond() -> None:

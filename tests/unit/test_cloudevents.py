@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.clock import uuid7_at
-from service.core.events import (
+from turnout.service.clock import uuid7_at
+from turnout.service.core.events import (
     EVENT_TYPES,
     AttemptFailed,
     BreakerOpened,
@@ -25,7 +25,7 @@ from service.core.events import (
     RequestCompleted,
     Usage,
 )
-from service.wire.cloudevents import (
+from turnout.service.wire.cloudevents import (
     Envelope,
     decode,
     decode_type,
@@ -34,7 +34,7 @@ from service.wire.cloudevents import (
     parse_time,
     wrap,
 )
-from service.wire.errors import WireError
+from turnout.service.wire.errors import WireError
 
 MIN_MS = -62_135_596_800_000  # 0001-01-01T00:00:00.000Z
 MAX_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z

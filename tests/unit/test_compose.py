@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 from compose_spec import PyOptions
 
-from service.cli import build_parser
-from service.kafka.jars import KAFKA_VERSION
+from turnout.service.cli import build_parser
+from turnout.service.kafka.jars import KAFKA_VERSION
 
 REPO = Path(__file__).resolve().parents[2]
 TURNOUT_IMAGE = "turnout:latest"
@@ -124,7 +124,7 @@ def test_the_archive_is_one_shared_volume_and_every_mounted_file_exists(
 def test_a_config_file_named_on_a_command_line_is_mounted_there_and_loads(
     services: dict[str, dict[str, Any]],
 ) -> None:
-    from service.runtime.config import load_config
+    from turnout.service.runtime.config import load_config
 
     named = 0
     for name, service in turnout_services(services).items():

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from service.core.config import (
+from turnout.service.core.config import (
     Config,
     ConfigError,
     RouteConfig,
@@ -14,7 +14,7 @@ from service.core.config import (
     config_to_dict,
     parse_config,
 )
-from service.runtime.config import load_config
+from turnout.service.runtime.config import load_config
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "turnout.example.toml"
 

@@ -8,12 +8,12 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.core import snapshot as snaps
-from service.core.decision import Resend
-from service.core.partitioning import PARTITIONS, home_partition
-from service.core.request import decide_intake
-from service.core.state import fold
 from tests.unit.test_admission import Shell, cfg, request
+from turnout.service.core import snapshot as snaps
+from turnout.service.core.decision import Resend
+from turnout.service.core.partitioning import PARTITIONS, home_partition
+from turnout.service.core.request import decide_intake
+from turnout.service.core.state import fold
 
 HOUR_MS = 3_600_000
 UNLIMITED: dict[str, Any] = {"requests_per_minute": None, "requests_per_hour": None,

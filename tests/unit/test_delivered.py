@@ -7,11 +7,11 @@ import msgspec
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service.core import events as ev
-from service.core.decision import Respond
-from service.core.request import decide_delivered
-from service.wire.response import encode_response, terminal_from_response
 from tests.unit.test_admission import Shell, cfg, request
+from turnout.service.core import events as ev
+from turnout.service.core.decision import Respond
+from turnout.service.core.request import decide_delivered
+from turnout.service.wire.response import encode_response, terminal_from_response
 
 _text = st.text(min_size=1, max_size=20)
 _usage = st.builds(

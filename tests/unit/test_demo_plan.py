@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from analytics.alerts.rules import load_rules
-from service.cli import build_parser
-from service.demo import (
+from turnout.analytics.alerts.rules import load_rules
+from turnout.service.cli import build_parser
+from turnout.service.demo import (
     DEMO_FILES,
     ArchiveView,
     DemoPaths,
@@ -21,10 +21,10 @@ from service.demo import (
     plan_children,
     progress_lines,
 )
-from service.errors import TurnoutError
-from service.runtime.config import load_config
-from service.traffic import DEFAULT_MIX
-from service.upstream.simulator.cli import load_scenario
+from turnout.service.errors import TurnoutError
+from turnout.service.runtime.config import load_config
+from turnout.service.traffic import DEFAULT_MIX
+from turnout.service.upstream.simulator.cli import load_scenario
 
 PORTS = Ports(kafka=9092, simulator=8089, routers=(8080, 8081), dashboard=8501)
 PATHS = DemoPaths(data=Path("data/demo"))

@@ -14,8 +14,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service.core import events as ev
-from service.core.events import EVENT_TYPES, SYSTEM_TENANT, Event, RawEvent, Usage, event_type
+from turnout.service.core import events as ev
+from turnout.service.core.events import (
+    EVENT_TYPES,
+    SYSTEM_TENANT,
+    Event,
+    RawEvent,
+    Usage,
+    event_type,
+)
 
 DURATIONS = {"latency_ms", "ttft_ms"}  # float milliseconds; every other `_ms` is an instant
 CONTRACT_TYPES = {

@@ -6,12 +6,12 @@ import json
 
 import pytest
 
-from service.core import events as ev
-from service.core.config import parse_config
-from service.core.request import Context, decide_intake
-from service.core.state import RouterState
-from service.wire.errors import WireError
-from service.wire.intake import MAX_RECORD_BYTES, decode_intake
+from turnout.service.core import events as ev
+from turnout.service.core.config import parse_config
+from turnout.service.core.request import Context, decide_intake
+from turnout.service.core.state import RouterState
+from turnout.service.wire.errors import WireError
+from turnout.service.wire.intake import MAX_RECORD_BYTES, decode_intake
 
 POS = {"topic": "turnout.requests", "partition": 3, "offset": 41}
 MSGS = [{"role": "user", "content": "Say hello in eight words please"}]

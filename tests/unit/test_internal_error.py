@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from service.core.decision import Respond
-from service.core.request import decide_internal_error
 from tests.unit.test_admission import Shell, cfg, request
+from turnout.service.core.decision import Respond
+from turnout.service.core.request import decide_internal_error
 
 
 def test_a_request_in_flight_fails_internal_error_and_releases_its_budget() -> None:

@@ -12,8 +12,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service.kafka.consumer import TopicPartition
-from service.runtime.router import Offsets
+from turnout.service.kafka.consumer import TopicPartition
+from turnout.service.runtime.router import Offsets
 
 TP = TopicPartition("turnout.requests", 0)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.core.outcomes import CLASSES, classify_status
+from turnout.service.core.outcomes import CLASSES, classify_status
 
 
 @pytest.mark.parametrize(

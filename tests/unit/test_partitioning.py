@@ -6,7 +6,7 @@ from aiokafka.partitioner import murmur2 as kafka_murmur2
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service.core.partitioning import home_partition, murmur2
+from turnout.service.core.partitioning import home_partition, murmur2
 
 
 @given(st.binary(max_size=64))

@@ -1,4 +1,4 @@
-"""Which provider serves a model (`service.core.providers`) and the `[providers]` config."""
+"""Which provider serves a model (`turnout.service.core.providers`) and the `[providers]` config."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service.core.config import DEFAULT_PROVIDER, ConfigError, parse_config
-from service.core.pricing import Price
-from service.core.providers import configured_prices, provider_of, upstream_model
+from turnout.service.core.config import DEFAULT_PROVIDER, ConfigError, parse_config
+from turnout.service.core.pricing import Price
+from turnout.service.core.providers import configured_prices, provider_of, upstream_model
 
 TWO = {
     "providers": {
@@ -84,11 +84,11 @@ def test_a_bad_providers_table_is_refused_with_every_problem_listed() -> None:
 
 # --- a provider that refuses connections ---------------------------------------------
 
-from service.core import events as ev  # noqa: E402
-from service.core.decision import Call, CallResult, Context, IntakeRequest  # noqa: E402
-from service.core.request import decide_intake, decide_result  # noqa: E402
-from service.core.routing import decide_route  # noqa: E402
-from service.core.state import RouterState, evolve  # noqa: E402
+from turnout.service.core import events as ev  # noqa: E402
+from turnout.service.core.decision import Call, CallResult, Context, IntakeRequest  # noqa: E402
+from turnout.service.core.request import decide_intake, decide_result  # noqa: E402
+from turnout.service.core.routing import decide_route  # noqa: E402
+from turnout.service.core.state import RouterState, evolve  # noqa: E402
 
 DOWN = {
     "providers": {"down": {"base_url": "http://127.0.0.1:9/v1", "models": ["down/*"]}},

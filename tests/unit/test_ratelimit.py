@@ -16,9 +16,9 @@ from hypothesis.stateful import (
     rule,
 )
 
-from service.core import events as ev
-from service.core.config import TenantLimits
-from service.core.ratelimit import (
+from turnout.service.core import events as ev
+from turnout.service.core.config import TenantLimits
+from turnout.service.core.ratelimit import (
     DAY_MS,
     HOUR_MS,
     MINUTE_MS,

@@ -8,12 +8,12 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from analytics.archive import Archive, open_reader
-from analytics.replay.source import Query, Recorded, from_archive, log_order
-from analytics.replay.trail import describe, place, steps
-from analytics.rows import EventRow, KafkaPosition, record_row
-from service.core import events as ev
-from service.wire.cloudevents import encode, wrap
+from turnout.analytics.archive import Archive, open_reader
+from turnout.analytics.replay.source import Query, Recorded, from_archive, log_order
+from turnout.analytics.replay.trail import describe, place, steps
+from turnout.analytics.rows import EventRow, KafkaPosition, record_row
+from turnout.service.core import events as ev
+from turnout.service.wire.cloudevents import encode, wrap
 
 T0 = 1_767_225_600_000
 R = {"request_id": "r1", "tenant": "acme"}

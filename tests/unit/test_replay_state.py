@@ -11,13 +11,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 from rich.console import Console
 
-from analytics.replay.source import Recorded
-from analytics.replay.state_at import config_warnings, fold_until, parse_when, render_snapshot
-from analytics.synthetic import envelopes, workload
-from service.core import events as ev
-from service.core.config import config_hash, config_to_dict, parse_config
-from service.core.state import fold
-from service.wire.cloudevents import format_time, wrap
+from turnout.analytics.replay.source import Recorded
+from turnout.analytics.replay.state_at import (
+    config_warnings,
+    fold_until,
+    parse_when,
+    render_snapshot,
+)
+from turnout.analytics.synthetic import envelopes, workload
+from turnout.service.core import events as ev
+from turnout.service.core.config import config_hash, config_to_dict, parse_config
+from turnout.service.core.state import fold
+from turnout.service.wire.cloudevents import format_time, wrap
 
 NOW = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 

@@ -9,11 +9,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from analytics.replay.source import Recorded, log_order
-from analytics.replay.verify import MISSING, Difference, comparable, diff, parse_live, rebuild
-from analytics.synthetic import envelopes, workload
-from service.core.config import parse_config
-from service.health import finished_outcomes
+from turnout.analytics.replay.source import Recorded, log_order
+from turnout.analytics.replay.verify import (
+    MISSING,
+    Difference,
+    comparable,
+    diff,
+    parse_live,
+    rebuild,
+)
+from turnout.analytics.synthetic import envelopes, workload
+from turnout.service.core.config import parse_config
+from turnout.service.health import finished_outcomes
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-5, 5) | st.sampled_from(["a", "b", "c"]),

@@ -9,9 +9,9 @@ import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.core import events as ev
-from service.core.config import Config, parse_config
-from service.core.request import (
+from turnout.service.core import events as ev
+from turnout.service.core.config import Config, parse_config
+from turnout.service.core.request import (
     Call,
     CallResult,
     Context,
@@ -24,7 +24,7 @@ from service.core.request import (
     decide_result,
     decide_retry_due,
 )
-from service.core.state import RouterState, evolve, fold
+from turnout.service.core.state import RouterState, evolve, fold
 
 CFG = parse_config(
     {

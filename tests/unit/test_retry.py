@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service.core.config import RetryConfig
-from service.core.retry import (
+from turnout.service.core.config import RetryConfig
+from turnout.service.core.retry import (
     RetryBudget,
     backoff_ms,
     note_request,
@@ -14,7 +14,7 @@ from service.core.retry import (
     retry_allowed,
     retry_delay_ms,
 )
-from service.core.sampling import uniform
+from turnout.service.core.sampling import uniform
 
 CFG = RetryConfig(
     base_delay_ms=200,

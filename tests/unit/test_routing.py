@@ -7,11 +7,17 @@ from collections import Counter
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service.core.breaker import Breaker
-from service.core.config import RouteConfig
-from service.core.pricing import Price, call_cost_micros, cost_micros, parse_price, usd_to_micros
-from service.core.routing import RouteDecision, decide_route
-from service.core.stats import LatencyStat, observe_latency
+from turnout.service.core.breaker import Breaker
+from turnout.service.core.config import RouteConfig
+from turnout.service.core.pricing import (
+    Price,
+    call_cost_micros,
+    cost_micros,
+    parse_price,
+    usd_to_micros,
+)
+from turnout.service.core.routing import RouteDecision, decide_route
+from turnout.service.core.stats import LatencyStat, observe_latency
 
 MODELS = ("a/one", "b/two", "c/three")
 

@@ -11,15 +11,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.errors import TurnoutError
-from service.upstream.simulator.answer import (
+from turnout.service.errors import TurnoutError
+from turnout.service.upstream.simulator.answer import (
     estimate_tokens,
     make_answer,
     prompt_text_length,
     split_for_stream,
 )
-from service.upstream.simulator.catalogue import Catalogue, derived_price, provider_for
-from service.upstream.simulator.scenario import (
+from turnout.service.upstream.simulator.catalogue import Catalogue, derived_price, provider_for
+from turnout.service.upstream.simulator.scenario import (
     MIDSTREAM_ERROR,
     OK,
     TIMEOUT,
@@ -32,8 +32,13 @@ from service.upstream.simulator.scenario import (
     parse_scenario,
     with_overrides,
 )
-from service.upstream.simulator.state import SimulatorOptions, SimulatorState
-from service.upstream.simulator.wire import ChatRequest, Message, decode_request, request_key
+from turnout.service.upstream.simulator.state import SimulatorOptions, SimulatorState
+from turnout.service.upstream.simulator.wire import (
+    ChatRequest,
+    Message,
+    decode_request,
+    request_key,
+)
 
 CONTRACT_EXAMPLE = """
 seed = 7

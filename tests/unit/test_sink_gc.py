@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import weakref
 
-from analytics.sink import _ManualGC
+from turnout.analytics.sink import _ManualGC
 
 
 class _Node:

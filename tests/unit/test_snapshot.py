@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.core import snapshot as snaps
-from service.core.breaker import Breaker
-from service.core.partitioning import PARTITIONS, home_partition
-from service.core.state import RouterState, fold
 from tests.unit.test_admission import Shell, cfg, request
+from turnout.service.core import snapshot as snaps
+from turnout.service.core.breaker import Breaker
+from turnout.service.core.partitioning import PARTITIONS, home_partition
+from turnout.service.core.state import RouterState, fold
 
 TENANTS = ["acme", "globex", "initech", "umbrella", "hooli"]
 CONFIG = cfg(

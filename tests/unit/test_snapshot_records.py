@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.core import snapshot
-from service.core.config import SnapshotsConfig
-from service.core.state import RouterState
-from service.runtime import snapshots
-from service.runtime.snapshots import CHUNK_BYTES, Found, Manifest, Schedule, pack, unpack
+from turnout.service.core import snapshot
+from turnout.service.core.config import SnapshotsConfig
+from turnout.service.core.state import RouterState
+from turnout.service.runtime import snapshots
+from turnout.service.runtime.snapshots import CHUNK_BYTES, Found, Manifest, Schedule, pack, unpack
 
 
 def frame(offset: int, partition: int = 3) -> bytes:

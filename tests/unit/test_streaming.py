@@ -10,10 +10,11 @@ import msgspec
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service.core import events as ev
-from service.core.budget import completion_allowance
-from service.core.pricing import Price, cost_micros
-from service.core.request import (
+from tests.unit.test_request import CFG, request
+from turnout.service.core import events as ev
+from turnout.service.core.budget import completion_allowance
+from turnout.service.core.pricing import Price, cost_micros
+from turnout.service.core.request import (
     CallResult,
     Context,
     Respond,
@@ -22,10 +23,9 @@ from service.core.request import (
     decide_intake,
     decide_result,
 )
-from service.core.state import RouterState, evolve
-from service.wire.sse import SSEParser, encode_event
-from service.wire.stream import chunk_of, chunk_record, completion, has_token, merge
-from tests.unit.test_request import CFG, request
+from turnout.service.core.state import RouterState, evolve
+from turnout.service.wire.sse import SSEParser, encode_event
+from turnout.service.wire.stream import chunk_of, chunk_record, completion, has_token, merge
 
 # --------------------------------------------------------------------------- SSE
 
@@ -245,8 +245,8 @@ def test_a_stream_whose_router_died_after_its_first_token_ends_partial_on_resume
 def test_a_cancel_record_is_read_as_one_and_a_bad_one_is_refused() -> None:
     import pytest
 
-    from service.wire.errors import WireError
-    from service.wire.intake import decode_cancel
+    from turnout.service.wire.errors import WireError
+    from turnout.service.wire.intake import decode_cancel
 
     cancel = decode_cancel(b'{"cancel": "r-1", "tenant": "acme"}', key=None)
     assert cancel is not None and (cancel.request_id, cancel.tenant) == ("r-1", "acme")
@@ -260,7 +260,7 @@ def test_a_cancel_record_is_read_as_one_and_a_bad_one_is_refused() -> None:
 
 
 def test_a_cancel_ends_a_request_once_charging_what_it_streamed() -> None:
-    from service.core.request import decide_cancel
+    from turnout.service.core.request import decide_cancel
 
     state = RouterState()
     rid = _started(state)
@@ -283,7 +283,7 @@ def test_a_cancel_ends_a_request_once_charging_what_it_streamed() -> None:
 
 
 def test_a_cut_keeps_only_what_is_allowed_and_ends_with_length() -> None:
-    from service.wire.stream import trim
+    from turnout.service.wire.stream import trim
 
     chunk = {"id": "g", "choices": [{"index": 0, "delta": {"content": "abcdef", "tool_calls": [
         {"index": 0, "function": {"arguments": "xyz"}}]}}]}  # fmt: skip

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from service.runtime.serve import dump_tasks
+from turnout.service.runtime.serve import dump_tasks
 
 
 async def _inner(gate: asyncio.Event) -> None:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.traffic import DEFAULT_MIX, Shot, Tally, TenantMix, plan, summary_line, uniform
+from turnout.service.traffic import DEFAULT_MIX, Shot, Tally, TenantMix, plan, summary_line, uniform
 
 
 def take(

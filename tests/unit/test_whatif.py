@@ -1,4 +1,4 @@
-"""What-if replay on logs written by the router's own core (`analytics.whatif.virtual`).
+"""What-if replay on logs written by the router's own core (`turnout.analytics.whatif.virtual`).
 
 The recordings here are what a single router writes for a workload: the same
 deciders and reducer in virtual time, a seeded upstream with an outage on one
@@ -19,15 +19,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from analytics.replay.source import Recorded
-from analytics.whatif.engine import WhatIf
-from analytics.whatif.outcomes import OutcomeModel, UnknownModel, parse_assume
-from analytics.whatif.report import Verdict, outcome_of
-from analytics.whatif.virtual import Outcome, VirtualArrival, record
-from service.core import events as ev
-from service.core.config import Config, parse_config
-from service.core.decision import IntakeRequest
-from service.core.pricing import Price
+from turnout.analytics.replay.source import Recorded
+from turnout.analytics.whatif.engine import WhatIf
+from turnout.analytics.whatif.outcomes import OutcomeModel, UnknownModel, parse_assume
+from turnout.analytics.whatif.report import Verdict, outcome_of
+from turnout.analytics.whatif.virtual import Outcome, VirtualArrival, record
+from turnout.service.core import events as ev
+from turnout.service.core.config import Config, parse_config
+from turnout.service.core.decision import IntakeRequest
+from turnout.service.core.pricing import Price
 
 T0 = 1_767_225_600_000
 MODELS = ("alpha/one", "beta/two", "gamma/three")

@@ -5,7 +5,7 @@ OpenRouter's error shapes and statuses, Retry-After, mid-stream errors,
 hangs, resets and malformed bodies on a seeded, time-phased scenario;
 `/models` prices, `/generation` stats, and counters at `/_sim/stats`.
 
-    from service.upstream.simulator import SimulatorOptions, parse_scenario, start_in_thread
+    from turnout.service.upstream.simulator import SimulatorOptions, parse_scenario, start_in_thread
 
     with start_in_thread(SimulatorOptions(scenario=parse_scenario(toml_text))) as sim:
         sim.base_url   # "http://127.0.0.1:PORT/api/v1"

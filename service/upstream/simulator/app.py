@@ -25,7 +25,7 @@ from urllib.parse import parse_qs
 
 import msgspec
 
-from service.asgi import Receive, Scope, Send, read_body, respond
+from turnout.service.asgi import Receive, Scope, Send, read_body, respond
 
 from .chat import chat_completions, error_body
 from .state import SimulatorOptions, SimulatorState, Stats

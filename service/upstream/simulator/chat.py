@@ -26,7 +26,7 @@ import math
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 
-from service.asgi import (
+from turnout.service.asgi import (
     Receive,
     Scope,
     Send,
@@ -38,7 +38,7 @@ from service.asgi import (
     start_stream,
     wait_for_disconnect,
 )
-from service.clock import clock
+from turnout.service.clock import clock
 
 from .answer import Answer, estimate_tokens, make_answer, prompt_text_length, split_for_stream
 from .catalogue import ModelInfo

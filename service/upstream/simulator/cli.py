@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from service.errors import TurnoutError
+from turnout.service.errors import TurnoutError
 
 from .app import SimulatorApp
 from .scenario import Scenario, parse_scenario, with_overrides

@@ -29,7 +29,7 @@ from typing import Any
 
 import msgspec
 
-from service.errors import TurnoutError
+from turnout.service.errors import TurnoutError
 
 __all__ = [
     "MALFORMED",

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 
 import uvicorn
 
-from service.serving import HAS_HTTPTOOLS, HAS_UVLOOP, ThreadedServer, bind_socket, run
+from turnout.service.serving import HAS_HTTPTOOLS, HAS_UVLOOP, ThreadedServer, bind_socket, run
 
 from .app import SimulatorApp
 from .state import SimulatorOptions
