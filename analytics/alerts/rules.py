@@ -259,7 +259,8 @@ def _first_line(err: BaseException) -> str:
 
 def default_rules_text() -> str:
     """The TOML text of the rules shipped with Turnout (`analytics/rules/default.toml`)."""
-    return resources.files("turnout.analytics").joinpath("rules/default.toml").read_text(encoding="utf-8")
+    rules = resources.files("turnout.analytics").joinpath("rules/default.toml")
+    return rules.read_text(encoding="utf-8")
 
 
 def load_rules(path: str | os.PathLike[str] | None = None) -> list[Rule]:
