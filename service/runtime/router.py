@@ -1,7 +1,7 @@
 """`turnout router`: the shell around the pure request decider.
 
 Job: read intake records as a consumer-group member, turn each into an input
-for `service.core.request`, fold the decided events into `RouterState`,
+for `turnout.service.core.request`, fold the decided events into `RouterState`,
 publish them, carry out the effects (upstream calls, retry timers, responses)
 and commit offsets only once a record's work is acknowledged.
 
@@ -9,7 +9,7 @@ Rules:
 - State is the fold of `turnout.events`. On every assignment the router
   rebuilds it for the event partitions of its request partitions (requests
   and events are co-partitioned by tenant) plus the `_system` partition
-  (breakers): the newest good snapshot of each (`service.runtime.snapshots`),
+  (breakers): the newest good snapshot of each (`turnout.service.runtime.snapshots`),
   then the events after it, read until a marker it wrote itself comes back —
   never end offsets, which the embedded broker gets wrong. A request left in
   flight by a router that died is resumed when its uncommitted intake record
@@ -28,7 +28,7 @@ Rules:
   from state without a new upstream call. A router that died between the two
   leaves an orphan already answered: on Apache Kafka its next owner finds the
   response on the reply topic and records the terminal event from it
-  (`service.runtime.deliveries`), so it is not called or answered again.
+  (`turnout.service.runtime.deliveries`), so it is not called or answered again.
 - A record off its tenant's home partition (another client's partitioner, or
   no key) is forwarded to the home partition before anything is decided.
 - Bad records go to the DLQ with `turnout-error` headers and a
@@ -42,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import suppress
 from typing import Any, Final
@@ -177,35 +178,47 @@ class Offsets:
     ends it. A position started in an earlier epoch never counts again: its record comes
     again from the committed offset to whoever owns the partition now, so a late finish of
     it (a task fenced after the drop) must neither clear a record of the new epoch at the
-    same offset nor move the commit point past a record nobody decided."""
+    same offset nor move the commit point past a record nobody decided.
+
+    Each record being worked on holds one of the router's in-flight slots: `finish`
+    says whether to give it back (True once per started position of the current epoch),
+    and `drop` returns how many its partitions held, which the router gives back at once
+    (work handed over holds no slot, whether or not its task ever ends)."""
 
     def __init__(self) -> None:
-        self.busy: dict[TopicPartition, set[int]] = {}
+        self.busy: dict[TopicPartition, Counter[int]] = {}
         self.seen: dict[TopicPartition, int] = {}
         self.epochs: dict[TopicPartition, int] = {}
 
     def start(self, tp: TopicPartition, offset: int) -> Position:
-        self.busy.setdefault(tp, set()).add(offset)
+        self.busy.setdefault(tp, Counter())[offset] += 1
         self.seen[tp] = max(self.seen.get(tp, -1), offset)
         return (tp, offset, self.epochs.get(tp, 0))
 
-    def finish(self, pos: Position) -> None:
+    def finish(self, pos: Position) -> bool:
         tp, offset, epoch = pos
-        if self.epochs.get(tp, 0) == epoch:
-            self.busy.get(tp, set()).discard(offset)
+        busy = self.busy.get(tp)
+        if self.epochs.get(tp, 0) != epoch or busy is None or busy[offset] <= 0:
+            return False
+        busy[offset] -= 1
+        if not busy[offset]:
+            del busy[offset]
+        return True
 
     def committable(self) -> dict[TopicPartition, int]:
         return {tp: min(self.busy.get(tp) or {hi + 1}) for tp, hi in self.seen.items()}
 
     def in_progress(self, tps: Iterable[TopicPartition] | None = None) -> int:
         keys = self.busy if tps is None else tps
-        return sum(len(self.busy.get(tp, ())) for tp in keys)
+        return sum(self.busy[tp].total() for tp in keys if tp in self.busy)
 
-    def drop(self, tps: Iterable[TopicPartition]) -> None:
+    def drop(self, tps: Iterable[TopicPartition]) -> int:
+        held = 0
         for tp in tps:
-            self.busy.pop(tp, None)
+            held += (self.busy.pop(tp, None) or Counter()).total()
             self.seen.pop(tp, None)
             self.epochs[tp] = self.epochs.get(tp, 0) + 1
+        return held
 
 
 def _serves(cfg: Config, provider: str) -> Callable[[str], bool]:
@@ -375,7 +388,8 @@ class Router:
                     if generation != self._generation:  # a rebalance meanwhile: the new
                         continue  # assignment reads these records again from its offsets
                 for record in (r for records in batch.values() for r in records):
-                    await self.slots.acquire()
+                    if not await self._slot(stop):  # stopping: never wait for a slot then
+                        break
                     if generation != self._generation:  # a rebalance while this batch
                         # waited for slots: the rest comes again from the committed offset
                         self.slots.release()
@@ -388,6 +402,29 @@ class Router:
                 self._pricing.cancel()
                 with suppress(asyncio.CancelledError):
                     await self._pricing
+
+    async def _slot(self, stop: asyncio.Event) -> bool:
+        """Take an in-flight slot (True), or give up once the router is stopping (False).
+        A router stopped by a fault while every slot was taken used to wait here for
+        ever, alive and serving nothing (the fault suite's combined round: 555 lost)."""
+        if not self.slots.locked():
+            await self.slots.acquire()
+            return True
+        acquiring = asyncio.ensure_future(self.slots.acquire())
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({acquiring, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            if not acquiring.done():
+                acquiring.cancel()
+                with suppress(asyncio.CancelledError):
+                    await acquiring
+        got = acquiring.done() and not acquiring.cancelled()
+        if got and stop.is_set():
+            self.slots.release()
+            return False
+        return got
 
     async def _rebuilt_or_stopped(self, stop: asyncio.Event) -> bool:
         """Wait until the state is rebuilt (True) or the router is stopping (False)."""
@@ -575,7 +612,7 @@ class Router:
         # fenced from now on: what is still in flight there is the next owner's to resume
         self.owned -= {tp.partition for tp in revoked}
         self._revoking = set()
-        self.offsets.drop(revoked)
+        self._release(self.offsets.drop(revoked))
         handed = [rid for rid, ps in self.positions.items() if any(p[0] in revoked for p in ps)]
         self.telemetry.abandon(handed, "handed_over")
 
@@ -1269,8 +1306,8 @@ class Router:
             self.streams.discard(request_id)
 
     def _finish(self, pos: Position) -> None:
-        self.offsets.finish(pos)
-        self.slots.release()
+        if self.offsets.finish(pos):  # else its slot went back when it was handed over
+            self.slots.release()
 
     # ------------------------------------------------------------ events, commits
 
@@ -1558,7 +1595,14 @@ class Router:
         self.owned -= self._revoking
         # and nothing of theirs may be committed any more: a dropped request's record must
         # come again to whoever owns its partition now
-        self.offsets.drop(TopicPartition(self.topics.requests, p) for p in self._revoking)
+        self._release(
+            self.offsets.drop(TopicPartition(self.topics.requests, p) for p in self._revoking)
+        )
+
+    def _release(self, slots: int) -> None:
+        """Give back the in-flight slots of work handed over (see Offsets)."""
+        for _ in range(slots):
+            self.slots.release()
 
 
 def _pack(

@@ -317,3 +317,29 @@ async def test_a_rebalance_whose_rebuild_cannot_write_to_the_log_stops_the_route
             stop.set()
             if not task.done():
                 task.cancel()
+
+
+async def test_a_router_stopped_by_a_fault_while_every_slot_is_taken_stops_at_once(
+    kafka_settings: KafkaSettings, kafka_topics: Topics
+) -> None:
+    """Found by the fault suite's combined round (555 requests lost): a router whose
+    events were refused stopped itself while its serve loop waited for an in-flight slot,
+    and it waited there for ever, alive (so its supervisor never restarted it) with its
+    partitions served by nobody. A stopping router never waits for a slot."""
+    scenario = parse_scenario("latency_ms = 20000\n")  # every call holds its slot
+    with start_in_thread(SimulatorOptions(scenario=scenario)) as sim:
+        cfg = config(kafka_settings, sim, batching={"max_in_flight": 2})
+        router = Router(cfg, instance="full")
+        stop = asyncio.Event()
+        task = asyncio.create_task(router.run(stop))
+        try:
+            await asyncio.wait_for(router.ready.wait(), 30)
+            records = [(b"acme", request(f"full-{i}"), None) for i in range(5)]
+            await produce(kafka_settings.bootstrap, kafka_topics.requests, records)
+            await until(lambda: router.slots.locked() and len(router.calls) == 2, 30)
+            router._fail_fatally(StateDiverged("injected: the log refused an event"))
+            done, _ = await asyncio.wait({task}, timeout=10)
+            assert done, "the router kept waiting for a slot after it was told to stop"
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 60)

@@ -37,6 +37,19 @@ def test_a_dropped_partition_has_nothing_to_commit_until_it_is_read_again() -> N
     assert TP not in offsets.committable()
 
 
+def test_work_handed_over_gives_its_slots_back_once() -> None:
+    """Each record worked on holds an in-flight slot. A handed-over request whose task
+    never ends (a coalesced follower of a fenced leader, a retry of a request the new
+    state no longer has) used to hold its slot for ever: enough of them and the router
+    waited for a slot with nothing in flight."""
+    offsets = Offsets()
+    a, b = offsets.start(TP, 1), offsets.start(TP, 2)
+    assert offsets.finish(a) is True  # finished in its epoch: give its slot back
+    assert offsets.finish(a) is False  # never twice
+    assert offsets.drop([TP]) == 1  # b's slot goes back with the partition
+    assert offsets.finish(b) is False  # and not again when its task ends late
+
+
 ops = st.lists(
     st.one_of(
         st.tuples(st.just("start"), st.integers(0, 30)),
@@ -54,23 +67,27 @@ def test_the_commit_point_never_passes_an_unfinished_record_of_the_current_epoch
     offsets = Offsets()
     started: list[tuple[int, int, tuple[TopicPartition, int, int]]] = []  # epoch, offset, pos
     epoch = 0
+    held = 0  # in-flight slots taken and not given back
     open_now: set[int] = set()  # offsets started in this epoch and not finished in it
     for op, n in plan:
         if op == "start":
             if any(x[0] == epoch and x[1] == n for x in started):
                 continue  # a record is read once per epoch
             pos = offsets.start(TP, n)
+            held += 1
             started.append((epoch, n, pos))
             open_now.add(n)
         elif op == "finish" and started:
             e, offset, pos = started.pop(n % len(started))
-            offsets.finish(pos)
+            held -= offsets.finish(pos)
             if e == epoch:
                 open_now.discard(offset)
         elif op == "drop":
-            offsets.drop([TP])
+            held -= offsets.drop([TP])
             epoch += 1
             open_now.clear()
         point = offsets.committable().get(TP)
         if open_now:
             assert point is not None and point <= min(open_now)
+        # every slot taken is given back exactly once: by its finish or by the drop
+        assert held == offsets.in_progress() == sum(1 for e, _, _ in started if e == epoch)
