@@ -177,6 +177,7 @@ def router(
     config_path: str,
     fetch_max_wait_ms: int,
     extra_env: dict[str, str] | None = None,
+    health_port: int = 0,
 ) -> Iterator[RouterProc]:
     """One `turnout router` on fresh topics; returns once it serves its partitions."""
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
@@ -194,7 +195,7 @@ def router(
         | (extra_env or {})
         | dict(kv.split("=", 1) for kv in ROUTER_ENV)
     )
-    command = [sys.executable, "-m", "turnout", "router", "--health-port", "0",
+    command = [sys.executable, "-m", "turnout", "router", "--health-port", str(health_port),
                "--config", config_path, "--instance", "bench"]  # fmt: skip
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(
