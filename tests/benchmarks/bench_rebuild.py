@@ -1,6 +1,7 @@
 """Benchmark: a router's rebuild time against the log's length, with and without snapshots.
 
 Run: `.venv/bin/python tests/benchmarks/bench_rebuild.py [--sizes 100000,1000000,2000000]`
+     `.venv/bin/python tests/benchmarks/bench_rebuild.py --history 1000000`
 
 The events topic is filled with the synthetic mixed workload (`turnout.analytics.synthetic`:
 real event structs, ~6 per request, CloudEvents-encoded, each on its tenant's home
@@ -19,6 +20,12 @@ Reported: the rebuild itself (`/healthz` `rebuild.seconds`: snapshots read, rest
 the tail folded to the markers) and the whole start until ready (group join included),
 and the events folded. Target (issue 11): <= 5 s with 1 M events, not growing when the
 log doubles.
+
+`--history N` measures the log as it grows in production, with its age: N events of the
+last 6 hours alone, then the same N after N events of three days ago (beyond the 24 h
+duplicate-answer window, so the state they leave is budgets and ids, not answers). The
+sizes above put every event in the last day, so there the state (and a snapshot's
+restore) grows with the log too.
 """
 
 from __future__ import annotations
@@ -50,10 +57,17 @@ EVENTS_PER_REQUEST = 6
 
 
 async def fill(
-    bootstrap: str, topic: str, start: int, count: int, *, tenant: str | None = None
+    bootstrap: str,
+    topic: str,
+    start: int,
+    count: int,
+    *,
+    tenant: str | None = None,
+    hours_ago: float = 24.0,
 ) -> int:
-    """About `count` more synthetic events (requests numbered from `start`); how many.
-    With `tenant`: all of one tenant's (the workload's `t0`, renamed; global events left out)."""
+    """About `count` more synthetic events (requests numbered from `start`), the first
+    `hours_ago` hours before now (7 ms apart); how many. With `tenant`: all of one
+    tenant's (the workload's `t0`, renamed; global events left out)."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20,
                                 max_batch_size=1 << 20, compression_type=None)  # fmt: skip
     await producer.start()
@@ -62,7 +76,8 @@ async def fill(
         tenants = 1 if tenant else TENANTS
         stories = workload(count // EVENTS_PER_REQUEST + 1, tenants=tenants, start=start)
         pending = []
-        for env in envelopes(stories, t0_ms=int(time.time() * 1000) - 86_400_000, seed=start):
+        t0_ms = int((time.time() - hours_ago * 3600) * 1000)
+        for env in envelopes(stories, t0_ms=t0_ms, seed=start):
             if tenant is not None:
                 if getattr(env.data, "tenant", None) != "t0":
                     continue
@@ -148,10 +163,43 @@ async def run(bootstrap: str, sizes: list[int], out: Console) -> None:
     out.print(table)
 
 
+async def history(bootstrap: str, size: int, out: Console) -> None:
+    """A log doubled by history older than the duplicate-answer window (the same `size`
+    recent events, alone and after `size` events of three days ago), as a log grows
+    with its age: from snapshots, both rebuild the same state in about the same time."""
+    table = Table("log (events)", "rebuild", "rebuild s", "ready s", "events folded",
+                  title="router rebuild: a log twice as old", title_justify="left")  # fmt: skip
+    with start_in_thread(SimulatorOptions()) as sim:
+        for old in (0, size):
+            prefix = f"bench-{uuid.uuid4().hex[:6]}"
+            settings = KafkaSettings(bootstrap=bootstrap, topic_prefix=prefix)
+            await ensure_topics(settings)
+            if old:
+                await fill(bootstrap, settings.topics.events, 0, old, hours_ago=72)
+            total = old + await fill(bootstrap, settings.topics.events, 10**7, size, hours_ago=6)
+            what = f"{total:,} ({'half of it 3 days old' if old else 'the last 6 hours'})"
+            plain = config(bootstrap, prefix, sim.base_url, snapshots=False)
+            snapping = config(bootstrap, prefix, sim.base_url, snapshots=True)
+            base = await start_router(plain, "no-snapshots")
+            table.add_row(what, "baseline: no snapshots, from offset 0",
+                          f"{base['seconds']:.2f}", f"{base['ready_s']:.2f}",
+                          f"{base['events_folded']:,}")  # fmt: skip
+            await start_router(snapping, "snapshot-writer")
+            snap = await start_router(snapping, "from-snapshots")
+            table.add_row(what, "snapshots, after a stop", f"{snap['seconds']:.2f}",
+                          f"{snap['ready_s']:.2f}", f"{snap['events_folded']:,}")  # fmt: skip
+            out.print(f"  {what}: baseline {base['seconds']:.2f} s, "
+                      f"from snapshots {snap['seconds']:.2f} s")  # fmt: skip
+    out.print(table)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--sizes", default="100000,1000000,2000000")
     parser.add_argument("--engines", default="kafka", help="kafka, tansu or both")
+    parser.add_argument("--history", type=int, default=0, metavar="EVENTS",
+                        help="instead: EVENTS recent events alone, then after as many "
+                        "3 days old (a log that doubled with its age)")  # fmt: skip
     args = parser.parse_args()
     _tune_gc()  # as `turnout router` runs
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -159,7 +207,10 @@ def main() -> None:
     for engine in brokers(args.engines):
         with engine as (name, bootstrap, _pid):
             out.print(f"[bold]{name}[/bold] at {bootstrap}")
-            asyncio.run(run(bootstrap, sizes, out))
+            if args.history:
+                asyncio.run(history(bootstrap, args.history, out))
+            else:
+                asyncio.run(run(bootstrap, sizes, out))
 
 
 if __name__ == "__main__":
