@@ -211,6 +211,10 @@ class RequestCompleted(_EventBase, frozen=True, kw_only=True):
     saved_usage: Usage | None = None
     saved_cost_micros: int = 0
     stream: StreamStats | None = None  # a streamed answer: its chunks and first token
+    # set only when a response its last router delivered is recorded for a request whose
+    # acceptance never reached the log: that intake record, redelivered, is not answered again
+    intake_partition: int | None = None
+    intake_offset: int | None = None
 
 
 class RequestFailed(_EventBase, frozen=True, kw_only=True):
@@ -231,6 +235,10 @@ class RequestFailed(_EventBase, frozen=True, kw_only=True):
     usage: Usage | None = None
     cost_micros: int = 0
     stream: StreamStats | None = None
+    # set only when a response its last router delivered is recorded for a request whose
+    # acceptance never reached the log: that intake record, redelivered, is not answered again
+    intake_partition: int | None = None
+    intake_offset: int | None = None
 
 
 class RequestCancelled(_EventBase, frozen=True, kw_only=True):
@@ -248,6 +256,10 @@ class RequestCancelled(_EventBase, frozen=True, kw_only=True):
     cost_micros: int = 0
     reply_to: str | None = None
     stream: StreamStats | None = None
+    # set only when a response its last router delivered is recorded for a request whose
+    # acceptance never reached the log: that intake record, redelivered, is not answered again
+    intake_partition: int | None = None
+    intake_offset: int | None = None
 
 
 class RequestCoalesced(_EventBase, frozen=True, kw_only=True):

@@ -566,15 +566,29 @@ def decide_retry_due(state: RouterState, request_id: str, ctx: Context) -> Decis
     return Decision(events=started, effects=[call])
 
 
-def decide_delivered(state: RouterState, terminal: Terminal, ctx: Context) -> Decision:
+def decide_delivered(
+    state: RouterState,
+    terminal: Terminal,
+    ctx: Context,
+    *,
+    intake: tuple[int, int] | None = None,
+) -> Decision:
     """An orphaned request whose response its last owner delivered but did not record (it
     died, or its events failed, between the two): record the terminal event rebuilt from
     that response, with the budget settlement it still lacks, and answer nothing again.
-    Its followers are not answered here: each is found, or resumed, on its own."""
-    recorded = Respond(terminal=terminal, delivered=True)
+    Its followers are not answered here: each is found, or resumed, on its own.
+
+    `intake`: the (partition, offset) of the record being handled. When the log never
+    accepted the request, the terminal event records it, so that record delivered yet
+    again (a second crash before its commit) is not answered again either."""
     if terminal.request_id in state.finished:
         return Decision(events=[], effects=[])
     flight = state.inflight.get(terminal.request_id)
+    if flight is None and intake is not None:
+        terminal = msgspec.structs.replace(
+            terminal, intake_partition=intake[0], intake_offset=intake[1]
+        )
+    recorded = Respond(terminal=terminal, delivered=True)
     actual = None if isinstance(terminal, ev.RequestRejected) else terminal.cost_micros or None
     if isinstance(terminal, ev.RequestCompleted):
         actual = terminal.cost_micros

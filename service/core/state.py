@@ -236,6 +236,8 @@ def _evolve_request(state: RouterState, event: object, now_ms: int, cfg: Config)
                 state.intake[event.request_id] = (event.intake_partition, event.intake_offset)
             _finish(state, event, now_ms, cfg)
         case ev.RequestCompleted() | ev.RequestFailed() | ev.RequestCancelled():
+            if event.intake_partition is not None and event.intake_offset is not None:
+                state.intake[event.request_id] = (event.intake_partition, event.intake_offset)
             _finish(state, event, now_ms, cfg)
 
 

@@ -817,7 +817,9 @@ class Router:
                 ctx = self._ctx()
         if delivered is not None and (resume or req.request_id not in self.state.inflight):
             terminal = terminal_from_response(delivered, reply_to=req.reply_to)
-            decision = decide_delivered(self.state, terminal, ctx)
+            p, o = req.intake_partition, req.intake_offset
+            intake = (p, o) if p is not None and o is not None else None
+            decision = decide_delivered(self.state, terminal, ctx, intake=intake)
         else:
             key, answer = self._cached(req, ctx)
             decision = decide_intake(
@@ -951,7 +953,8 @@ class Router:
     async def _deadletter(self, record: Any, err: WireError) -> None:
         """The DLQ copy and the terminal `deadlettered` event; a record that names its
         request is also answered `rejected` / `invalid_request`, on its `reply_to` when
-        that is valid, else on the responses topic (CONTRACT.md, intake validation)."""
+        that is valid, else on the responses topic (docs/reference/records.md, intake
+        request)."""
         headers = [*record.headers, ("turnout-error", err.code.encode()),
                    ("turnout-error-detail", str(err).encode())]  # fmt: skip
         value = record.value
@@ -1494,8 +1497,8 @@ class Router:
     async def _check_topics(self, *, starting: bool = False) -> None:
         """Turnout's topics missing, or with another partition count than theirs: the
         broker lost them (a Tansu restart keeps nothing, and Tansu auto-creates a topic a
-        client asks about, with 4 partitions: BROKER.md rule 1). Say so in the log and
-        /healthz. Missing ones are made again and serving goes on; wrongly auto-created
+        client asks about, with 4 partitions: docs/reference/broker.md rule 1). Say so in the
+        log and /healthz. Missing ones are made again and serving goes on; wrongly auto-created
         ones cannot be fixed under a subscribed consumer (it makes them again at once):
         the router stops (exit 1), and its restart remakes them before it subscribes.
         `starting`: before the consumer starts, topics not made yet are made quietly."""

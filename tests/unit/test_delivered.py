@@ -94,3 +94,39 @@ def test_a_rejected_record_delivered_again_is_not_answered_again() -> None:
     assert [type(e).__name__ for e in first.events][-1] == "RequestRejected"
     assert (again.events, again.effects) == ([], [])
     assert [type(e).__name__ for e in resent.effects] == ["Resend"]
+
+
+def test_a_delivered_answer_recorded_for_a_record_is_not_answered_again_for_that_record() -> None:
+    """Found by the fault suite's combined round (10 answered twice): a rejection answered
+    by a router that died before recording it was recorded by the next owner from its
+    response, with no intake position; that owner died too before its commit, and the
+    third owner took the same record for a client's resend and answered it again. The
+    recorded terminal now carries the record's position: the record, delivered a third
+    time, is answered by nobody, while a resend of the id (another record) still is."""
+    shell = Shell(cfg())
+    rejected = ev.RequestRejected(
+        request_id="r9", tenant="acme", code="rate_limited", message="burst reached"
+    )
+    record = msgspec.structs.replace(request("r9"), intake_partition=3, intake_offset=41)
+    recorded = shell.apply(decide_delivered(shell.state, rejected, shell.ctx(), intake=(3, 41)))
+    again = shell.submit(record)
+    resent = shell.submit(msgspec.structs.replace(record, intake_offset=77))
+
+    (terminal,) = recorded.events
+    assert (terminal.intake_partition, terminal.intake_offset) == (3, 41)
+    assert (again.events, again.effects) == ([], [])
+    assert [type(e).__name__ for e in resent.effects] == ["Resend"]
+
+
+def test_a_delivered_completion_never_accepted_in_the_log_records_its_record_too() -> None:
+    shell = Shell(cfg())
+    completed = ev.RequestCompleted(
+        request_id="r8", tenant="acme", model="m", cached=False, coalesced=False, attempts=1,
+        latency_ms=1.0, usage=ev.Usage(prompt_tokens=1, completion_tokens=1, total_tokens=2),
+        cost_micros=3, response={"id": "x"},
+    )  # fmt: skip
+    shell.apply(decide_delivered(shell.state, completed, shell.ctx(), intake=(5, 9)))
+    again = shell.submit(
+        msgspec.structs.replace(request("r8"), intake_partition=5, intake_offset=9)
+    )
+    assert (again.events, again.effects) == ([], [])
