@@ -11,11 +11,11 @@ new partition has a leader, and checks the topics that were there already:
   co-partitioned: a new count would move them), so it is an error that
   `turnout topics ensure` reports with exit code 1.
 On Tansu, configs are stored but have no effect and cannot be altered
-(BROKER.md), so only partition counts are checked there.
+(docs/reference/broker.md), so only partition counts are checked there.
 
 `broker_engine` tells Apache Kafka from Tansu (once per address).
 
-BROKER.md rules followed here:
+docs/reference/broker.md rules followed here:
 - 1: every topic is created explicitly with `create_topics` and a fixed
   partition count; TopicAlreadyExists (error 36) counts as success.
 - 2: callers re-run this after any broker (re)start, before producing.
@@ -33,7 +33,7 @@ import sys
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from aiokafka import errors as ak
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -125,6 +125,20 @@ class EnsureReport:
         return not self.warnings
 
 
+# A rebuild reads the whole snapshots topic, superseded snapshots included until the log
+# cleaner removes them, and the cleaner never touches a partition's active segment (1 GiB
+# or 7 days by a broker's defaults): small segments that roll within minutes, a low dirty
+# ratio and a bound on how long a superseded record may wait keep a rebuild's read to
+# about the live snapshots, whatever the broker's defaults.
+SNAPSHOT_COMPACTION: Final = {
+    "segment.bytes": str(64 * 2**20),
+    "segment.ms": str(10 * 60_000),
+    "min.cleanable.dirty.ratio": "0.1",
+    "max.compaction.lag.ms": str(15 * 60_000),
+    "delete.retention.ms": str(60 * 60_000),  # tombstones: readers see deletions for 1 h
+}
+
+
 def topic_specs(settings: KafkaSettings) -> tuple[TopicSpec, ...]:
     names = settings.topics.as_dict()
     return tuple(
@@ -135,7 +149,7 @@ def topic_specs(settings: KafkaSettings) -> tuple[TopicSpec, ...]:
 
 def _configs(settings: KafkaSettings, role: str) -> dict[str, str]:
     if role == "snapshots":  # one value per key, kept: a new snapshot replaces the last
-        configs = {"cleanup.policy": "compact", "retention.ms": "-1"}
+        configs = {"cleanup.policy": "compact", "retention.ms": "-1"} | SNAPSHOT_COMPACTION
     else:
         configs = {"cleanup.policy": "delete", "retention.ms": str(settings.retention_ms(role))}
     if settings.replication_factor >= 3:  # acks=all then survives one broker down

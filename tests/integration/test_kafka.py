@@ -2,7 +2,7 @@
 
 No mocks: every test talks to the session's Kafka (see tests/conftest.py).
 Tests read with the non-group `Reader` where a group is not the point, since a
-group join costs session_timeout/2 on Tansu (BROKER.md rule 11).
+group join costs session_timeout/2 on Tansu (docs/reference/broker.md rule 11).
 """
 
 from __future__ import annotations
@@ -122,6 +122,8 @@ async def test_topics_get_their_retention_and_drifted_configs_are_set_back(
     assert created[0]["retention.ms"] == "3600000" and created[0]["cleanup.policy"] == "delete"
     assert created[1]["retention.ms"] == "-1"  # events: kept until snapshots exist
     assert snapshots["cleanup.policy"] == "compact"  # the newest snapshot per partition
+    # and compacted within minutes, not when a broker-default 1 GiB segment fills
+    assert snapshots["segment.ms"] == "600000" and snapshots["min.cleanable.dirty.ratio"] == "0.1"
     (fixed,) = [t for t in again.topics if t.fixed]
     assert fixed.name == events and fixed.fixed == ("retention.ms: 1000 -> -1",)
     assert after["retention.ms"] == "-1" and after["segment.ms"] == "600000"
@@ -319,7 +321,8 @@ async def _consume(consumer: GroupConsumer, count: int, max_records: int | None 
 async def test_a_member_reports_how_far_behind_the_end_it_is(
     kafka_engine: str, kafka_settings: KafkaSettings, kafka_topics: Topics
 ):
-    """Consumer lag from end offsets: only right on Apache Kafka (BROKER.md rule 4)."""
+    """Consumer lag from end offsets: only right on Apache Kafka (docs/reference/broker.md
+    rule 4)."""
     if kafka_engine == "tansu":
         pytest.fail("lag needs Apache Kafka's end offsets, and the suite runs on Tansu")
     async with Producer(kafka_settings) as producer:
