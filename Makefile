@@ -1,5 +1,6 @@
 # Turnout — the two commands a user needs: `make test` and `make demo`.
-# Both build from nothing: a fresh .venv, the project and its dev extras.
+# Both build from nothing: a fresh .venv, every dependency from the lock file locks/dev.txt
+# (pinned, hash-checked), then the project itself. `make lock` renews the lock files.
 
 PYTHON ?= python3
 VENV   := .venv
@@ -12,9 +13,28 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+$(STAMP): pyproject.toml locks/dev.txt | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --require-hashes -r locks/dev.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
+
+# The lock files pin every dependency with its hashes, one per deployable set of extras:
+# locks/dev.txt (make test, make demo), locks/demo.txt (the full image), locks/router.txt (the
+# router image). `make lock` re-resolves them after pyproject.toml's dependencies change and
+# keeps every pin that still fits; `make lock UPGRADE=1` moves every pin to the newest release
+# allowed. uv resolves for every platform from Python 3.11.5 on; demo and router take dev's
+# pins (-c), so the sets never disagree. Commit the lock files with the change.
+UV_VERSION := 0.13.9
+UV_COMPILE  = $(BIN)/uv pip compile pyproject.toml --quiet --universal --python-version 3.11.5 \
+              --generate-hashes --custom-compile-command "make lock" $(if $(UPGRADE),--upgrade)
+
+.PHONY: lock
+lock: | $(BIN)/python
+	@$(BIN)/uv --version 2>/dev/null | grep -qF ' $(UV_VERSION)' || \
+	  $(BIN)/python -m pip install --quiet uv==$(UV_VERSION)
+	$(UV_COMPILE) --extra dev -o locks/dev.txt
+	$(UV_COMPILE) --extra demo -c locks/dev.txt -o locks/demo.txt
+	$(UV_COMPILE) --extra router -c locks/dev.txt -o locks/router.txt
 
 install: $(STAMP)
 
@@ -70,7 +90,7 @@ litellm:
 	  $(LITELLM_VENV)/bin/python -m pip install --quiet 'litellm[proxy]==$(LITELLM_VERSION)' || \
 	  { rm -rf $(LITELLM_VENV); echo "make: could not install litellm[proxy]==$(LITELLM_VERSION) from PyPI"; exit 1; }; }
 
-test: lint typecheck importlint browser kcat kafka litellm
+test: lint typecheck importlint docs browser kcat kafka litellm
 	TURNOUT_TEST_LITELLM=$(LITELLM_VENV)/bin/litellm $(BIN)/pytest -q
 
 demo: $(STAMP) kafka
@@ -78,3 +98,11 @@ demo: $(STAMP) kafka
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+
+# The docs site (docs/, mkdocs.yml) into build/site. --strict makes every warning an error:
+# a broken link or anchor between pages, a page missing from the nav (the link check of
+# `make test`; external links are not fetched). The reference pages are generated from the
+# code at build time (docs/hooks/reference.py). Preview: $(BIN)/mkdocs serve
+.PHONY: docs
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir build/site

