@@ -15,7 +15,7 @@ Rules:
   a UUIDv7) with one partition, reads it from the beginning with a non-group
   `Reader` in a background task and resolves waiting calls by request id.
   Every request it sends carries `"reply_to"` = that topic.
-- Topics are created explicitly (BROKER.md rule 1) and the intake topic must
+- Topics are created explicitly (docs/reference/broker.md rule 1) and the intake topic must
   already exist: producing to a missing topic would auto-create it on Tansu
   with the wrong partition count (rules 1 and 3), so the client refuses.
 - No end offsets (rule 4): the reply topic is new, so "from the beginning" is
@@ -83,7 +83,8 @@ def build_request(
     reply_to: str | None = None,
     **params: Any,
 ) -> dict[str, Any]:
-    """The intake request document (CONTRACT.md); `params` are OpenAI chat parameters."""
+    """The intake request document (docs/reference/records.md); `params` are OpenAI chat
+    parameters."""
     if isinstance(prompt_or_messages, str):
         messages: list[dict[str, Any]] = [{"role": "user", "content": prompt_or_messages}]
     else:
@@ -325,7 +326,7 @@ class AsyncTurnout:
         timeout_s: float = 120,
         **params: Any,
     ) -> dict[str, Any]:
-        """Send one request and return its response document (CONTRACT.md).
+        """Send one request and return its response document (docs/reference/records.md).
 
         Raises `TimeoutError` when no response arrives within `timeout_s`.
         A response with status "error" or "rejected" is returned, not raised.
@@ -393,8 +394,9 @@ class AsyncTurnout:
     async def cancel(
         self, request_id: str, *, tenant: str = "default", reason: str = "cancel record"
     ) -> None:
-        """Ask the router to stop a request (CONTRACT.md, the cancel record): its running
-        upstream call is aborted and it ends `cancelled`, charged for what it used."""
+        """Ask the router to stop a request (docs/reference/records.md, the cancel record):
+        its running upstream call is aborted and it ends `cancelled`, charged for what it
+        used."""
         await self._send({"cancel": request_id, "tenant": tenant, "reason": reason})
 
     async def follow(

@@ -197,7 +197,7 @@ class Tally:
         return self.sent - self.answered - self.timeouts
 
     def record(self, doc: Mapping[str, Any]) -> None:
-        """Count one response document (CONTRACT.md's response shape)."""
+        """Count one response document (docs/reference/records.md, the response)."""
         self.answered += 1
         status = str(doc.get("status", "unknown"))
         self.statuses[status] += 1

@@ -1,6 +1,6 @@
 """`turnout cache warm FILE`: fill the response cache through the normal request path.
 
-Each line of FILE is one intake request (CONTRACT.md's shape: `messages`,
+Each line of FILE is one intake request (docs/reference/records.md: `messages`,
 optional `tenant`, `task_type`, `model` and OpenAI parameters). Every request
 is sent with `"cache": true` (warming means "keep these answers", also for a
 temperature above 0) and a fresh request id, at most `--concurrency` at a

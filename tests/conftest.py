@@ -1,6 +1,6 @@
 """Shared fixtures: one Kafka per engine for the whole session, fresh topics for each test.
 
-Kafka comes from, in order (CONTRACT.md): `TURNOUT_KAFKA_BOOTSTRAP` if set; an
+Kafka comes from, in order (docs/reference/contract.md): `TURNOUT_KAFKA_BOOTSTRAP` if set; an
 Apache Kafka testcontainer if a Docker engine answers a quick ping; else the
 local Apache Kafka broker (`turnout broker`'s, a fresh data dir, started once
 per session) wherever Java >= 17 is found; Tansu only where it is not, and the
@@ -11,7 +11,7 @@ end in `[tansu]`), so the fallback keeps working; `-m tansu` runs just them.
 
 Each test gets `KafkaSettings` with its own topic prefix and group id
 (`kafka_settings`), so tests never see each other's records; `kafka_topics`
-also creates that prefix's topics (BROKER.md rule 1: never auto-create).
+also creates that prefix's topics (docs/reference/broker.md rule 1: never auto-create).
 Settings use a short session timeout (rule 11) and a short fetch wait (rule 12).
 """
 

@@ -12,7 +12,7 @@ Rules:
   clock is taken never to run back (an event sorts at the latest time seen
   on its partition so far), so merging never reorders a partition. The
   archive computes the same order in SQL.
-- Reading the topic follows BROKER.md: no end offsets. A marker event is
+- Reading the topic follows docs/reference/broker.md (rule 4): no end offsets. A marker event is
   produced to every partition first, and each partition is read until its
   marker comes back (as the router does on assignment). Markers are
   `turnout.router.marker` events, which no fold changes state for.

@@ -9,7 +9,7 @@ Rules:
   Values are read as TOML values (`true`, `5`, `["a", "b"]`), else as strings.
 - Tenant tables inherit every unset key from `[tenants.default]`.
 - The API key itself never appears here: only the name of the variable holding it.
-- `[upstream]` is the default provider; `[providers.<name>]` add more (CONTRACT.md
+- `[upstream]` is the default provider; `[providers.<name>]` add more (docs/reference/contract.md,
   "Providers"); which provider serves a model is `turnout.service.core.providers`.
 - No I/O: reading the file is the shell's job (`turnout.service.runtime.config`).
 """

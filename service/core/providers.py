@@ -4,7 +4,7 @@
     upstream_model(cfg, model)  the model name that provider is sent
     configured_prices(cfg)      `[providers.x.prices]`, as `Price`s per route model
 
-Rules (CONTRACT.md "Providers"):
+Rules (docs/reference/contract.md, "Providers"):
 - A model is served by the first `[providers.<name>]` (in the file's order) one of
   whose `models` globs matches it, else by `[upstream]` (`DEFAULT_PROVIDER`).
   A config with no `[providers]` sends every model to `[upstream]`, as before.

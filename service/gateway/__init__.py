@@ -1,4 +1,4 @@
-"""`turnout gateway`: the OpenAI-compatible HTTP front door (CONTRACT.md, the HTTP gateway).
+"""`turnout gateway`: the OpenAI-compatible HTTP front door (docs/guides/gateway.md).
 
 from turnout.service.gateway import start_in_thread
 with start_in_thread(cfg) as gw:

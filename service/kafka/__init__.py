@@ -7,6 +7,6 @@
 - `broker`: `EmbeddedBroker` (Tansu) and `turnout broker`;
 - `errors`: the one translation of aiokafka failures into Turnout errors.
 
-Every module follows BROKER.md's rules for code that must run on
+Every module follows the rules of docs/reference/broker.md for code that must run on
 both Tansu and Apache Kafka; each says which ones it applies.
 """

@@ -22,7 +22,7 @@ folder on disk (`data/kafka` by default):
   `server.properties` Kafka opens it only once it serves requests;
 - SIGTERM is a controlled shutdown (up to `stop_timeout_s`, then SIGKILL).
 
-BROKER.md (Apache Kafka from Maven Central jars) has the facts behind these choices.
+docs/reference/broker.md (Apache Kafka from Maven Central jars) has the facts behind these choices.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def new_cluster_id() -> str:
 def server_properties(
     *, host: str, port: int, controller_port: int, log_dir: Path, extra: Mapping[str, str]
 ) -> dict[str, str]:
-    """A single-node combined-mode broker's settings (BROKER.md), `extra` on top."""
+    """A single-node combined-mode broker's settings (docs/reference/broker.md), `extra` on top."""
     props = {
         "process.roles": "broker,controller",
         "node.id": "1",

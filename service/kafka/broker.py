@@ -1,6 +1,6 @@
 """`turnout broker`: which local broker to run, and running it in the foreground.
 
-Two engines (CONTRACT.md, "Embedded defaults"):
+Two engines (docs/reference/contract.md, "Embedded defaults"):
 - `kafka`: Apache Kafka itself (`apache.py`), the default wherever a Java >= 17
   runtime is found; its data is kept on disk (`--data`, default `data/kafka`);
 - `tansu`: the memory-only Tansu broker (`tansu.py`), where no Java is found or
@@ -9,7 +9,7 @@ Two engines (CONTRACT.md, "Embedded defaults"):
 `choose_engine` decides and says why; with no engine asked for (`auto`), a
 Java that is there but whose Kafka jars cannot be had falls back to Tansu,
 loudly. `local_broker` builds the chosen one. `cli_main` starts it, creates
-Turnout's topics (BROKER.md rule 2: after every start, before any client
+Turnout's topics (docs/reference/broker.md rule 2: after every start, before any client
 produces), prints the bootstrap address, and on Ctrl-C/SIGTERM stops it
 cleanly (a controlled shutdown for Kafka) so nothing is left running.
 """

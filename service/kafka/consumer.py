@@ -11,7 +11,7 @@ drop it when partitions leave. A hook that fails is re-raised from the next
 `Reader` is not a group member: it reads explicit partitions from the
 beginning (or given offsets) until a condition holds, for catch-up and replay.
 
-BROKER.md rules followed here:
+docs/reference/broker.md rules followed here:
 - 3: `subscribe` auto-creates missing topics on Tansu, so create them first
   (`topics.ensure_topics`); `topic_partitions` finds partitions without probing.
 - 4 and 5: `auto_offset_reset="earliest"` always; no end offsets, no
@@ -315,7 +315,8 @@ class GroupConsumer(_Client):
         """Records behind the end, per assigned partition (end: the last fetch's high watermark).
 
         Needs no request of its own. Only right on Apache Kafka: Tansu reports
-        wrong end offsets (BROKER.md rule 4). A partition not fetched yet is left out.
+        wrong end offsets (docs/reference/broker.md rule 4). A partition not fetched yet is
+        left out.
         """
         behind: dict[int, int] = {}
         for tp in sorted(self.assignment):
@@ -408,14 +409,16 @@ class Reader(_Client):
         self, times_ms: Mapping[TopicPartition, int]
     ) -> dict[TopicPartition, int | None]:
         """The first offset of each partition whose record timestamp is at or after its
-        time; None when there is none. Apache Kafka only (BROKER.md rule 5: Tansu)."""
+        time; None when there is none. Apache Kafka only (docs/reference/broker.md rule 5:
+        Tansu)."""
         with kafka_errors(self.settings.bootstrap):
             found = await self._consumer.offsets_for_times(dict(times_ms))
         return {tp: (hit.offset if hit is not None else None) for tp, hit in found.items()}
 
     async def end_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
-        """The offset after the last record of each partition. Apache Kafka only (BROKER.md
-        rule 4: Tansu gets it wrong when a batch holds more than one record)."""
+        """The offset after the last record of each partition. Apache Kafka only
+        (docs/reference/broker.md rule 4: Tansu gets it wrong when a batch holds more than one
+        record)."""
         with kafka_errors(self.settings.bootstrap):
             return dict(await self._consumer.end_offsets(list(partitions)))
 

@@ -51,7 +51,7 @@ class KafkaUnavailable(KafkaFailure):
 
 
 class CommitTimeout(KafkaFailure):
-    """An offset commit did not finish in time (BROKER.md rule 15)."""
+    """An offset commit did not finish in time (docs/reference/broker.md rule 15)."""
 
 
 class GroupMovedOn(KafkaFailure):

@@ -7,11 +7,11 @@ within `linger_ms`.
 
 Idempotence: on Apache Kafka every Turnout producer is idempotent (a retried
 batch is written once, in order); Tansu fails InitProducerId, so there it is
-off (BROKER.md rule 6). `[kafka] idempotence = "auto"` (the default) asks the
+off (docs/reference/broker.md rule 6). `[kafka] idempotence = "auto"` (the default) asks the
 broker which it is (`topics.broker_engine`, once per address); `on` / `off`
 force it. Either way consumers still dedupe by event id (at-least-once).
 
-BROKER.md rules followed here:
+docs/reference/broker.md rules followed here:
 - 6: no transactions; no idempotence on Tansu.
 - 7: acks="all", never 0 (acks=0 corrupts aiokafka's connection on Tansu).
 - 8: aiokafka's default murmur2 partitioner, the same as Java clients.

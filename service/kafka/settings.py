@@ -5,7 +5,7 @@ match the field names); `from_env` layers `TURNOUT_KAFKA_<FIELD>` variables on
 top of a base. This module imports no Kafka client, so configuration code can
 use it cheaply.
 
-BROKER.md rules followed here:
+docs/reference/broker.md rules followed here:
 - 6 and 7: producers are always acks=all; idempotent only on Apache Kafka
   (`idempotence`, see `producer.py`).
 - 9: `max_record_bytes` is the record-size limit Turnout enforces itself;

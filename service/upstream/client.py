@@ -6,7 +6,7 @@ calls, errors and requests in flight for /healthz.
 
 Rules:
 - One `httpx.AsyncClient` per process, on the aiohttp transport
-  (PERFORMANCE.md: httpcore costs several times the CPU at 32 in flight).
+  (docs/design/performance.md: httpcore costs several times the CPU at 32 in flight).
   Pool size and keep-alive come from `[upstream]`; the connect timeout is
   separate from the per-call deadline, which bounds the whole exchange
   (headers and body), not only each read.

@@ -58,7 +58,7 @@ INVALID_TENANT: Final = "invalid_tenant"
 INVALID_REPLY_TO: Final = "invalid_reply_to"
 
 TENANT_ID: Final = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
-"""What a tenant id may be (CONTRACT.md, intake validation)."""
+"""What a tenant id may be (docs/reference/records.md, intake request)."""
 _TOPIC: Final = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
 _RESERVED: Final = frozenset(
@@ -72,7 +72,7 @@ class Message(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
 
 
 class Intake(msgspec.Struct, kw_only=True):
-    """The intake schema (CONTRACT.md); unknown keys are OpenAI parameters."""
+    """The intake schema (docs/reference/records.md); unknown keys are OpenAI parameters."""
 
     request_id: str | None = None
     tenant: str | None = None
@@ -129,7 +129,7 @@ def _parse(value: bytes) -> tuple[dict[str, Any], Intake]:
 
 
 class Cancel(msgspec.Struct, frozen=True, kw_only=True):
-    """A cancel record (CONTRACT.md): stop request `request_id` of `tenant`."""
+    """A cancel record (docs/reference/records.md): stop request `request_id` of `tenant`."""
 
     request_id: str
     tenant: str

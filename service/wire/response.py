@@ -1,6 +1,6 @@
 """Responses (`turnout.responses`, or the request's `reply_to`) from terminal events.
 
-One response per request id, in CONTRACT.md's shape, built only from the
+One response per request id, in the shape of docs/reference/records.md, built only from the
 terminal event, so a redelivered request is answered with the same bytes.
 
 `terminal_from_response` is the inverse: after a crash between a response and the

@@ -4,7 +4,7 @@
     completion(merged)        -> the assembled `chat.completion`
     has_token(chunk)          -> does it carry output (the first-token gate)
     delta_chars(chunk)        -> characters of output it carries
-    chunk_record(rid, seq, b) -> the chunk record's value (CONTRACT.md, streaming)
+    chunk_record(rid, seq, b) -> the chunk record's value (docs/reference/records.md)
     chunk_of(value)           -> the chunk's JSON bytes back, without decoding them
 
 Rules:

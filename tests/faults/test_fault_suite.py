@@ -1,6 +1,6 @@
 """The fault-injection suite's short version (N = 1,000, two rounds): a router SIGKILLed and
 the broker SIGKILLed mid-run, every invariant cell 0. The full run (N = 10,000, every
-round) is `python -m tests.faults.suite`; its table is in README."""
+round) is `python -m tests.faults.suite`; its table is in docs/operations/fault-suite.md."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Simulator scenarios: what the simulated upstream does to each request.
 
-Job: parse and validate a scenario (TOML text, see CONTRACT.md "Simulator
-scenarios"), apply the `--seed`/`--latency-ms`/`--error-rate` shorthands, and
+Job: parse and validate a scenario (TOML text, see docs/reference/contract.md,
+"Simulator scenarios"), apply the `--seed`/`--latency-ms`/`--error-rate` shorthands, and
 decide one request: `decide(scenario, model, t_s, u_rate, u_latency)`.
 
 Rules:
