@@ -21,11 +21,12 @@ the tail folded to the markers) and the whole start until ready (group join incl
 and the events folded. Target (issue 11): <= 5 s with 1 M events, not growing when the
 log doubles.
 
-`--history N` measures the log as it grows in production, with its age: N events of the
-last 6 hours alone, then the same N after N events of three days ago (beyond the 24 h
-duplicate-answer window, so the state they leave is budgets and ids, not answers). The
-sizes above put every event in the last day, so there the state (and a snapshot's
-restore) grows with the log too.
+`--history N [--days D]` measures the log as it grows in production, with its age: N
+events of the last 6 hours alone, then the same N after N events of D days ago (10 by
+default: past the 24 h answer window and the 8-day id window, so what they leave in
+state is budgets; with D = 3 their ids are still kept, and the restore grows with
+them). The sizes above put every event in the last day, so there the state (and a
+snapshot's restore) grows with the log too.
 """
 
 from __future__ import annotations
@@ -163,10 +164,11 @@ async def run(bootstrap: str, sizes: list[int], out: Console) -> None:
     out.print(table)
 
 
-async def history(bootstrap: str, size: int, out: Console) -> None:
-    """A log doubled by history older than the duplicate-answer window (the same `size`
-    recent events, alone and after `size` events of three days ago), as a log grows
-    with its age: from snapshots, both rebuild the same state in about the same time."""
+async def history(bootstrap: str, size: int, days: float, out: Console) -> None:
+    """A log doubled by older history (the same `size` recent events, alone and after
+    `size` events of `days` days ago), as a log grows with its age: from snapshots, both
+    rebuild in about the same time once that history is older than every window state
+    keeps (answers 24 h, ids 8 days); within the id window its ids are kept."""
     table = Table("log (events)", "rebuild", "rebuild s", "ready s", "events folded",
                   title="router rebuild: a log twice as old", title_justify="left")  # fmt: skip
     with start_in_thread(SimulatorOptions()) as sim:
@@ -175,9 +177,9 @@ async def history(bootstrap: str, size: int, out: Console) -> None:
             settings = KafkaSettings(bootstrap=bootstrap, topic_prefix=prefix)
             await ensure_topics(settings)
             if old:
-                await fill(bootstrap, settings.topics.events, 0, old, hours_ago=72)
+                await fill(bootstrap, settings.topics.events, 0, old, hours_ago=24 * days)
             total = old + await fill(bootstrap, settings.topics.events, 10**7, size, hours_ago=6)
-            what = f"{total:,} ({'half of it 3 days old' if old else 'the last 6 hours'})"
+            what = f"{total:,} ({f'half of it {days:g} days old' if old else 'the last 6 hours'})"
             plain = config(bootstrap, prefix, sim.base_url, snapshots=False)
             snapping = config(bootstrap, prefix, sim.base_url, snapshots=True)
             base = await start_router(plain, "no-snapshots")
@@ -199,7 +201,10 @@ def main() -> None:
     parser.add_argument("--engines", default="kafka", help="kafka, tansu or both")
     parser.add_argument("--history", type=int, default=0, metavar="EVENTS",
                         help="instead: EVENTS recent events alone, then after as many "
-                        "3 days old (a log that doubled with its age)")  # fmt: skip
+                        "--days old (a log that doubled with its age)")  # fmt: skip
+    parser.add_argument("--days", type=float, default=10.0,
+                        help="how old --history's older half is "
+                        "(default 10: past the 8-day id window)")  # fmt: skip
     args = parser.parse_args()
     _tune_gc()  # as `turnout router` runs
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -208,7 +213,7 @@ def main() -> None:
         with engine as (name, bootstrap, _pid):
             out.print(f"[bold]{name}[/bold] at {bootstrap}")
             if args.history:
-                asyncio.run(history(bootstrap, args.history, out))
+                asyncio.run(history(bootstrap, args.history, args.days, out))
             else:
                 asyncio.run(run(bootstrap, sizes, out))
 
