@@ -116,8 +116,8 @@ def finished_outcomes(state: RouterState) -> dict[str, Any]:
     (request id, outcome) pair, so two states agree on them without listing them."""
     by_outcome: dict[str, int] = {}
     lines = []
-    for request_id, terminal in state.finished.items():
-        outcome = terminal.TYPE.rsplit(".", 1)[1]
+    for request_id, kind in state.finished.kinds():
+        outcome = kind.rsplit(".", 1)[1]
         by_outcome[outcome] = by_outcome.get(outcome, 0) + 1
         lines.append(f"{request_id}\t{outcome}\n")
     digest = hashlib.sha256("".join(sorted(lines)).encode()).hexdigest()

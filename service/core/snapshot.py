@@ -39,7 +39,7 @@ from turnout.service.core import ratelimit
 from turnout.service.core.breaker import Breaker
 from turnout.service.core.partitioning import home_partition
 from turnout.service.core.retry import RetryBudget
-from turnout.service.core.state import InFlight, RouterState, Terminal, remember
+from turnout.service.core.state import InFlight, RouterState, Terminal, remember_encoded
 from turnout.service.core.stats import LatencyStat
 
 __all__ = [
@@ -121,8 +121,8 @@ def capture(state: RouterState, partition: int) -> PartitionState:
     mine = _on(partition)
     finished = []
     for rid, (at_ms, _) in state.answers.get(partition, {}).items():
-        t = state.finished[rid]
-        finished.append((t.TYPE, _encoder.encode(t), at_ms))
+        kind, raw = state.finished.raw(rid)  # kept encoded (msgpack), as snapshots carry it
+        finished.append((kind, raw, at_ms))
     owned = {rid for rid, f in state.inflight.items() if mine(f.tenant)}
     owned.update(state.answers.get(partition, ()))
     index = state.cache.get(partition)
@@ -196,7 +196,9 @@ def _put(state: RouterState, part: PartitionState) -> None:
     for flight in part.inflight:
         state.inflight[flight.request_id] = flight
     for kind, raw, at_ms in part.finished:  # in the order they finished, as kept
-        remember(state, _TERMINALS[kind].decode(raw), at_ms, len(raw))
+        if kind not in _TERMINALS:
+            raise SnapshotError(f"an answer of unknown type {kind!r}")
+        remember_encoded(state, kind, raw, at_ms)
     for rid, p, o in part.intake:
         state.intake[rid] = (p, o)
     if part.expired:

@@ -995,6 +995,8 @@ class Router:
             evolve(self.state, event, now, self.cfg)
             p = home_partition(event.tenant)
             self._unsent[p] = self._unsent.get(p, 0) + 1
+            if self.schedule is not None:  # counts toward the partition's next snapshot
+                self.schedule.folded(p)
         try:
             await self._publish_decision(decision, request_id, now)
         except Exception as err:

@@ -297,7 +297,8 @@ def test_completed_event_table() -> None:
         b'{"request_id":"r-9","tenant":"acme","model":"a/b","cached":true,"coalesced":false,'
         b'"attempts":1,"latency_ms":1.5,"usage":{"prompt_tokens":1,"completion_tokens":2,'
         b'"total_tokens":3},"cost_micros":0,"response":{"id":"g"},"reply_to":null,'
-        b'"saved_usage":null,"saved_cost_micros":0,"stream":null}'
+        b'"saved_usage":null,"saved_cost_micros":0,"stream":null,"intake_partition":null,'
+        b'"intake_offset":null}'
     )
 
 

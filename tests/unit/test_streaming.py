@@ -275,7 +275,7 @@ def test_a_cancel_ends_a_request_once_charging_what_it_streamed() -> None:
     charged = [e for e in decision.events if isinstance(e, ev.BudgetCharged)]
     assert sum(e.amount_micros for e in charged) == 40
     _apply(state, decision.events)
-    assert rid not in state.inflight and isinstance(state.finished[rid], ev.RequestCancelled)
+    assert rid not in state.inflight and isinstance(state.finished.get(rid), ev.RequestCancelled)
     assert decide_cancel(state, rid, "acme", "again", _ctx()).events == []  # ended once
 
 
