@@ -3,6 +3,9 @@
 Each takes a DataFrame whose columns `turnout.dashboards.queries` names and returns
 an `alt.Chart` (no Streamlit here). Conventions, so charts read at a glance:
 - time runs left to right in UTC; every mark has a tooltip with exact values;
+- a chart over time names its bucket on the time axis and in the tooltip
+  ("UTC, per 5 s"): the bucket follows the window (`turnout.dashboards.scope`);
+- a chart of one series has no legend (its title says what it is);
 - outcomes, breaker states and severities keep one colour everywhere
   (`OUTCOME_COLORS`, `STATE_COLORS`, `SEVERITY_COLORS`): green is good, red is bad;
 - time series draw their points too, so a window with one bucket still shows.
@@ -15,6 +18,9 @@ from typing import Any, Final, TypeAlias, cast
 
 import altair as alt
 import pandas as pd
+
+from turnout.dashboards.fmt import span, usd
+from turnout.dashboards.scope import Scope
 
 __all__ = [
     "OUTCOME_COLORS",
@@ -55,6 +61,8 @@ _STAGE_COLORS: Final = {
 _HEIGHT: Final = 300  # the whole chart (title, axes, legend): Streamlit fits it in
 _ROW: Final = 26  # rows of a chart with a category axis: that many pixels each
 _CATEGORY_AXIS: Final = alt.Axis(labelLimit=260)
+_SPAN_LABELS: Final = 360  # an alert's rule and labels: error_rate model=meta-llama/llama-3.1-8b…
+_MIN_SPAN: Final = 1 / 300  # of a timeline: the narrowest bar it draws (a few pixels)
 
 
 def _value_axis(fmt: str) -> alt.Axis:
@@ -76,21 +84,45 @@ def _scale(colors: Mapping[str, str], present: Sequence[str]) -> alt.Scale:
     return alt.Scale(domain=domain, range=[colors.get(v, "#9e9e9e") for v in domain])
 
 
-def _time(times: pd.Series, field: str = "time", title: str | None = None) -> alt.X:
-    """A UTC time axis: seconds, minutes or dates, as the data's span calls for."""
-    span = times.max() - times.min() if len(times) else pd.Timedelta(0)
-    if span > pd.Timedelta(days=1):
+def _per(bucket_s: int) -> str:
+    return f"per {span(bucket_s)}"
+
+
+def _time(
+    times: pd.Series,
+    field: str = "time",
+    title: str | None = None,
+    domain: tuple[pd.Timestamp, pd.Timestamp] | None = None,
+) -> alt.X:
+    """A UTC time axis over `domain` (else the data): seconds, minutes or dates, as its
+    span calls for."""
+    if domain is None and len(times):
+        domain = (times.min(), times.max())
+    width = domain[1] - domain[0] if domain else pd.Timedelta(0)
+    if width > pd.Timedelta(days=1):
         label = "%m-%d %H:%M"
-    elif span > pd.Timedelta(minutes=10):
+    elif width > pd.Timedelta(minutes=10):
         label = "%H:%M"
     else:
         label = "%H:%M:%S"
+    scale = alt.Scale(type="utc")  # labels in UTC too
+    if domain is not None:
+        scale = alt.Scale(type="utc", domain=[t.timestamp() * 1000 for t in domain])
     return alt.X(
         f"{field}:T",
         title=title,
-        scale=alt.Scale(type="utc"),  # labels in UTC too
+        scale=scale,
         axis=alt.Axis(format=label, labelAngle=0, labelOverlap=True, tickCount=6),
     )
+
+
+def _over(scope: Scope, starts: pd.Series, ends: pd.Series) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """The time axis of a chart over `scope`'s window: all of it, and every bucket drawn
+    (the first bucket may begin before the window, the last end after it)."""
+    start, end = pd.Timestamp(scope.window.start), pd.Timestamp(scope.window.end)
+    if len(starts):
+        start, end = min(start, starts.min()), max(end, ends.max())
+    return start, end
 
 
 def _time_tip(field: str = "time", title: str = "time (UTC)") -> alt.Tooltip:
@@ -109,22 +141,34 @@ def lines(
     df: pd.DataFrame,
     columns: Mapping[str, str],
     *,
+    scope: Scope,
     title: str,
     y_title: str,
     fmt: str = ",.2f",
 ) -> Chart:
-    """One line per column of `columns` (column -> legend label) over `time`."""
+    """One line per column of `columns` (column -> legend label) over `time`, a point
+    per bucket of `scope`, across its whole window."""
+    bucket_s = scope.bucket_s
     long = df.melt(id_vars=["time"], value_vars=list(columns), var_name="series", value_name="v")
     long["series"] = long["series"].map(columns)
     long = _with_utc_text(long, "time")
+    legend = alt.Undefined if len(columns) > 1 else None
     return _chart(
         alt.Chart(long, title=title, height=_HEIGHT)
         .mark_line(point=True)
         .encode(
-            x=_time(long["time"]),
+            x=_time(
+                long["time"],
+                title=f"UTC, {_per(bucket_s)}",
+                domain=_over(scope, long["time"], long["time"]),
+            ),
             y=alt.Y("v:Q", title=y_title, axis=alt.Axis(format=fmt)),
-            color=alt.Color("series:N", title=None, sort=list(columns.values())),
-            tooltip=[_time_tip(), alt.Tooltip("series:N"), alt.Tooltip("v:Q", format=fmt)],
+            color=alt.Color("series:N", title=None, sort=list(columns.values()), legend=legend),
+            tooltip=[
+                _time_tip(title=f"{span(bucket_s)} from (UTC)"),
+                alt.Tooltip("series:N"),
+                alt.Tooltip("v:Q", format=fmt),
+            ],
         )
     )
 
@@ -134,13 +178,15 @@ def stacked_bars(
     *,
     y: str,
     color: str,
-    bucket_s: int,
+    scope: Scope,
     title: str,
     y_title: str,
     colors: Mapping[str, str] | None = None,
     fmt: str = ",.2f",
 ) -> Chart:
-    """Bars per time bucket (each as wide as its bucket), stacked by `color`."""
+    """Bars per bucket of `scope` (each as wide as its bucket), stacked by `color`, across
+    its whole window."""
+    bucket_s = scope.bucket_s
     data = _with_utc_text(df.assign(end=df["time"] + pd.Timedelta(seconds=bucket_s)), "time")
     present = data[color].dropna().unique().tolist()
     scale = _scale(colors, present) if colors else alt.Undefined
@@ -148,11 +194,19 @@ def stacked_bars(
         alt.Chart(data, title=title, height=_HEIGHT)
         .mark_bar(opacity=0.9)
         .encode(
-            x=_time(data["time"]),
+            x=_time(
+                data["time"],
+                title=f"UTC, {_per(bucket_s)}",
+                domain=_over(scope, data["time"], data["end"]),
+            ),
             x2="end:T",
             y=alt.Y(f"sum({y}):Q", title=y_title, stack="zero", axis=_value_axis(fmt)),
             color=alt.Color(f"{color}:N", title=None, scale=scale),
-            tooltip=[_time_tip(), alt.Tooltip(f"{color}:N"), alt.Tooltip(f"{y}:Q", format=fmt)],
+            tooltip=[
+                _time_tip(title=f"{span(bucket_s)} from (UTC)"),
+                alt.Tooltip(f"{color}:N"),
+                alt.Tooltip(f"{y}:Q", format=fmt),
+            ],
         )
     )
 
@@ -192,15 +246,22 @@ def spans(
     title: str,
     tooltip: Sequence[str] = (),
 ) -> Chart:
-    """A timeline: one row per `row`, a bar from `start` to `end` coloured by `color`."""
+    """A timeline: one row per `row`, a bar from `start` to `end` coloured by `color`.
+
+    A span that lasted (next to) no time is drawn `_MIN_SPAN` of the timeline wide,
+    so it stays visible; its tooltip says when it really began and ended.
+    """
     df = _with_utc_text(df, "start", "end")
+    times = pd.concat([df["start"], df["end"]])
+    least = (times.max() - times.min()) * _MIN_SPAN if len(times) else pd.Timedelta(0)
+    df = df.assign(end=df["end"].where(df["end"] - df["start"] >= least, df["start"] + least))
     return _chart(
         alt.Chart(df, title=title, height=alt.Step(_ROW + 8))
         .mark_bar(size=18)
         .encode(
-            x=_time(pd.concat([df["start"], df["end"]]), "start"),
+            x=_time(times, "start"),
             x2="end:T",
-            y=alt.Y(f"{row}:N", title=None, axis=_CATEGORY_AXIS),
+            y=alt.Y(f"{row}:N", title=None, axis=alt.Axis(labelLimit=_SPAN_LABELS)),
             color=alt.Color(
                 f"{color}:N", title=None, scale=_scale(colors, df[color].unique().tolist())
             ),
@@ -238,10 +299,12 @@ def budget(df: pd.DataFrame, *, title: str, soft_share: float | None = None) -> 
     """Per tenant: spent and reserved as shares of its limit, stacked; a black rule at
     the limit (100%) and a dashed one at the soft limit (`soft_share`)."""
     data = df.assign(
-        spent=df["spent_usd"] / df["limit_usd"], reserved=df["reserved_usd"] / df["limit_usd"]
+        spent=df["spent_usd"] / df["limit_usd"],
+        reserved=df["reserved_usd"] / df["limit_usd"],
+        **{f"{c}_text": df[c].map(usd) for c in ("spent_usd", "reserved_usd", "limit_usd")},
     )
     long = data.melt(
-        id_vars=["tenant", "spent_usd", "reserved_usd", "limit_usd"],
+        id_vars=["tenant", "spent_usd_text", "reserved_usd_text", "limit_usd_text"],
         value_vars=["spent", "reserved"],
         var_name="part",
         value_name="share",
@@ -268,9 +331,9 @@ def budget(df: pd.DataFrame, *, title: str, soft_share: float | None = None) -> 
                 "tenant:N",
                 "part:N",
                 alt.Tooltip("share:Q", format=".2%"),
-                alt.Tooltip("spent_usd:Q", title="spent", format="$,.6f"),
-                alt.Tooltip("reserved_usd:Q", title="reserved", format="$,.6f"),
-                alt.Tooltip("limit_usd:Q", title="limit", format="$,.2f"),
+                alt.Tooltip("spent_usd_text:N", title="spent"),
+                alt.Tooltip("reserved_usd_text:N", title="reserved"),
+                alt.Tooltip("limit_usd_text:N", title="limit"),
             ],
         )
     )
@@ -308,7 +371,13 @@ def waterfall(df: pd.DataFrame) -> Chart:
         alt.Tooltip("end_ms:Q", title="finished at (ms)", format=",.1f"),
         alt.Tooltip("source:N"),
     ]
-    x = alt.X("offset_ms:Q", title="ms since the request's first event")
+    longest = max(data["offset_ms"].max(), data["end_ms"].fillna(0).max(), 1.0)
+    x = alt.X(
+        "offset_ms:Q",
+        title="ms since the request's first event",
+        axis=alt.Axis(format=",~f"),  # 0, 250, 1,500 (events in one ms: not 0.000000)
+        scale=alt.Scale(domainMin=0, domainMax=float(longest), nice=True),
+    )
     bars_ = (
         alt.Chart(data.dropna(subset=["end_ms"]))
         .mark_bar(size=14, opacity=0.6)

@@ -14,8 +14,10 @@ Rules:
   diluted by the hour before it existed);
 - an empty filter means everything; filters are sorted tuples, so two equal
   choices give equal scopes (and hit the same cached query results);
-- time series use buckets of whole minutes (the `requests_per_minute`
-  rollup's grain), wide enough that a window has at most `MAX_BUCKETS`.
+- time series use the narrowest bucket of `BUCKETS_S` that cuts the window
+  into at most `MAX_BUCKETS`: 1 s up to 7 d, each rung at most four times the
+  one before, so any window from 30 s to 120 days gets 30 to 120 buckets (a
+  5-minute window: 5 s, 15 min: 10 s, an hour: 30 s, 24 h: 15 min).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ __all__ = [
     "ANCHORS",
     "BUCKETS_S",
     "MAX_BUCKETS",
+    "MIN_BUCKETS",
     "RANGES",
     "REFRESH",
     "Scope",
@@ -40,6 +43,7 @@ __all__ = [
 ]
 
 RANGES: Final[dict[str, int | None]] = {
+    "Last 5 min": 5 * 60,
     "Last 15 min": 15 * 60,
     "Last hour": 3600,
     "Last 6 h": 6 * 3600,
@@ -52,7 +56,14 @@ REFRESH: Final[dict[str, int | None]] = {"Off": None, "5 s": 5, "15 s": 15, "60 
 """Auto-refresh label -> seconds between reruns of the page (None: never)."""
 
 ANCHORS: Final = ("newest", "now")
-BUCKETS_S: Final = (60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 86_400, 7 * 86_400)
+BUCKETS_S: Final = (
+    1, 2, 5, 10, 15, 30,
+    60, 120, 300, 900,
+    3600, 3 * 3600, 6 * 3600,
+    86_400, 7 * 86_400,
+)  # fmt: skip
+"""Bucket widths in seconds; buckets start at round times (`time_bucket` from midnight UTC)."""
+MIN_BUCKETS: Final = 30
 MAX_BUCKETS: Final = 120
 
 
@@ -107,7 +118,8 @@ def window(
 
 
 def bucket_seconds(span_s: float) -> int:
-    """The narrowest bucket (whole minutes) that cuts `span_s` into at most MAX_BUCKETS."""
+    """The narrowest bucket of BUCKETS_S that cuts `span_s` into at most MAX_BUCKETS
+    (and at least MIN_BUCKETS, for spans from 30 s to 120 days)."""
     for width in BUCKETS_S:
         if span_s / width <= MAX_BUCKETS:
             return width

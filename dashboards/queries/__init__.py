@@ -11,10 +11,12 @@ filters are `$parameters` (an empty list means "all").
 
 Rules, for speed on a large archive:
 - request numbers read the sink's derived tables: `requests_per_minute` for
-  counts, cost and the time series, `requests` (over `request_facts`) where a
-  number needs single requests (latency percentiles, the recent list). Both
-  count a request in the minute it finished (`minute`), so their windows are
-  whole minutes;
+  counts, cost and the time series in buckets of whole minutes, `requests`
+  (over `request_facts`) where a number needs single requests (latency
+  percentiles, the recent list, buckets under a minute: windows up to two
+  hours). Both count a request in the minute it finished (`minute`), so
+  their windows are whole minutes; a series under a minute places each
+  request at the moment it finished, inside the window;
 - other numbers read `events` directly, narrowed by `type` and `time` first
   (DuckDB skips whole row groups by their time range) and only then decoding
   `data`. The `attempts`, `budget_ledger` and `alerts` views group or window

@@ -46,7 +46,7 @@ def alert_history(run: Run, scope: Scope, *, limit: int = 500) -> pd.DataFrame:
 
 def alert_episodes(run: Run, scope: Scope) -> pd.DataFrame:
     """Episodes that overlap the window, clipped to it: alert (rule + labels), rule,
-    severity, start, end, firing (not resolved by the window's end)."""
+    labels (JSON text), severity, start, end, firing (not resolved by the window's end)."""
     sql = """
         WITH a AS (
             SELECT rule, labels::VARCHAR AS labels, severity, state, time,
@@ -55,7 +55,7 @@ def alert_episodes(run: Run, scope: Scope) -> pd.DataFrame:
             WHERE time <= $end
             WINDOW w AS (PARTITION BY rule, labels::VARCHAR ORDER BY time)
         )
-        SELECT rule || ' ' || labels AS alert, rule, severity,
+        SELECT rule || ' ' || labels AS alert, rule, labels, severity,
                greatest(time, $start) AS start,
                CASE WHEN next_state = 'resolved' THEN next_time ELSE $end END AS "end",
                next_state IS NULL AS firing

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 
@@ -68,35 +68,73 @@ def overview_kpis(run: Run, scope: Scope) -> dict[str, Any]:
     return one_row(run(sql, {**scope.params(), "seconds": scope.window.seconds}))
 
 
+class _Grain(NamedTuple):
+    rows: str  # SQL: request rows to bucket (time, outcome, requests, cached, cost_usd)
+    at: str  # SQL: a `requests` row's time at this grain
+    within: str  # SQL: `requests` rows inside the window at this grain
+    covered: str  # SQL: the seconds of bucket `time` the rows cover (at least 1)
+
+
+def _covering(first: str) -> str:
+    """The seconds of bucket `time` from `first` to the window's end: a rate in the
+    window's first or last bucket is over the part of it with data, not diluted."""
+    return (
+        f"greatest(epoch(least(time + to_seconds($bucket_s), $end) - greatest(time, {first})), 1)"
+    )
+
+
+def _grain(scope: Scope) -> _Grain:
+    """Where the series read requests from: buckets of whole minutes read the
+    per-minute rollup (a request counts in its minute); narrower ones read each
+    request at the moment it finished (else started), inside the window."""
+    if scope.bucket_s % 60 == 0:
+        rows = f"""
+            SELECT minute AS time, outcome, requests, cached, cost_usd
+            FROM requests_per_minute
+            WHERE {RPM_WHERE}
+        """
+        return _Grain(rows, "minute", REQ_WHERE, _covering("date_trunc('minute', $start)"))
+    at = "coalesce(finished_at, started_at)"
+    within = f"{REQ_WHERE} AND {at} >= $start AND {at} <= $end"
+    rows = f"""
+        SELECT {at} AS time, outcome, 1 AS requests, cached::INTEGER AS cached,
+               coalesce(cost_usd, 0) AS cost_usd
+        FROM requests
+        WHERE {within}
+    """
+    return _Grain(rows, at, within, _covering("$start"))
+
+
 def overview_series(run: Run, scope: Scope) -> pd.DataFrame:
     """Per bucket: time, requests_per_s, error_rate, cache_hit_ratio, cost_usd, p50/p95/p99_ms."""
+    grain = _grain(scope)
     sql = f"""
-        WITH r AS (
+        WITH f AS ({grain.rows}),
+        r AS (
             SELECT
-                {BUCKET.format("minute")} AS time,
+                {BUCKET.format("time")} AS time,
                 sum(requests) AS requests,
                 sum(requests) FILTER (WHERE outcome = 'failed') AS failed,
                 sum(requests) FILTER (WHERE outcome IN ('completed', 'failed')) AS finished,
                 sum(requests) FILTER (WHERE outcome = 'completed') AS completed,
                 sum(cached) FILTER (WHERE outcome = 'completed') AS cached,
                 sum(cost_usd) AS cost_usd
-            FROM requests_per_minute
-            WHERE {RPM_WHERE}
+            FROM f
             GROUP BY 1
         ),
         l AS (
             SELECT
-                {BUCKET.format("minute")} AS time,
+                {BUCKET.format(grain.at)} AS time,
                 quantile_cont(latency_ms, 0.5) AS p50_ms,
                 quantile_cont(latency_ms, 0.95) AS p95_ms,
                 quantile_cont(latency_ms, 0.99) AS p99_ms
             FROM requests
-            WHERE outcome = 'completed' AND {REQ_WHERE}
+            WHERE outcome = 'completed' AND {grain.within}
             GROUP BY 1
         )
         SELECT
             r.time,
-            r.requests / $bucket_s AS requests_per_s,
+            r.requests / {grain.covered} AS requests_per_s,
             coalesce(r.failed, 0) / nullif(r.finished, 0) AS error_rate,
             coalesce(r.cached, 0) / nullif(r.completed, 0) AS cache_hit_ratio,
             r.cost_usd,
@@ -109,12 +147,16 @@ def overview_series(run: Run, scope: Scope) -> pd.DataFrame:
 
 def requests_by_outcome(run: Run, scope: Scope) -> pd.DataFrame:
     """Per bucket and outcome: time, outcome, requests_per_s."""
+    grain = _grain(scope)
     sql = f"""
-        SELECT {BUCKET.format("minute")} AS time, outcome,
-               sum(requests) / $bucket_s AS requests_per_s
-        FROM requests_per_minute
-        WHERE {RPM_WHERE}
-        GROUP BY ALL
+        WITH f AS ({grain.rows}),
+        b AS (
+            SELECT {BUCKET.format("time")} AS time, outcome, sum(requests) AS requests
+            FROM f
+            GROUP BY ALL
+        )
+        SELECT time, outcome, requests / {grain.covered} AS requests_per_s
+        FROM b
         ORDER BY time, outcome
     """
     return run(sql, scope.params())

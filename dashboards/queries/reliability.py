@@ -82,10 +82,14 @@ def attempt_outcomes(run: Run, scope: Scope) -> pd.DataFrame:
 def retry_budget(
     run: Run, scope: Scope, *, ratio: float, minimum: int, window_s: int
 ) -> pd.DataFrame:
-    """Per bucket: time, requests, retries, budget, use (retries / budget).
+    """Per bucket: time, requests, retries, window_retries, budget, use (window_retries /
+    budget).
 
     The router allows retries up to `max(minimum, ratio x requests)` in any
-    `window_s`; per bucket that is `max(minimum x bucket / window_s, ratio x requests)`.
+    `window_s`. A bucket narrower than that is judged as the router judges it:
+    `window_retries` and the budget count the `window_s` ending with the bucket
+    (events before the window's start included). A bucket as wide or wider gets
+    the budget in proportion: `max(minimum x bucket / window_s, ratio x requests)`.
     """
     sql = f"""
         WITH b AS (
@@ -94,13 +98,30 @@ def retry_budget(
                    count(*) FILTER (WHERE type = 'turnout.retry.scheduled') AS retries
             FROM events
             WHERE type IN ('turnout.request.accepted', 'turnout.retry.scheduled')
-              AND {EVENTS_IN} AND {any_of("tenants", "tenant")} AND {task_of_request()}
+              AND time >= $start - to_seconds($window_s) AND time <= $end
+              AND {any_of("tenants", "tenant")} AND {task_of_request()}
             GROUP BY 1
+        ),
+        w AS (
+            SELECT time, requests, retries,
+                   sum(requests) OVER recent AS window_requests,
+                   sum(retries) OVER recent AS window_retries
+            FROM b
+            WINDOW recent AS (
+                ORDER BY time
+                RANGE BETWEEN to_seconds(greatest($window_s - $bucket_s, 0)) PRECEDING
+                          AND CURRENT ROW)
+        ),
+        g AS (
+            SELECT time, requests, retries, window_retries,
+                   CASE WHEN $bucket_s >= $window_s
+                        THEN greatest($minimum * $bucket_s / $window_s, $ratio * requests)
+                        ELSE greatest($minimum, $ratio * window_requests) END AS budget
+            FROM w
+            WHERE time >= {BUCKET.format("$start")}
         )
-        SELECT time, requests, retries,
-               greatest($minimum * $bucket_s / $window_s, $ratio * requests) AS budget,
-               retries / greatest($minimum * $bucket_s / $window_s, $ratio * requests) AS use
-        FROM b
+        SELECT *, window_retries / budget AS use
+        FROM g
         ORDER BY time
     """
     params = {**scope.params(), "ratio": ratio, "minimum": minimum, "window_s": window_s}

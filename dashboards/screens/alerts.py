@@ -8,12 +8,23 @@ import streamlit as st
 
 from turnout.analytics.alerts.rules import Rule, load_rules
 from turnout.dashboards import charts, fmt, queries
+from turnout.dashboards.blocks import Col, table
 from turnout.dashboards.shell import Context, run_page
 from turnout.service.core.config import ConfigError
 
-_NUMBERS: Final = {  # an alert's value and threshold, to 4 significant digits (0.2198, 219.8)
-    "value": st.column_config.NumberColumn(format="%.4g"),
-    "threshold": st.column_config.NumberColumn(format="%.4g"),
+
+def _value(value: float) -> str:
+    """An alert's value or threshold (a ratio, ms, a count: the rule says), 4 digits."""
+    return fmt.sig(value, 4)
+
+
+_ALERT: Final = {
+    "rule": Col("rule"),
+    "severity": Col("severity"),
+    "labels": Col("labels", fmt.labels, align="left"),
+    "value": Col("value", _value),
+    "op": Col("test"),
+    "threshold": Col("threshold", _value),
 }
 
 
@@ -23,7 +34,7 @@ def _firing(ctx: Context) -> set[str]:
     if firing.empty:
         st.success("No alert is firing.", icon=":material/check_circle:")
     else:
-        st.dataframe(firing, hide_index=True, column_config=_NUMBERS)
+        table(firing, {**_ALERT, "since": Col("firing since (UTC)", fmt.when, align="left")})
     return set(firing["rule"])
 
 
@@ -33,9 +44,10 @@ def _history(ctx: Context) -> None:
     if episodes.empty:
         st.info("No alert fired in this window.")
         return
+    named = episodes["rule"] + " " + episodes["labels"].map(fmt.labels)  # error_rate model=x
     st.altair_chart(
         charts.spans(
-            episodes,
+            episodes.assign(alert=named),
             row="alert",
             color="severity",
             colors=charts.SEVERITY_COLORS,
@@ -44,7 +56,9 @@ def _history(ctx: Context) -> None:
         ),
         width="stretch",
     )
-    st.dataframe(queries.alert_history(ctx.db, ctx.scope), hide_index=True, column_config=_NUMBERS)
+    history = queries.alert_history(ctx.db, ctx.scope)
+    when = Col("time (UTC)", fmt.when, align="left")
+    table(history, {"time": when, "state": Col("state"), **_ALERT})
 
 
 def _rule(rule: Rule, firing: bool) -> None:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+from functools import partial
+from typing import Any, Final
 
 import pandas as pd
 import streamlit as st
 
 from turnout.dashboards import charts, fmt, queries
+from turnout.dashboards.blocks import Col, Tile, table, tiles
 from turnout.dashboards.shell import Context, run_page
 
 _PICKED = "explorer_picked"
@@ -59,16 +62,29 @@ def _first_finished(recent: pd.DataFrame, options: list[str]) -> int | None:
     return options.index(done[0]) if done and done[0] in options else 0
 
 
-def _summary(ctx: Context, request_id: str) -> None:
-    s = queries.request_summary(ctx.db, request_id)
-    if not s:
-        return
-    cols = st.columns(5)
-    cols[0].metric("Outcome", str(s["outcome"]), help=s.get("error_code") or None)
-    cols[1].metric("Attempts", fmt.count(s["attempts"]))
-    cols[2].metric("Latency", fmt.ms(s["latency_ms"]))
-    cols[3].metric("Tokens", fmt.count(s["total_tokens"]))
-    cols[4].metric("Cost", fmt.usd(s["cost_usd"]))
+_BADGES: Final = {
+    "completed": "green",
+    "failed": "red",
+    "rejected": "orange",
+    "deadlettered": "violet",
+}
+
+
+def _heading(request_id: str, outcome: str | None) -> None:
+    badge = f" :{_BADGES.get(outcome or '', 'gray')}-badge[{outcome}]" if outcome else ""
+    st.subheader(f"Request `{request_id}`{badge}")
+
+
+def _summary(s: dict[str, Any], trace: str | None) -> None:
+    cost, tokens = s["cost_usd"], s["total_tokens"]
+    split = f"{fmt.count(s['prompt_tokens'])} in, {fmt.count(s['completion_tokens'])} out."
+    tiles([
+        Tile("Attempts", fmt.count(s["attempts"])),
+        Tile("Latency", fmt.ms(s["latency_ms"])),
+        Tile("Tokens", fmt.count_short(tokens), exact=fmt.count(tokens),
+             help=split if tokens is not None else None),
+        Tile("Cost", fmt.usd_short(cost), exact=fmt.usd(cost)),
+    ])  # fmt: skip
     tried = " → ".join(s["models_tried"]) if s.get("models_tried") is not None else ""
     facts = [
         f"tenant **{s['tenant']}**",
@@ -78,6 +94,8 @@ def _summary(ctx: Context, request_id: str) -> None:
     ]
     if s.get("error_code"):
         facts.append(f"error code `{s['error_code']}`")
+    if trace:
+        facts.append(f"trace `{trace}`")
     st.markdown(" · ".join(facts))
 
 
@@ -90,20 +108,25 @@ def render(ctx: Context) -> None:
     if trail.empty:
         st.warning(f"No events of request `{request_id}` in the archive.")
         return
-    st.subheader(f"Request `{request_id}`")
-    _summary(ctx, request_id)
+    summary = queries.request_summary(ctx.db, request_id)
+    _heading(request_id, summary.get("outcome"))
+    traces = trail["trace_id"].dropna().unique().tolist()
+    if summary:
+        _summary(summary, traces[0] if len(traces) == 1 else None)
     st.altair_chart(charts.waterfall(trail), width="stretch")
-    st.dataframe(
-        trail[["seq", "offset_ms", "delta_ms", "event", "time", "source", "trace_id", "id"]],
-        hide_index=True,
-        column_config={
-            "offset_ms": st.column_config.NumberColumn("at (ms)", format="%.1f"),
-            "delta_ms": st.column_config.NumberColumn("+ms", format="%.1f"),
-        },
-    )
+    table(trail, {
+        "seq": Col("#", fmt.count),
+        "offset_ms": Col("at", fmt.ms, help="Since the request's first event."),
+        "delta_ms": Col("after the previous", fmt.ms),
+        "event": Col("event"),
+        "time": Col("time (UTC)", partial(fmt.when, millis=True), align="left"),
+        "source": Col("written by"),
+    })  # fmt: skip
     st.caption("Payloads (the event data as stored):")
     for row in trail.itertuples():
-        with st.expander(f"{row.seq:02d} · +{row.offset_ms:,.1f} ms · {row.event}"):
+        with st.expander(f"{row.seq:02d} · +{fmt.ms(row.offset_ms)} · {row.event}"):
+            trace = f" · trace `{row.trace_id}`" if row.trace_id else ""
+            st.caption(f"event id `{row.id}`{trace}")
             st.json(json.loads(row.data) if row.data else {}, expanded=True)
 
 

@@ -5,60 +5,73 @@ from __future__ import annotations
 import streamlit as st
 
 from turnout.dashboards import charts, fmt, queries
+from turnout.dashboards.blocks import Col, Tile, table, tiles
 from turnout.dashboards.shell import Context, run_page
 
 
-def render(ctx: Context) -> None:
+def _breakers(ctx: Context) -> None:
     st.subheader("Circuit breakers")
     states = queries.breaker_states(ctx.db, ctx.scope)
     if states.empty:
         st.info("No breaker transitions: every breaker has stayed closed.")
-    else:
-        not_closed = states[states["state"] != "closed"]
-        cols = st.columns(3)
-        cols[0].metric(
-            "Models with a breaker open",
-            fmt.count(len(not_closed)),
-            help="Open or half-open at the end of the window.",
+        return
+    not_closed = states[states["state"] != "closed"]
+    transitions = states["transitions"].sum()
+    tiles([
+        Tile("Models with a breaker open", fmt.count(len(not_closed)),
+             help="Open or half-open at the end of the window."),
+        Tile("Transitions in the window", fmt.count_short(transitions),
+             exact=fmt.count(transitions)),
+        Tile("Models seen by a breaker", fmt.count(len(states))),
+    ])  # fmt: skip
+    timeline = queries.breaker_timeline(ctx.db, ctx.scope)
+    if not timeline.empty:
+        st.altair_chart(
+            charts.spans(
+                timeline,
+                row="model",
+                color="state",
+                colors=charts.STATE_COLORS,
+                title="Breaker state per model (models without a transition stayed closed)",
+            ),
+            width="stretch",
         )
-        cols[1].metric("Transitions in the window", fmt.count(states["transitions"].sum()))
-        cols[2].metric("Models seen by a breaker", fmt.count(len(states)))
-        timeline = queries.breaker_timeline(ctx.db, ctx.scope)
-        if not timeline.empty:
-            st.altair_chart(
-                charts.spans(
-                    timeline,
-                    row="model",
-                    color="state",
-                    colors=charts.STATE_COLORS,
-                    title="Breaker state per model (models without a transition stayed closed)",
-                ),
-                width="stretch",
-            )
-        st.dataframe(states, hide_index=True)
+    table(states, {
+        "model": Col("model"),
+        "state": Col("state"),
+        "since": Col("since (UTC)", fmt.when, align="left"),
+        "reason": Col("why (the latest transition)"),
+        "transitions": Col("transitions", fmt.count, help="In the window."),
+    })  # fmt: skip
 
+
+def _attempts(ctx: Context) -> None:
     st.subheader("Attempt outcomes")
     outcomes = queries.attempt_outcomes(ctx.db, ctx.scope)
     if outcomes.empty:
         st.info("No upstream attempts in this window.")
-    else:
-        left, right = st.columns([3, 2])
-        left.altair_chart(
-            charts.bars(
-                outcomes,
-                category="model",
-                value="attempts",
-                color="result",
-                colors=charts.OUTCOME_COLORS,
-                title="Attempts by model and result (error class)",
-            ),
-            width="stretch",
-        )
-        right.dataframe(
-            outcomes, hide_index=True,
-            column_config={"p95_ms": st.column_config.NumberColumn("p95", format="%.0f ms")},
-        )  # fmt: skip
+        return
+    st.altair_chart(
+        charts.bars(
+            outcomes,
+            category="model",
+            value="attempts",
+            color="result",
+            colors=charts.OUTCOME_COLORS,
+            title="Attempts by model and result (error class)",
+        ),
+        width="stretch",
+    )
+    table(outcomes, {
+        "model": Col("model"),
+        "provider": Col("provider"),
+        "result": Col("result"),
+        "attempts": Col("attempts", fmt.count),
+        "p95_ms": Col("latency, p95", fmt.ms),
+    })  # fmt: skip
 
+
+def _retry_budget(ctx: Context) -> None:
     st.subheader("Retry budget")
     retry = ctx.settings.config.retry
     use = queries.retry_budget(
@@ -71,21 +84,23 @@ def render(ctx: Context) -> None:
     if use.empty:
         st.info("No requests or retries in this window.")
         return
-    cols = st.columns(3)
-    cols[0].metric(
-        "Peak budget use",
-        fmt.pct(use["use"].max()),
-        help="Retries / allowed retries in the busiest bucket.",
-    )
-    cols[1].metric("Retries", fmt.count(use["retries"].sum()))
-    cols[2].metric("Requests", fmt.count(use["requests"].sum()))
+    retries, requests = use["retries"].sum(), use["requests"].sum()
+    tiles([
+        Tile("Peak budget use", fmt.pct(use["use"].max()),
+             help="Retries / allowed retries at the busiest moment (over the budget's window, "
+             "or a bucket when it is wider)."),
+        Tile("Retries", fmt.count_short(retries), exact=fmt.count(retries)),
+        Tile("Requests", fmt.count_short(requests), exact=fmt.count(requests)),
+    ])  # fmt: skip
+    window = fmt.span(max(retry.retry_budget_window_s, ctx.scope.bucket_s))
     st.altair_chart(
         charts.lines(
             use,
-            {"retries": "retries", "budget": "allowed"},
-            title="Retries and the retries the budget allows, per bucket",
-            y_title="retries",
-            fmt=",.0f",
+            {"window_retries": "retries", "budget": "allowed"},
+            scope=ctx.scope,
+            title=f"Retries in {window} and the retries the budget allows",
+            y_title=f"retries in {window}",
+            fmt=",.3~r",
         ),
         width="stretch",
     )
@@ -93,6 +108,12 @@ def render(ctx: Context) -> None:
         f"Budget from this dashboard's config: retries up to max({retry.retry_budget_min}, "
         f"{retry.retry_budget_ratio:g} x requests) per {retry.retry_budget_window_s} s."
     )
+
+
+def render(ctx: Context) -> None:
+    _breakers(ctx)
+    _attempts(ctx)
+    _retry_budget(ctx)
 
 
 run_page("Reliability", render, applies="model; tenant and task type for attempts and retries")

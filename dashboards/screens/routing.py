@@ -5,26 +5,28 @@ from __future__ import annotations
 import streamlit as st
 
 from turnout.dashboards import charts, fmt, queries
+from turnout.dashboards.blocks import Col, Tile, table, tiles
 from turnout.dashboards.shell import Context, run_page
 
 
-def render(ctx: Context) -> None:
+def _tiles(ctx: Context) -> None:
     k = queries.routing_kpis(ctx.db, ctx.scope)
-    cols = st.columns(5)
-    cols[0].metric("Answered", fmt.count(k.get("answered")))
-    cols[1].metric(
-        "Fell back", fmt.count(k.get("fell_back")), help="Requests that tried more than one model."
-    )
-    cols[2].metric(
-        "Answered by a fallback",
-        fmt.pct(k.get("fallback_share")),
-        help="Answered requests whose answer came from another model than the first one tried.",
-    )
-    cols[3].metric(
-        "Retried", fmt.count(k.get("retried")), help="Requests that called the same model again."
-    )
-    cols[4].metric("Retries", fmt.count(k.get("retries")))
 
+    def n(name: str) -> tuple[str, str]:
+        return fmt.count_short(k.get(name)), fmt.count(k.get(name))
+
+    tiles([
+        Tile("Answered", *n("answered")),
+        Tile("Fell back", *n("fell_back"), help="Requests that tried more than one model."),
+        Tile("Answered by a fallback", fmt.pct(k.get("fallback_share")),
+             help="Answered requests whose answer came from another model than the first one "
+             "tried."),
+        Tile("Retried", *n("retried"), help="Requests that called the same model again."),
+        Tile("Retries", *n("retries"), help="Calls to the same model again, all requests."),
+    ])  # fmt: skip
+
+
+def _choices(ctx: Context) -> None:
     left, right = st.columns(2)
     decided = queries.decisions(ctx.db, ctx.scope)
     if decided.empty:
@@ -52,37 +54,49 @@ def render(ctx: Context) -> None:
                 value="requests",
                 color="outcome",
                 colors=charts.OUTCOME_COLORS,
-                title="Requests by the model that answered (or was tried last)",
+                title="Requests by the model that answered",
             ),
             width="stretch",
         )
+        right.caption("A failed request counts for the model it tried last.")
 
+
+def _fallbacks(ctx: Context) -> None:
     st.subheader("Fallbacks")
     hops = queries.fallbacks(ctx.db, ctx.scope)
     if hops.empty:
         st.info("No fallbacks in this window: every request was answered by its first model.")
-    else:
-        left, right = st.columns([3, 2])
-        left.altair_chart(charts.fallback_matrix(hops), width="stretch")
-        right.dataframe(hops, hide_index=True)
+        return
+    st.altair_chart(charts.fallback_matrix(hops), width="stretch")
+    table(hops, {
+        "from_model": Col("from"),
+        "to_model": Col("to"),
+        "reason": Col("reason"),
+        "fallbacks": Col("fallbacks", fmt.count),
+    })  # fmt: skip
 
+
+def _retries(ctx: Context) -> None:
     st.subheader("Retries")
     retries = queries.retries_over_time(ctx.db, ctx.scope)
     if retries.empty:
         st.info("No retries in this window.")
-    else:
-        st.altair_chart(
-            charts.stacked_bars(
-                retries,
-                y="retries",
-                color="model",
-                bucket_s=ctx.scope.bucket_s,
-                title="Retries scheduled, by model",
-                y_title="retries",
-                fmt=",d",
-            ),
-            width="stretch",
-        )
+        return
+    st.altair_chart(
+        charts.stacked_bars(
+            retries,
+            y="retries",
+            color="model",
+            scope=ctx.scope,
+            title="Retries scheduled, by model",
+            y_title="retries",
+            fmt=",d",
+        ),
+        width="stretch",
+    )
+
+
+def _tables(ctx: Context) -> None:
     streams = queries.streams_by_model(ctx.db, ctx.scope)
     if not streams.empty:
         st.subheader("Streams")
@@ -90,26 +104,38 @@ def render(ctx: Context) -> None:
             "Streamed answers by model: time to the first token (from the attempt's start) "
             "and output tokens per second after it."
         )
-        st.dataframe(
-            streams,
-            hide_index=True,
-            column_config={
-                "ttft_p50_ms": st.column_config.NumberColumn("TTFT p50 (ms)", format="%.0f"),
-                "ttft_p95_ms": st.column_config.NumberColumn("TTFT p95 (ms)", format="%.0f"),
-                "tokens_per_s": st.column_config.NumberColumn("tokens/s", format="%.1f"),
-            },
-        )
+        table(streams, {
+            "model": Col("model"),
+            "streams": Col("streams", fmt.count),
+            "ttft_p50_ms": Col("first token, p50", fmt.ms),
+            "ttft_p95_ms": Col("first token, p95", fmt.ms),
+            "tokens_per_s": Col("tokens/s (median)", fmt.rate),
+        })  # fmt: skip
     skipped = queries.skipped_candidates(ctx.db, ctx.scope)
     if not skipped.empty:
         st.subheader("Candidates skipped")
-        st.dataframe(skipped, hide_index=True)
+        table(skipped, {
+            "model": Col("model"), "reason": Col("reason"), "times": Col("times", fmt.count),
+        })  # fmt: skip
     calls = queries.calls_by_provider(ctx.db, ctx.scope)
     if not calls.empty:
         st.subheader("Calls by provider")
-        st.dataframe(
-            calls, hide_index=True,
-            column_config={"p50_ms": st.column_config.NumberColumn("p50", format="%.0f ms")},
-        )  # fmt: skip
+        table(calls, {
+            "provider": Col("provider"),
+            "model": Col("model"),
+            "calls": Col("calls", fmt.count),
+            "ok": Col("ok", fmt.count),
+            "failed": Col("failed", fmt.count),
+            "p50_ms": Col("latency, p50", fmt.ms),
+        })  # fmt: skip
+
+
+def render(ctx: Context) -> None:
+    _tiles(ctx)
+    _choices(ctx)
+    _fallbacks(ctx)
+    _retries(ctx)
+    _tables(ctx)
 
 
 run_page(

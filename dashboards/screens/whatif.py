@@ -19,6 +19,7 @@ from turnout.analytics.whatif.cli import on_archive
 from turnout.analytics.whatif.outcomes import UnknownModel, parse_assume
 from turnout.analytics.whatif.report import rows
 from turnout.dashboards import charts, fmt
+from turnout.dashboards.blocks import Col, Tile, table, tiles
 from turnout.dashboards.shell import Context, run_page
 from turnout.service.core.config import ConfigError, parse_config
 
@@ -95,18 +96,24 @@ def _show(ctx: Context, run: Any, diffs: list[Any]) -> None:
     if stats.requests == 0:
         st.warning("No requests arrived in this window.")
         return
-    cols = st.columns(4)
-    cols[0].metric("Requests re-decided", fmt.count(stats.requests))
-    cols[1].metric("Changed", fmt.count(stats.changed),
-                   help="Requests whose outcome, model, attempts or cost differ.")  # fmt: skip
     spent = [sum(s.spend_micros.values()) / 1e6 for s in (run.recorded, run.whatif)]
-    cols[2].metric("Spend, what-if", fmt.usd(spent[1]), delta=fmt.usd(spent[1] - spent[0]),
-                   delta_color="inverse")  # fmt: skip
-    cols[3].metric("Modelled calls", fmt.count(stats.calls_modelled),
-                   help="Calls the recording did not make, drawn from what each model did "
-                   "around that moment.")  # fmt: skip
-    table = pd.DataFrame(rows(run.recorded, run.whatif), columns=["", "recorded", "what-if"])
-    st.dataframe(table, hide_index=True, width="stretch")
+    tiles([
+        Tile("Requests re-decided", fmt.count_short(stats.requests),
+             exact=fmt.count(stats.requests)),
+        Tile("Changed", fmt.count_short(stats.changed), exact=fmt.count(stats.changed),
+             help="Requests whose outcome, model, attempts or cost differ."),
+        Tile("Spend, what-if", fmt.usd_short(spent[1]), exact=fmt.usd(spent[1]),
+             delta=fmt.usd_short(spent[1] - spent[0]), delta_color="inverse",
+             help=f"Recorded: {fmt.usd(spent[0])}."),
+        Tile("Modelled calls", fmt.count_short(stats.calls_modelled),
+             exact=fmt.count(stats.calls_modelled),
+             help="Calls the recording did not make, drawn from what each model did around "
+             "that moment."),
+    ])  # fmt: skip
+    side_by_side = pd.DataFrame(_comparison(run), columns=["", "recorded", "what-if"])
+    table(side_by_side, {
+        "": Col(""), "recorded": Col("recorded", str), "what-if": Col("what-if", str),
+    })  # fmt: skip
     if not diffs:
         st.success("Nothing changed: every request comes out as recorded.")
         return
@@ -119,7 +126,7 @@ def _show(ctx: Context, run: Any, diffs: list[Any]) -> None:
     over_time = changed.groupby(["time", "what-if outcome"], as_index=False)["requests"].sum()
     st.altair_chart(
         charts.stacked_bars(
-            over_time, y="requests", color="what-if outcome", bucket_s=ctx.scope.bucket_s,
+            over_time, y="requests", color="what-if outcome", scope=ctx.scope,
             title="Changed requests over time, by their what-if outcome", y_title="requests",
             fmt=",d",
         ),
@@ -131,10 +138,20 @@ def _show(ctx: Context, run: Any, diffs: list[Any]) -> None:
          "why": v.reason}
         for v in diffs[:_DIFF_ROWS]
     ])  # fmt: skip
-    st.dataframe(listed, hide_index=True, width="stretch")
+    table(listed, {name: Col(name) for name in listed.columns})
     if len(diffs) > _DIFF_ROWS:
         st.caption(f"The first {_DIFF_ROWS} of {len(diffs):,}; "
                    "`turnout replay whatif --diff --format json` lists all.")  # fmt: skip
+
+
+def _comparison(run: Any) -> list[tuple[str, str, str]]:
+    """The side-by-side rows of `turnout replay whatif`, money written as on every page
+    (the command line's rows write $0.1378)."""
+    recorded, whatif = run.recorded.spend_micros, run.whatif.spend_micros
+    spend = {f"spend {t}": (recorded[t], whatif[t]) for t in set(recorded) | set(whatif)}
+    spend["spend, all tenants"] = (sum(recorded.values()), sum(whatif.values()))
+    usd = {label: (fmt.usd(a / 1e6), fmt.usd(b / 1e6)) for label, (a, b) in spend.items()}
+    return [(label, *usd.get(label, (a, b))) for label, a, b in rows(run.recorded, run.whatif)]
 
 
 def _side(s: dict[str, Any]) -> str:

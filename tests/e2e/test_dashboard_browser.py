@@ -1,10 +1,12 @@
 """`turnout dashboard` in a real browser: headless Chromium loads the page and shows the numbers.
 
 The server is started the way a user starts it (`turnout dashboard --port N
---duckdb PATH`) on a seeded archive; Chromium (Debian's `chromium` package,
+--duckdb PATH`) on a seeded archive whose figures are large (dear, slow
+requests with many tokens); Chromium (Debian's `chromium` package,
 /usr/bin/chromium) is driven over the DevTools protocol with aiohttp's
 websocket client, so no browser download and no extra Python package is
-needed. The test reads the page's text as a person would see it.
+needed. The tests read the page's text as a person would see it, in a
+typical window (1280 x 800), and measure what the page cuts off.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import itertools
+import json
 import re
 import shutil
 import signal
@@ -27,14 +30,16 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.integration.test_dashboard_figures import inflate
 from turnout.analytics.archive import Archive
 from turnout.analytics.rows import EventRow, KafkaPosition, record_row
-from turnout.analytics.synthetic import ALL_KINDS, REQUESTLESS, envelopes, workload
+from turnout.analytics.synthetic import ALL_KINDS, MODELS, REQUESTLESS, envelopes, workload
 from turnout.service.wire.cloudevents import encode
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-STORIES = workload(90, kinds=ALL_KINDS, task_types=("general", "code"))
+STORIES = inflate(workload(2000, kinds=ALL_KINDS, task_types=("general", "code")))
 REQUESTS = sum(s.kind not in REQUESTLESS for s in STORIES)
+WINDOW = (1280, 800)  # a typical laptop browser window
 
 
 def free_port() -> int:
@@ -47,7 +52,7 @@ def free_port() -> int:
 def archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("browser") / "turnout.duckdb"
     rows = []
-    for i, env in enumerate(envelopes(STORIES, step_ms=200)):
+    for i, env in enumerate(envelopes(STORIES, step_ms=20)):
         row = record_row(*encode(env), KafkaPosition("turnout.events", i % 12, i))
         assert isinstance(row, EventRow)
         rows.append(row)
@@ -150,12 +155,12 @@ async def _devtools_url(profile: Path, proc: asyncio.subprocess.Process) -> str:
 
 
 @asynccontextmanager
-async def browser(tmp_path: Path) -> AsyncIterator[Browser]:
-    assert CHROMIUM, "no chromium: apt-get install -y chromium (see README, Tests)"
+async def browser(tmp_path: Path, size: tuple[int, int] = WINDOW) -> AsyncIterator[Browser]:
+    assert CHROMIUM, "no chromium: apt-get install -y chromium (docs/guides/dashboards.md)"
     profile = tmp_path / "chromium-profile"
     proc = await asyncio.create_subprocess_exec(
         CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-        "--no-first-run", "--no-default-browser-check", "--window-size=1600,1200",
+        "--no-first-run", "--no-default-browser-check", f"--window-size={size[0]},{size[1]}",
         "--remote-debugging-port=0", f"--user-data-dir={profile}", "about:blank",
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
@@ -184,13 +189,16 @@ async def test_the_overview_shows_the_archives_request_count_in_chromium(
     url, server = dashboard
     async with browser(tmp_path) as tab:
         await tab.call("Page.navigate", url=url)
-        text = await tab.wait_for_text("Requests/s", "p99 latency", "Cost per bucket")
+        text = await tab.wait_for_text("Requests/s", "p99 latency", "Cost per")
         await tab.screenshot(tmp_path / "overview.png")  # for a person to look at
 
-        await tab.call("Page.navigate", url=f"{url}/explorer")
+        fell_back = next(s for s in STORIES if s.kind == "fallback")  # tried two models
+        await tab.call("Page.navigate", url=f"{url}/explorer?request={fell_back.request_id}")
         explorer = await tab.wait_for_text("Recent requests", "Timeline", "Payloads")
 
-    assert re.search(rf"\bRequests\s+{REQUESTS}\s", text), text  # the KPI, as shown
+    assert re.search(rf"\bRequests\s+{REQUESTS:,}\s", text), text  # the KPI, as shown
+    tried = re.search(r"models tried: (.+?)(?: · |\n|$)", explorer)
+    assert tried and tried[1].split(" → ") == list(MODELS[:2]), explorer  # names, not letters
     assert "Traceback" not in text + explorer
     assert "Error" not in text.replace("Error rate", "")
     for page in ("Overview", "Routing", "Reliability", "Tenants", "Cache", "Alerts"):
@@ -199,3 +207,58 @@ async def test_the_overview_shows_the_archives_request_count_in_chromium(
     assert server.wait(timeout=20) == 0
     log = (tmp_path / "dashboard.log").read_text()
     assert log.startswith(f"dashboard: {url.replace('127.0.0.1', 'localhost')} ")
+
+
+CUT_TILES = r"""JSON.stringify([...document.querySelectorAll('[data-testid="stMetric"]')].map(m => {
+  const parts = [...m.querySelectorAll(
+    '[data-testid="stMetricValue"], [data-testid="stMetricValue"] *, '
+    + '[data-testid="stMetricLabel"], [data-testid="stMetricLabel"] *')];
+  const cut = parts.some(e => e instanceof HTMLElement && e.scrollWidth > e.clientWidth + 1);
+  return {text: m.innerText.replace(/\s+/g, " "), cut: cut || m.innerText.includes("\u2026")};
+}))"""
+CUT_TABLES = r"""JSON.stringify([...document.querySelectorAll('[data-testid="stDataFrame"]')]
+.map(d => {
+  const grid = d.querySelector('.dvn-scroller');
+  return {columns: d.querySelectorAll('[role="columnheader"]').length,
+          cut: !!grid && grid.scrollWidth > grid.clientWidth + 1};
+}))"""
+TILE_PAGES = {  # page -> a text it shows once its tiles are drawn
+    "": "Cost per",
+    "routing": "Calls by provider",
+    "reliability": "Retry budget",
+    "cache": "Cache events",
+    "explorer": "Payloads",
+}
+
+
+async def settled(tab: Browser, expression: str) -> list[dict[str, Any]]:
+    """The value of `expression` (JSON) once two readings half a second apart agree."""
+    last: Any = None
+    for _ in range(40):
+        got = await tab.call("Runtime.evaluate", expression=expression)
+        now = json.loads(got["result"].get("value") or "[]")
+        if now and now == last:
+            return list(now)
+        last = now
+        await asyncio.sleep(0.5)
+    return list(last or [])
+
+
+async def test_no_kpi_tile_or_table_is_cut_off_in_a_1280_by_800_window(
+    dashboard: tuple[str, subprocess.Popen[str]], tmp_path: Path
+) -> None:
+    url, _ = dashboard
+    cut: list[str] = []
+    async with browser(tmp_path, WINDOW) as tab:
+        for page, ready in TILE_PAGES.items():
+            await tab.call("Page.navigate", url=f"{url}/{page}")
+            await tab.wait_for_text(ready)
+            tiles = await settled(tab, CUT_TILES)
+            tables = await settled(tab, CUT_TABLES)
+            await tab.screenshot(tmp_path / f"{page or 'overview'}.png")  # to look at
+
+            assert tiles, f"no KPI tiles on /{page}"
+            cut += [f"/{page} tile: {t['text']}" for t in tiles if t["cut"]]
+            cut += [f"/{page} table {i} is wider than its place" for i, t in enumerate(tables)
+                    if t["cut"]]  # fmt: skip
+    assert not cut, "\n".join(cut)

@@ -31,7 +31,15 @@ from turnout.analytics.rows import EventRow, KafkaPosition, record_row
 from turnout.analytics.synthetic import ALL_KINDS, MODELS, REQUESTLESS, Story, envelopes, workload
 from turnout.dashboards import fmt
 from turnout.dashboards.cli import APP
-from turnout.dashboards.scope import BUCKETS_S, MAX_BUCKETS, bucket_seconds, make_scope, window
+from turnout.dashboards.scope import (
+    BUCKETS_S,
+    MAX_BUCKETS,
+    MIN_BUCKETS,
+    RANGES,
+    bucket_seconds,
+    make_scope,
+    window,
+)
 from turnout.service.core import events as ev
 from turnout.service.wire.cloudevents import encode
 
@@ -51,9 +59,9 @@ STORIES = workload(140, kinds=ALL_KINDS, task_types=("general", "code"))  # 10 o
 STEP_MS = 200.0  # about 2.5 minutes of traffic: three one-minute buckets
 
 
-def _rows(stories: list[Story]) -> list[EventRow]:
+def _rows(stories: list[Story], *, step_ms: float = STEP_MS) -> list[EventRow]:
     out = []
-    for i, env in enumerate(envelopes(stories, step_ms=STEP_MS)):
+    for i, env in enumerate(envelopes(stories, step_ms=step_ms)):
         row = record_row(*encode(env), KafkaPosition("turnout.events", i % 12, i))
         assert isinstance(row, EventRow)
         out.append(row)
@@ -120,6 +128,11 @@ def _restore_env() -> Iterator[None]:
         os.environ["TURNOUT_DUCKDB_PATH"] = saved
 
 
+def number(text: str) -> int:
+    """A count as a table shows it (1,234) as a number."""
+    return int(text.replace(",", ""))
+
+
 def kinds(**where: str) -> Counter[str]:
     """How many requests of each kind match `where` (tenant=...)."""
     return Counter(
@@ -182,11 +195,12 @@ def test_routing_counts_fallbacks_and_retries(app: AppTest, seeded: Path) -> Non
     hops = app.dataframe[0].value
     assert hops[["from_model", "to_model"]].values.tolist() == [[MODELS[0], MODELS[1]]]
     taken = sum(isinstance(e, ev.FallbackTaken) for s in STORIES for e in s.events)
-    assert hops["fallbacks"].tolist() == [taken]
+    assert hops["fallbacks"].tolist() == [f"{taken:,}"]
     calls = app.dataframe[-1].value  # the last table: upstream calls by provider and model
     finished = (ev.AttemptSucceeded, ev.AttemptFailed)
     assert set(calls["provider"]) == {"upstream"}  # written without [providers]
-    assert calls["calls"].sum() == sum(isinstance(e, finished) for s in STORIES for e in s.events)
+    made = sum(isinstance(e, finished) for s in STORIES for e in s.events)
+    assert sum(number(c) for c in calls["calls"]) == made
 
 
 def test_reliability_shows_every_breaker_transition(app: AppTest, seeded: Path) -> None:
@@ -199,7 +213,7 @@ def test_reliability_shows_every_breaker_transition(app: AppTest, seeded: Path) 
     # the reason is the closing transition's own, not an older one's
     assert states["reason"].str.endswith("probe call(s) succeeded").all(), states["reason"]
     outcomes = app.dataframe[1].value
-    failed = outcomes.loc[outcomes["result"] == "http_503", "attempts"].sum()
+    failed = sum(map(number, outcomes.loc[outcomes["result"] == "http_503", "attempts"]))
     assert failed == sum(isinstance(e, ev.AttemptFailed) for s in STORIES for e in s.events)
     assert set(outcomes["provider"]) == {"upstream"}  # written without [providers]
 
@@ -210,13 +224,13 @@ def test_tenants_show_rate_limits_and_budgets(app: AppTest, seeded: Path) -> Non
     assert_clean(app)
     top, budget = app.dataframe[0].value, app.dataframe[1].value
     assert sorted(top["tenant"]) == ["t0", "t1", "t2"]
-    assert top["requests"].sum() == kinds().total()
+    assert sum(map(number, top["requests"])) == kinds().total()
     charged = Counter(
         e.tenant for s in STORIES for e in s.events if isinstance(e, ev.BudgetCharged)
     )
     spent = dict(zip(budget["tenant"], budget["spent_usd"], strict=True))
-    assert {t: round(v * 1e6) for t, v in spent.items()} == {t: n * 210 for t, n in charged.items()}
-    assert set(budget["limit_usd"]) == {50.0}  # what the router reported
+    assert spent == {t: fmt.usd(n * 210 / 1e6) for t, n in charged.items()}  # $0.0042
+    assert set(budget["limit_usd"]) == {"$50.00"}  # what the router reported
 
 
 def test_cache_shows_hits_compression_and_evictions(app: AppTest, seeded: Path) -> None:
@@ -227,7 +241,9 @@ def test_cache_shows_hits_compression_and_evictions(app: AppTest, seeded: Path) 
     assert shown["Hits"] == str(n["cached"])
     assert shown["Misses"] == str(n["cache_miss"])
     assert shown["Compression ratio"] == "2.8x"  # 812 bytes stored as 290
-    assert shown["Evicted"].startswith(f"{n['evicted']} ·")
+    assert shown["Evicted"] == str(n["evicted"])
+    evicted = next(m for m in app.metric if m.label == "Evicted")
+    assert fmt.bytes_(n["evicted"] * 290) in evicted.proto.help  # the size, in the tooltip
     assert shown["Coalesced requests"] == str(n["coalesced"])
 
 
@@ -237,7 +253,8 @@ def test_alerts_show_what_fires_and_every_rule(app: AppTest, seeded: Path) -> No
     assert_clean(app)
     firing = {s.tenant for s in STORIES if s.kind == "alert_firing"}
     assert app.subheader[0].value == f"Firing now: {len(firing)}"
-    assert sorted(json.loads(x)["tenant"] for x in app.dataframe[0].value["labels"]) == sorted(
+    labels = app.dataframe[0].value["labels"]  # tenant=t0, period=day
+    assert sorted(dict(kv.split("=") for kv in x.split(", "))["tenant"] for x in labels) == sorted(
         firing
     )
     rules = load_rules()
@@ -299,11 +316,11 @@ def test_the_explorer_shows_a_pasted_request_in_order(app: AppTest, seeded: Path
 
     assert_clean(app)
     assert story.request_id and story.request_id in app.subheader[0].value
+    assert ":green-badge[completed]" in app.subheader[0].value
     trail = app.dataframe[0].value
     assert trail["event"].tolist() == [e.TYPE.removeprefix("turnout.") for e in story.events]
-    assert (trail["offset_ms"].diff().dropna() >= 0).all()
-    shown = metrics(app)
-    assert (shown["Outcome"], shown["Attempts"]) == ("completed", "2")
+    assert trail["time"].tolist() == sorted(trail["time"])  # 00:00:01.400, ...
+    assert metrics(app)["Attempts"] == "2"
     assert f"answered by **{MODELS[1]}**" in app.markdown[0].value
     assert f"models tried: {MODELS[0]} → {MODELS[1]}" in app.markdown[0].value
     assert len(app.expander) == len(story.events)  # a payload each
@@ -441,17 +458,32 @@ def test_a_window_ends_at_its_anchor_and_spans_its_range(
 
 
 @given(hs.floats(1, 10**9))
-def test_buckets_are_whole_minutes_and_the_narrowest_that_fits(span_s: float) -> None:
+def test_a_bucket_is_the_narrowest_that_fits_and_a_window_gets_30_to_120(span_s: float) -> None:
     width = bucket_seconds(span_s)
 
-    assert width % 60 == 0
-    narrower = [b for b in BUCKETS_S if b < width]
-    assert all(span_s / b > MAX_BUCKETS for b in narrower)
+    assert width in BUCKETS_S
+    assert span_s / width <= MAX_BUCKETS or width == BUCKETS_S[-1]
+    assert all(span_s / b > MAX_BUCKETS for b in BUCKETS_S if b < width)
+    if 30 <= span_s <= 120 * 86_400:  # from half a minute to four months
+        assert MIN_BUCKETS <= span_s / width <= MAX_BUCKETS
+
+
+def test_the_time_ranges_get_buckets_for_their_size() -> None:
+    widths = {label: bucket_seconds(s) for label, s in RANGES.items() if s}
+
+    assert widths == {
+        "Last 5 min": 5,  # 60 points
+        "Last 15 min": 10,  # 90
+        "Last hour": 30,  # 120
+        "Last 6 h": 300,  # 72
+        "Last 24 h": 900,  # 96
+    }
 
 
 @given(hs.one_of(hs.none(), hs.just(float("nan")), hs.floats(-1e12, 1e12)))
 def test_numbers_never_print_as_nan_or_none(value: float | None) -> None:
-    for f in (fmt.count, fmt.rate, fmt.ms, fmt.pct, fmt.usd, fmt.bytes_, fmt.number):
+    for f in (fmt.count, fmt.count_short, fmt.rate, fmt.ms, fmt.pct, fmt.usd, fmt.usd_short,
+              fmt.bytes_, fmt.sig, fmt.times):  # fmt: skip
         text = f(value)
         assert "nan" not in text.lower() and "none" not in text.lower()
         assert (text == fmt.NONE) == (value is None or value != value)
@@ -485,8 +517,8 @@ def test_routing_shows_time_to_first_token_and_tokens_per_second_by_model(
     assert_clean(app)
     (table,) = [d.value for d in app.dataframe if "ttft_p50_ms" in d.value.columns]
     (row,) = table.to_dict("records")
-    assert row["model"] == MODELS[0] and row["streams"] == 4
-    assert row["ttft_p50_ms"] == row["ttft_p95_ms"] == 120.0
-    assert row["tokens_per_s"] == 20.0  # 40 tokens in the 2 s after the first
+    assert row["model"] == MODELS[0] and row["streams"] == "4"
+    assert row["ttft_p50_ms"] == row["ttft_p95_ms"] == "120 ms"
+    assert row["tokens_per_s"] == "20/s"  # 40 tokens in the 2 s after the first
     open_page(app, seeded, "routing")  # no stream in the window: no table
     assert not [d for d in app.dataframe if "ttft_p50_ms" in d.value.columns]

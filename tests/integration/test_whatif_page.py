@@ -15,6 +15,7 @@ from streamlit.testing.v1 import AppTest
 
 from tests.e2e.test_replay_cli import write_archive
 from tests.e2e.test_whatif_cli import ROUTES, TENANTS, envelope
+from tests.integration.test_dashboard_figures import MAX_TILE_CHARS, table_problems
 from tests.unit.test_whatif import Workload, base_raw, recording
 from turnout.dashboards.cli import APP
 from turnout.service.core.config import parse_config
@@ -93,3 +94,11 @@ def test_a_bad_config_is_refused_with_every_problem_and_an_unseen_model_asks_for
     assert not page.error
     table = page.dataframe[0].value
     assert "calls delta/new" in set(table[""])
+
+
+def test_the_what_if_tables_and_tiles_read_whole(page: AppTest) -> None:
+    run(page, config_text(rpm=40))
+
+    problems = table_problems(page)
+    assert not problems, "\n".join(problems)
+    assert all(len(m.value) <= MAX_TILE_CHARS for m in page.metric), metrics(page)
