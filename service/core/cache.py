@@ -22,6 +22,11 @@ Rules:
   to the back, `CacheEvicted` removes it. `evolve_cache` never decides: every
   eviction is an event the deciders emitted, always before the store that
   needed the room, so the total never passes `max_bytes` while folding.
+- `max_bytes` bounds memory, not only payload: each entry is charged its stored
+  body plus `[cache] entry_overhead_bytes` (640: its key, ids, usage and index links
+  in memory, measured with tracemalloc), so many small answers cannot take several
+  times the budget (bench_state: 540k entries of ~400 B bodies took over 500 MB
+  under a 256 MiB budget).
 - Coalescing: a cacheable `RequestAccepted` makes its request the key's leader
   when none is in flight; `RequestCoalesced` adds a follower; the leader's
   terminal event frees the key (read `followers()` before folding it); a
@@ -55,6 +60,7 @@ __all__ = [
     "Entry",
     "Lookup",
     "cache_key",
+    "charged_bytes",
     "decide_coalesce",
     "decide_lookup",
     "decide_store",
@@ -269,22 +275,36 @@ def _expired_front(index: CacheIndex, now_ms: int) -> Iterator[str]:
         yield key
 
 
+def charged_bytes(index: CacheIndex, overhead: int) -> int:
+    """What the index's entries are charged against `max_bytes`: their bodies and, for
+    each, `overhead` (`[cache] entry_overhead_bytes`)."""
+    return index.total_bytes + overhead * len(index.entries)
+
+
 def _evictions(
-    index: CacheIndex, tenant: str, key: str, need: int, now_ms: int, max_bytes: int
+    index: CacheIndex,
+    tenant: str,
+    key: str,
+    need: int,
+    now_ms: int,
+    max_bytes: int,
+    overhead: int,
 ) -> list[ev.CacheEvicted]:
-    """Expired entries (the one under `key`, the oldest stored), then LRU until `need` fits."""
+    """Expired entries (the one under `key`, the oldest stored), then LRU until `need`
+    (a body, plus its entry's overhead) fits."""
     victims: dict[str, str] = {}
     if key in index.entries:  # present, so expired: a live entry is never re-stored
         victims[key] = "ttl"
     for k in _expired_front(index, now_ms):
         victims[k] = "ttl"
-    freed = sum(index.entries[k].stored_bytes for k in victims)
+    freed = sum(index.entries[k].stored_bytes + overhead for k in victims)
+    used, need = charged_bytes(index, overhead), need + overhead
     for k, entry in index.entries.items():
-        if index.total_bytes - freed + need <= max_bytes:
+        if used - freed + need <= max_bytes:
             break
         if k not in victims:
             victims[k] = "lru" if now_ms < entry.expires_at_ms else "ttl"
-            freed += entry.stored_bytes
+            freed += entry.stored_bytes + overhead
     return [_evicted(tenant, k, index.entries[k], reason) for k, reason in victims.items()]
 
 
@@ -313,11 +333,12 @@ def decide_store(
     budget = cfg.cache.max_bytes if max_bytes is None else max_bytes
     stored_bytes = len(body.body)
     ttl_ms = cfg.cache.ttl_s * 1000
-    if not cfg.features.caching or ttl_ms <= 0 or stored_bytes > budget:
+    overhead = cfg.cache.entry_overhead_bytes
+    if not cfg.features.caching or ttl_ms <= 0 or stored_bytes + overhead > budget:
         return []
     if index.lookup(key, now_ms) is not None:
         return []
-    events: list[Any] = _evictions(index, tenant, key, stored_bytes, now_ms, budget)
+    events: list[Any] = _evictions(index, tenant, key, stored_bytes, now_ms, budget, overhead)
     stored = ev.CacheStored(
         request_id=request_id,
         tenant=tenant,

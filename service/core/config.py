@@ -179,6 +179,9 @@ class BreakerConfig(_Section, frozen=True, kw_only=True):
 class CacheConfig(_Section, frozen=True, kw_only=True):
     ttl_s: int = 3600
     max_bytes: int = 268_435_456
+    # what each entry is charged besides its body (its key, ids, usage and index links in
+    # memory), so that max_bytes bounds the cache's memory, not only its payload
+    entry_overhead_bytes: int = 640
     compression: str = "zstd"
     scope: str = "tenant"
     cache_nondeterministic: bool = False

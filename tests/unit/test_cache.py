@@ -16,6 +16,7 @@ from turnout.service.core.cache import (
     CacheIndex,
     EncodedBody,
     cache_key,
+    charged_bytes,
     decide_coalesce,
     decide_lookup,
     decide_store,
@@ -38,6 +39,9 @@ BASE: dict[str, Any] = {
 
 
 def config(*, features: dict[str, bool] | None = None, **cache: Any) -> Config:
+    """A config whose cache charges bodies only (`entry_overhead_bytes` 0) unless told:
+    the LRU tests count in bodies; the overhead has tests of its own."""
+    cache = {"entry_overhead_bytes": 0} | cache
     return parse_config({"cache": cache, "features": features or {}}, {})
 
 
@@ -304,6 +308,18 @@ def test_an_index_may_be_given_its_own_share_of_the_budget() -> None:
     assert decide_store(index, key="d", body=body(251), **kwargs) == []
 
 
+def test_each_entry_is_charged_its_overhead_so_small_answers_cannot_overrun_memory() -> None:
+    """Found by bench_state: 540k cached answers of ~400 B took over 500 MB under the
+    default 256 MiB budget, which counted their bodies only; each entry costs ~640 B
+    more in memory (its key, ids, usage, index links)."""
+    index, cfg = CacheIndex(), config(max_bytes=1_000, entry_overhead_bytes=200)
+    for n, k in enumerate("abc"):
+        store(index, k, 100, n, cfg)  # 3 x (100 + 200) = 900
+    assert evictions(store(index, "d", 100, 3, cfg)) == [("a", "lru")]  # 4 x 300 > 1,000
+    assert store(index, "big", 801, 4, cfg) == []  # 801 + 200 alone is over the budget
+    assert charged_bytes(index, 200) == 900 and index.total_bytes == 300
+
+
 def test_expired_entries_go_first_and_are_swept_even_when_there_is_room() -> None:
     index, cfg = CacheIndex(), config(ttl_s=10, max_bytes=1_000)
     store(index, "old", 100, 0, cfg)
@@ -464,8 +480,9 @@ def test_no_coalescing_when_switched_off_for_itself_or_for_uncacheable_requests(
 class Model:
     """The cache as a dict and two lists, written from the rules, not from the code."""
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, overhead: int = 0) -> None:
         self.max_bytes = max_bytes
+        self.overhead = overhead  # charged per entry besides its body
         self.size: dict[str, int] = {}
         self.expires: dict[str, int] = {}
         self.lru: list[str] = []
@@ -487,7 +504,8 @@ class Model:
         return False, []
 
     def store(self, k: str, size: int, now: int, ttl_ms: int) -> list[tuple[str, str]]:
-        if size > self.max_bytes or (k in self.size and now < self.expires[k]):
+        ov = self.overhead
+        if size + ov > self.max_bytes or (k in self.size and now < self.expires[k]):
             return []
         victims = [(k, "ttl")] if k in self.size else []
         for old in self.stored[:SWEEP_LIMIT]:
@@ -495,13 +513,13 @@ class Model:
                 break
             if old != k:
                 victims.append((old, "ttl"))
-        total = sum(self.size.values()) - sum(self.size[v] for v, _ in victims)
+        total = sum(n + ov for n in self.size.values()) - sum(self.size[v] + ov for v, _ in victims)
         for old in self.lru:
-            if total + size <= self.max_bytes:
+            if total + size + ov <= self.max_bytes:
                 break
             if old not in [v for v, _ in victims]:
                 victims.append((old, "lru" if now < self.expires[old] else "ttl"))
-                total -= self.size[old]
+                total -= self.size[old] + ov
         for victim, _ in victims:
             self.remove(victim)
         self.size[k], self.expires[k] = size, now + ttl_ms
@@ -527,12 +545,14 @@ def fold_all(events: list[Any]) -> CacheIndex:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(op, max_size=80), st.integers(0, 80))
+@given(st.lists(op, max_size=80), st.integers(0, 80), st.sampled_from([0, 37, 140]))
 def test_any_run_agrees_with_the_model_stays_in_budget_and_replays(
-    ops: list[tuple[str, str, int, int, int]], cut: int
+    ops: list[tuple[str, str, int, int, int]], cut: int, overhead: int
 ) -> None:
-    cfgs = {ttl: config(ttl_s=ttl, max_bytes=1_000) for ttl in (1, 2, 4)}
-    index, model, log, now = CacheIndex(), Model(1_000), [], 0
+    cfgs = {
+        ttl: config(ttl_s=ttl, max_bytes=1_000, entry_overhead_bytes=overhead) for ttl in (1, 2, 4)
+    }
+    index, model, log, now = CacheIndex(), Model(1_000, overhead), [], 0
     for name, k, size, dt, ttl in ops:
         now += dt
         if name == "lookup":
@@ -543,7 +563,7 @@ def test_any_run_agrees_with_the_model_stays_in_budget_and_replays(
             events = store(index, k, size, now, cfgs[ttl])
             expected = model.store(k, size, now, ttl * 1_000)
         assert evictions(events) == expected
-        assert index.total_bytes <= 1_000
+        assert charged_bytes(index, overhead) <= 1_000  # bodies and overheads
         assert index.total_bytes == sum(model.size.values())
         assert list(index.entries) == model.lru
         log += events
