@@ -190,12 +190,17 @@ class CacheConfig(_Section, frozen=True, kw_only=True):
 class RouterConfig(_Section, frozen=True, kw_only=True):
     """The duplicate-answer memory. A finished request's answer is kept `dedupe_window_s`
     (a resent request gets it again), within `dedupe_max_bytes` over all 12 partitions
-    (each keeps 1/12; the oldest answer goes first). Past that, only its id and outcome
+    (each keeps 1/12; the oldest answer goes first; each answer counts its encoded bytes
+    plus `answer_overhead_bytes`). Past that, only its id and outcome
     are kept, until `dedupe_ids_s`: a resend is answered `rejected` /
     `duplicate_expired`, never called upstream again. After that it counts as new."""
 
     dedupe_window_s: int = 86_400
     dedupe_max_bytes: int = 192 * 1024 * 1024
+    # what each kept answer is charged besides its encoded bytes (its id, the two index
+    # entries and its intake position in memory: ~630 B measured), so that
+    # dedupe_max_bytes bounds the memory of the answers, not only their payload
+    answer_overhead_bytes: int = 640
     dedupe_ids_s: int = 8 * 86_400
 
 

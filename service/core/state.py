@@ -16,7 +16,8 @@ Rules:
   partitions' events interleave (a tenant lives on one partition).
 - Finished requests are remembered for idempotence (a resent request is
   answered from here): their answers for `[router] dedupe_window_s` within
-  `dedupe_max_bytes` (1/12 of it per partition, oldest forgotten first), then
+  `dedupe_max_bytes` (1/12 of it per partition, oldest forgotten first; each answer
+  is charged its encoded bytes plus `answer_overhead_bytes`), then
   only a 64-bit hash of their id and their outcome (`expired_outcome`) in
   day buckets until `dedupe_ids_s`. Both are per partition, so they fold the
   same whichever partitions a router owns, and depend on no event older than
@@ -227,9 +228,11 @@ def forget(state: RouterState, partition: int, now_ms: int, cfg: Config) -> None
     queue = state.answers.get(partition)
     limits = cfg.router
     window_ms, cap = limits.dedupe_window_s * 1000, limits.dedupe_max_bytes // PARTITIONS
+    overhead = limits.answer_overhead_bytes
     while queue:
         rid, (at_ms, size) = next(iter(queue.items()))
-        if at_ms + window_ms > now_ms and state.answer_bytes[partition] <= cap:
+        charged = state.answer_bytes[partition] + overhead * len(queue)
+        if at_ms + window_ms > now_ms and charged <= cap:
             break
         queue.popitem(last=False)
         state.answer_bytes[partition] -= size

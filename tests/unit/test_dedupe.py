@@ -68,7 +68,7 @@ def test_answers_are_bounded_by_bytes_per_partition_oldest_first() -> None:
     one.run(request("probe", text="probe"))
     size = one.state.answer_bytes[home_partition("acme")]
     cap = 5 * size * PARTITIONS  # room for about five answers per partition
-    shell = Shell(config(dedupe_max_bytes=cap))
+    shell = Shell(config(dedupe_max_bytes=cap, answer_overhead_bytes=0))
     for n in range(20):
         shell.run(request(f"r{n}", text=str(n)))
         shell.now += 1
@@ -78,6 +78,24 @@ def test_answers_are_bounded_by_bytes_per_partition_oldest_first() -> None:
     assert kept == [f"r{n}" for n in range(20 - len(kept), 20)] and 3 <= len(kept) <= 6
     assert resent(shell, "r0", text="0").code == "duplicate_expired"
     assert resent(shell, "r19", text="19").TYPE == "turnout.request.completed"
+
+
+def test_each_answer_is_charged_its_overhead_so_the_cap_bounds_memory() -> None:
+    one = Shell(config())
+    one.run(request("probe", text="probe"))
+    size = one.state.answer_bytes[home_partition("acme")]
+    overhead = 3 * size
+    cap = 20 * size * PARTITIONS  # 20 answers' bytes, or 5 answers with their overhead
+    shell = Shell(config(dedupe_max_bytes=cap, answer_overhead_bytes=overhead))
+    for n in range(30):
+        shell.run(request(f"r{n}", text=str(n)))
+        shell.now += 1
+    p = home_partition("acme")
+    kept = [rid for rid in shell.state.finished if rid.startswith("r")]
+    charged = shell.state.answer_bytes[p] + overhead * len(shell.state.answers[p])
+    assert charged <= cap // PARTITIONS
+    assert kept == [f"r{n}" for n in range(30 - len(kept), 30)] and 3 <= len(kept) <= 6
+    assert resent(shell, "r10", text="10").code == "duplicate_expired"
 
 
 PLANS = st.lists(st.tuples(st.integers(0, 3), st.integers(0, 3 * HOUR_MS)), min_size=1,
