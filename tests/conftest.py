@@ -128,7 +128,10 @@ class _Brokers:
             return str(container.get_bootstrap_server())
         from turnout.service.kafka.broker import local_broker
 
-        broker = local_broker(engine, data_dir=self._tmp.mktemp("kafka"))
+        # retention checked every second (60 s in `turnout broker`), so that a test can
+        # watch a tiny retention.ms delete events (test_snapshots.py)
+        broker = local_broker(engine, data_dir=self._tmp.mktemp("kafka"),
+                              properties={"log.retention.check.interval.ms": "1000"})  # fmt: skip
         return self._stack.enter_context(broker).bootstrap
 
     def close(self) -> None:

@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,10 +87,12 @@ def local_broker(
     port: int = 0,
     data_dir: Path | str = Path("data/kafka"),
     fresh: bool = False,
+    properties: Mapping[str, str] | None = None,
 ) -> LocalBroker:
-    """An unstarted broker of `engine` (`kafka` or `tansu`)."""
+    """An unstarted broker of `engine` (`kafka` or `tansu`); `properties` go on top of
+    Apache Kafka's settings (Tansu takes none)."""
     if engine == "kafka":
-        return ApacheKafkaBroker(port, data_dir=data_dir, fresh=fresh)
+        return ApacheKafkaBroker(port, data_dir=data_dir, fresh=fresh, properties=properties)
     if engine == "tansu":
         return TansuBroker(port)
     raise TurnoutError(f"unknown broker engine {engine!r}")

@@ -4,6 +4,7 @@ outlives the events that made it, and a state larger than a record is cut into c
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import subprocess
@@ -15,7 +16,6 @@ from typing import Any
 import msgspec
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
 from tests.integration.test_router import (
     UNLIMITED,
@@ -33,6 +33,7 @@ from turnout.service.core.partitioning import PARTITIONS, home_partition
 from turnout.service.core.state import RouterState, evolve, remember
 from turnout.service.kafka.producer import Producer
 from turnout.service.kafka.settings import KafkaSettings, Topics
+from turnout.service.kafka.topics import ensure_topics
 from turnout.service.runtime import snapshots
 from turnout.service.upstream.simulator import SimulatorOptions, start_in_thread
 from turnout.service.upstream.simulator.server import RunningSimulator
@@ -183,32 +184,52 @@ async def test_a_corrupt_newest_snapshot_is_skipped_and_the_state_is_still_the_f
 async def test_budgets_and_duplicate_answers_outlive_the_events_that_made_them(
     kafka_settings: KafkaSettings, kafka_topics: Topics, simulator: RunningSimulator
 ) -> None:
-    """Retention deletes old events: with snapshots, nothing in state goes with them."""
+    """Retention deletes old events (the events topic's retention.ms lowered to 1 s, then
+    the broker's own retention check): with snapshots, nothing in state goes with them."""
     cfg = snapshotting(kafka_settings, simulator, tenants={"default": MONEY})
     ids = [f"snap-c-{i}" for i in range(80)]
     async with running(cfg, "first") as first:
         await answered(kafka_settings, kafka_topics, ids, 0)
     spent = {t: dict(b.spent) for t, b in first.state.budgets.items() if t in TENANTS}
-    found = await read_found(kafka_settings, "retention")
-    covered = {p: max(m.offset for m in ms) for p, ms in found.manifests.items()}
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_settings.bootstrap)
-    await admin.start()
-    try:  # what retention does to old segments: the events before each snapshot are gone
-        await admin.delete_records(
-            {TopicPartition(kafka_topics.events, p): RecordsToDelete(o) for p, o in covered.items()}
-        )
-    finally:
-        await admin.close()
+    ends = await _offsets(kafka_settings, kafka_topics.events, "latest")
+    tiny = dataclasses.replace(kafka_settings, events_retention_ms=1000)
+    fixed = {t.name: t.fixed for t in (await ensure_topics(tiny)).topics}
+    assert fixed[kafka_topics.events] == ("retention.ms: -1 -> 1000",)
+    try:  # the broker checks retention every second here (tests/conftest.py)
+        for _ in range(120):
+            starts = await _offsets(kafka_settings, kafka_topics.events, "earliest")
+            if all(starts[p] >= end for p, end in ends.items()):
+                break
+            await asyncio.sleep(0.5)
+        assert all(starts[p] >= end for p, end in ends.items()), (starts, ends)
+    finally:  # back to for ever before a router writes what it must read back
+        await ensure_topics(kafka_settings)
     calls = sim_calls(simulator)
     async with running(cfg, "second") as second:
         after = {t: dict(b.spent) for t, b in second.state.budgets.items() if t in TENANTS}
         await produce(kafka_settings.bootstrap, kafka_topics.requests,
                       [(TENANTS[1].encode(), request(ids[1], TENANTS[1]), None)])  # fmt: skip
         await collect(kafka_settings.bootstrap, kafka_topics.responses, len(ids) + 1)
+    assert sum(ends.values()) > len(ids)  # the log had every request's events; all are gone
     assert len(spent) == len(TENANTS)
-    assert all(sum(periods.values()) > 0 for periods in spent.values())
+    month = {t: {k: v for k, v in periods.items() if len(k) == len("2026-12")}
+             for t, periods in spent.items()}  # fmt: skip
+    assert all(sum(m.values()) > 0 for m in month.values())  # each tenant spent this month
     assert after == spent
     assert sim_calls(simulator) == calls  # the duplicate was answered from the snapshot
+
+
+async def _offsets(settings: KafkaSettings, topic: str, which: str) -> dict[int, int]:
+    """The earliest or latest offset of every partition of `topic`."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        got = await (consumer.beginning_offsets(tps) if which == "earliest"
+                     else consumer.end_offsets(tps))  # fmt: skip
+        return {tp.partition: offset for tp, offset in got.items()}
+    finally:
+        await consumer.stop()
 
 
 async def test_a_state_larger_than_a_record_is_written_in_chunks_and_read_back_whole(
