@@ -191,8 +191,8 @@ class RouterConfig(_Section, frozen=True, kw_only=True):
     """The duplicate-answer memory. A finished request's answer is kept `dedupe_window_s`
     (a resent request gets it again), within `dedupe_max_bytes` over all 12 partitions
     (each keeps 1/12; the oldest answer goes first; each answer counts its encoded bytes
-    plus `answer_overhead_bytes`). Past that, only its id and outcome
-    are kept, until `dedupe_ids_s`: a resend is answered `rejected` /
+    plus `answer_overhead_bytes`). Past that, only its id and outcome are kept, until
+    `dedupe_ids_s` and within `dedupe_ids_max_bytes`: a resend is answered `rejected` /
     `duplicate_expired`, never called upstream again. After that it counts as new."""
 
     dedupe_window_s: int = 86_400
@@ -202,6 +202,9 @@ class RouterConfig(_Section, frozen=True, kw_only=True):
     # dedupe_max_bytes bounds the memory of the answers, not only their payload
     answer_overhead_bytes: int = 640
     dedupe_ids_s: int = 8 * 86_400
+    # the ids kept without their answer, ~96 B each in memory (1/12 per partition; the
+    # oldest go first): 256 MiB is ~2.8 M ids, 8 days at 4 requests/s
+    dedupe_ids_max_bytes: int = 256 * 1024 * 1024
 
 
 class SnapshotsConfig(_Section, frozen=True, kw_only=True):

@@ -19,7 +19,8 @@ Rules:
   `dedupe_max_bytes` (1/12 of it per partition, oldest forgotten first; each answer
   is charged its encoded bytes plus `answer_overhead_bytes`), then
   only a 64-bit hash of their id and their outcome (`expired_outcome`) in
-  day buckets until `dedupe_ids_s`. Both are per partition, so they fold the
+  day buckets until `dedupe_ids_s`, within `dedupe_ids_max_bytes` (`ID_BYTES`
+  each, 1/12 per partition, oldest forgotten first). Both are per partition, so they fold the
   same whichever partitions a router owns, and depend on no event older than
   themselves: snapshots carry them past the events' retention. Answers are kept
   encoded (`Answers`): decoded, one takes several times its encoded size in memory,
@@ -31,6 +32,7 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from itertools import islice
 from typing import Any, Final
 
 import msgspec
@@ -52,6 +54,7 @@ __all__ = [
 ]  # fmt: skip
 
 DAY_MS: Final = 86_400_000
+ID_BYTES: Final = 96  # memory of a forgotten answer's id hash and outcome (~90 B measured)
 OUTCOMES: Final = ("completed", "failed", "rejected", "cancelled")  # codes in `expired`
 _OUTCOME_CODE: Final = {f"turnout.request.{o}": n for n, o in enumerate(OUTCOMES)}
 _size_encoder: Final = msgspec.msgpack.Encoder()
@@ -246,6 +249,25 @@ def forget(state: RouterState, partition: int, now_ms: int, cfg: Config) -> None
         horizon = now_ms - limits.dedupe_ids_s * 1000
         for day in [d for d in days if (d + 1) * DAY_MS <= horizon]:
             del days[day]
+        _cap_ids(days, limits.dedupe_ids_max_bytes // PARTITIONS // ID_BYTES)
+
+
+def _cap_ids(days: dict[int, dict[int, int]], most: int) -> None:
+    """Forget the oldest ids of a partition past `most`: a whole day when it is all
+    over, else at least a quarter of the oldest day at once (a dict rebuilt from its
+    newer part: popping a dict's oldest keys one by one costs more each time)."""
+    total = sum(len(ids) for ids in days.values())
+    while total > most:
+        oldest = min(days)
+        ids = days[oldest]
+        over = total - most
+        if over >= len(ids):
+            del days[oldest]
+            total -= len(ids)
+        else:
+            drop = max(over, len(ids) // 4)
+            days[oldest] = dict(islice(ids.items(), drop, None))
+            total -= drop
 
 
 def id_hash(request_id: str) -> int:

@@ -13,7 +13,7 @@ from turnout.service.core import snapshot as snaps
 from turnout.service.core.decision import Resend
 from turnout.service.core.partitioning import PARTITIONS, home_partition
 from turnout.service.core.request import decide_intake
-from turnout.service.core.state import fold
+from turnout.service.core.state import ID_BYTES, fold
 
 HOUR_MS = 3_600_000
 UNLIMITED: dict[str, Any] = {"requests_per_minute": None, "requests_per_hour": None,
@@ -98,16 +98,33 @@ def test_each_answer_is_charged_its_overhead_so_the_cap_bounds_memory() -> None:
     assert resent(shell, "r10", text="10").code == "duplicate_expired"
 
 
+def test_ids_past_their_answers_are_bounded_by_bytes_oldest_first() -> None:
+    ids_cap = 3 * ID_BYTES * PARTITIONS  # room for three ids per partition
+    shell = Shell(config(dedupe_max_bytes=1, dedupe_ids_max_bytes=ids_cap))  # no answer kept
+    for n in range(10):
+        shell.run(request(f"r{n}", text=str(n)))
+        shell.now += 1
+    assert shell.state.snapshot()["forgotten"] == 3
+    for n in (7, 8, 9):  # the newest three are still known: never called again
+        assert resent(shell, f"r{n}", text=str(n)).code == "duplicate_expired"
+    calls = len(shell.calls)
+    shell.now += 2000  # past the cache's ttl: a call would not be a cache hit
+    shell.submit(request("r0", text="0"))  # the oldest is forgotten: a new request
+    assert len(shell.calls) == calls + 1
+
+
 PLANS = st.lists(st.tuples(st.integers(0, 3), st.integers(0, 3 * HOUR_MS)), min_size=1,
                  max_size=30)  # fmt: skip
 
 
-@settings(max_examples=50, deadline=None)
-@given(PLANS, st.floats(0, 1))
+@settings(max_examples=60, deadline=None)
+@given(PLANS, st.floats(0, 1), st.sampled_from([None, 2, 5]))
 def test_the_memory_folds_the_same_from_a_snapshot_at_any_point(
-    plan: list[tuple[int, int]], where: float
+    plan: list[tuple[int, int]], where: float, ids_kept: int | None
 ) -> None:
-    shell = Shell(config(dedupe_max_bytes=4000 * PARTITIONS))
+    """Also with room for only 2 or 5 ids per partition (the ids cap evicting)."""
+    ids_cap = {} if ids_kept is None else {"dedupe_ids_max_bytes": ids_kept * ID_BYTES * PARTITIONS}
+    shell = Shell(config(dedupe_max_bytes=4000 * PARTITIONS, **ids_cap))
     tenants = ["acme", "globex", "initech", "hooli"]
     for n, (tenant, gap) in enumerate(plan):
         shell.now += gap
@@ -121,6 +138,8 @@ def test_the_memory_folds_the_same_from_a_snapshot_at_any_point(
     whole = fold(shell.log, shell.cfg)
     assert rebuilt.snapshot() == whole.snapshot()
     assert all(snaps.own_parts(rebuilt, p) == snaps.own_parts(whole, p) for p in range(PARTITIONS))
+    if ids_kept is not None:
+        return
     for n in range(len(plan)):  # and every id is still answered or known, never new
         decision = decide_intake(rebuilt, request(f"r{n}", tenant=tenants[plan[n][0]]),
                                  shell.ctx())  # fmt: skip
