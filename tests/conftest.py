@@ -124,7 +124,9 @@ class _Brokers:
         if engine == "container":
             from testcontainers.community.kafka import KafkaContainer
 
-            container = self._stack.enter_context(KafkaContainer(_KAFKA_IMAGE).with_kraft())
+            kafka = KafkaContainer(_KAFKA_IMAGE).with_kraft()  # retention checked as below
+            kafka = kafka.with_env("KAFKA_LOG_RETENTION_CHECK_INTERVAL_MS", "1000")
+            container = self._stack.enter_context(kafka)
             return str(container.get_bootstrap_server())
         from turnout.service.kafka.broker import local_broker
 

@@ -55,7 +55,11 @@ __all__ = [
     "restore",
 ]
 
-VERSION: Final = 1
+VERSION: Final = 2
+# version 1 kept the ids past their answers by day (`expired` keys: days since the epoch);
+# 2 keeps them by hour. A version-1 frame is read, its days put at their first hour.
+READS: Final = (1, 2)
+_HOURS_A_DAY: Final = 24
 
 
 class SnapshotError(ValueError):
@@ -75,7 +79,7 @@ class PartitionState(msgspec.Struct, frozen=True, array_like=True):
     inflight: list[InFlight]
     # (event type, msgpack of the terminal, finished at ms), in the order they finished
     finished: list[tuple[str, bytes, int]]
-    expired: dict[int, dict[int, int]]  # day -> id hash -> outcome code (answers forgotten)
+    expired: dict[int, dict[int, int]]  # hour -> id hash -> outcome code (answers forgotten)
     intake: list[tuple[str, int, int]]  # (request id, intake partition, offset)
     limits: dict[str, ratelimit.WindowsDump]
     budgets: dict[str, budgets.BudgetDump]
@@ -130,7 +134,7 @@ def capture(state: RouterState, partition: int) -> PartitionState:
         partition=partition,
         inflight=[f for f in state.inflight.values() if mine(f.tenant)],
         finished=finished,
-        expired={day: dict(ids) for day, ids in state.expired.get(partition, {}).items()},
+        expired={hour: dict(ids) for hour, ids in state.expired.get(partition, {}).items()},
         intake=[(rid, p, o) for rid, (p, o) in state.intake.items() if rid in owned],
         limits={t: ratelimit.dump(w) for t, w in state.limits.items() if mine(t)},
         budgets={t: budgets.dump(b) for t, b in state.budgets.items() if mine(t)},
@@ -161,8 +165,10 @@ def decode(data: bytes) -> Snapshot:
         frame = _frame_decoder.decode(data)
     except msgspec.DecodeError as err:
         raise SnapshotError(f"not a snapshot frame: {err}") from None
-    if frame.version != VERSION:
-        raise SnapshotError(f"snapshot version {frame.version}; this router reads {VERSION}")
+    if frame.version not in READS:
+        raise SnapshotError(
+            f"snapshot version {frame.version}; this router reads {', '.join(map(str, READS))}"
+        )
     if _digest(frame.body) != frame.digest:
         raise SnapshotError("the snapshot's body does not match its digest (corrupt)")
     try:
@@ -181,7 +187,7 @@ def restore(snapshots: Iterable[Snapshot], state: RouterState | None = None) -> 
     state = state if state is not None else RouterState()
     newest: Snapshot | None = None
     for snap in snapshots:
-        _put(state, snap.state)
+        _put(state, snap.state, by_day=snap.version == 1)
         if newest is None or snap.taken_at_ms > newest.taken_at_ms:
             newest = snap
     if newest is not None:
@@ -192,7 +198,7 @@ def restore(snapshots: Iterable[Snapshot], state: RouterState | None = None) -> 
     return state
 
 
-def _put(state: RouterState, part: PartitionState) -> None:
+def _put(state: RouterState, part: PartitionState, *, by_day: bool = False) -> None:
     for flight in part.inflight:
         state.inflight[flight.request_id] = flight
     for kind, raw, at_ms in part.finished:  # in the order they finished, as kept
@@ -202,7 +208,8 @@ def _put(state: RouterState, part: PartitionState) -> None:
     for rid, p, o in part.intake:
         state.intake[rid] = (p, o)
     if part.expired:
-        state.expired[part.partition] = {day: dict(ids) for day, ids in part.expired.items()}
+        scale = _HOURS_A_DAY if by_day else 1
+        state.expired[part.partition] = {b * scale: dict(ids) for b, ids in part.expired.items()}
     for tenant, windows in part.limits.items():
         state.limits[tenant] = ratelimit.load(windows)
     for tenant, budget in part.budgets.items():
@@ -223,10 +230,10 @@ def own_parts(state: RouterState, partition: int) -> dict[str, object]:
         # as a set: live, terminals are remembered in the order they were decided; a fold
         # of the log sees them in the order their acks came (only eviction order differs)
         "finished": sorted((kind, raw.hex(), at) for kind, raw, at in part.finished),
-        "forgotten": {str(day): len(ids) for day, ids in sorted(part.expired.items())},
+        "forgotten": {str(hour): len(ids) for hour, ids in sorted(part.expired.items())},
         "forgotten_digest": _digest(
             _encoder.encode(
-                sorted((day, h, c) for day, ids in part.expired.items() for h, c in ids.items())
+                sorted((hr, h, c) for hr, ids in part.expired.items() for h, c in ids.items())
             )
         ),
         "intake": sorted(part.intake),

@@ -19,10 +19,11 @@ Rules:
   `dedupe_max_bytes` (1/12 of it per partition, oldest forgotten first; each answer
   is charged its encoded bytes plus `answer_overhead_bytes`), then
   only a 64-bit hash of their id and their outcome (`expired_outcome`) in
-  day buckets until `dedupe_ids_s`, within `dedupe_ids_max_bytes` (`ID_BYTES`
-  each, 1/12 per partition, oldest forgotten first). Both are per partition, so they fold the
-  same whichever partitions a router owns, and depend on no event older than
-  themselves: snapshots carry them past the events' retention. Answers are kept
+  hour buckets until `dedupe_ids_s`, within `dedupe_ids_max_bytes` (`ID_BYTES`
+  each, 1/12 per partition, the oldest hours forgotten whole). Both are per
+  partition, so they fold the same whichever partitions a router owns, and
+  depend on no event older than themselves: snapshots carry them past the
+  events' retention. Answers are kept
   encoded (`Answers`): decoded, one takes several times its encoded size in memory,
   and the cap counts encoded bytes, so memory follows the cap.
 """
@@ -32,7 +33,6 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from itertools import islice
 from typing import Any, Final
 
 import msgspec
@@ -53,7 +53,7 @@ __all__ = [
     "fold", "id_hash",
 ]  # fmt: skip
 
-DAY_MS: Final = 86_400_000
+BUCKET_MS: Final = 3_600_000  # ids past their answers are kept (and forgotten) by the hour
 ID_BYTES: Final = 96  # memory of a forgotten answer's id hash and outcome (~90 B measured)
 OUTCOMES: Final = ("completed", "failed", "rejected", "cancelled")  # codes in `expired`
 _OUTCOME_CODE: Final = {f"turnout.request.{o}": n for n, o in enumerate(OUTCOMES)}
@@ -163,7 +163,7 @@ class RouterState:
         # per partition: finished ids in the order they finished -> (finished at, bytes)
         self.answers: dict[int, OrderedDict[str, tuple[int, int]]] = {}
         self.answer_bytes: dict[int, int] = {}
-        # per partition, per day finished: id hash -> outcome code (answers forgotten)
+        # per partition, per hour finished: id hash -> outcome code (answers forgotten)
         self.expired: dict[int, dict[int, dict[int, int]]] = {}
 
     def cache_index(self, tenant: str) -> CacheIndex:
@@ -243,31 +243,25 @@ def forget(state: RouterState, partition: int, now_ms: int, cfg: Config) -> None
         state.intake.pop(rid, None)
         if kind is not None:
             kept = state.expired.setdefault(partition, {})
-            kept.setdefault(at_ms // DAY_MS, {})[id_hash(rid)] = _OUTCOME_CODE[kind]
-    days = state.expired.get(partition)
-    if days:
+            kept.setdefault(at_ms // BUCKET_MS, {})[id_hash(rid)] = _OUTCOME_CODE[kind]
+    hours = state.expired.get(partition)
+    if hours:
         horizon = now_ms - limits.dedupe_ids_s * 1000
-        for day in [d for d in days if (d + 1) * DAY_MS <= horizon]:
-            del days[day]
-        _cap_ids(days, limits.dedupe_ids_max_bytes // PARTITIONS // ID_BYTES)
+        for hour in [h for h in hours if (h + 1) * BUCKET_MS <= horizon]:
+            del hours[hour]
+        _cap_ids(hours, limits.dedupe_ids_max_bytes // PARTITIONS // ID_BYTES)
 
 
-def _cap_ids(days: dict[int, dict[int, int]], most: int) -> None:
-    """Forget the oldest ids of a partition past `most`: a whole day when it is all
-    over, else at least a quarter of the oldest day at once (a dict rebuilt from its
-    newer part: popping a dict's oldest keys one by one costs more each time)."""
-    total = sum(len(ids) for ids in days.values())
-    while total > most:
-        oldest = min(days)
-        ids = days[oldest]
-        over = total - most
-        if over >= len(ids):
-            del days[oldest]
-            total -= len(ids)
-        else:
-            drop = max(over, len(ids) // 4)
-            days[oldest] = dict(islice(ids.items(), drop, None))
-            total -= drop
+def _cap_ids(hours: dict[int, dict[int, int]], most: int) -> None:
+    """Forget the oldest hours of ids of a partition, whole, while it keeps over `most`.
+
+    Whole buckets, never a part of one: a live router remembers terminals in the order
+    it decided them and a fold of the log in the order their acks came, so the order
+    inside a bucket differs between the two; which hours are kept does not."""
+    total = sum(len(ids) for ids in hours.values())
+    while total > most and hours:
+        oldest = min(hours)
+        total -= len(hours.pop(oldest))
 
 
 def id_hash(request_id: str) -> int:
@@ -277,11 +271,11 @@ def id_hash(request_id: str) -> int:
 
 def expired_outcome(state: RouterState, tenant: str, request_id: str) -> str | None:
     """The outcome of a request whose answer is no longer kept, if it finished."""
-    days = state.expired.get(home_partition(tenant))
-    if not days:
+    hours = state.expired.get(home_partition(tenant))
+    if not hours:
         return None
     h = id_hash(request_id)
-    for ids in days.values():
+    for ids in hours.values():
         code = ids.get(h)
         if code is not None:
             return OUTCOMES[code]

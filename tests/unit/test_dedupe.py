@@ -3,8 +3,10 @@ bounded by bytes, and never a second upstream call for a request that was answer
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
+import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -98,19 +100,53 @@ def test_each_answer_is_charged_its_overhead_so_the_cap_bounds_memory() -> None:
     assert resent(shell, "r10", text="10").code == "duplicate_expired"
 
 
-def test_ids_past_their_answers_are_bounded_by_bytes_oldest_first() -> None:
+def test_ids_past_their_answers_are_bounded_by_bytes_the_oldest_hours_first() -> None:
     ids_cap = 3 * ID_BYTES * PARTITIONS  # room for three ids per partition
     shell = Shell(config(dedupe_max_bytes=1, dedupe_ids_max_bytes=ids_cap))  # no answer kept
-    for n in range(10):
+    for n in range(10):  # one an hour
         shell.run(request(f"r{n}", text=str(n)))
-        shell.now += 1
+        shell.now += HOUR_MS
     assert shell.state.snapshot()["forgotten"] == 3
-    for n in (7, 8, 9):  # the newest three are still known: never called again
+    for n in (7, 8, 9):  # the newest three hours are still known: never called again
         assert resent(shell, f"r{n}", text=str(n)).code == "duplicate_expired"
     calls = len(shell.calls)
-    shell.now += 2000  # past the cache's ttl: a call would not be a cache hit
     shell.submit(request("r0", text="0"))  # the oldest is forgotten: a new request
     assert len(shell.calls) == calls + 1
+
+
+def test_ids_are_forgotten_by_whole_hours_so_the_order_inside_one_does_not_matter() -> None:
+    ids_cap = 3 * ID_BYTES * PARTITIONS
+    shell = Shell(config(dedupe_max_bytes=1, dedupe_ids_max_bytes=ids_cap))
+    for n in range(4):  # four in the first hour: over the cap, that hour goes whole
+        shell.run(request(f"a{n}", text=f"a{n}"))
+    assert shell.state.snapshot()["forgotten"] == 0
+    shell.now += HOUR_MS
+    for n in range(2):
+        shell.run(request(f"b{n}", text=f"b{n}"))
+    assert shell.state.snapshot()["forgotten"] == 2
+
+
+def test_a_version_1_snapshot_keeps_its_ids_by_day_at_the_days_first_hour() -> None:
+    shell = Shell(config(dedupe_max_bytes=1))  # every answer forgotten, its id kept
+    shell.run(request("r1", text="a"))
+    state = fold(shell.log, shell.cfg)
+    p = home_partition("acme")
+    ((hour, ids),) = state.expired[p].items()
+    part = snaps.capture(state, p)
+    old = msgspec.structs.replace(part, expired={hour // 24: ids})  # as version 1 kept it
+    body = msgspec.msgpack.encode(old)
+    frame = snaps.decode(msgspec.msgpack.encode(snaps.Snapshot(
+        version=1, partition=p, offset=9, taken_at_ms=1, writer="v1",
+        digest=hashlib.blake2b(body, digest_size=16).hexdigest(), body=body)))  # fmt: skip
+    restored = snaps.restore([frame])
+    assert restored.expired[p] == {hour // 24 * 24: ids}
+    assert resent_in(restored, shell, "r1", text="a").code == "duplicate_expired"
+
+
+def resent_in(state: Any, shell: Shell, rid: str, **kw: Any) -> Any:
+    (effect,) = decide_intake(state, request(rid, **kw), shell.ctx()).effects
+    assert isinstance(effect, Resend)
+    return effect.terminal
 
 
 PLANS = st.lists(st.tuples(st.integers(0, 3), st.integers(0, 3 * HOUR_MS)), min_size=1,
