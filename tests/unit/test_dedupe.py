@@ -62,7 +62,7 @@ def test_past_the_id_window_a_resend_is_a_new_request() -> None:
     shell.run(request("r2", text="b"))
     shell.submit(request("r1", text="a"))
     assert len(shell.calls) == 1  # called again: it is older than anything remembered
-    assert shell.state.snapshot()["forgotten"] == 0  # r1's day bucket is past dedupe_ids_s
+    assert shell.state.snapshot()["forgotten"] == 0  # r1's hour bucket is past dedupe_ids_s
 
 
 def test_answers_are_bounded_by_bytes_per_partition_oldest_first() -> None:
