@@ -41,7 +41,7 @@ import msgspec
 
 from turnout.service.core import events as ev
 from turnout.service.core.config import TenantLimits
-from turnout.service.core.pricing import Price, usd_to_micros
+from turnout.service.core.pricing import Price, decimal_of, usd_to_micros
 
 __all__ = [
     "LIFETIME",
@@ -110,6 +110,12 @@ def limit_micros(usd: float) -> int:
     return usd_to_micros(usd)
 
 
+@lru_cache(maxsize=64)
+def _per_token(usd_per_mtok: float) -> Decimal:
+    """USD per token of a price per million tokens."""
+    return decimal_of(usd_per_mtok) / _MICRO
+
+
 def reservation_micros(
     prompt_tokens: int,
     max_tokens: int | None,
@@ -123,13 +129,13 @@ def reservation_micros(
     candidates at all count as one unpriced model. Never 0 when there are tokens."""
     prompt = max(prompt_tokens, 0)
     completion = max(limits.default_max_tokens if max_tokens is None else max_tokens, 0)
-    fallback = Decimal(str(limits.default_price_per_mtok)) / _MICRO
+    fallback = _per_token(limits.default_price_per_mtok)
     worst = Decimal(0)
     for price in prices or (None,):
         p, c = (
             (fallback, fallback)
             if price is None
-            else (Decimal(str(price.prompt)), Decimal(str(price.completion)))
+            else (decimal_of(price.prompt), decimal_of(price.completion))
         )
         worst = max(worst, p * prompt + c * completion)
     micros = int((worst * _MICRO).to_integral_value(rounding=ROUND_CEILING))
@@ -143,11 +149,11 @@ def completion_allowance(
     micro-dollars) at `price` (else `default_price_per_mtok`), one token of margin for
     rounding; None when completion is free. A stream is cut there (`turnout.stream.cut`),
     so its charge never passes what was reserved, and spend never passes the limit."""
-    fallback = Decimal(str(limits.default_price_per_mtok)) / _MICRO
+    fallback = _per_token(limits.default_price_per_mtok)
     p, c = (
         (fallback, fallback)
         if price is None
-        else (Decimal(str(price.prompt)), Decimal(str(price.completion)))
+        else (decimal_of(price.prompt), decimal_of(price.completion))
     )
     if c <= 0:
         return None

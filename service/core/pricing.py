@@ -8,6 +8,7 @@ Upstreams publish prices as USD per token (decimal strings, e.g. OpenRouter's
 from __future__ import annotations
 
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from functools import lru_cache
 
 import msgspec
 
@@ -28,8 +29,15 @@ class Price(msgspec.Struct, frozen=True, kw_only=True):
         return (self.prompt + self.completion) * 500_000
 
 
+@lru_cache(maxsize=4096)
+def decimal_of(value: float) -> Decimal:
+    """A float as the decimal it prints as (`Decimal(str(value))`), remembered: a
+    handful of prices are converted several times per request."""
+    return Decimal(str(value))
+
+
 def usd_to_micros(usd: float | str | Decimal) -> int:
-    value = Decimal(str(usd)) * _MICRO
+    value = (usd if isinstance(usd, Decimal) else Decimal(str(usd))) * _MICRO
     return int(value.quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
@@ -45,8 +53,8 @@ def parse_price(prompt: str, completion: str) -> Price | None:
 
 
 def cost_micros(price: Price, prompt_tokens: int, completion_tokens: int) -> int:
-    usd = Decimal(str(price.prompt)) * prompt_tokens
-    usd += Decimal(str(price.completion)) * completion_tokens
+    usd = decimal_of(price.prompt) * prompt_tokens
+    usd += decimal_of(price.completion) * completion_tokens
     return usd_to_micros(usd)
 
 
