@@ -39,7 +39,13 @@ from turnout.service.core import ratelimit
 from turnout.service.core.breaker import Breaker
 from turnout.service.core.partitioning import home_partition
 from turnout.service.core.retry import RetryBudget
-from turnout.service.core.state import InFlight, RouterState, Terminal, remember_encoded
+from turnout.service.core.state import (
+    ForgottenIds,
+    InFlight,
+    RouterState,
+    Terminal,
+    remember_encoded,
+)
 from turnout.service.core.stats import LatencyStat
 
 __all__ = [
@@ -134,7 +140,7 @@ def capture(state: RouterState, partition: int) -> PartitionState:
         partition=partition,
         inflight=[f for f in state.inflight.values() if mine(f.tenant)],
         finished=finished,
-        expired={hour: dict(ids) for hour, ids in state.expired.get(partition, {}).items()},
+        expired=forgotten.by_hour() if (forgotten := state.expired.get(partition)) else {},
         intake=[(rid, p, o) for rid, (p, o) in state.intake.items() if rid in owned],
         limits={t: ratelimit.dump(w) for t, w in state.limits.items() if mine(t)},
         budgets={t: budgets.dump(b) for t, b in state.budgets.items() if mine(t)},
@@ -209,7 +215,10 @@ def _put(state: RouterState, part: PartitionState, *, by_day: bool = False) -> N
         state.intake[rid] = (p, o)
     if part.expired:
         scale = _HOURS_A_DAY if by_day else 1
-        state.expired[part.partition] = {b * scale: dict(ids) for b, ids in part.expired.items()}
+        forgotten = state.expired[part.partition] = ForgottenIds()
+        for bucket, ids in part.expired.items():
+            for h, code in ids.items():
+                forgotten.add(bucket * scale, h, code)
     for tenant, windows in part.limits.items():
         state.limits[tenant] = ratelimit.load(windows)
     for tenant, budget in part.budgets.items():

@@ -49,12 +49,12 @@ from turnout.service.core.retry import RetryBudget, note_request, note_retry
 from turnout.service.core.stats import LatencyStat, observe_latency
 
 __all__ = [
-    "OUTCOMES", "Answers", "InFlight", "RouterState", "Terminal", "evolve", "expired_outcome",
-    "fold", "id_hash",
+    "OUTCOMES", "Answers", "ForgottenIds", "InFlight", "RouterState", "Terminal", "evolve",
+    "expired_outcome", "fold", "id_hash",
 ]  # fmt: skip
 
 BUCKET_MS: Final = 3_600_000  # ids past their answers are kept (and forgotten) by the hour
-ID_BYTES: Final = 96  # memory of a forgotten answer's id hash and outcome (~90 B measured)
+ID_BYTES: Final = 96  # memory of a forgotten answer's id hash and outcome (90-100 B measured)
 OUTCOMES: Final = ("completed", "failed", "rejected", "cancelled")  # codes in `expired`
 _OUTCOME_CODE: Final = {f"turnout.request.{o}": n for n, o in enumerate(OUTCOMES)}
 _size_encoder: Final = msgspec.msgpack.Encoder()
@@ -119,6 +119,62 @@ class Answers:
         return len(self._raw)
 
 
+class ForgottenIds:
+    """One partition's requests whose answers are no longer kept: a 64-bit hash of each
+    id with its outcome code, by the hour the request finished. One dict answers a
+    lookup (every new request asks); the hours list their ids, so an hour goes whole
+    (see `_cap_ids`). An id kept in two hours counts in the later one."""
+
+    __slots__ = ("_by_hash", "_hours", "_oldest", "_packed")
+
+    def __init__(self) -> None:
+        self._by_hash: dict[int, int] = {}  # id hash -> hour << 2 | outcome code
+        self._hours: dict[int, list[int]] = {}  # hour -> id hashes
+        self._oldest: int | None = None  # min(self._hours)
+        self._packed: dict[int, int] = {}  # hour << 2 | code, interned
+
+    def add(self, hour: int, h: int, code: int) -> None:
+        kept = self._by_hash.get(h)
+        if kept is not None and kept >> 2 > hour:
+            return
+        packed = hour << 2 | code
+        self._by_hash[h] = self._packed.setdefault(packed, packed)  # one int object each
+        self._hours.setdefault(hour, []).append(h)
+        if self._oldest is None or hour < self._oldest:
+            self._oldest = hour
+
+    def outcome(self, h: int) -> int | None:
+        kept = self._by_hash.get(h)
+        return None if kept is None else kept & 3
+
+    @property
+    def oldest(self) -> int | None:
+        return self._oldest
+
+    def drop_oldest(self) -> None:
+        hour = self._oldest
+        if hour is None:
+            return
+        for h in self._hours.pop(hour):
+            if self._by_hash.get(h, -1) >> 2 == hour:
+                del self._by_hash[h]
+        for code in range(len(OUTCOMES)):
+            self._packed.pop(hour << 2 | code, None)
+        self._oldest = min(self._hours) if self._hours else None
+
+    def by_hour(self) -> dict[int, dict[int, int]]:
+        """hour -> {id hash: outcome code} (snapshots' form)."""
+        out: dict[int, dict[int, int]] = {}
+        for hour, hashes in self._hours.items():
+            ids = {h: kept & 3 for h in hashes if (kept := self._by_hash[h]) >> 2 == hour}
+            if ids:
+                out[hour] = ids
+        return out
+
+    def __len__(self) -> int:
+        return len(self._by_hash)
+
+
 class InFlight(msgspec.Struct, frozen=True, kw_only=True):
     """A request between `accepted` and its terminal event."""
 
@@ -164,7 +220,7 @@ class RouterState:
         self.answers: dict[int, OrderedDict[str, tuple[int, int]]] = {}
         self.answer_bytes: dict[int, int] = {}
         # per partition, per hour finished: id hash -> outcome code (answers forgotten)
-        self.expired: dict[int, dict[int, dict[int, int]]] = {}
+        self.expired: dict[int, ForgottenIds] = {}
 
     def cache_index(self, tenant: str) -> CacheIndex:
         """The cache index of the tenant's home partition (created empty when new)."""
@@ -182,7 +238,7 @@ class RouterState:
             "retry_budget": msgspec.to_builtins(self.retry_budget),
             "inflight": sorted(self.inflight),
             "finished": len(self.finished),
-            "forgotten": sum(len(ids) for days in self.expired.values() for ids in days.values()),
+            "forgotten": sum(len(ids) for ids in self.expired.values()),
             "limits": {t: ratelimit.snapshot(w) for t, w in sorted(self.limits.items())},
             "budgets": {t: budgets.snapshot(b) for t, b in sorted(self.budgets.items())},
             "cache": {str(p): i.snapshot() for p, i in sorted(self.cache.items())},
@@ -242,26 +298,26 @@ def forget(state: RouterState, partition: int, now_ms: int, cfg: Config) -> None
         kind = state.finished.pop_kind(rid)
         state.intake.pop(rid, None)
         if kind is not None:
-            kept = state.expired.setdefault(partition, {})
-            kept.setdefault(at_ms // BUCKET_MS, {})[id_hash(rid)] = _OUTCOME_CODE[kind]
-    hours = state.expired.get(partition)
-    if hours:
+            ids = state.expired.get(partition)
+            if ids is None:
+                ids = state.expired[partition] = ForgottenIds()
+            ids.add(at_ms // BUCKET_MS, id_hash(rid), _OUTCOME_CODE[kind])
+    ids = state.expired.get(partition)
+    if ids is not None:
         horizon = now_ms - limits.dedupe_ids_s * 1000
-        for hour in [h for h in hours if (h + 1) * BUCKET_MS <= horizon]:
-            del hours[hour]
-        _cap_ids(hours, limits.dedupe_ids_max_bytes // PARTITIONS // ID_BYTES)
+        while ids.oldest is not None and (ids.oldest + 1) * BUCKET_MS <= horizon:
+            ids.drop_oldest()
+        _cap_ids(ids, limits.dedupe_ids_max_bytes // PARTITIONS // ID_BYTES)
 
 
-def _cap_ids(hours: dict[int, dict[int, int]], most: int) -> None:
+def _cap_ids(ids: ForgottenIds, most: int) -> None:
     """Forget the oldest hours of ids of a partition, whole, while it keeps over `most`.
 
-    Whole buckets, never a part of one: a live router remembers terminals in the order
+    Whole hours, never a part of one: a live router remembers terminals in the order
     it decided them and a fold of the log in the order their acks came, so the order
-    inside a bucket differs between the two; which hours are kept does not."""
-    total = sum(len(ids) for ids in hours.values())
-    while total > most and hours:
-        oldest = min(hours)
-        total -= len(hours.pop(oldest))
+    inside an hour differs between the two; which hours are kept does not."""
+    while len(ids) > most and ids.oldest is not None:
+        ids.drop_oldest()
 
 
 def id_hash(request_id: str) -> int:
@@ -271,15 +327,11 @@ def id_hash(request_id: str) -> int:
 
 def expired_outcome(state: RouterState, tenant: str, request_id: str) -> str | None:
     """The outcome of a request whose answer is no longer kept, if it finished."""
-    hours = state.expired.get(home_partition(tenant))
-    if not hours:
+    ids = state.expired.get(home_partition(tenant))
+    if not ids:
         return None
-    h = id_hash(request_id)
-    for ids in hours.values():
-        code = ids.get(h)
-        if code is not None:
-            return OUTCOMES[code]
-    return None
+    code = ids.outcome(id_hash(request_id))
+    return None if code is None else OUTCOMES[code]
 
 
 def _update(state: RouterState, request_id: str, **changes: object) -> None:
