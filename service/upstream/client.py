@@ -13,6 +13,11 @@ Rules:
 - Calls go straight to the shared client's transport (its connection pool)
   with pre-built URLs and headers; the client-level pipeline (auth flows,
   cookies, redirects, hooks) does nothing for us and cost half of a call's CPU.
+  Non-streamed calls on the aiohttp transport go one step further, to its
+  `aiohttp.ClientSession` itself: httpx's Request/Response objects around each
+  exchange cost as much CPU again as aiohttp's own work (bench_upstream.py).
+  Same pool, proxy, timeouts and headers; aiohttp's exceptions are classified
+  first anyway (`translate._EXCEPTIONS`).
 - The API key is read from the environment once, at construction, and lives
   only in the pre-built request headers (httpx masks it in reprs). It is never
   logged, and never put in stats or events.
@@ -223,6 +228,13 @@ class UpstreamClient:
         self._stream_headers = httpx.Headers(
             {**_headers(options, key), **_JSON_HEADERS, "accept": "text/event-stream"}
         )
+        # the aiohttp transport's session, used directly for non-streamed calls
+        self._direct = self._transport if isinstance(self._transport, AiohttpTransport) else None
+        self._direct_headers = {
+            "GET": _MaskedHeaders(_headers(options, key)),
+            "POST": _MaskedHeaders({**_headers(options, key), **_JSON_HEADERS}),
+        }
+        self._client_timeouts: dict[float, aiohttp.ClientTimeout] = {}
 
     async def call(
         self, model: str, body: Mapping[str, Any], *, timeout_s: float | None = None
@@ -401,6 +413,8 @@ class UpstreamClient:
         client-level pipeline (auth flows, cookies, redirects, event hooks) does
         nothing for us and cost half of the call's CPU (bench_upstream.py).
         """
+        if self._direct is not None:
+            return await self._send_direct(self._direct, method, path, payload, deadline_s)
         deadline = asyncio.timeout(deadline_s)
         request = httpx.Request(
             method,
@@ -420,13 +434,59 @@ class UpstreamClient:
             if deadline.expired():
                 return TimeoutError(f"no complete answer within {deadline_s:g} s")
             return err
-        headers = response.headers
-        return Reply(
-            status=response.status_code,
-            content=content,
-            retry_after=headers.get("retry-after"),
-            generation_id=headers.get("x-generation-id"),
-        )
+        return _reply(response.status_code, content, response.headers)
+
+    async def _send_direct(
+        self,
+        transport: AiohttpTransport,
+        method: str,
+        path: str,
+        payload: bytes | None,
+        deadline_s: float,
+    ) -> Reply | BaseException:
+        """`_send` on the aiohttp transport's own session (what its
+        `handle_async_request` does, without the httpx objects around it)."""
+        session = transport.client
+        if not isinstance(session, aiohttp.ClientSession):
+            session = transport.client = transport.get_client()
+        proxy = transport.proxy
+        deadline = asyncio.timeout(deadline_s)
+        try:
+            async with deadline, session.request(
+                method,
+                self._url_text(path),
+                headers=self._direct_headers[method],
+                data=payload,
+                allow_redirects=False,
+                timeout=self._client_timeout(deadline_s),
+                proxy=str(proxy.url) if proxy is not None else None,
+                proxy_auth=aiohttp.BasicAuth(*proxy.auth) if proxy and proxy.auth else None,
+                proxy_headers=proxy.headers if proxy is not None else None,
+            ) as response:
+                content = await response.read()
+        except _CAUGHT as err:
+            if deadline.expired():
+                return TimeoutError(f"no complete answer within {deadline_s:g} s")
+            return err
+        return _reply(response.status, content, response.headers)
+
+    def _url_text(self, path: str) -> str:
+        return self.options.base_url + path
+
+    def _client_timeout(self, deadline_s: float) -> aiohttp.ClientTimeout:
+        """The transport's mapping of an httpx timeout onto aiohttp's, per deadline."""
+        timeout = self._client_timeouts.get(deadline_s)
+        if timeout is None:
+            if len(self._client_timeouts) > 64:
+                self._client_timeouts.clear()
+            limits = self._timeout_for(deadline_s)
+            timeout = aiohttp.ClientTimeout(
+                sock_connect=limits.get("connect"),
+                sock_read=limits.get("read"),
+                connect=limits.get("pool"),
+            )
+            self._client_timeouts[deadline_s] = timeout
+        return timeout
 
     def _url(self, path: str) -> httpx.URL:
         url = self._urls.get(path)
@@ -510,6 +570,23 @@ def _env_proxy(options: ClientOptions) -> httpx.Proxy | None:
     if not proxy or urllib.request.proxy_bypass(url.hostname or ""):
         return None
     return httpx.Proxy(proxy)
+
+
+def _reply(status: int, content: bytes, headers: Mapping[str, str]) -> Reply:
+    return Reply(
+        status=status,
+        content=content,
+        retry_after=headers.get("retry-after"),
+        generation_id=headers.get("x-generation-id"),
+    )
+
+
+class _MaskedHeaders(dict[str, str]):
+    """Request headers whose repr never shows the API key (as httpx.Headers masks it)."""
+
+    def __repr__(self) -> str:
+        shown = {k: "[secure]" if k == "authorization" else v for k, v in self.items()}
+        return f"{type(self).__name__}({shown!r})"
 
 
 def _timeout(options: ClientOptions, deadline_s: float) -> httpx.Timeout:
