@@ -82,7 +82,7 @@ from turnout.service.core.state import RouterState, Terminal, evolve
 from turnout.service.errors import TurnoutError
 from turnout.service.kafka.consumer import GroupConsumer, Reader
 from turnout.service.kafka.errors import GroupMovedOn
-from turnout.service.kafka.producer import Producer
+from turnout.service.kafka.producer import BatchedProducer, Producer
 from turnout.service.kafka.settings import KafkaSettings
 from turnout.service.kafka.topics import (
     broker_engine,
@@ -281,7 +281,7 @@ class Router:
         # in a partition, cheaper reads). Batching off means one event per request.
         linger = self.kafka.events_linger_ms if cfg.features.batching else 0
         events = self.kafka.replace(linger_ms=linger)
-        self.event_producers = [Producer(events) for _ in range(EVENT_PRODUCERS)]
+        self.event_producers = [BatchedProducer(events) for _ in range(EVENT_PRODUCERS)]
         # streamed answers' chunk records: the first on a producer with no linger, so a
         # first token never waits; the rest batched across streams
         self.first_chunks = Producer(self.kafka.replace(linger_ms=0))
@@ -1342,7 +1342,7 @@ class Router:
             # explicit (the event's key is its tenant): aiokafka's partitioner is pure Python
             partition = home_partition(event.tenant)
             producer = self.event_producers[partition % EVENT_PRODUCERS]
-            future = await producer.send(
+            future = producer.enqueue(
                 self.topics.events, value, key=key, headers=headers, partition=partition
             )
             self._last_event[partition] = future

@@ -29,7 +29,7 @@ from turnout.service.kafka.consumer import (
     topic_partitions,
 )
 from turnout.service.kafka.errors import KafkaUnavailable, RecordTooLarge
-from turnout.service.kafka.producer import OutRecord, Producer
+from turnout.service.kafka.producer import BatchedProducer, OutRecord, Producer
 from turnout.service.kafka.settings import (
     MAX_RECORD_BYTES,
     KafkaSettings,
@@ -243,6 +243,61 @@ async def test_adapter_records_roundtrip_through_plain_aiokafka(
     assert [r.value for r in got] == [f"value-{i}".encode() for i in range(5)] + [None]
     assert all(r.key == b"acme" for r in got)
     assert [list(r.headers) for r in got[:5]] == [HEADERS] * 5
+
+
+@pytest.mark.tansu
+async def test_batched_records_keep_their_partitions_order_and_learn_their_offsets(
+    kafka_settings: KafkaSettings, kafka_topics: Topics
+):
+    """The router's event producers build their own batches: small batches fill and leave
+    before the linger ends, yet every partition's records land in the order enqueued and
+    each future resolves with its own record's offset."""
+    topic = kafka_topics.events
+    settings = kafka_settings.replace(linger_ms=50, max_batch_bytes=1024)
+    async with BatchedProducer(settings) as producer:
+        futures = [
+            producer.enqueue(
+                topic, f"value-{i}".encode(), key=b"acme", headers=HEADERS, partition=i % 3
+            )
+            for i in range(300)
+        ]
+        metas = await asyncio.gather(*futures)
+        late = await (await producer.send(topic, b"late", key=b"acme", partition=0))
+
+    for p in range(3):
+        assert [m.offset for m in metas[p::3]] == list(range(100))
+        assert {(m.topic, m.partition) for m in metas[p::3]} == {(topic, p)}
+    assert (late.partition, late.offset) == (0, 100)
+    got = await _read_all(kafka_settings, topic, 301)
+    for p in range(3):
+        values = [r.value for r in got if r.partition == p]
+        assert values == [f"value-{i}".encode() for i in range(p, 300, 3)] + ([b"late"] * (p == 0))
+    assert all(list(r.headers) == HEADERS for r in got if r.value != b"late")
+
+
+async def test_batched_records_still_lingering_are_delivered_when_the_producer_stops(
+    kafka_settings: KafkaSettings, kafka_topics: Topics
+):
+    producer = BatchedProducer(kafka_settings.replace(linger_ms=60_000))
+    await producer.start()
+    futures = [producer.enqueue(kafka_topics.events, b"v%d" % i, partition=i % 2) for i in range(6)]
+    await producer.stop()  # long before the linger would have sent them
+
+    assert [f.result().offset for f in futures] == [0, 0, 1, 1, 2, 2]
+    assert len(await _read_all(kafka_settings, kafka_topics.events, 6)) == 6
+
+
+async def test_a_batched_record_for_a_partition_the_topic_lacks_fails_and_others_go_on(
+    kafka_settings: KafkaSettings, kafka_topics: Topics
+):
+    async with BatchedProducer(kafka_settings.replace(linger_ms=0)) as producer:
+        lost = producer.enqueue(kafka_topics.events, b"nowhere", partition=999)
+        kept = producer.enqueue(kafka_topics.events, b"somewhere", partition=1)
+        with pytest.raises(Exception):  # noqa: B017 - aiokafka's own error, whatever it is
+            await asyncio.wait_for(lost, 30)
+        assert (await asyncio.wait_for(kept, 30)).partition == 1
+        with pytest.raises(RecordTooLarge):
+            producer.enqueue(kafka_topics.events, b"x" * (MAX_RECORD_BYTES + 1), partition=1)
 
 
 async def test_records_over_the_size_limit_are_refused_before_sending(
