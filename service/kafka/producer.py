@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import copy
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -32,6 +33,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from aiokafka.partitioner import murmur2
 from aiokafka.structs import RecordMetadata
 
 from turnout.service.errors import TurnoutError
@@ -217,6 +219,7 @@ class BatchedProducer(Producer):
         self._closed: collections.deque[_OpenBatch] = collections.deque()
         self._timer: asyncio.TimerHandle | asyncio.Handle | None = None
         self._submitter: asyncio.Task[None] | None = None
+        self._spread = itertools.count()  # partitions for keyless records, in turn
 
     def enqueue(
         self,
@@ -262,9 +265,28 @@ class BatchedProducer(Producer):
         headers: Headers = (),
         partition: int | None = None,
     ) -> asyncio.Future[RecordMetadata]:
+        """`Producer.send`: the key chooses the partition when none is named (murmur2, as
+        aiokafka's and Java's default partitioner; no key: round robin)."""
         if partition is None:
-            raise ValueError("a BatchedProducer's records name their partition")
+            try:  # waits for the topic's metadata, as aiokafka's send does
+                count = len(await self._producer.partitions_for(topic))
+            except (KafkaError, OSError) as err:
+                raise translate(err, bootstrap=self.settings.bootstrap) from err
+            if key is None:
+                partition = next(self._spread) % count
+            else:
+                partition = (murmur2(key) & 0x7FFFFFFF) % count
         return self.enqueue(topic, value, key=key, headers=headers, partition=partition)
+
+    async def send_batch(self, records: Iterable[OutRecord]) -> list[RecordMetadata]:
+        batch = tuple(records)
+        for r in batch:
+            self._check_size(r.topic, r.key, r.value, r.headers)
+        futures = [
+            await self.send(r.topic, r.value, key=r.key, headers=r.headers, partition=r.partition)
+            for r in batch
+        ]
+        return list(await asyncio.gather(*futures))
 
     async def flush(self) -> None:
         """Wait until everything enqueued so far is delivered."""

@@ -272,7 +272,8 @@ class Router:
         self._prices_last: dict[str, list[float]] = {}
         self.intake_stats = IntakeStats()
         self.tasks: set[asyncio.Task[None]] = set()
-        self.producer = Producer(self.kafka)  # responses, DLQ, forwards, markers
+        self.producer = BatchedProducer(self.kafka)  # responses, DLQ, forwards: what one
+        # loop step answers leaves in one batch per partition (linger 0: nothing waits)
         # aiokafka keeps one produce request in flight per broker connection: events go
         # out on their own connections (by partition, so each partition keeps its order),
         # and a response never queues behind a batch of events. No response waits for an

@@ -452,17 +452,20 @@ class UpstreamClient:
         proxy = transport.proxy
         deadline = asyncio.timeout(deadline_s)
         try:
-            async with deadline, session.request(
-                method,
-                self._url_text(path),
-                headers=self._direct_headers[method],
-                data=payload,
-                allow_redirects=False,
-                timeout=self._client_timeout(deadline_s),
-                proxy=str(proxy.url) if proxy is not None else None,
-                proxy_auth=aiohttp.BasicAuth(*proxy.auth) if proxy and proxy.auth else None,
-                proxy_headers=proxy.headers if proxy is not None else None,
-            ) as response:
+            async with (
+                deadline,
+                session.request(
+                    method,
+                    self._url_text(path),
+                    headers=self._direct_headers[method],
+                    data=payload,
+                    allow_redirects=False,
+                    timeout=self._client_timeout(deadline_s),
+                    proxy=str(proxy.url) if proxy is not None else None,
+                    proxy_auth=aiohttp.BasicAuth(*proxy.auth) if proxy and proxy.auth else None,
+                    proxy_headers=proxy.headers if proxy is not None else None,
+                ) as response,
+            ):
                 content = await response.read()
         except _CAUGHT as err:
             if deadline.expired():

@@ -275,6 +275,23 @@ async def test_batched_records_keep_their_partitions_order_and_learn_their_offse
     assert all(list(r.headers) == HEADERS for r in got if r.value != b"late")
 
 
+@pytest.mark.tansu
+async def test_a_batched_record_without_a_partition_goes_where_aiokafka_would_put_its_key(
+    kafka_settings: KafkaSettings, kafka_topics: Topics
+):
+    """Responses are keyed by request id: the batched producer partitions keys as aiokafka's
+    (and Java's) default partitioner does, so a reader of one partition sees its keys."""
+    keys = [f"req-{i}".encode() for i in range(40)]
+    async with Producer(kafka_settings) as plain, BatchedProducer(kafka_settings) as batched:
+        expected = await plain.send_batch(OutRecord(kafka_topics.events, b"a", k) for k in keys)
+        got = await batched.send_batch(OutRecord(kafka_topics.events, b"b", k) for k in keys)
+        keyless = await (await batched.send(kafka_topics.events, b"c"))
+
+    assert [m.partition for m in got] == [m.partition for m in expected]
+    assert len({m.partition for m in got}) > 1
+    assert 0 <= keyless.partition < 12
+
+
 async def test_batched_records_still_lingering_are_delivered_when_the_producer_stops(
     kafka_settings: KafkaSettings, kafka_topics: Topics
 ):
