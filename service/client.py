@@ -43,7 +43,7 @@ from turnout.service.clock import clock
 from turnout.service.core.config import Config
 from turnout.service.errors import TurnoutError
 from turnout.service.kafka.consumer import Reader, TopicPartition
-from turnout.service.kafka.producer import Producer
+from turnout.service.kafka.producer import BatchedProducer, Producer
 from turnout.service.kafka.settings import KafkaSettings, validate_topic_name
 from turnout.service.kafka.topics import admin_client, ensure_topic, existing_topics
 from turnout.service.wire.stream import (
@@ -251,7 +251,7 @@ class AsyncTurnout:
                 f"intake topic {self.topics.requests} does not exist on "
                 f"{self.settings.bootstrap}: run `turnout topics ensure` (or start a router)"
             )
-        producer = Producer(self.settings)
+        producer = BatchedProducer(self.settings)  # many callers' requests, few batches
         await producer.start()
         self._producer = producer
         if not self.replies:

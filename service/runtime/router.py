@@ -82,7 +82,7 @@ from turnout.service.core.state import RouterState, Terminal, evolve
 from turnout.service.errors import TurnoutError
 from turnout.service.kafka.consumer import GroupConsumer, Reader
 from turnout.service.kafka.errors import GroupMovedOn
-from turnout.service.kafka.producer import BatchedProducer, Producer
+from turnout.service.kafka.producer import BatchedProducer
 from turnout.service.kafka.settings import KafkaSettings
 from turnout.service.kafka.topics import (
     broker_engine,
@@ -285,8 +285,10 @@ class Router:
         self.event_producers = [BatchedProducer(events) for _ in range(EVENT_PRODUCERS)]
         # streamed answers' chunk records: the first on a producer with no linger, so a
         # first token never waits; the rest batched across streams
-        self.first_chunks = Producer(self.kafka.replace(linger_ms=0))
-        self.chunk_producer = Producer(self.kafka.replace(linger_ms=cfg.streaming.linger_ms))
+        self.first_chunks = BatchedProducer(self.kafka.replace(linger_ms=0))
+        self.chunk_producer = BatchedProducer(
+            self.kafka.replace(linger_ms=cfg.streaming.linger_ms)
+        )
         self._partitions: dict[str, int] = {}  # reply topic -> its partition count
         self.streams: set[str] = set()  # request ids answered as streams (last record's header)
         self.replays: dict[str, list[dict[str, Any]]] = {}  # a stream's cached chunks, to send
