@@ -286,9 +286,7 @@ class Router:
         # streamed answers' chunk records: the first on a producer with no linger, so a
         # first token never waits; the rest batched across streams
         self.first_chunks = BatchedProducer(self.kafka.replace(linger_ms=0))
-        self.chunk_producer = BatchedProducer(
-            self.kafka.replace(linger_ms=cfg.streaming.linger_ms)
-        )
+        self.chunk_producer = BatchedProducer(self.kafka.replace(linger_ms=cfg.streaming.linger_ms))
         self._partitions: dict[str, int] = {}  # reply topic -> its partition count
         self.streams: set[str] = set()  # request ids answered as streams (last record's header)
         self.replays: dict[str, list[dict[str, Any]]] = {}  # a stream's cached chunks, to send
