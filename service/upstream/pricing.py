@@ -204,15 +204,20 @@ class PriceBook:
 
     @property
     def table(self) -> Mapping[str, Price]:
-        parts = tuple(c.table for c in self.caches.values())
-        if any(a is not b for a, b in zip(parts, self._parts, strict=False)) or (
-            len(parts) != len(self._parts)
-        ):
-            merged: dict[str, Price] = {}
-            for part in parts:
-                merged.update(part)
-            merged.update(self._fixed)
-            self._parts, self._table = parts, MappingProxyType(merged)
+        """Read for every decision (`Context.prices`): the unchanged case is a plain loop."""
+        caches, kept = self.caches.values(), self._parts
+        if len(caches) == len(kept):
+            for cache, part in zip(caches, kept, strict=True):
+                if cache.table is not part:
+                    break
+            else:
+                return self._table
+        parts = tuple(c.table for c in caches)
+        merged: dict[str, Price] = {}
+        for part in parts:
+            merged.update(part)
+        merged.update(self._fixed)
+        self._parts, self._table = parts, MappingProxyType(merged)
         return self._table
 
     def price(self, model: str) -> Price | None:
