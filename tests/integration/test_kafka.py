@@ -304,6 +304,19 @@ async def test_batched_records_still_lingering_are_delivered_when_the_producer_s
     assert len(await _read_all(kafka_settings, kafka_topics.events, 6)) == 6
 
 
+async def test_a_batched_flush_delivers_what_lingers_and_the_producer_goes_on(
+    kafka_settings: KafkaSettings, kafka_topics: Topics
+):
+    topic = kafka_topics.events
+    async with BatchedProducer(kafka_settings.replace(linger_ms=60_000)) as producer:
+        first = [producer.enqueue(topic, b"a%d" % i, partition=0) for i in range(3)]
+        await asyncio.wait_for(producer.flush(), 30)  # not the minute's linger
+        assert [f.result().offset for f in first] == [0, 1, 2]
+        later = producer.enqueue(topic, b"b", partition=0)
+        await asyncio.wait_for(producer.flush(), 30)
+        assert later.result().offset == 3
+
+
 async def test_a_batched_record_for_a_partition_the_topic_lacks_fails_and_others_go_on(
     kafka_settings: KafkaSettings, kafka_topics: Topics
 ):
