@@ -26,7 +26,7 @@ import asyncio
 import collections
 import copy
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -156,7 +156,7 @@ class Producer:
         batch = tuple(records)
         for r in batch:
             self._check_size(r.topic, r.key, r.value, r.headers)
-        send = self._producer.send  # the hot path: no per-record wrapper
+        send = self._sender()
         try:
             futures = [
                 await send(r.topic, r.value, key=r.key, partition=r.partition, headers=r.headers)
@@ -165,6 +165,12 @@ class Producer:
             return list(await asyncio.gather(*futures))
         except (KafkaError, OSError) as err:
             raise translate(err, bootstrap=self.settings.bootstrap) from err
+
+    def _sender(self) -> Callable[..., Awaitable[asyncio.Future[RecordMetadata]]]:
+        """What `send_batch` hands each size-checked record to: aiokafka's own send (the
+        hot path: no per-record wrapper)."""
+        send: Callable[..., Awaitable[asyncio.Future[RecordMetadata]]] = self._producer.send
+        return send
 
     async def flush(self) -> None:
         """Wait until everything enqueued so far is delivered."""
@@ -284,15 +290,8 @@ class BatchedProducer(Producer):
                 partition = (murmur2(key) & 0x7FFFFFFF) % count
         return self.enqueue(topic, value, key=key, headers=headers, partition=partition)
 
-    async def send_batch(self, records: Iterable[OutRecord]) -> list[RecordMetadata]:
-        batch = tuple(records)
-        for r in batch:
-            self._check_size(r.topic, r.key, r.value, r.headers)
-        futures = [
-            await self.send(r.topic, r.value, key=r.key, headers=r.headers, partition=r.partition)
-            for r in batch
-        ]
-        return list(await asyncio.gather(*futures))
+    def _sender(self) -> Callable[..., Awaitable[asyncio.Future[RecordMetadata]]]:
+        return self.send  # `send_batch` enqueues too: nothing overtakes
 
     async def flush(self) -> None:
         """Wait until everything enqueued so far is delivered (or failed)."""
@@ -305,14 +304,14 @@ class BatchedProducer(Producer):
         await super().stop()
 
     async def _deliver_all(self) -> None:
-        futures = [f for b in self._open.values() for f in b.futures]
-        futures += [f for q in self._full.values() for b in q for f in b.futures]
+        """Send every open batch (in its turn) and wait until each record enqueued so far
+        is delivered or failed, and every batch handed over has reached aiokafka."""
+        waiting: list[asyncio.Future[Any]] = [f for b in self._open.values() for f in b.futures]
+        waiting += [f for q in self._full.values() for b in q for f in b.futures]
+        waiting += self._tasks
         self._linger_over()
-        while self._busy or self._tasks:
-            pending = {f for f in futures if not f.done()} | self._tasks
-            if not pending:
-                break
-            await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        if waiting:
+            await asyncio.wait(waiting)
 
     def _linger_over(self) -> None:
         """The open batches are due: each leaves now, or when its partition's batch in

@@ -36,6 +36,7 @@ import os
 import urllib.parse
 import urllib.request
 from collections.abc import Awaitable, Callable, Mapping
+from functools import lru_cache
 from types import TracebackType
 from typing import Any, Final
 
@@ -234,7 +235,6 @@ class UpstreamClient:
             "GET": _MaskedHeaders(_headers(options, key)),
             "POST": _MaskedHeaders({**_headers(options, key), **_JSON_HEADERS}),
         }
-        self._client_timeouts: dict[float, aiohttp.ClientTimeout] = {}
 
     async def call(
         self, model: str, body: Mapping[str, Any], *, timeout_s: float | None = None
@@ -456,11 +456,11 @@ class UpstreamClient:
                 deadline,
                 session.request(
                     method,
-                    self._url_text(path),
+                    self.options.base_url + path,
                     headers=self._direct_headers[method],
                     data=payload,
                     allow_redirects=False,
-                    timeout=self._client_timeout(deadline_s),
+                    timeout=_aiohttp_timeout(self.options.connect_timeout_s, deadline_s),
                     proxy=str(proxy.url) if proxy is not None else None,
                     proxy_auth=aiohttp.BasicAuth(*proxy.auth) if proxy and proxy.auth else None,
                     proxy_headers=proxy.headers if proxy is not None else None,
@@ -472,24 +472,6 @@ class UpstreamClient:
                 return TimeoutError(f"no complete answer within {deadline_s:g} s")
             return err
         return _reply(response.status, content, response.headers)
-
-    def _url_text(self, path: str) -> str:
-        return self.options.base_url + path
-
-    def _client_timeout(self, deadline_s: float) -> aiohttp.ClientTimeout:
-        """The transport's mapping of an httpx timeout onto aiohttp's, per deadline."""
-        timeout = self._client_timeouts.get(deadline_s)
-        if timeout is None:
-            if len(self._client_timeouts) > 64:
-                self._client_timeouts.clear()
-            limits = self._timeout_for(deadline_s)
-            timeout = aiohttp.ClientTimeout(
-                sock_connect=limits.get("connect"),
-                sock_read=limits.get("read"),
-                connect=limits.get("pool"),
-            )
-            self._client_timeouts[deadline_s] = timeout
-        return timeout
 
     def _url(self, path: str) -> httpx.URL:
         url = self._urls.get(path)
@@ -590,6 +572,14 @@ class _MaskedHeaders(dict[str, str]):
     def __repr__(self) -> str:
         shown = {k: "[secure]" if k == "authorization" else v for k, v in self.items()}
         return f"{type(self).__name__}({shown!r})"
+
+
+@lru_cache(maxsize=64)
+def _aiohttp_timeout(connect_timeout_s: float, deadline_s: float) -> aiohttp.ClientTimeout:
+    """`_timeout` as the aiohttp transport maps it (connect, read, pool)."""
+    return aiohttp.ClientTimeout(
+        sock_connect=min(connect_timeout_s, deadline_s), sock_read=deadline_s, connect=deadline_s
+    )
 
 
 def _timeout(options: ClientOptions, deadline_s: float) -> httpx.Timeout:
