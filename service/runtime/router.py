@@ -334,11 +334,15 @@ class Router:
         self.revoke_drain_s = max(0.0, min(10.0, self.kafka.rebalance_timeout_ms / 1000 - 5.0))
         self.fenced = 0  # decisions dropped because their partition had moved on
         self._stop: asyncio.Event | None = None
+        # the running loop, kept: asyncio.create_task and current_task without one ask
+        # get_running_loop, which makes a getpid() system call each time
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # ------------------------------------------------------------ lifecycle
 
     async def run(self, stop: asyncio.Event) -> None:
         self._stop = stop
+        self._loop = asyncio.get_running_loop()
         try:  # every client is made in __init__: a failed start must still close them all
             self.engine = await broker_engine(self.kafka)
             await self._check_topics(starting=True)  # before any client asks about them
@@ -452,7 +456,7 @@ class Router:
             await asyncio.sleep(0.05)
 
     def _spawn(self, coro: Any) -> asyncio.Task[None]:
-        task = asyncio.create_task(coro)
+        task = (self._loop or asyncio.get_running_loop()).create_task(coro)
         self.tasks.add(task)
         task.add_done_callback(self._task_done)
         return task
@@ -1071,7 +1075,7 @@ class Router:
             _uncancel()
             result = upstream.CallResult(ok=False, error_class="cancelled", message="cancelled")
         finally:
-            if self.calls.get(call.request_id) is asyncio.current_task():
+            if self.calls.get(call.request_id) is asyncio.current_task(self._loop):
                 del self.calls[call.request_id]
         self.telemetry.end_attempt(attempt, result)
         reason = self.cancelling.pop(call.request_id, None)
