@@ -1417,7 +1417,7 @@ class Router:
         """Capture `partition`'s state now if it is due and nothing folded is unsent (no
         await in here: the capture and the offset it will cover belong together)."""
         assert self.schedule is not None
-        now = asyncio.get_running_loop().time()
+        now = (self._loop or asyncio.get_running_loop()).time()
         if self.fatal is not None:
             return  # the state may hold events the log does not: never snapshot it
         if self._unsent.get(partition) or not self.schedule.due(partition, now, force=force):
