@@ -19,6 +19,7 @@ overrides, 0 turns it off), and the benchmark prints that it did.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import os
 import tempfile
@@ -46,7 +47,10 @@ def _local(engine: str) -> Iterator[Engine]:
         local_broker(engine, data_dir=f"{data}/kafka") as broker,
     ):
         if WARMUP_S > 0:
-            sent = asyncio.run(warm(broker.bootstrap, WARMUP_S))
+            # its own thread and loop: callers inside a running loop (bench_sink) block
+            # on it as the others do
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                sent = pool.submit(asyncio.run, warm(broker.bootstrap, WARMUP_S)).result()
             print(f"  (broker warmed: {sent:,} records in {WARMUP_S:g} s before timing)")
         yield engine, broker.bootstrap, broker.pid
 
