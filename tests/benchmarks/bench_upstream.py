@@ -12,7 +12,12 @@ How it is driven:
     UpstreamClient, aiohttp transport   what the router runs
     UpstreamClient, default transport   the same client on httpcore
     httpx + aiohttp transport, bare     `AsyncClient.post` + msgspec decode (our layer's cost)
-    aiohttp.ClientSession, raw          the floor for a Python HTTP client
+    aiohttp.ClientSession, raw          the floor for a Python HTTP client library
+    keep-alive Protocol + httptools     the floor under that: one asyncio Protocol per
+                                        connection, httptools parsing, nothing else (no
+                                        pool limit, timeouts, TLS or proxies: a
+                                        measure of what a lean HTTP/1.1 path could
+                                        cost, not a client)
 - reported: requests/s and this process's CPU time per request
   (`time.process_time()` / requests), and the ratios against the default
   transport. CPU per request is the robust figure on a shared machine.
@@ -35,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import httptools
 import httpx
 import msgspec
 from httpx_aiohttp import AiohttpTransport
@@ -143,6 +149,66 @@ def raw_aiohttp_call(session: aiohttp.ClientSession, url: str) -> Call:
     return call
 
 
+class _Exchange(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection: a request at a time, its response parsed by
+    httptools into (status, body)."""
+
+    def __init__(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.transport: Any = None  # uvloop's transports are not asyncio.Transport
+        self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
+        self.body: list[bytes] = []
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.parser.feed_data(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(ConnectionResetError("connection lost"))
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        waiter, self.waiter = self.waiter, None
+        body, self.body = b"".join(self.body), []
+        assert waiter is not None
+        waiter.set_result((self.parser.get_status_code(), body))
+
+
+def lean_call(base_url: str) -> Call:
+    url = httpx.URL(base_url)
+    head = (
+        f"POST {url.path}/chat/completions HTTP/1.1\r\nHost: {url.host}:{url.port}\r\n"
+        f"content-type: application/json\r\naccept: application/json\r\n"
+        f"content-length: {len(PAYLOAD)}\r\n\r\n"
+    ).encode()
+    idle: list[_Exchange] = []
+
+    async def call() -> None:
+        loop = asyncio.get_running_loop()
+        while idle and idle[-1].closed:
+            idle.pop()
+        if idle:
+            conn = idle.pop()
+        else:
+            _, conn = await loop.create_connection(_Exchange, url.host, url.port)
+        waiter = conn.waiter = loop.create_future()
+        conn.transport.writelines((head, PAYLOAD))
+        status, body = await waiter
+        idle.append(conn)
+        if status != 200:
+            raise RuntimeError(f"HTTP {status}")
+        msgspec.json.decode(body)
+
+    return call
+
+
 def limits(pool: int) -> httpx.Limits:
     return httpx.Limits(max_connections=pool, max_keepalive_connections=pool, keepalive_expiry=30)
 
@@ -164,6 +230,7 @@ async def run_round(
             "UpstreamClient, default transport": upstream_call(ours_default),
             "httpx + aiohttp transport, bare": bare_httpx_call(bare),
             "aiohttp.ClientSession, raw": raw_aiohttp_call(session, f"{base_url}/chat/completions"),
+            "keep-alive Protocol + httptools": lean_call(base_url),
         }
         for name, call in clients.items():
             await drive(call, max(200, requests // 10), concurrency)  # warm-up: fill the pool
