@@ -30,6 +30,7 @@ import msgspec
 
 from turnout.service.core.events import Usage
 from turnout.service.core.outcomes import CLASSES, ErrorClass, classify_status
+from turnout.service.upstream.h1 import H1ConnectError, H1ProtocolError
 
 __all__ = [
     "CallResult", "Reply", "classify_exception", "retry_after_ms", "translate", "usage_of",
@@ -132,6 +133,8 @@ _EXCEPTIONS: Final[tuple[tuple[type[BaseException], str], ...]] = (
     (httpx.DecodingError, "malformed_response"),
     (httpx.HTTPError, "http_error"),
     (TimeoutError, "timeout"),
+    (H1ConnectError, "connect_error"),
+    (H1ProtocolError, "malformed_response"),
     (ConnectionRefusedError, "connect_error"),
     (OSError, "connection_reset"),
 )

@@ -1,0 +1,354 @@
+"""The lean HTTP/1.1 pool (`turnout.service.upstream.h1`) against real servers on loopback.
+
+The simulator for what the router meets every day (keep-alive reuse, a bounded pool,
+deadlines, cancellation), and small scripted asyncio servers for what a real upstream
+or a middlebox may do: close after the answer, answer chunked or up to the close, cut
+an answer short, answer with something that is not HTTP, or speak TLS. After each
+trouble the pool must have thrown the connection away, and the next call must work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from turnout.service.upstream.client import ClientOptions, UpstreamClient
+from turnout.service.upstream.h1 import H1ConnectError, H1Pool, H1ProtocolError, H1Response
+from turnout.service.upstream.simulator import RunningSimulator, SimulatorOptions, start_in_thread
+from turnout.service.upstream.simulator.cli import load_scenario
+
+CHAT = msgspec.json.encode({
+    "model": "openai/gpt-4o-mini", "stream": False, "max_tokens": 16,
+    "messages": [{"role": "user", "content": "hello"}],
+})  # fmt: skip
+HEADERS = {"content-type": "application/json", "accept": "application/json"}
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[RunningSimulator]:
+    with start_in_thread(SimulatorOptions()) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def slow_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSimulator]:
+    path = tmp_path_factory.mktemp("slow") / "scenario.toml"
+    path.write_text('[[rule]]\nmodel = "openai/*"\nlatency_ms = 400\n', encoding="utf-8")
+    with start_in_thread(SimulatorOptions(scenario=load_scenario(str(path)))) as running:
+        yield running
+
+
+async def _read_request(reader: asyncio.StreamReader) -> bytes:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    return head + await reader.readexactly(length)
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Callable[..., Awaitable[str]]]:
+    """Start a scripted server: `await serve(handler, tls=None)` -> its base URL."""
+    servers: list[asyncio.Server] = []
+
+    async def start(handler: Handler, tls: ssl.SSLContext | None = None) -> str:
+        server = await asyncio.start_server(handler, "127.0.0.1", 0, ssl=tls)
+        servers.append(server)
+        port = server.sockets[0].getsockname()[1]
+        return f"{'https' if tls else 'http'}://127.0.0.1:{port}/api/v1"
+
+    yield start
+    for server in servers:
+        server.close()
+        await server.wait_closed()
+
+
+def chat(pool: H1Pool, deadline_s: float = 5.0) -> Awaitable[H1Response]:
+    return pool.request("POST", "/chat/completions", CHAT, deadline_s)
+
+
+def _ok(body: bytes = b'{"ok": true}', extra: bytes = b"") -> bytes:
+    return (
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+        + extra
+        + b"content-length: %d\r\n\r\n" % len(body)
+        + body
+    )
+
+
+# --------------------------------------------------------------------------- the simulator
+
+
+async def test_calls_reuse_one_keep_alive_connection(sim: RunningSimulator) -> None:
+    pool = H1Pool(sim.base_url, headers=HEADERS)
+    try:
+        for _ in range(20):
+            status, body, headers = await chat(pool)
+            assert status == 200 and msgspec.json.decode(body)["object"] == "chat.completion"
+            assert headers["content-type"].startswith("application/json")
+    finally:
+        pool.close()
+    assert pool.connects == 1
+
+
+async def test_concurrent_calls_stay_within_the_pool_size(sim: RunningSimulator) -> None:
+    pool = H1Pool(sim.base_url, headers=HEADERS, size=2)
+    try:
+        answers = await asyncio.gather(*(chat(pool) for _ in range(12)))
+    finally:
+        pool.close()
+    assert [status for status, _, _ in answers] == [200] * 12
+    assert pool.connects == 2
+
+
+async def test_the_deadline_fails_the_call_and_spoils_its_connection(
+    slow_sim: RunningSimulator,
+) -> None:
+    pool = H1Pool(slow_sim.base_url, headers=HEADERS)
+    try:
+        with pytest.raises(TimeoutError, match=r"no complete answer within 0\.1 s"):
+            await chat(pool, 0.1)
+        status, _, _ = await chat(pool)
+    finally:
+        pool.close()
+    # the late answer to the first call never reaches the second: a new connection
+    assert status == 200 and pool.connects == 2
+
+
+async def test_a_deadline_also_covers_waiting_for_a_free_connection(
+    slow_sim: RunningSimulator,
+) -> None:
+    pool = H1Pool(slow_sim.base_url, headers=HEADERS, size=1)
+    try:
+        busy = asyncio.create_task(chat(pool))
+        await asyncio.sleep(0.05)
+        with pytest.raises(TimeoutError):
+            await chat(pool, 0.1)
+        assert (await busy)[0] == 200
+    finally:
+        pool.close()
+
+
+async def test_a_cancelled_call_frees_its_slot_and_its_connection(
+    slow_sim: RunningSimulator,
+) -> None:
+    pool = H1Pool(slow_sim.base_url, headers=HEADERS, size=1)
+    try:
+        first = asyncio.create_task(chat(pool))
+        queued = asyncio.create_task(chat(pool))
+        await asyncio.sleep(0.05)
+        first.cancel()
+        status, _, _ = await asyncio.wait_for(queued, 5.0)
+    finally:
+        pool.close()
+    assert first.cancelled() and status == 200 and pool.connects == 2
+
+
+async def test_the_client_classifies_the_pools_failures(
+    serve: Callable[..., Awaitable[str]],
+) -> None:
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(b"SPDY/9 nonsense\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    async def cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(b'HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{"partial":')
+        await writer.drain()
+        writer.close()
+
+    cases = {
+        await serve(garbage): "malformed_response",
+        await serve(cut): "connection_reset",
+        f"http://127.0.0.1:{closed_port()}/api/v1": "connect_error",
+    }
+    for base_url, error_class in cases.items():
+        options = ClientOptions(base_url=base_url, timeout_s=5.0, connect_timeout_s=1.0)
+        async with UpstreamClient(options, environ={}) as client:
+            result = await client.call("openai/gpt-4o-mini", {"messages": []})
+        assert (result.ok, result.error_class) == (False, error_class), base_url
+
+
+# --------------------------------------------------------------------------- scripted servers
+
+
+async def test_connection_close_is_honoured(serve: Callable[..., Awaitable[str]]) -> None:
+    served = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal served
+        await _read_request(reader)
+        served += 1
+        writer.write(_ok(extra=b"connection: close\r\n"))
+        await writer.drain()
+        await asyncio.sleep(0.2)  # the pool must not wait for the close to move on
+        writer.close()
+
+    pool = H1Pool(await serve(handler), headers=HEADERS)
+    try:
+        for _ in range(3):
+            assert (await chat(pool))[0] == 200
+    finally:
+        pool.close()
+    assert served == 3 and pool.connects == 3
+
+
+async def test_chunked_and_close_delimited_bodies(serve: Callable[..., Awaitable[str]]) -> None:
+    body = b'{"choices": [{"message": {"content": "' + b"x" * 5000 + b'"}}]}'
+
+    async def chunked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for _ in range(2):  # two answers on one connection
+            await _read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+            for i in range(0, len(body), 1000):
+                piece = body[i : i + 1000]
+                writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                await writer.drain()
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+        writer.close()
+
+    async def to_the_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n" + body)
+        await writer.drain()
+        writer.close()
+
+    chunked_pool = H1Pool(await serve(chunked), headers=HEADERS)
+    closing_pool = H1Pool(await serve(to_the_close), headers=HEADERS)
+    try:
+        for _ in range(2):
+            assert await chunked_pool.request("POST", "/x", CHAT, 5.0) == (
+                200, body, {"transfer-encoding": "chunked"}
+            )  # fmt: skip
+        status, got, _ = await closing_pool.request("POST", "/x", CHAT, 5.0)
+    finally:
+        chunked_pool.close()
+        closing_pool.close()
+    assert chunked_pool.connects == 1
+    assert (status, got) == (200, body)
+
+
+async def test_a_connection_the_server_closed_while_idle_is_not_reused(
+    serve: Callable[..., Awaitable[str]],
+) -> None:
+    async def one_answer_then_close(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        await _read_request(reader)
+        writer.write(_ok())  # keep-alive by default, yet it goes away
+        await writer.drain()
+        writer.close()
+
+    pool = H1Pool(await serve(one_answer_then_close), headers=HEADERS)
+    try:
+        assert (await pool.request("POST", "/x", CHAT, 5.0))[0] == 200
+        await asyncio.sleep(0.1)  # the close arrives while the connection is idle
+        assert (await pool.request("POST", "/x", CHAT, 5.0))[0] == 200
+    finally:
+        pool.close()
+    assert pool.connects == 2
+
+
+async def test_requests_carry_the_path_prefix_host_headers_and_length(
+    serve: Callable[..., Awaitable[str]],
+) -> None:
+    seen: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await _read_request(reader))
+        writer.write(_ok())
+        await writer.drain()
+        writer.close()
+
+    base_url = await serve(handler)
+    pool = H1Pool(base_url, headers={**HEADERS, "authorization": "Bearer k"})
+    try:
+        await chat(pool)
+    finally:
+        pool.close()
+    head, _, payload = seen[0].partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    port = base_url.split(":")[2].split("/")[0]
+    assert lines[0] == "POST /api/v1/chat/completions HTTP/1.1"
+    assert f"Host: 127.0.0.1:{port}" in lines and "authorization: Bearer k" in lines
+    assert f"content-length: {len(CHAT)}" in lines and payload == CHAT
+    assert "user-agent: turnout" in lines
+    assert "key" not in repr(pool) and "Bearer" not in repr(pool)
+
+
+# --------------------------------------------------------------------------- TLS
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (made by Debian's openssl)."""
+    tmp = tmp_path_factory.mktemp("tls")
+    cert, key = tmp / "cert.pem", tmp / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+async def test_https_checks_the_certificate(
+    serve: Callable[..., Awaitable[str]],
+    certificate: tuple[Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cert, key = certificate
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            for _ in range(2):
+                await _read_request(reader)
+                writer.write(_ok())
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
+            pass
+        finally:
+            writer.close()
+
+    base_url = await serve(handler, tls)
+    untrusting = H1Pool(base_url, headers=HEADERS)  # the system's CAs do not know it
+    with pytest.raises(H1ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+        await untrusting.request("POST", "/x", CHAT, 5.0)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # read when the pool makes its context
+    trusting = H1Pool(base_url, headers=HEADERS)
+    try:
+        for _ in range(2):
+            assert (await trusting.request("POST", "/x", CHAT, 5.0))[0] == 200
+    finally:
+        trusting.close()
+    assert trusting.connects == 1
+
+
+def test_only_http_and_https_urls_and_no_line_breaks_in_headers() -> None:
+    with pytest.raises(ValueError, match="an http"):
+        H1Pool("ftp://example.org/api", headers={})
+    with pytest.raises(ValueError, match="x-team"):
+        H1Pool("http://example.org/api", headers={"x-team": "a\r\nx-injected: 1"})
+    assert issubclass(H1ProtocolError, Exception) and issubclass(H1ConnectError, OSError)
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then closed)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
