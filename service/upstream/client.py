@@ -48,6 +48,7 @@ from httpx_aiohttp import AiohttpTransport, HttpxAiohttpClient
 from turnout.service.clock import Clock
 from turnout.service.clock import clock as system_clock
 from turnout.service.core.config import BreakerConfig, ProviderConfig, UpstreamConfig
+from turnout.service.upstream.h1 import H1Pool, H1ProtocolError
 from turnout.service.upstream.translate import (
     CallResult,
     Reply,
@@ -139,6 +140,7 @@ class ClientStats(msgspec.Struct, frozen=True, kw_only=True):
 
 
 _CAUGHT: Final = (httpx.HTTPError, aiohttp.ClientError, OSError)
+_CAUGHT_H1: Final = (OSError, H1ProtocolError)  # TimeoutError and H1ConnectError are OSErrors
 _decode_json = msgspec.json.Decoder().decode
 
 OnChunk = Callable[[dict[str, Any]], Awaitable[None]]
@@ -231,6 +233,17 @@ class UpstreamClient:
         )
         # the aiohttp transport's session, used directly for non-streamed calls
         self._direct = self._transport if isinstance(self._transport, AiohttpTransport) else None
+        # non-streamed chat calls without a proxy: the lean HTTP/1.1 pool (h1.py)
+        self._h1 = (
+            H1Pool(
+                options.base_url, headers={**_headers(options, key), **_JSON_HEADERS},
+                size=options.pool_size, keepalive_s=options.keepalive_s,
+                connect_timeout_s=options.connect_timeout_s,
+            )
+            if self._direct is not None and self._direct.proxy is None
+            and options.base_url.startswith(("http://", "https://"))
+            else None
+        )  # fmt: skip
         self._direct_headers = {
             "GET": _MaskedHeaders(_headers(options, key)),
             "POST": _MaskedHeaders({**_headers(options, key), **_JSON_HEADERS}),
@@ -413,6 +426,12 @@ class UpstreamClient:
         client-level pipeline (auth flows, cookies, redirects, event hooks) does
         nothing for us and cost half of the call's CPU (bench_upstream.py).
         """
+        if self._h1 is not None and method == "POST":
+            try:
+                status, content, headers = await self._h1.request(method, path, payload, deadline_s)
+            except _CAUGHT_H1 as err:
+                return err
+            return _reply(status, content, headers)
         if self._direct is not None:
             return await self._send_direct(self._direct, method, path, payload, deadline_s)
         deadline = asyncio.timeout(deadline_s)
@@ -505,6 +524,8 @@ class UpstreamClient:
         )
 
     async def aclose(self) -> None:
+        if self._h1 is not None:
+            self._h1.close()
         await self._http.aclose()
 
     async def __aenter__(self) -> UpstreamClient:

@@ -9,7 +9,7 @@ How it is driven:
 - four clients, each with `--concurrency` (32) workers looping on keep-alive
   connections over one pool, after a warm-up, interleaved over `--rounds`
   rounds (median reported) so machine noise hits them all alike:
-    UpstreamClient, aiohttp transport   what the router runs
+    UpstreamClient, the router's        what the router runs (chat calls on its HTTP/1.1 pool)
     UpstreamClient, default transport   the same client on httpcore
     httpx + aiohttp transport, bare     `AsyncClient.post` + msgspec decode (our layer's cost)
     aiohttp.ClientSession, raw          the floor for a Python HTTP client library
@@ -226,7 +226,7 @@ async def run_round(
         aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100)) as session,
     ):
         clients = {
-            "UpstreamClient, aiohttp transport": upstream_call(ours),
+            "UpstreamClient, the router's": upstream_call(ours),
             "UpstreamClient, default transport": upstream_call(ours_default),
             "httpx + aiohttp transport, bare": bare_httpx_call(bare),
             "aiohttp.ClientSession, raw": raw_aiohttp_call(session, f"{base_url}/chat/completions"),

@@ -82,7 +82,15 @@ def test_the_router_set_leaves_out_the_archive_the_dashboards_and_the_servers(
              "print(' '.join(m for m in sys.argv[1:] if importlib.util.find_spec(m)))")  # fmt: skip
     python, here = router_venv / "bin" / "python", router_venv.parent
     assert run(python, "-c", probe, *ABSENT, cwd=here).split() == []
-    present = ("aiokafka", "aiohttp", "httpx", "msgspec", "zstandard", "opentelemetry.sdk")
+    present = (
+        "aiokafka",
+        "aiohttp",
+        "httpx",
+        "httptools",
+        "msgspec",
+        "zstandard",
+        "opentelemetry.sdk",
+    )
     assert run(python, "-c", probe, *present, cwd=here).split() == list(present)
     where = run(python, "-c", "import turnout.service; print(turnout.service.__file__)", cwd=here)
     assert Path(where.strip()).is_relative_to(router_venv)  # the wheel, not the work tree
