@@ -233,10 +233,14 @@ class UpstreamClient:
         )
         # the aiohttp transport's session, used directly for non-streamed calls
         self._direct = self._transport if isinstance(self._transport, AiohttpTransport) else None
+        self._direct_headers = {
+            "GET": _MaskedHeaders(_headers(options, key)),
+            "POST": _MaskedHeaders({**_headers(options, key), **_JSON_HEADERS}),
+        }
         # non-streamed chat calls without a proxy: the lean HTTP/1.1 pool (h1.py)
         self._h1 = (
             H1Pool(
-                options.base_url, headers={**_headers(options, key), **_JSON_HEADERS},
+                options.base_url, headers=self._direct_headers["POST"],
                 size=options.pool_size, keepalive_s=options.keepalive_s,
                 connect_timeout_s=options.connect_timeout_s,
             )
@@ -244,10 +248,6 @@ class UpstreamClient:
             and options.base_url.startswith(("http://", "https://"))
             else None
         )  # fmt: skip
-        self._direct_headers = {
-            "GET": _MaskedHeaders(_headers(options, key)),
-            "POST": _MaskedHeaders({**_headers(options, key), **_JSON_HEADERS}),
-        }
 
     async def call(
         self, model: str, body: Mapping[str, Any], *, timeout_s: float | None = None

@@ -138,13 +138,13 @@ class H1Pool:
         url = urlsplit(base_url)
         if url.scheme not in ("http", "https") or not url.hostname:
             raise ValueError(f"an http(s) URL with a host, not {base_url!r}")
+        default_port = 443 if url.scheme == "https" else 80
         self.host = url.hostname
-        self.port = url.port or (443 if url.scheme == "https" else 80)
+        self.port = url.port or default_port
         self._ssl = ssl.create_default_context() if url.scheme == "https" else None
         self._prefix = url.path.rstrip("/")
-        default_port = self.port == (443 if url.scheme == "https" else 80)
         host = self.host if ":" not in self.host else f"[{self.host}]"
-        authority = host if default_port else f"{host}:{self.port}"
+        authority = host if self.port == default_port else f"{host}:{self.port}"
         bad = [name for name, value in headers.items() if _BREAKS.intersection(name + value)]
         if bad:  # a line break would end the header block early (header injection)
             raise ValueError(f"header {bad[0]!r}: names and values must not hold line breaks")

@@ -6,18 +6,15 @@ How it is driven:
 - the simulator runs in its own process through its CLI (`python -m turnout
   simulate --port 0 --latency-ms 0`), pinned to CPU 0 when there are two;
   this process (the client) is pinned to CPU 1;
-- four clients, each with `--concurrency` (32) workers looping on keep-alive
+- five clients, each with `--concurrency` (32) workers looping on keep-alive
   connections over one pool, after a warm-up, interleaved over `--rounds`
   rounds (median reported) so machine noise hits them all alike:
     UpstreamClient, the router's        what the router runs (chat calls on its HTTP/1.1 pool)
     UpstreamClient, default transport   the same client on httpcore
     httpx + aiohttp transport, bare     `AsyncClient.post` + msgspec decode (our layer's cost)
     aiohttp.ClientSession, raw          the floor for a Python HTTP client library
-    keep-alive Protocol + httptools     the floor under that: one asyncio Protocol per
-                                        connection, httptools parsing, nothing else (no
-                                        pool limit, timeouts, TLS or proxies: a
-                                        measure of what a lean HTTP/1.1 path could
-                                        cost, not a client)
+    H1Pool, bare                        the router's HTTP/1.1 pool (service/upstream/h1.py)
+                                        without the client around it: the floor
 - reported: requests/s and this process's CPU time per request
   (`time.process_time()` / requests), and the ratios against the default
   transport. CPU per request is the robust figure on a shared machine.
@@ -40,12 +37,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import httptools
 import httpx
 import msgspec
 from httpx_aiohttp import AiohttpTransport
 
 from turnout.service.upstream.client import ClientOptions, UpstreamClient
+from turnout.service.upstream.h1 import H1Pool
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "openai/gpt-4o-mini"
@@ -149,59 +146,9 @@ def raw_aiohttp_call(session: aiohttp.ClientSession, url: str) -> Call:
     return call
 
 
-class _Exchange(asyncio.Protocol):
-    """One keep-alive HTTP/1.1 connection: a request at a time, its response parsed by
-    httptools into (status, body)."""
-
-    def __init__(self) -> None:
-        self.parser = httptools.HttpResponseParser(self)
-        self.transport: Any = None  # uvloop's transports are not asyncio.Transport
-        self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
-        self.body: list[bytes] = []
-        self.closed = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        self.parser.feed_data(data)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_exception(ConnectionResetError("connection lost"))
-
-    def on_body(self, body: bytes) -> None:
-        self.body.append(body)
-
-    def on_message_complete(self) -> None:
-        waiter, self.waiter = self.waiter, None
-        body, self.body = b"".join(self.body), []
-        assert waiter is not None
-        waiter.set_result((self.parser.get_status_code(), body))
-
-
-def lean_call(base_url: str) -> Call:
-    url = httpx.URL(base_url)
-    head = (
-        f"POST {url.path}/chat/completions HTTP/1.1\r\nHost: {url.host}:{url.port}\r\n"
-        f"content-type: application/json\r\naccept: application/json\r\n"
-        f"content-length: {len(PAYLOAD)}\r\n\r\n"
-    ).encode()
-    idle: list[_Exchange] = []
-
+def pool_call(pool: H1Pool) -> Call:
     async def call() -> None:
-        loop = asyncio.get_running_loop()
-        while idle and idle[-1].closed:
-            idle.pop()
-        if idle:
-            conn = idle.pop()
-        else:
-            _, conn = await loop.create_connection(_Exchange, url.host, url.port)
-        waiter = conn.waiter = loop.create_future()
-        conn.transport.writelines((head, PAYLOAD))
-        status, body = await waiter
-        idle.append(conn)
+        status, body, _ = await pool.request("POST", "/chat/completions", PAYLOAD, 30.0)
         if status != 200:
             raise RuntimeError(f"HTTP {status}")
         msgspec.json.decode(body)
@@ -225,12 +172,13 @@ async def run_round(
         httpx.AsyncClient(base_url=base_url, transport=bare_transport) as bare,
         aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100)) as session,
     ):
+        pool = H1Pool(base_url, headers={"content-type": "application/json"}, size=100)
         clients = {
             "UpstreamClient, the router's": upstream_call(ours),
             "UpstreamClient, default transport": upstream_call(ours_default),
             "httpx + aiohttp transport, bare": bare_httpx_call(bare),
             "aiohttp.ClientSession, raw": raw_aiohttp_call(session, f"{base_url}/chat/completions"),
-            "keep-alive Protocol + httptools": lean_call(base_url),
+            "H1Pool, bare": pool_call(pool),
         }
         for name, call in clients.items():
             await drive(call, max(200, requests // 10), concurrency)  # warm-up: fill the pool
@@ -239,6 +187,7 @@ async def run_round(
             figure.rps.append(rps)
             figure.cpu_ms.append(cpu_ms)
             print(f"  {name:<36} {rps:>8,.0f} req/s  {cpu_ms:6.3f} ms CPU/req", flush=True)
+        pool.close()
 
 
 def report(figures: dict[str, Figure]) -> None:
