@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from collections import Counter
 
 import pytest
@@ -41,7 +42,11 @@ def test_each_tenant_gets_its_weights_share_and_only_its_task_types(seed: int) -
     total = sum(m.weight for m in DEFAULT_MIX)
     counts = Counter(s.tenant for s in shots)
     for m in DEFAULT_MIX:
-        assert counts[m.tenant] / len(shots) == pytest.approx(m.weight / total, abs=0.03)
+        share = m.weight / total
+        # six binomial standard deviations: 0.03 was ~4 for a 0.4 share of 4000 draws, and
+        # hypothesis found a seed past it (11204: 0.43075); a wrong mix is still far out
+        tolerance = 6 * math.sqrt(share * (1 - share) / len(shots))
+        assert counts[m.tenant] / len(shots) == pytest.approx(share, abs=tolerance)
         assert {s.task_type for s in shots if s.tenant == m.tenant} == set(m.task_types)
         assert {s.max_tokens for s in shots if s.tenant == m.tenant} == {m.max_tokens}
 
