@@ -38,6 +38,7 @@ def uuid7_at(unix_ms: int, rand: bytes) -> uuid.UUID:
 
 _RAND_BITS = 74  # 12 bits of rand_a, then 62 of rand_b, around the version and variant
 _LOW_62 = (1 << 62) - 1
+_VARIANT = 0x2 << 62  # RFC 9562: the top two bits of the last 64 are 10
 
 
 # new_id's random bits: a private generator seeded from the OS (and again in a forked
@@ -74,6 +75,8 @@ class SystemClock:
         self._last_ms = 0
         self._last_bits = 0
         self._fork = _forks[0]
+        self._high = -1  # the id text up to rand_b depends on these 60 bits only:
+        self._prefix = ""  # made once per millisecond (and rand_a), not once per id
 
     def now_ms(self) -> int:
         return time.time_ns() // 1_000_000
@@ -97,10 +100,13 @@ class SystemClock:
                 if bits >> _RAND_BITS:  # 2^73 ids in one millisecond: take the next one
                     now, bits = now + 1, _rng.getrandbits(_RAND_BITS - 1)
             self._last_ms, self._last_bits = now, bits
-        value = (now & 0xFFFF_FFFF_FFFF) << 80 | 0x7 << 76 | (bits >> 62) << 64
-        value |= 0x2 << 62 | bits & _LOW_62
-        h = f"{value:032x}"
-        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+            high = (now & 0xFFFF_FFFF_FFFF) << 12 | bits >> 62  # unix_ms, rand_a
+            if high != self._high:
+                h = f"{high:015x}"
+                self._high, self._prefix = high, f"{h[:8]}-{h[8:12]}-7{h[12:]}-"
+            prefix = self._prefix
+        low = f"{_VARIANT | bits & _LOW_62:016x}"  # the variant, then rand_b
+        return f"{prefix}{low[:4]}-{low[4:]}"
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self.now_ms() / 1000, tz=UTC)

@@ -1341,9 +1341,14 @@ class Router:
         acks and the request's earlier ones. `folded`: the live state holds them already
         (counted unsent since their fold; a snapshot waits until none is)."""
         futures = []
+        if time_ms is None:
+            time_ms = self.clock.now_ms()
         for event in events:
             traceparent = self.telemetry.traceparent(getattr(event, "request_id", None))
-            key, value, headers = ce.encode(self._wrap(event, traceparent, time_ms))
+            key, value, headers = ce.encode_event(
+                event, id=self.clock.new_id(), time_ms=time_ms, source=self.source,
+                traceparent=traceparent,
+            )  # fmt: skip
             # explicit (the event's key is its tenant): aiokafka's partitioner is pure Python
             partition = home_partition(event.tenant)
             producer = self.event_producers[partition % EVENT_PRODUCERS]

@@ -49,6 +49,7 @@ __all__ = [
     "decode_data",
     "decode_type",
     "encode",
+    "encode_event",
     "format_time",
     "parse_time",
     "wrap",
@@ -132,6 +133,33 @@ def encode(env: Envelope) -> tuple[bytes, bytes, Headers]:
         headers.append(("ce_traceparent", env.traceparent.encode()))
     headers.append(_CONTENT_TYPE_HEADER)
     return env.tenant.encode(), value, headers
+
+
+def encode_event(
+    event: Event,
+    *,
+    id: str,
+    time_ms: int,
+    source: str,
+    traceparent: str | None = None,
+) -> tuple[bytes, bytes, Headers]:
+    """`encode(wrap(event, ...))` without the envelope in between: the router's hot path
+    (~7 events per request). Same bytes; raises ValueError as `encode` does."""
+    seconds, ms = divmod(time_ms, 1000)
+    headers = [
+        _SPEC_HEADER,
+        ("ce_id", id.encode()),
+        ("ce_source", source.encode()),
+        _TYPE_HEADERS[event.TYPE],
+        ("ce_time", _second_prefix(seconds) + _MS_SUFFIXES[ms]),
+    ]
+    subject: str | None = getattr(event, "request_id", None)
+    if subject is not None:
+        headers.append(("ce_subject", subject.encode()))
+    if traceparent is not None:
+        headers.append(("ce_traceparent", traceparent.encode()))
+    headers.append(_CONTENT_TYPE_HEADER)
+    return event.tenant.encode(), _ENCODER.encode(event), headers
 
 
 def _raw_value(data: RawEvent) -> bytes:

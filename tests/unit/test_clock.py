@@ -21,7 +21,25 @@ def test_ids_are_uuid7_unique_and_ordered_by_their_millisecond() -> None:
     assert stamps == sorted(stamps)  # ordered by their millisecond
     assert len(set(stamps)) < len(stamps)  # many ids share a millisecond...
     assert ids == sorted(ids)  # ...and still sort in the order they were made
-    assert str(parsed[0]) == ids[0]  # the canonical lower-case 8-4-4-4-12 form
+    assert [str(u) for u in parsed] == ids  # the canonical lower-case 8-4-4-4-12 form
+
+
+def test_ids_counting_up_within_a_millisecond_carry_into_rand_a(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Within one millisecond the 74 random bits count up; crossing from rand_b (62 bits)
+    into rand_a (12 bits, before the variant) the text must carry, not wrap."""
+    clock = SystemClock()
+    monkeypatch.setattr(time, "time_ns", lambda: 1_795_757_737_123_000_000)
+    first = uuid.UUID(clock.new_id())
+    clock._last_bits = (1 << 62) - 2  # two ids before rand_b overflows
+    ids = [clock.new_id() for _ in range(4)]
+    parsed = [uuid.UUID(i) for i in ids]
+    assert [str(u) for u in parsed] == ids and ids == sorted(ids)
+    assert all(u.int >> 80 == 1_795_757_737_123 and u.version == 7 for u in parsed)
+    assert all(u.variant == uuid.RFC_4122 for u in [first, *parsed])
+    bits = [(u.int >> 64 & 0xFFF) << 62 | u.int & ((1 << 62) - 1) for u in parsed]
+    assert bits == [(1 << 62) - 1, 1 << 62, (1 << 62) + 1, (1 << 62) + 2]
 
 
 def test_ids_of_a_clock_that_stepped_back_still_count_up(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -30,6 +30,7 @@ from turnout.service.wire.cloudevents import (
     decode,
     decode_type,
     encode,
+    encode_event,
     format_time,
     parse_time,
     wrap,
@@ -133,6 +134,15 @@ def test_every_event_type_round_trips(cls: type, data: st.DataObject) -> None:
 @given(env=envelopes(any_event))
 def test_encoding_is_deterministic(env: Envelope) -> None:
     assert encode(env) == encode(decode(*encode(env)))
+
+
+@given(env=envelopes(any_event), time_ms=st.integers(0, 253_402_300_799_999))
+def test_encode_event_writes_what_encode_of_wrap_writes(env: Envelope, time_ms: int) -> None:
+    """The router's fast path (no envelope) writes the same bytes as `encode(wrap(...))`."""
+    event = env.data
+    assert not isinstance(event, RawEvent)
+    args = {"id": env.id, "time_ms": time_ms, "source": env.source, "traceparent": env.traceparent}
+    assert encode_event(event, **args) == encode(wrap(event, **args))
 
 
 @given(
