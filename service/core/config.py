@@ -93,6 +93,7 @@ class KafkaConfig(_Section, frozen=True, kw_only=True):
     heartbeat_interval_ms: int = 1000
     rebalance_timeout_ms: int = 30000
     fetch_max_wait_ms: int = 10
+    idle_fetch_max_wait_ms: int = 500  # Apache Kafka, no record for a second: fetch seldom
     linger_ms: int = 0
     events_linger_ms: int = 20
     replication_factor: int = 1

@@ -25,7 +25,10 @@ docs/reference/broker.md rules followed here:
   group that carry its client id when it starts: its own earlier process that died
   without leaving. The rebalance its join starts then need not wait a whole session
   for that dead member.
-- 12: short `fetch_max_wait_ms` (Tansu never answers a waiting fetch early).
+- 12: short `fetch_max_wait_ms` (Tansu never answers a waiting fetch early). On Apache
+  Kafka, which answers as soon as a record arrives, a consumer that got nothing for
+  IDLE_AFTER_S waits `idle_fetch_max_wait_ms` instead, until records come (`_pace`):
+  idle processes stop polling a hundred times a second.
 - 13: no static membership; committed offsets are read with `committed(tp)`.
 - 15: every commit runs under `commit_timeout_ms` and raises `CommitTimeout`.
 """
@@ -35,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import suppress
 from types import TracebackType
@@ -65,6 +69,7 @@ __all__ = [
 log = logging.getLogger("turnout.kafka")
 
 TANSU_SESSION_MS = 6_000  # Tansu joins a group in session/2: keep rebalances short there
+IDLE_AFTER_S = 1.0  # no record this long: fetches wait `idle_fetch_max_wait_ms` (Apache Kafka)
 EVICT_TIMEOUT_S = 5.0  # how long a start looks for a dead predecessor (see GroupConsumer._evict)
 
 Record: TypeAlias = ConsumerRecord  # ConsumerRecord[bytes, bytes]
@@ -107,15 +112,51 @@ async def topic_partitions(settings: KafkaSettings, topics: Iterable[str]) -> li
 
 
 class _Client:
-    """Start/stop and context management shared by both adapters."""
+    """Start/stop, context management and the idle fetch wait shared by both adapters."""
 
     def __init__(self, settings: KafkaSettings, *, group_id: str | None) -> None:
         self.settings = settings
         self._consumer = AIOKafkaConsumer(**consumer_config(settings, group_id=group_id))
+        self._idle_wait_ms: int | None = None  # Apache Kafka: known at start
+        self._last_records = 0.0
+        self.idle = False  # no record for IDLE_AFTER_S: fetches wait idle_fetch_max_wait_ms
 
     async def _start(self) -> None:
         c, s = self._consumer, self.settings
+        if s.idle_fetch_max_wait_ms > s.fetch_max_wait_ms:
+            try:
+                engine = await broker_engine(s)
+            except BaseException:  # never started: keeps its __del__ from warning
+                await c.stop()
+                raise
+            # Tansu never answers a waiting fetch early: a long wait would delay records
+            self._idle_wait_ms = s.idle_fetch_max_wait_ms if engine == "kafka" else None
         await start_client(c.start, c.stop, bootstrap=s.bootstrap, timeout_ms=s.connect_timeout_ms)
+        self._last_records = time.monotonic()
+
+    def _pace(self, got_records: bool) -> None:
+        """Switch the fetch wait between busy and idle (aiokafka's fetcher reads it for
+        each fetch request it makes). Records that come while an idle fetch waits are
+        answered at once by Apache Kafka; the fetches after them wait the short time
+        again, so partitions left out of a fetch in flight are not held up long."""
+        fetcher = getattr(self._consumer, "_fetcher", None)
+        if self._idle_wait_ms is None or fetcher is None:
+            return
+        now = time.monotonic()
+        if got_records:
+            self._last_records = now
+            if self.idle:
+                self.idle = False
+                fetcher._fetch_max_wait_ms = self.settings.fetch_max_wait_ms
+        elif not self.idle and now - self._last_records >= IDLE_AFTER_S:
+            self.idle = True
+            fetcher._fetch_max_wait_ms = self._idle_wait_ms
+
+    @property
+    def fetch_max_wait_ms(self) -> int:
+        """The wait of this consumer's next fetch request."""
+        fetcher = getattr(self._consumer, "_fetcher", None)
+        return int(getattr(fetcher, "_fetch_max_wait_ms", self.settings.fetch_max_wait_ms))
 
     async def start(self) -> None:
         await self._start()
@@ -130,6 +171,7 @@ class _Client:
             batch: Batch = await self._consumer.getmany(
                 timeout_ms=timeout_ms, max_records=max_records
             )
+        self._pace(bool(batch))
         return batch
 
     async def __aenter__(self) -> Self:

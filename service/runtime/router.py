@@ -118,6 +118,7 @@ __all__ = ["PARTITIONS", "Router", "home_partition"]
 log = logging.getLogger("turnout.router")
 
 EVENT_PRODUCERS = 3
+IDLE_POLL_MS = 100  # the intake poll of an idle consumer (records still return at once)
 TAIL_FETCH_WAIT_MS = 100  # the _system tail: other routers' breaker transitions
 SUPERVISE_MIN_S, SUPERVISE_MAX_S = 0.2, 10.0  # restart backoff of a failed background part
 PRICES_AT_START_S = 5.0  # how long a start waits for the upstream's price table
@@ -381,8 +382,13 @@ class Router:
         try:
             batching = self.cfg.batching if self.cfg.features.batching else _ONE_AT_A_TIME
             while not stop.is_set():
+                # a poll returns as soon as records are fetched: an idle consumer (no
+                # record for a second, Apache Kafka) polls seldom, a busy one often
+                wait_ms = max(batching.max_wait_ms, IDLE_POLL_MS) if self.consumer.idle else (
+                    batching.max_wait_ms
+                )  # fmt: skip
                 batch = await self.consumer.getmany(
-                    timeout_ms=batching.max_wait_ms, max_records=batching.max_records
+                    timeout_ms=wait_ms, max_records=batching.max_records
                 )
                 generation = self._generation  # the assignment this batch was fetched in
                 if batch:

@@ -142,6 +142,37 @@ async def test_producers_are_idempotent_on_apache_kafka_and_not_on_tansu(
     assert idempotent is (kafka_engine != "tansu")
 
 
+@pytest.mark.tansu
+async def test_an_idle_consumer_fetches_seldom_on_kafka_yet_gets_a_new_record_at_once(
+    kafka_engine: str, kafka_settings: KafkaSettings, kafka_topics: Topics
+):
+    """After a second without records a consumer's fetches wait `idle_fetch_max_wait_ms`
+    (here 5 s) on Apache Kafka, which answers a waiting fetch as soon as a record comes:
+    the record still arrives at once, and the short wait is back for the next fetches.
+    Tansu never answers early, so there the wait stays short."""
+    settings = kafka_settings.replace(fetch_max_wait_ms=10, idle_fetch_max_wait_ms=5_000)
+    tp = TopicPartition(kafka_topics.dlq, 0)
+    loop = asyncio.get_running_loop()
+    async with Reader(settings, [tp]) as reader, Producer(settings) as producer:
+        began = loop.time()
+        while loop.time() - began < 1.5:  # idle: nothing to read
+            assert await reader.getmany(timeout_ms=100) == {}
+        idle_wait = reader.fetch_max_wait_ms
+        await asyncio.sleep(0.3)  # a fetch with the idle wait is now waiting
+        sent_at = loop.time()
+        await producer.send_batch([OutRecord(tp.topic, b"v", key=b"k", partition=0)])
+        got: list[object] = []
+        while not got and loop.time() - sent_at < 10:
+            got = [r for rs in (await reader.getmany(timeout_ms=100)).values() for r in rs]
+        waited = loop.time() - sent_at
+        busy_wait, idle_after = reader.fetch_max_wait_ms, reader.idle
+    assert len(got) == 1 and not idle_after and busy_wait == 10
+    if kafka_engine == "tansu":
+        assert idle_wait == 10
+    else:  # answered long before the 5 s the idle fetch could have waited
+        assert idle_wait == 5_000 and waited < 2.5
+
+
 async def test_ensure_topic_creates_one_and_warns_on_other_partition_count(
     kafka_settings: KafkaSettings,
 ):
