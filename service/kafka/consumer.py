@@ -90,6 +90,8 @@ def consumer_config(settings: KafkaSettings, *, group_id: str | None) -> dict[st
         "rebalance_timeout_ms": settings.rebalance_timeout_ms,
         "fetch_max_wait_ms": settings.fetch_max_wait_ms,
         "max_poll_records": settings.max_poll_records,
+        "max_partition_fetch_bytes": settings.max_partition_fetch_bytes,
+        "fetch_max_bytes": settings.fetch_max_bytes,
         "request_timeout_ms": settings.request_timeout_ms,
     }
 

@@ -115,6 +115,8 @@ class KafkaSettings:
     # records come: an idle router polled 100 times a second (~7 % of a core) before
     idle_fetch_max_wait_ms: int = 500
     max_poll_records: int = 500
+    max_partition_fetch_bytes: int = 1_048_576  # per partition and fetch (aiokafka's default)
+    fetch_max_bytes: int = 52_428_800  # per fetch; the sink asks for more of both (SinkOptions)
     commit_timeout_ms: int = 10_000
     linger_ms: int = 5
     events_linger_ms: int = 20  # the router's event producers (see turnout.example.toml)
