@@ -95,6 +95,8 @@ class SinkStats:
     errors: int = 0
     batches: int = 0
     snapshots: int = 0
+    load_s: float = 0.0  # the writer's time storing batches
+    publish_s: float = 0.0  # ... and publishing snapshots (derive, checkpoint, copy)
     last_event_ms: int | None = None
     started: float = field(default_factory=time.monotonic)
 
@@ -326,7 +328,9 @@ class Sink:
 
     def _work(self, records: RecordBatch | None, publish: bool) -> _Done:
         """On the archive's thread: load the batch, then publish a snapshot if asked."""
+        started = time.monotonic()
         result = self.archive.load_records(records) if records is not None else None
+        self.stats.load_s += time.monotonic() - started
         return result, self.archive.publish() if publish else None
 
     async def _commit(self, consumer: GroupConsumer, offsets: dict[TopicPartition, int]) -> None:
@@ -354,6 +358,7 @@ class Sink:
         self._published_at = time.monotonic()
         self._publish_cost = published.seconds
         self.stats.snapshots += 1
+        self.stats.publish_s += published.seconds
 
 
 async def run_sink(

@@ -93,6 +93,7 @@ async def test_sink_stores_events_once_and_records_unreadable_ones(
     stats = await sink
 
     assert (stats.stored, stats.errors) == (len(expected), 2)
+    assert stats.load_s > 0 and stats.publish_s > 0 and stats.snapshots >= 2  # the writer's time
     con = open_reader(path)
     assert {r[0] for r in con.execute("SELECT id FROM events").fetchall()} == expected
     raw = con.execute("SELECT id, data FROM events WHERE id IN ('future-1', 'off-1') ORDER BY id")
