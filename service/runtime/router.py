@@ -384,9 +384,9 @@ class Router:
             while not stop.is_set():
                 # a poll returns as soon as records are fetched: an idle consumer (no
                 # record for a second, Apache Kafka) polls seldom, a busy one often
-                wait_ms = max(batching.max_wait_ms, IDLE_POLL_MS) if self.consumer.idle else (
-                    batching.max_wait_ms
-                )  # fmt: skip
+                wait_ms = batching.max_wait_ms
+                if self.consumer.idle:
+                    wait_ms = max(wait_ms, IDLE_POLL_MS)
                 batch = await self.consumer.getmany(
                     timeout_ms=wait_ms, max_records=batching.max_records
                 )
@@ -699,7 +699,9 @@ class Router:
             marker = ev.RouterMarker(
                 tenant=ev.SYSTEM_TENANT, instance=self.instance, marker_id=marker_id, partition=p
             )
-            key, value, headers = ce.encode(self._wrap(marker))
+            key, value, headers = ce.encode_event(
+                marker, id=self.clock.new_id(), time_ms=self.clock.now_ms(), source=self.source
+            )
             # on the producer of that partition's events: the marker cannot overtake
             # events of ours still in its buffer, so the fold up to it holds them all
             producer = self.event_producers[p % EVENT_PRODUCERS]
@@ -1325,14 +1327,6 @@ class Router:
             self.slots.release()
 
     # ------------------------------------------------------------ events, commits
-
-    def _wrap(
-        self, event: Any, traceparent: str | None = None, time_ms: int | None = None
-    ) -> ce.Envelope:
-        return ce.wrap(
-            event, id=self.clock.new_id(), source=self.source, traceparent=traceparent,
-            time_ms=self.clock.now_ms() if time_ms is None else time_ms,
-        )  # fmt: skip
 
     async def _publish(
         self,

@@ -513,10 +513,7 @@ def part_latency(args: argparse.Namespace, bootstrap: str, broker_pid: int | Non
                                         fetch_max_wait_ms=wait_ms, with_events=True))  # fmt: skip
                 wall = time.perf_counter() - began
                 busy = {k: (cpu_s(p) - before[k]) / wall for k, p in pids.items()}
-                time.sleep(1.0)  # the last acks and commits
-                idle0, idle_began = cpu_s(r.pid), time.perf_counter()
-                time.sleep(args.idle_seconds)  # no traffic: what polling alone costs
-                idle = (cpu_s(r.pid) - idle0) / (time.perf_counter() - idle_began)
+                idle = idle_share(r.pid, args.idle_seconds)
             ids = [k for k in run.arrived_at if k in run.upstream_ms and k in run.accepted_ts]
             up = run.upstream_ms
             added = [(run.arrived_at[k] - run.sent_at[k]) * 1000 - up[k] for k in ids]
@@ -542,16 +539,22 @@ def part_latency(args: argparse.Namespace, bootstrap: str, broker_pid: int | Non
                                   fetch_max_wait_ms=wait_ms))  # fmt: skip
                 base = asyncio.run(drive(bootstrap, topics, n, tag="lat", rate=args.rate,
                                          fetch_max_wait_ms=wait_ms))  # fmt: skip
-                time.sleep(1.0)
-                idle0, idle_began = cpu_s(relay_pid), time.perf_counter()
-                time.sleep(args.idle_seconds)
-                relay_idle = (cpu_s(relay_pid) - idle0) / (time.perf_counter() - idle_began)
+                relay_idle = idle_share(relay_pid, args.idle_seconds)
             print(f"      idle afterwards (no traffic, {args.idle_seconds:g} s): router "
                   f"{idle:.1%} of a core; baseline: the relay below (a plain aiokafka "
                   f"consumer fetching every {wait_ms} ms) {relay_idle:.1%}")  # fmt: skip
             floor = [(base.arrived_at[k] - base.sent_at[k]) * 1000 for k in base.arrived_at]
             print("    baseline: a relay that answers each request at once, no upstream")
             print(f"             added {spread(floor)}  (the two Kafka hops alone)")
+
+
+def idle_share(pid: int, seconds: float) -> float:
+    """The share of one core process `pid` uses over `seconds` with no traffic (after a
+    second for its last acks and commits): what polling alone costs."""
+    time.sleep(1.0)
+    cpu0, began = cpu_s(pid), time.perf_counter()
+    time.sleep(seconds)
+    return (cpu_s(pid) - cpu0) / (time.perf_counter() - began)
 
 
 def spread(values: list[float], max_: bool = True) -> str:
