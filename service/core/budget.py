@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import date
-from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+from decimal import ROUND_FLOOR, Decimal
 from functools import lru_cache
 from typing import Final
 
@@ -41,7 +41,7 @@ import msgspec
 
 from turnout.service.core import events as ev
 from turnout.service.core.config import TenantLimits
-from turnout.service.core.pricing import Price, decimal_of, usd_to_micros
+from turnout.service.core.pricing import Price, decimal_of, ratio_of, usd_to_micros
 
 __all__ = [
     "LIFETIME",
@@ -116,6 +116,13 @@ def _per_token(usd_per_mtok: float) -> Decimal:
     return decimal_of(usd_per_mtok) / _MICRO
 
 
+@lru_cache(maxsize=64)
+def _per_token_ratio(usd_per_mtok: float) -> tuple[int, int]:
+    """USD per token of a price per million tokens, as (numerator, denominator)."""
+    n, d = ratio_of(usd_per_mtok)
+    return n, d * 1_000_000
+
+
 def reservation_micros(
     prompt_tokens: int,
     max_tokens: int | None,
@@ -129,16 +136,19 @@ def reservation_micros(
     candidates at all count as one unpriced model. Never 0 when there are tokens."""
     prompt = max(prompt_tokens, 0)
     completion = max(limits.default_max_tokens if max_tokens is None else max_tokens, 0)
-    fallback = _per_token(limits.default_price_per_mtok)
-    worst = Decimal(0)
+    # exact fractions in integers (as `Decimal` would, ~10x faster): USD n / d
+    fn, fd = _per_token_ratio(limits.default_price_per_mtok)
+    worst_n, worst_d = 0, 1
     for price in prices or (None,):
-        p, c = (
-            (fallback, fallback)
-            if price is None
-            else (decimal_of(price.prompt), decimal_of(price.completion))
-        )
-        worst = max(worst, p * prompt + c * completion)
-    micros = int((worst * _MICRO).to_integral_value(rounding=ROUND_CEILING))
+        if price is None:
+            n, d = fn * (prompt + completion), fd
+        else:
+            pn, pd = ratio_of(price.prompt)
+            cn, cd = ratio_of(price.completion)
+            n, d = pn * prompt * cd + cn * completion * pd, pd * cd
+        if n * worst_d > worst_n * d:
+            worst_n, worst_d = n, d
+    micros = -(-worst_n * 1_000_000 // worst_d)  # rounded up
     return max(micros, 1) if prompt + completion > 0 else micros
 
 

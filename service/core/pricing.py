@@ -36,6 +36,20 @@ def decimal_of(value: float) -> Decimal:
     return Decimal(str(value))
 
 
+@lru_cache(maxsize=4096)
+def ratio_of(value: float) -> tuple[int, int]:
+    """A float as the decimal it prints as, an exact fraction (numerator, denominator),
+    remembered: money sums over prices in integers (~10x faster than in `Decimal`)."""
+    return decimal_of(value).as_integer_ratio()
+
+
+def micros_half_up(numerator: int, denominator: int) -> int:
+    """USD `numerator / denominator` in micro-dollars, rounded half up (away from 0)."""
+    n = abs(numerator) * 2_000_000
+    micros = (n + denominator) // (2 * denominator)
+    return micros if numerator >= 0 else -micros
+
+
 def usd_to_micros(usd: float | str | Decimal) -> int:
     value = (usd if isinstance(usd, Decimal) else Decimal(str(usd))) * _MICRO
     return int(value.quantize(Decimal(1), rounding=ROUND_HALF_UP))
@@ -53,9 +67,9 @@ def parse_price(prompt: str, completion: str) -> Price | None:
 
 
 def cost_micros(price: Price, prompt_tokens: int, completion_tokens: int) -> int:
-    usd = decimal_of(price.prompt) * prompt_tokens
-    usd += decimal_of(price.completion) * completion_tokens
-    return usd_to_micros(usd)
+    pn, pd = ratio_of(price.prompt)
+    cn, cd = ratio_of(price.completion)
+    return micros_half_up(pn * prompt_tokens * cd + cn * completion_tokens * pd, pd * cd)
 
 
 def call_cost_micros(

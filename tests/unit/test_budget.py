@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from decimal import ROUND_CEILING, Decimal
 
 import pytest
-from hypothesis import settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -94,6 +95,47 @@ def test_reservation_is_the_worst_case_rounded_up(
     prompt: int, max_tokens: int | None, prices: list[Price | None], expected: int
 ) -> None:
     limits = TenantLimits(default_price_per_mtok=10.0, default_max_tokens=1024)
+    assert reservation_micros(prompt, max_tokens, prices, limits=limits) == expected
+
+
+PRICES = st.one_of(
+    st.none(),
+    st.decimals(min_value="0", max_value="0.001", places=12).map(float),
+    st.floats(min_value=0, max_value=1e-3, allow_nan=False, allow_infinity=False),
+)
+
+
+@given(
+    prompt=st.integers(min_value=0, max_value=2_000_000),
+    max_tokens=st.none() | st.integers(min_value=0, max_value=200_000),
+    candidates=st.lists(st.tuples(PRICES, PRICES), max_size=4),
+    default_per_mtok=st.sampled_from([0.0, 0.3, 10.0, 123.456789]),
+)
+def test_reservation_is_exactly_what_decimal_arithmetic_gives(
+    prompt: int,
+    max_tokens: int | None,
+    candidates: list[tuple[float | None, float | None]],
+    default_per_mtok: float,
+) -> None:
+    """Reservations are computed in integer fractions for speed; the decimal worst case
+    rounded up is the oracle."""
+    prices = [
+        None if p is None or c is None else Price(prompt=p, completion=c) for p, c in candidates
+    ]
+    limits = TenantLimits(default_price_per_mtok=default_per_mtok, default_max_tokens=1024)
+    completion = 1024 if max_tokens is None else max_tokens
+    fallback = Decimal(str(default_per_mtok)) / 1_000_000
+    worst = Decimal(0)
+    for price in prices or [None]:
+        p, c = (
+            (fallback, fallback)
+            if price is None
+            else (Decimal(str(price.prompt)), Decimal(str(price.completion)))
+        )
+        worst = max(worst, p * prompt + c * completion)
+    expected = int((worst * 1_000_000).to_integral_value(rounding=ROUND_CEILING))
+    if prompt + completion > 0:
+        expected = max(expected, 1)
     assert reservation_micros(prompt, max_tokens, prices, limits=limits) == expected
 
 

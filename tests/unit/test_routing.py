@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from decimal import ROUND_HALF_UP, Decimal
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -85,6 +86,26 @@ def test_money_is_integer_micro_dollars() -> None:
     assert price is not None
     assert cost_micros(price, 1_000, 500) == 450
     assert parse_price("free", "0") is None and parse_price("-1", "0") is None
+
+
+# prices as upstreams publish them (per token: 1e-12 .. 1e-3 USD, a few digits) and as
+# floats that print long (0.1 + 0.2); token counts up to a 2 M context
+PRICES = st.one_of(
+    st.decimals(min_value="0", max_value="0.001", places=12).map(float),
+    st.floats(min_value=0, max_value=1e-3, allow_nan=False, allow_infinity=False),
+)
+TOKENS = st.integers(min_value=0, max_value=2_000_000)
+
+
+@given(PRICES, PRICES, TOKENS, TOKENS)
+def test_cost_is_exactly_what_decimal_arithmetic_gives(
+    prompt_price: float, completion_price: float, prompt: int, completion: int
+) -> None:
+    """Costs are summed in integer fractions for speed; the decimal sum is the oracle."""
+    usd = Decimal(str(prompt_price)) * prompt + Decimal(str(completion_price)) * completion
+    expected = int((usd * 1_000_000).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+    price = Price(prompt=prompt_price, completion=completion_price)
+    assert cost_micros(price, prompt, completion) == expected
 
 
 @given(st.lists(st.floats(min_value=1, max_value=10_000), min_size=1, max_size=50))
