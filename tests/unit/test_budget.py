@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from decimal import ROUND_CEILING, Decimal
+from decimal import ROUND_CEILING, Decimal, localcontext
 
 import pytest
 from hypothesis import given, settings
@@ -124,16 +124,17 @@ def test_reservation_is_exactly_what_decimal_arithmetic_gives(
     ]
     limits = TenantLimits(default_price_per_mtok=default_per_mtok, default_max_tokens=1024)
     completion = 1024 if max_tokens is None else max_tokens
-    fallback = Decimal(str(default_per_mtok)) / 1_000_000
-    worst = Decimal(0)
-    for price in prices or [None]:
-        p, c = (
-            (fallback, fallback)
-            if price is None
-            else (Decimal(str(price.prompt)), Decimal(str(price.completion)))
-        )
-        worst = max(worst, p * prompt + c * completion)
-    expected = int((worst * 1_000_000).to_integral_value(rounding=ROUND_CEILING))
+    with localcontext(prec=200):  # exact: Decimal's default 28 digits round tiny prices
+        fallback = Decimal(str(default_per_mtok)) / 1_000_000
+        worst = Decimal(0)
+        for price in prices or [None]:
+            p, c = (
+                (fallback, fallback)
+                if price is None
+                else (Decimal(str(price.prompt)), Decimal(str(price.completion)))
+            )
+            worst = max(worst, p * prompt + c * completion)
+        expected = int((worst * 1_000_000).to_integral_value(rounding=ROUND_CEILING))
     if prompt + completion > 0:
         expected = max(expected, 1)
     assert reservation_micros(prompt, max_tokens, prices, limits=limits) == expected

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_HALF_UP, Decimal, localcontext
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -102,8 +102,9 @@ def test_cost_is_exactly_what_decimal_arithmetic_gives(
     prompt_price: float, completion_price: float, prompt: int, completion: int
 ) -> None:
     """Costs are summed in integer fractions for speed; the decimal sum is the oracle."""
-    usd = Decimal(str(prompt_price)) * prompt + Decimal(str(completion_price)) * completion
-    expected = int((usd * 1_000_000).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+    with localcontext(prec=200):  # exact: Decimal's default 28 digits round tiny prices
+        usd = Decimal(str(prompt_price)) * prompt + Decimal(str(completion_price)) * completion
+        expected = int((usd * 1_000_000).quantize(Decimal(1), rounding=ROUND_HALF_UP))
     price = Price(prompt=prompt_price, completion=completion_price)
     assert cost_micros(price, prompt, completion) == expected
 
