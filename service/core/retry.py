@@ -48,19 +48,30 @@ def retry_delay_ms(
 
 
 class RetryBudget(msgspec.Struct, frozen=True, kw_only=True):
-    # (unix second, requests, retries), oldest first, only within the window.
+    # (unix second, requests, retries), one per second, oldest first, within the window
+    # (the window's oldest bucket being in it, the others are: a bump is O(1) then)
     buckets: tuple[tuple[int, int, int], ...] = ()
 
 
 def _bump(b: RetryBudget, now_ms: int, window_s: int, requests: int, retries: int) -> RetryBudget:
     second = now_ms // 1000
-    kept = [x for x in b.buckets if x[0] > second - window_s]
-    if kept and kept[-1][0] == second:
-        _, req, ret = kept[-1]
-        kept[-1] = (second, req + requests, ret + retries)
-    else:
-        kept.append((second, requests, retries))
-    return RetryBudget(buckets=tuple(kept))
+    buckets = b.buckets
+    if buckets and buckets[0][0] > second - window_s:  # the oldest is in the window: all are
+        last = buckets[-1]
+        if last[0] == second:  # the usual case: one more in the current second
+            bumped = (second, last[1] + requests, last[2] + retries)
+            return RetryBudget(buckets=(*buckets[:-1], bumped))
+        if last[0] < second:
+            return RetryBudget(buckets=(*buckets, (second, requests, retries)))
+    # a bucket left the window, or the clock stepped back: keep the window, oldest first
+    kept: dict[int, tuple[int, int]] = {}
+    for s, req, ret in buckets:
+        if s > second - window_s:
+            old = kept.get(s, (0, 0))
+            kept[s] = (old[0] + req, old[1] + ret)
+    old = kept.get(second, (0, 0))
+    kept[second] = (old[0] + requests, old[1] + retries)
+    return RetryBudget(buckets=tuple((s, req, ret) for s, (req, ret) in sorted(kept.items())))
 
 
 def note_request(b: RetryBudget, now_ms: int, cfg: RetryConfig) -> RetryBudget:

@@ -80,3 +80,34 @@ def test_retries_never_exceed_the_budget_in_any_window(steps: list[tuple[bool, i
         requests = sum(x[1] for x in window)
         retries = sum(x[2] for x in window)
         assert retries <= max(2, 0.2 * requests)
+
+
+def _counts(log: list[tuple[int, int, int]], second: int) -> tuple[int, int]:
+    inside = [x for x in log if second - 60 < x[0]]
+    return sum(x[1] for x in inside), sum(x[2] for x in inside)
+
+
+@given(st.lists(st.tuples(st.booleans(), st.integers(-70_000, 30_000)), max_size=200))
+def test_the_budget_counts_what_the_window_holds_even_when_the_clock_steps_back(
+    steps: list[tuple[bool, int]],
+) -> None:
+    """Its buckets stay one per second, oldest first, all inside the window of the last
+    bump; a retry is allowed exactly when the counts of the log still in that window
+    allow it (the log pruned as the budget prunes: at each bump, by that bump's time)."""
+    b, now, log = RetryBudget(), 1_000_000, []
+    for is_retry, gap in steps:
+        now = max(now + gap, 0)
+        second = now // 1000
+        log = [x for x in log if second - 60 < x[0]]
+        if is_retry and not retry_allowed(b, now, CFG):
+            continue
+        b = (note_retry if is_retry else note_request)(b, now, CFG)
+        log.append((second, int(not is_retry), int(is_retry)))
+        seconds = [s for s, _, _ in b.buckets]
+        assert seconds == sorted(set(seconds))
+        assert all(second - 60 < s for s in seconds)
+        requests, retries = _counts(log, second)
+        assert sum(r for _, r, _ in b.buckets) == requests
+        assert sum(t for _, _, t in b.buckets) == retries
+        expected = retries + 1 <= max(CFG.retry_budget_min, CFG.retry_budget_ratio * requests)
+        assert retry_allowed(b, now, CFG) == expected
