@@ -108,7 +108,7 @@ class WhatIf:
         progress: Callable[[int], None] | None = None,
     ) -> None:
         self.cfg = cfg
-        self.state = RouterState()
+        self.state = RouterState(answers=False)  # each request is decided once: no duplicates
         self.outcomes = outcomes
         self.tenant = tenant
         self.recorded_cfg = recorded_cfg

@@ -272,68 +272,107 @@ class Recording:
         self.arrivals.append(Arrival(req, replayed=req.intake is None))
 
     def _note(self, req: RecordedRequest, t: int, seq: str, data: object) -> None:
-        match data:
-            case ev.RequestRejected() if not req.announced:
-                if data.intake is not None:
-                    req.intake = _intake(req.request_id, req.tenant, data.intake)
-                self._announce(req)
-                self._end(req, t, data)
-            case ev.AttemptStarted():
-                started = RecordedCall(
-                    model=data.model, model_attempt=data.model_attempt, attempt=data.attempt,
-                    start_ms=t, start_seq=seq,
-                )  # fmt: skip
-                old = req.calls.get((data.model, data.model_attempt))
-                if old is None or old.end_ms is None:  # a resumed attempt replaces a lost one
-                    req.calls[(data.model, data.model_attempt)] = started
-                req.by_attempt[data.attempt] = started
-                scheduled = req.scheduled.pop(data.attempt, None)
-                if scheduled is not None:
-                    at, delay = scheduled
-                    req.retries[(data.model, data.model_attempt)] = (delay, t - at, seq)
-            case ev.AttemptSucceeded() | ev.AttemptFailed():
-                ended = req.by_attempt.get(data.attempt)
-                if ended is None or ended.model != data.model:
-                    return
-                ended.end_ms, ended.end_seq = t, seq
-                self.ended.append(ended)
-                ended.latency_ms, ended.status = data.latency_ms, data.status
-                ended.retry_after_ms = None
-                if isinstance(data, ev.AttemptSucceeded):
-                    ended.ok, ended.usage, ended.cost_micros = True, data.usage, data.cost_micros
-                    ended.slow = data.slow
-                else:
-                    ended.error_class, ended.message = data.error_class, data.message
-                    ended.retry_after_ms = data.retry_after_ms
-            case ev.StreamFirstToken():
-                first = req.by_attempt.get(data.attempt)
-                if first is not None:
-                    first.first_token_ms, first.first_token_seq = t, seq
-                    first.ttft_ms = data.ttft_ms
-            case ev.StreamCut() if data.why != "cancel":
-                cut = req.by_attempt.get(data.attempt)
-                if cut is not None:
-                    cut.cut = data.why
-            case ev.RetryScheduled():
-                req.scheduled[data.attempt] = (t, data.delay_ms)
-            case ev.RouteDecided() if req.route is None:
-                req.route = tuple(data.order)
-            case ev.BudgetReserved():
-                req.reserved_micros = data.amount_micros
-            case ev.BudgetReleased() | ev.BudgetCharged() | ev.StreamCut():
-                if req.settled_at is None or req.settled_at[0] != t:
-                    req.settled_at = (t, seq)
-            case ev.CacheStored():
-                req.cache_body = EncodedBody(
-                    encoding=data.encoding, body=data.body, size_bytes=data.size_bytes
-                )
-            case ev.RequestCancelled():  # its decision's first event orders it
-                anchor = req.settled_at[1] if req.settled_at and req.settled_at[0] == t else seq
-                req.cancel = (t, anchor, data.reason)
-                self._end(req, t, data)
-            case ev.RequestCompleted() | ev.RequestFailed() | ev.RequestRejected():
-                self._end(req, t, data)
+        note = _NOTES.get(type(data))
+        if note is not None:
+            note(self, req, t, seq, data)
+
+    def _rejected(self, req: RecordedRequest, t: int, _seq: str, data: ev.RequestRejected) -> None:
+        if not req.announced:
+            if data.intake is not None:
+                req.intake = _intake(req.request_id, req.tenant, data.intake)
+            self._announce(req)
+        self._end(req, t, data)
+
+    def _started(self, req: RecordedRequest, t: int, seq: str, data: ev.AttemptStarted) -> None:
+        started = RecordedCall(
+            model=data.model, model_attempt=data.model_attempt, attempt=data.attempt,
+            start_ms=t, start_seq=seq,
+        )  # fmt: skip
+        old = req.calls.get((data.model, data.model_attempt))
+        if old is None or old.end_ms is None:  # a resumed attempt replaces a lost one
+            req.calls[(data.model, data.model_attempt)] = started
+        req.by_attempt[data.attempt] = started
+        scheduled = req.scheduled.pop(data.attempt, None)
+        if scheduled is not None:
+            at, delay = scheduled
+            req.retries[(data.model, data.model_attempt)] = (delay, t - at, seq)
+
+    def _ended(
+        self, req: RecordedRequest, t: int, seq: str, data: ev.AttemptSucceeded | ev.AttemptFailed
+    ) -> None:
+        ended = req.by_attempt.get(data.attempt)
+        if ended is None or ended.model != data.model:
+            return
+        ended.end_ms, ended.end_seq = t, seq
+        self.ended.append(ended)
+        ended.latency_ms, ended.status = data.latency_ms, data.status
+        ended.retry_after_ms = None
+        if isinstance(data, ev.AttemptSucceeded):
+            ended.ok, ended.usage, ended.cost_micros = True, data.usage, data.cost_micros
+            ended.slow = data.slow
+        else:
+            ended.error_class, ended.message = data.error_class, data.message
+            ended.retry_after_ms = data.retry_after_ms
+
+    def _first_token(
+        self, req: RecordedRequest, t: int, seq: str, data: ev.StreamFirstToken
+    ) -> None:
+        first = req.by_attempt.get(data.attempt)
+        if first is not None:
+            first.first_token_ms, first.first_token_seq = t, seq
+            first.ttft_ms = data.ttft_ms
+
+    def _cut(self, req: RecordedRequest, t: int, seq: str, data: ev.StreamCut) -> None:
+        if data.why == "cancel":  # a cancel's cut settles its reservation
+            self._settled(req, t, seq, data)
+            return
+        cut = req.by_attempt.get(data.attempt)
+        if cut is not None:
+            cut.cut = data.why
+
+    def _scheduled(self, req: RecordedRequest, t: int, _seq: str, data: ev.RetryScheduled) -> None:
+        req.scheduled[data.attempt] = (t, data.delay_ms)
+
+    def _routed(self, req: RecordedRequest, _t: int, _seq: str, data: ev.RouteDecided) -> None:
+        if req.route is None:
+            req.route = tuple(data.order)
+
+    def _reserved(self, req: RecordedRequest, _t: int, _seq: str, data: ev.BudgetReserved) -> None:
+        req.reserved_micros = data.amount_micros
+
+    def _settled(self, req: RecordedRequest, t: int, seq: str, _data: object) -> None:
+        if req.settled_at is None or req.settled_at[0] != t:
+            req.settled_at = (t, seq)
+
+    def _stored(self, req: RecordedRequest, _t: int, _seq: str, data: ev.CacheStored) -> None:
+        req.cache_body = EncodedBody(
+            encoding=data.encoding, body=data.body, size_bytes=data.size_bytes
+        )
+
+    def _cancelled(self, req: RecordedRequest, t: int, seq: str, data: ev.RequestCancelled) -> None:
+        # its decision's first event orders it
+        anchor = req.settled_at[1] if req.settled_at and req.settled_at[0] == t else seq
+        req.cancel = (t, anchor, data.reason)
+        self._end(req, t, data)
+
+    def _finished(
+        self, req: RecordedRequest, t: int, _seq: str, data: ev.RequestCompleted | ev.RequestFailed
+    ) -> None:
+        self._end(req, t, data)
 
     def _end(self, req: RecordedRequest, t: int, terminal: Terminal) -> None:
         if req.terminal is None:
             req.terminal, req.terminal_ms = terminal, t
+
+
+_NOTES: Final[dict[type, Callable[..., None]]] = {
+    ev.RequestRejected: Recording._rejected, ev.AttemptStarted: Recording._started,
+    ev.AttemptSucceeded: Recording._ended, ev.AttemptFailed: Recording._ended,
+    ev.StreamFirstToken: Recording._first_token, ev.StreamCut: Recording._cut,
+    ev.RetryScheduled: Recording._scheduled, ev.RouteDecided: Recording._routed,
+    ev.BudgetReserved: Recording._reserved, ev.BudgetReleased: Recording._settled,
+    ev.BudgetCharged: Recording._settled, ev.CacheStored: Recording._stored,
+    ev.RequestCancelled: Recording._cancelled, ev.RequestCompleted: Recording._finished,
+    ev.RequestFailed: Recording._finished,
+}  # fmt: skip
+"""What each recorded event type tells about its request (one dict lookup per event)."""

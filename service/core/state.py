@@ -25,7 +25,9 @@ Rules:
   depend on no event older than themselves: snapshots carry them past the
   events' retention. Answers are kept
   encoded (`Answers`): decoded, one takes several times its encoded size in memory,
-  and the cap counts encoded bytes, so memory follows the cap.
+  and the cap counts encoded bytes, so memory follows the cap. A state made with
+  `RouterState(answers=False)` keeps neither (what-if replay: it re-decides each
+  recorded request once, so nothing asks it for a duplicate's answer).
 """
 
 from __future__ import annotations
@@ -202,10 +204,11 @@ class RouterState:
 
     __slots__ = (
         "answer_bytes", "answers", "breakers", "budgets", "cache", "expired", "finished",
-        "inflight", "intake", "latency", "limits", "retry_budget",
+        "inflight", "intake", "keeps_answers", "latency", "limits", "retry_budget",
     )  # fmt: skip
 
-    def __init__(self) -> None:
+    def __init__(self, *, answers: bool = True) -> None:
+        self.keeps_answers = answers  # False: finished requests are not remembered
         self.breakers: dict[str, Breaker] = {}
         self.latency: dict[str, LatencyStat] = {}
         self.retry_budget = RetryBudget()
@@ -253,8 +256,9 @@ def _breaker_call(state: RouterState, model: str, failed: bool, now_ms: int, cfg
 def _finish(state: RouterState, terminal: Terminal, now_ms: int, cfg: Config) -> None:
     rid = terminal.request_id
     state.inflight.pop(rid, None)
-    remember(state, terminal, now_ms)
-    forget(state, home_partition(terminal.tenant), now_ms, cfg)
+    if state.keeps_answers:
+        remember(state, terminal, now_ms)
+        forget(state, home_partition(terminal.tenant), now_ms, cfg)
 
 
 def remember(state: RouterState, terminal: Terminal, at_ms: int) -> None:
