@@ -30,7 +30,6 @@ Rules:
 
 from __future__ import annotations
 
-import dataclasses
 import heapq
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -40,7 +39,7 @@ import msgspec
 
 from turnout.analytics.whatif.outcomes import OutcomeModel
 from turnout.analytics.whatif.recording import Arrival, RecordedRequest, Recording
-from turnout.analytics.whatif.report import Summary, Verdict, explain
+from turnout.analytics.whatif.report import Summary, Verdict, changed, explain
 from turnout.service.core import events as ev
 from turnout.service.core.admission import NO_USAGE, cache_index
 from turnout.service.core.budget import completion_allowance
@@ -462,17 +461,17 @@ class WhatIf:
                 self.recorded.end(None)
             if live.terminal is None:
                 self.whatif.end(None)
-        verdict = Verdict(
-            request_id=rid, tenant=req.tenant, time_ms=req.arrival_ms, recorded=recorded,
-            whatif=live.terminal, modelled=len(live.modelled),
-        )  # fmt: skip
-        if verdict.changed:
+        if changed(recorded, live.terminal):
             self.stats.changed += 1
             if self._on_verdict is not None:
                 models = [c.model for c in sorted(req.by_attempt.values(), key=lambda c: c.attempt)]
                 reason = explain(recorded, req.route, models, live.terminal, live.events,
                                  live.modelled)  # fmt: skip
-                self._on_verdict(dataclasses.replace(verdict, reason=reason))
+                verdict = Verdict(
+                    request_id=rid, tenant=req.tenant, time_ms=req.arrival_ms, recorded=recorded,
+                    whatif=live.terminal, modelled=len(live.modelled), reason=reason,
+                )  # fmt: skip
+                self._on_verdict(verdict)
         if self._progress is not None and self.stats.requests % 10_000 == 0:
             self._progress(self.stats.requests)
 

@@ -100,7 +100,7 @@ class RecordedRequest:
         return call if call is not None and call.end_ms is not None else None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Arrival:
     """A request arriving in the window; `replayed`: fold its events as recorded."""
 

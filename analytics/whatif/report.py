@@ -28,6 +28,7 @@ __all__ = [
     "OUTCOMES",
     "Summary",
     "Verdict",
+    "changed",
     "explain",
     "outcome_of",
     "render",
@@ -42,20 +43,18 @@ OUTCOMES: Final = (
 
 
 def outcome_of(terminal: Terminal | None) -> str:
-    match terminal:
-        case None:
-            return "in_flight"
-        case ev.RequestCompleted(cached=True):
-            return "cached"
-        case ev.RequestCompleted(coalesced=True):
-            return "coalesced"
-        case ev.RequestCompleted():
-            return "ok"
-        case ev.RequestRejected(code=code):
-            return code if code in ("rate_limited", "budget_exceeded") else "rejected"
-        case ev.RequestCancelled():
-            return "cancelled"
-    return "failed"
+    # by exact type, not `match` (both sides of every request ask: the hot path)
+    kind = type(terminal)
+    if kind is ev.RequestCompleted:
+        assert isinstance(terminal, ev.RequestCompleted)
+        return "cached" if terminal.cached else "coalesced" if terminal.coalesced else "ok"
+    if kind is ev.RequestRejected:
+        assert isinstance(terminal, ev.RequestRejected)
+        code = terminal.code
+        return code if code in ("rate_limited", "budget_exceeded") else "rejected"
+    if kind is ev.RequestCancelled:
+        return "cancelled"
+    return "in_flight" if terminal is None else "failed"
 
 
 def _model(terminal: Terminal | None) -> str | None:
@@ -196,18 +195,23 @@ class Verdict:
 
     @property
     def changed(self) -> bool:
-        r, w = self.recorded, self.whatif
-        return (
-            outcome_of(r) != outcome_of(w)
-            or _model(r) != _model(w)
-            or _attempts(r) != _attempts(w)
-            or _cost(r) != _cost(w)
-        )
+        return changed(self.recorded, self.whatif)
 
     def side(self, which: str) -> dict[str, Any]:
         t = self.recorded if which == "recorded" else self.whatif
         return {"outcome": outcome_of(t), "model": _model(t), "attempts": _attempts(t),
                 "cost_usd": _cost(t) / 1e6}  # fmt: skip
+
+
+def changed(recorded: Terminal | None, whatif: Terminal | None) -> bool:
+    """Did the request's outcome, model, attempts or cost change?"""
+    r, w = recorded, whatif
+    return (
+        outcome_of(r) != outcome_of(w)
+        or _model(r) != _model(w)
+        or _attempts(r) != _attempts(w)
+        or _cost(r) != _cost(w)
+    )
 
 
 def explain(
