@@ -61,6 +61,9 @@ __all__ = ["RunStats", "WhatIf"]
 HORIZON_MS: Final = 600_000  # the log is read this far ahead of the virtual clock
 _PLACEHOLDER_BODY: Final = EncodedBody(encoding="none", body=bytes(512), size_bytes=512)
 
+_TERMINAL_TYPES: Final = frozenset(
+    [ev.RequestCompleted, ev.RequestFailed, ev.RequestRejected, ev.RequestCancelled]
+)
 # heap actions
 _ARRIVE, _RESULT, _FIRST, _RETRY, _CANCEL, _FOLD = range(6)
 
@@ -135,7 +138,8 @@ class WhatIf:
     def run(self) -> RunStats:
         rec, heap = self.rec, self._heap
         while True:
-            self._take_new()
+            if rec.ended or rec.arrivals or rec.replayed:
+                self._take_new()
             if not rec.done:
                 ahead = heap[0][0] if heap else rec.peek_ms()
                 if ahead is None or rec.read_ms < ahead + HORIZON_MS:
@@ -203,8 +207,8 @@ class WhatIf:
         if rid is not None and rid == self.trail_id:
             self.trail_recorded.append((time_ms, event))
         self.recorded.add(time_ms, event)
-        if isinstance(event, Terminal):
-            self._settle(event.request_id)
+        if rid is not None and type(event) in _TERMINAL_TYPES:
+            self._settle(rid)
 
     # --------------------------------------------------------------- acting
 
@@ -301,7 +305,7 @@ class WhatIf:
                 self.trail.append((now, event))
             self.whatif.add(now, event)
             live.events.append(event)
-            if isinstance(event, Terminal):
+            if type(event) in _TERMINAL_TYPES:
                 live.terminal = event
                 self._settle(erid)
 
