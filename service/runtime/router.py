@@ -82,7 +82,7 @@ from turnout.service.core.state import RouterState, Terminal, evolve
 from turnout.service.errors import TurnoutError
 from turnout.service.kafka.consumer import GroupConsumer, Reader
 from turnout.service.kafka.errors import GroupMovedOn
-from turnout.service.kafka.producer import BatchedProducer
+from turnout.service.kafka.producer import BatchedProducer, acked
 from turnout.service.kafka.settings import KafkaSettings
 from turnout.service.kafka.topics import (
     broker_engine,
@@ -1055,7 +1055,7 @@ class Router:
                 if chunks is not None and isinstance(r.terminal, ev.RequestCompleted):
                     await self._replay(r.terminal, chunks)
             sent = [await self._send_response(r.terminal) for r in responds if not r.delivered]
-            await asyncio.gather(*self.unacked.pop(request_id, []), *sent)
+            await acked([*self.unacked.pop(request_id, []), *sent])
             await self._publish(terminals, time_ms=now, folded=True)
         else:  # not awaited: acks are collected before the request's response
             await self._publish(events, request_id, wait=False, time_ms=now, folded=True)
@@ -1368,7 +1368,7 @@ class Router:
         else:
             earlier = self.unacked.pop(request_id, []) if request_id is not None else []
             if futures or earlier:
-                await asyncio.gather(*earlier, *futures)
+                await acked([*earlier, *futures])
         if events:
             self.telemetry.published(events)
 
