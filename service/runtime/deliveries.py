@@ -37,8 +37,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 import msgspec
-from aiokafka.partitioner import murmur2
 
+from turnout.service.core.partitioning import murmur2
 from turnout.service.kafka.consumer import Reader, TopicPartition
 from turnout.service.kafka.settings import KafkaSettings
 from turnout.service.kafka.topics import existing_topics
