@@ -110,7 +110,10 @@ class WhatIf:
         progress: Callable[[int], None] | None = None,
     ) -> None:
         self.cfg = cfg
-        self.state = RouterState(answers=False)  # each request is decided once: no duplicates
+        # each recorded request is re-decided once, so nothing asks for a duplicate's answer
+        # unless the memory itself changes (a request id run again after the recording
+        # forgot it may be a duplicate under a longer memory)
+        self.state = RouterState(answers=_dedupe_changed(cfg, recorded_cfg))
         self.outcomes = outcomes
         self.tenant = tenant
         self.recorded_cfg = recorded_cfg
@@ -478,6 +481,19 @@ class WhatIf:
                 self._on_verdict(verdict)
         if self._progress is not None and self.stats.requests % 10_000 == 0:
             self._progress(self.stats.requests)
+
+
+_DEDUPE: Final = (
+    "dedupe_window_s", "dedupe_max_bytes", "answer_overhead_bytes", "dedupe_ids_s",
+    "dedupe_ids_max_bytes",
+)  # fmt: skip
+
+
+def _dedupe_changed(cfg: Config, recorded: Config | None) -> bool:
+    """Does the duplicate-answer memory differ from the recording's (or is that unknown)?"""
+    if recorded is None:
+        return True
+    return any(getattr(cfg.router, f) != getattr(recorded.router, f) for f in _DEDUPE)
 
 
 def _stream_stats(req: RecordedRequest, attempt: int) -> ev.StreamStats | None:

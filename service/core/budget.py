@@ -137,10 +137,10 @@ def reservation_micros(
     prompt = max(prompt_tokens, 0)
     completion = max(limits.default_max_tokens if max_tokens is None else max_tokens, 0)
     # exact fractions in integers (as `Decimal` would, ~10x faster): USD n / d
-    fn, fd = _per_token_ratio(limits.default_price_per_mtok)
     worst_n, worst_d = 0, 1
     for price in prices or (None,):
         if price is None:
+            fn, fd = _per_token_ratio(limits.default_price_per_mtok)
             n, d = fn * (prompt + completion), fd
         else:
             pn, pd = ratio_of(price.prompt)

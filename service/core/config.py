@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import math
 import re
 import tomllib
 from collections.abc import Mapping
@@ -423,7 +424,9 @@ def _convert_section(
 
 def _check_positive(where: str, values: dict[str, Any], problems: list[str]) -> None:
     for key, value in values.items():
-        if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
+        if isinstance(value, float) and not math.isfinite(value):  # TOML's inf and nan
+            problems.append(f"[{where}] {key} must be a finite number, got {value}")
+        elif isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
             problems.append(f"[{where}] {key} must not be negative, got {value}")
 
 

@@ -7,6 +7,7 @@ Upstreams publish prices as USD per token (decimal strings, e.g. OpenRouter's
 
 from __future__ import annotations
 
+import math
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from functools import lru_cache
 
@@ -63,7 +64,10 @@ def parse_price(prompt: str, completion: str) -> Price | None:
         return None
     if not (p.is_finite() and c.is_finite()) or p < 0 or c < 0:
         return None
-    return Price(prompt=float(p), completion=float(c))
+    price = Price(prompt=float(p), completion=float(c))
+    if not (math.isfinite(price.prompt) and math.isfinite(price.completion)):
+        return None  # e.g. "1e400": finite as a decimal, not as a float
+    return price
 
 
 def cost_micros(price: Price, prompt_tokens: int, completion_tokens: int) -> int:

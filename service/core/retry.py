@@ -22,6 +22,7 @@ from turnout.service.core.sampling import uniform
 __all__ = [
     "RetryBudget",
     "backoff_ms",
+    "normalized",
     "note_request",
     "note_retry",
     "retry_allowed",
@@ -72,6 +73,18 @@ def _bump(b: RetryBudget, now_ms: int, window_s: int, requests: int, retries: in
     old = kept.get(second, (0, 0))
     kept[second] = (old[0] + requests, old[1] + retries)
     return RetryBudget(buckets=tuple((s, req, ret) for s, (req, ret) in sorted(kept.items())))
+
+
+def normalized(b: RetryBudget) -> RetryBudget:
+    """The same counts one bucket per second, oldest first (what `_bump`'s fast path
+    relies on): for buckets from elsewhere, e.g. a snapshot of a version that appended
+    a bucket whenever the clock stepped back."""
+    merged: dict[int, tuple[int, int]] = {}
+    for s, req, ret in b.buckets:
+        old = merged.get(s, (0, 0))
+        merged[s] = (old[0] + req, old[1] + ret)
+    buckets = tuple((s, req, ret) for s, (req, ret) in sorted(merged.items()))
+    return b if buckets == b.buckets else RetryBudget(buckets=buckets)
 
 
 def note_request(b: RetryBudget, now_ms: int, cfg: RetryConfig) -> RetryBudget:

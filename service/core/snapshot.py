@@ -38,7 +38,7 @@ from turnout.service.core import events as ev
 from turnout.service.core import ratelimit
 from turnout.service.core.breaker import Breaker
 from turnout.service.core.partitioning import home_partition
-from turnout.service.core.retry import RetryBudget
+from turnout.service.core.retry import RetryBudget, normalized
 from turnout.service.core.state import (
     ForgottenIds,
     InFlight,
@@ -200,7 +200,7 @@ def restore(snapshots: Iterable[Snapshot], state: RouterState | None = None) -> 
         signals = newest.state.signals
         state.breakers.update(signals.breakers)
         state.latency.update(signals.latency)
-        state.retry_budget = signals.retry_budget
+        state.retry_budget = normalized(signals.retry_budget)  # older versions: unsorted
     return state
 
 

@@ -259,6 +259,8 @@ def _finish(state: RouterState, terminal: Terminal, now_ms: int, cfg: Config) ->
     if state.keeps_answers:
         remember(state, terminal, now_ms)
         forget(state, home_partition(terminal.tenant), now_ms, cfg)
+    else:  # nor where its intake record was (`forget` drops that with the answer)
+        state.intake.pop(rid, None)
 
 
 def remember(state: RouterState, terminal: Terminal, at_ms: int) -> None:

@@ -14,7 +14,8 @@ force it. Either way consumers still dedupe by event id (at-least-once).
 docs/reference/broker.md rules followed here:
 - 6: no transactions; no idempotence on Tansu.
 - 7: acks="all", never 0 (acks=0 corrupts aiokafka's connection on Tansu).
-- 8: the default murmur2 partitioner (the core's, twice as fast as aiokafka's), the same as Java clients.
+- 8: the default murmur2 partitioner (the core's: twice as fast as aiokafka's), as Java
+  clients.
 - 9: records over `max_record_bytes` (<= 1 MB) are refused here with
   `RecordTooLarge`, because Tansu accepts anything and Kafka does not;
   `max_request_size` stays at aiokafka's default.

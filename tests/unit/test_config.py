@@ -102,6 +102,19 @@ def test_semantic_problems_are_listed_too() -> None:
     assert any("base_delay_ms must not exceed" in p for p in problems)
 
 
+def test_money_and_limits_must_be_finite_numbers() -> None:
+    """TOML has `inf` and `nan`: as a default price, every budgeted request would fail."""
+    with pytest.raises(ConfigError) as info:
+        parse_config(
+            {"tenants": {"acme": {"default_price_per_mtok": float("inf"),
+                                  "budget_usd_per_day": float("nan")}}},
+            {},
+        )  # fmt: skip
+    problems = info.value.problems
+    assert "[tenants.acme] default_price_per_mtok must be a finite number, got inf" in problems
+    assert "[tenants.acme] budget_usd_per_day must be a finite number, got nan" in problems
+
+
 def test_bad_toml_and_missing_file_are_config_errors(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[kafka\nbootstrap = 1\n")

@@ -9,6 +9,7 @@ from turnout.service.core.config import RetryConfig
 from turnout.service.core.retry import (
     RetryBudget,
     backoff_ms,
+    normalized,
     note_request,
     note_retry,
     retry_allowed,
@@ -98,9 +99,9 @@ def test_the_budget_counts_what_the_window_holds_even_when_the_clock_steps_back(
     for is_retry, gap in steps:
         now = max(now + gap, 0)
         second = now // 1000
-        log = [x for x in log if second - 60 < x[0]]
         if is_retry and not retry_allowed(b, now, CFG):
             continue
+        log = [x for x in log if second - 60 < x[0]]
         b = (note_retry if is_retry else note_request)(b, now, CFG)
         log.append((second, int(not is_retry), int(is_retry)))
         seconds = [s for s, _, _ in b.buckets]
@@ -111,3 +112,18 @@ def test_the_budget_counts_what_the_window_holds_even_when_the_clock_steps_back(
         assert sum(t for _, _, t in b.buckets) == retries
         expected = retries + 1 <= max(CFG.retry_budget_min, CFG.retry_budget_ratio * requests)
         assert retry_allowed(b, now, CFG) == expected
+
+
+def test_a_budget_from_an_older_snapshot_decides_as_it_did_once_normalized() -> None:
+    """Earlier versions appended a bucket whenever the clock stepped back, so a snapshot
+    may hold buckets out of order and a second twice; restored, they are merged and
+    sorted, and the window drops what it should (the fast path trusts the order)."""
+    cfg = RetryConfig(retry_budget_window_s=5, retry_budget_min=2, retry_budget_ratio=0.2)
+    old = RetryBudget(buckets=((12, 1, 0), (11, 0, 2), (12, 0, 1)))  # written out of order
+    restored = normalized(old)
+    assert restored.buckets == ((11, 0, 2), (12, 1, 1))
+    bumped = note_request(restored, 16_000, cfg)  # 11 leaves the window (16 - 5)
+    assert bumped.buckets == ((12, 1, 1), (16, 1, 0))
+    assert retry_allowed(bumped, 15_500, cfg)  # 1 retry in the window: a second is allowed
+    unsorted = note_request(old, 16_000, cfg)  # not normalized: 11 would survive
+    assert not retry_allowed(unsorted, 15_500, cfg)

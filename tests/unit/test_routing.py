@@ -86,6 +86,7 @@ def test_money_is_integer_micro_dollars() -> None:
     assert price is not None
     assert cost_micros(price, 1_000, 500) == 450
     assert parse_price("free", "0") is None and parse_price("-1", "0") is None
+    assert parse_price("1e400", "0") is None  # a finite decimal, an infinite float
 
 
 # prices as upstreams publish them (per token: 1e-12 .. 1e-3 USD, a few digits) and as

@@ -15,6 +15,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -332,6 +333,31 @@ def test_a_window_re_decides_only_its_arrivals_on_the_state_before_it(
     }  # fmt: skip
     assert run.stats.requests == len(inside) > 100
     assert changed == []  # the state before the window carried limits, budgets, breakers
+
+
+def test_memory_holds_only_requests_in_flight_unless_the_duplicate_memory_changes(
+    recorded: tuple[Config, list[Recorded]],
+) -> None:
+    """Each recorded request is re-decided once, so under the recorded duplicate memory
+    the run keeps no answers, and no intake positions (real routers record where each
+    request's intake record was), however long the log before the window is."""
+    cfg, log = recorded
+    with_intake = (ev.RequestAccepted, ev.RequestCompleted, ev.RequestFailed,
+                   ev.RequestRejected, ev.RequestCancelled)  # fmt: skip
+    placed = [
+        msgspec.structs.replace(
+            r, data=msgspec.structs.replace(r.data, intake_partition=0, intake_offset=i)
+        )
+        if isinstance(r.data, with_intake) else r
+        for i, r in enumerate(log)
+    ]  # fmt: skip
+    run, changed = whatif(placed, cfg, cfg, since_ms=T0 + 20_000)
+    assert changed == [] and run.stats.requests > 100
+    assert len(run.state.finished) == 0 and run.state.intake == {}
+    raw = base_raw()
+    raw["router"] = {"dedupe_window_s": 2 * 86_400, "dedupe_ids_s": 9 * 86_400}
+    longer, _ = whatif(placed, parse_config(raw, {}), cfg, since_ms=T0 + 20_000)
+    assert len(longer.state.finished) > run.stats.requests  # the window's and those before
 
 
 def test_tenant_reports_only_that_tenant(recorded: tuple[Config, list[Recorded]]) -> None:
