@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from bench_router import CONFIG, cpu_s, percentile, pinned, router, simulator, stop_process
+from bench_router import CONFIG, cpu_s, percentile, pinned, py_spy, router, simulator, stop_process
 from engines import brokers
 
 from turnout.service.kafka.broker import free_port
@@ -180,10 +180,16 @@ def ms(values: list[float], p: float) -> float:
     return percentile(values, p) * 1000
 
 
-def line(name: str, got: list[tuple[float, float, int]], base: list[tuple[float, float, int]],
-         seconds: float, cpu: float | None = None, *, which: int = 1) -> None:  # fmt: skip
+Timed = list[tuple[float, float, int]]
+
+
+def line(name: str, got: Timed, base: Timed, seconds: float,
+         cpu: tuple[float, float] | None = None, *, which: int = 1) -> None:  # fmt: skip
     a, b = [g[which] for g in got], [g[which] for g in base]
-    cpu_text = f", gateway+router CPU {cpu * 1000 / len(got):.2f} ms/req" if cpu else ""
+    cpu_text = ""
+    if cpu:
+        gw, rt = (c * 1000 / len(got) for c in cpu)
+        cpu_text = f", gateway+router CPU {gw + rt:.2f} ms/req (gateway {gw:.2f}, router {rt:.2f})"
     print(
         f"  {name}: {len(got) / seconds:,.0f} req/s (baseline {len(base) / seconds:,.0f}), "
         f"p50 {ms(a, 50):.1f} / p99 {ms(a, 99):.1f} ms (baseline {ms(b, 50):.1f} / "
@@ -212,9 +218,11 @@ def run(args: argparse.Namespace, bootstrap: str) -> None:
                 asyncio.run(closed_loop(base, MODEL, 32, 3, False))  # warm-up
                 pids = (gw_pid, r.pid)
                 if "plain" in want:
-                    before = sum(cpu_s(p) for p in pids)
-                    got = asyncio.run(closed_loop(base, MODEL, 32, args.seconds, False))
-                    cpu = sum(cpu_s(p) for p in pids) - before
+                    before = [cpu_s(p) for p in pids]
+                    with py_spy(gw_pid, args.profile, args.profile_format):
+                        got = asyncio.run(closed_loop(base, MODEL, 32, args.seconds, False))
+                    gw_cpu, router_cpu = (cpu_s(p) - b for p, b in zip(pids, before, strict=True))
+                    cpu = (gw_cpu, router_cpu)
                     direct = asyncio.run(closed_loop(upstream, MODEL, 32, args.seconds, False))
                     line("closed loop, 32 connections, plain", got, direct, args.seconds, cpu)
                 if "streams" in want:
@@ -243,6 +251,9 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=500.0)
     parser.add_argument("--only", default="plain,open,streams")
     parser.add_argument("--engines", default="kafka")
+    parser.add_argument("--profile", default=None, help="py-spy output for the gateway (plain)")
+    parser.add_argument("--profile-format", default="flamegraph",
+                        choices=["flamegraph", "raw", "speedscope"])  # fmt: skip
     args = parser.parse_args()
     args.parts = set(args.only.split(","))
     print(f"{os.cpu_count()} CPUs; simulator pinned to CPU 0; the rest float")
