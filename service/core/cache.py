@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final, TypeAlias
 
 import msgspec
@@ -417,22 +417,36 @@ def _finish(index: CacheIndex, request_id: str) -> None:
 
 def evolve_cache(index: CacheIndex, event: object) -> None:
     """Fold one event into the index (other events are ignored)."""
-    match event:
-        case ev.CacheStored():
-            _store(index, event)
-        case ev.CacheHit():
-            if event.cache_key in index.entries:
-                index.entries.move_to_end(event.cache_key)
-        case ev.CacheEvicted():
-            _remove(index, event.cache_key)
-        case ev.RequestAccepted(cacheable=True, cache_key=str() as key):
-            _lead(index, event.request_id, key)
-        case ev.RequestCoalesced():
-            _follow(index, event)
-        case ev.RequestCompleted() | ev.RequestFailed() | ev.RequestRejected():
-            _finish(index, event.request_id)
-        case ev.RequestCancelled():
-            _finish(index, event.request_id)
+    fold = _FOLDS.get(type(event))
+    if fold is not None:
+        fold(index, event)
+
+
+def _on_hit(index: CacheIndex, event: ev.CacheHit) -> None:
+    if event.cache_key in index.entries:
+        index.entries.move_to_end(event.cache_key)
+
+
+def _on_evicted(index: CacheIndex, event: ev.CacheEvicted) -> None:
+    _remove(index, event.cache_key)
+
+
+def _on_accepted(index: CacheIndex, event: ev.RequestAccepted) -> None:
+    if event.cacheable and event.cache_key is not None:
+        _lead(index, event.request_id, event.cache_key)
+
+
+def _on_ended(index: CacheIndex, event: Any) -> None:
+    _finish(index, event.request_id)
+
+
+_FOLDS: Final[dict[type, Callable[[CacheIndex, Any], None]]] = {
+    ev.CacheStored: _store, ev.CacheHit: _on_hit, ev.CacheEvicted: _on_evicted,
+    ev.RequestAccepted: _on_accepted, ev.RequestCoalesced: _follow,
+    ev.RequestCompleted: _on_ended, ev.RequestFailed: _on_ended,
+    ev.RequestRejected: _on_ended, ev.RequestCancelled: _on_ended,
+}  # fmt: skip
+"""What each event type does to the index (one dict lookup, no `match`)."""
 
 
 # --- snapshots ----------------------------------------------------------------

@@ -43,7 +43,7 @@ from turnout.service.core import budget as budgets
 from turnout.service.core import events as ev
 from turnout.service.core import ratelimit
 from turnout.service.core.breaker import Breaker, Trigger, apply_trigger, record_call
-from turnout.service.core.budget import TenantBudget, evolve_budget
+from turnout.service.core.budget import BudgetEvent, TenantBudget, evolve_budget
 from turnout.service.core.cache import CacheIndex, evolve_cache
 from turnout.service.core.config import Config
 from turnout.service.core.partitioning import PARTITIONS, home_partition
@@ -346,69 +346,80 @@ def _update(state: RouterState, request_id: str, **changes: object) -> None:
         state.inflight[request_id] = msgspec.structs.replace(current, **changes)
 
 
-def _evolve_request(state: RouterState, event: object, now_ms: int, cfg: Config) -> None:
-    match event:
-        case ev.RequestAccepted():
-            state.inflight[event.request_id] = InFlight(
-                request_id=event.request_id,
-                tenant=event.tenant,
-                task_type=event.task_type,
-                accepted_at_ms=now_ms,
-                reply_to=event.reply_to,
-                cache_key=event.cache_key if event.cacheable else None,
-                stream=event.stream,
-            )
-            if event.intake_partition is not None and event.intake_offset is not None:
-                state.intake[event.request_id] = (event.intake_partition, event.intake_offset)
-            state.retry_budget = note_request(state.retry_budget, now_ms, cfg.retry)
-        case ev.RouteDecided():
-            _update(state, event.request_id, order=tuple(event.order), index=0)
-        case ev.AttemptStarted():
-            current = state.inflight.get(event.request_id)
-            if current is not None:
-                index = current.order.index(event.model) if event.model in current.order else 0
-                _update(
-                    state,
-                    event.request_id,
-                    index=index,
-                    attempt=event.attempt,
-                    model_attempt=event.model_attempt,
-                )
-        case ev.StreamFirstToken():
-            _update(state, event.request_id, first_token_attempt=event.attempt)
-        case ev.RetryScheduled():
-            state.retry_budget = note_retry(state.retry_budget, now_ms, cfg.retry)
-        case ev.RequestRejected():
-            if event.intake_partition is not None and event.intake_offset is not None:
-                state.intake[event.request_id] = (event.intake_partition, event.intake_offset)
-            _finish(state, event, now_ms, cfg)
-        case ev.RequestCompleted() | ev.RequestFailed() | ev.RequestCancelled():
-            if event.intake_partition is not None and event.intake_offset is not None:
-                state.intake[event.request_id] = (event.intake_partition, event.intake_offset)
-            _finish(state, event, now_ms, cfg)
+# --- folders: one function per event type and part of the state (`_FOLDERS`) ---
 
 
-def _evolve_model(state: RouterState, event: object, now_ms: int, cfg: Config) -> None:
-    match event:
-        case ev.AttemptSucceeded():
-            state.latency[event.model] = observe_latency(
-                state.latency.get(event.model, LatencyStat()), event.latency_ms
-            )
-            _breaker_call(state, event.model, event.slow, now_ms, cfg)
-        case ev.AttemptFailed():
-            _breaker_call(state, event.model, event.breaker_failure, now_ms, cfg)
-            current = state.inflight.get(event.request_id)
-            if current is not None:
-                error = ev.CandidateError(
-                    model=event.model, code=event.error_class, message=event.message
-                )
-                _update(state, event.request_id, errors=(*current.errors, error))
-        case ev.BreakerOpened():
-            _breaker_transition(state, event.model, "open", event.open_until_ms)
-        case ev.BreakerHalfOpened():
-            _breaker_transition(state, event.model, "half_open", 0)
-        case ev.BreakerClosed():
-            _breaker_transition(state, event.model, "closed", 0)
+def _accepted(state: RouterState, event: ev.RequestAccepted, now_ms: int, cfg: Config) -> None:
+    state.inflight[event.request_id] = InFlight(
+        request_id=event.request_id,
+        tenant=event.tenant,
+        task_type=event.task_type,
+        accepted_at_ms=now_ms,
+        reply_to=event.reply_to,
+        cache_key=event.cache_key if event.cacheable else None,
+        stream=event.stream,
+    )
+    if event.intake_partition is not None and event.intake_offset is not None:
+        state.intake[event.request_id] = (event.intake_partition, event.intake_offset)
+    state.retry_budget = note_request(state.retry_budget, now_ms, cfg.retry)
+
+
+def _routed(state: RouterState, event: ev.RouteDecided, _now_ms: int, _cfg: Config) -> None:
+    _update(state, event.request_id, order=tuple(event.order), index=0)
+
+
+def _started(state: RouterState, event: ev.AttemptStarted, _now_ms: int, _cfg: Config) -> None:
+    current = state.inflight.get(event.request_id)
+    if current is not None:
+        index = current.order.index(event.model) if event.model in current.order else 0
+        state.inflight[event.request_id] = msgspec.structs.replace(
+            current, index=index, attempt=event.attempt, model_attempt=event.model_attempt
+        )
+
+
+def _first_token(
+    state: RouterState, event: ev.StreamFirstToken, _now_ms: int, _cfg: Config
+) -> None:
+    _update(state, event.request_id, first_token_attempt=event.attempt)
+
+
+def _retry_scheduled(state: RouterState, _event: object, now_ms: int, cfg: Config) -> None:
+    state.retry_budget = note_retry(state.retry_budget, now_ms, cfg.retry)
+
+
+def _terminal(state: RouterState, event: Terminal, now_ms: int, cfg: Config) -> None:
+    if event.intake_partition is not None and event.intake_offset is not None:
+        state.intake[event.request_id] = (event.intake_partition, event.intake_offset)
+    _finish(state, event, now_ms, cfg)
+
+
+def _succeeded(state: RouterState, event: ev.AttemptSucceeded, now_ms: int, cfg: Config) -> None:
+    state.latency[event.model] = observe_latency(
+        state.latency.get(event.model, LatencyStat()), event.latency_ms
+    )
+    _breaker_call(state, event.model, event.slow, now_ms, cfg)
+
+
+def _failed(state: RouterState, event: ev.AttemptFailed, now_ms: int, cfg: Config) -> None:
+    _breaker_call(state, event.model, event.breaker_failure, now_ms, cfg)
+    current = state.inflight.get(event.request_id)
+    if current is not None:
+        error = ev.CandidateError(model=event.model, code=event.error_class, message=event.message)
+        _update(state, event.request_id, errors=(*current.errors, error))
+
+
+def _opened(state: RouterState, event: ev.BreakerOpened, _now_ms: int, _cfg: Config) -> None:
+    _breaker_transition(state, event.model, "open", event.open_until_ms)
+
+
+def _half_opened(
+    state: RouterState, event: ev.BreakerHalfOpened, _now_ms: int, _cfg: Config
+) -> None:
+    _breaker_transition(state, event.model, "half_open", 0)
+
+
+def _closed(state: RouterState, event: ev.BreakerClosed, _now_ms: int, _cfg: Config) -> None:
+    _breaker_transition(state, event.model, "closed", 0)
 
 
 _TRIGGER_TO: Final[dict[tuple[str, str], Trigger]] = {
@@ -433,27 +444,31 @@ def _breaker_transition(state: RouterState, model: str, target: str, open_until_
     state.breakers[model] = apply_trigger(b, trigger, open_until_ms=open_until_ms)
 
 
-def _evolve_tenant(state: RouterState, event: object, now_ms: int, cfg: Config) -> None:
-    match event:
-        case ev.RequestAccepted():
-            if cfg.features.rate_limiting:
-                limits = cfg.tenant(event.tenant)
-                windows = state.limits.get(event.tenant)
-                if windows is None:
-                    windows = state.limits[event.tenant] = ratelimit.TenantWindows()
-                tokens = ratelimit.token_estimate(event.prompt_tokens_est, event.max_tokens, limits)
-                ratelimit.admit(
-                    windows, limits, request_id=event.request_id, now_ms=now_ms, tokens=tokens
-                )
-        case ev.RequestCompleted() | ev.RequestFailed() | ev.RequestCancelled():
-            used = event.usage.total_tokens if event.usage is not None else 0
-            windows = state.limits.get(event.tenant)
-            ratelimit.settle(windows, request_id=event.request_id, tokens=used)
-        case ev.BudgetReserved() | ev.BudgetCharged() | ev.BudgetReleased() | ev.BudgetExceeded():
-            b = state.budgets.get(event.tenant)
-            if b is None:
-                b = state.budgets[event.tenant] = TenantBudget()
-            evolve_budget(b, event)
+def _admitted(state: RouterState, event: ev.RequestAccepted, now_ms: int, cfg: Config) -> None:
+    if cfg.features.rate_limiting:
+        limits = cfg.tenant(event.tenant)
+        windows = state.limits.get(event.tenant)
+        if windows is None:
+            windows = state.limits[event.tenant] = ratelimit.TenantWindows()
+        tokens = ratelimit.token_estimate(event.prompt_tokens_est, event.max_tokens, limits)
+        ratelimit.admit(windows, limits, request_id=event.request_id, now_ms=now_ms, tokens=tokens)
+
+
+def _used(
+    state: RouterState,
+    event: ev.RequestCompleted | ev.RequestFailed | ev.RequestCancelled,
+    _now_ms: int,
+    _cfg: Config,
+) -> None:
+    used = event.usage.total_tokens if event.usage is not None else 0
+    ratelimit.settle(state.limits.get(event.tenant), request_id=event.request_id, tokens=used)
+
+
+def _budget(state: RouterState, event: BudgetEvent, _now_ms: int, _cfg: Config) -> None:
+    b = state.budgets.get(event.tenant)
+    if b is None:
+        b = state.budgets[event.tenant] = TenantBudget()
+    evolve_budget(b, event)
 
 
 def _evolve_cache(state: RouterState, event: Any, _now_ms: int, _cfg: Config) -> None:
@@ -461,33 +476,33 @@ def _evolve_cache(state: RouterState, event: Any, _now_ms: int, _cfg: Config) ->
 
 
 _Folder = Callable[[RouterState, Any, int, Config], None]
-_PARTS: Final[tuple[tuple[_Folder, tuple[type, ...]], ...]] = (
-    (_evolve_tenant, (
-        ev.RequestAccepted, ev.RequestCompleted, ev.RequestFailed, ev.RequestCancelled,
-        ev.BudgetReserved,
-        ev.BudgetCharged, ev.BudgetReleased, ev.BudgetExceeded,
-    )),
-    (_evolve_cache, (
-        ev.CacheStored, ev.CacheHit, ev.CacheEvicted, ev.RequestAccepted, ev.RequestCoalesced,
-        ev.RequestCompleted, ev.RequestFailed, ev.RequestRejected, ev.RequestCancelled,
-    )),
-    (_evolve_request, (
-        ev.RequestAccepted, ev.RouteDecided, ev.AttemptStarted, ev.RetryScheduled,
-        ev.StreamFirstToken, ev.RequestCompleted, ev.RequestFailed, ev.RequestRejected,
-        ev.RequestCancelled,
-    )),
-    (_evolve_model, (
-        ev.AttemptSucceeded, ev.AttemptFailed, ev.BreakerOpened, ev.BreakerHalfOpened,
-        ev.BreakerClosed,
-    )),
+_TERMINALS: Final = (ev.RequestCompleted, ev.RequestFailed, ev.RequestRejected, ev.RequestCancelled)
+_PARTS: Final[tuple[dict[type, _Folder], ...]] = (
+    {  # the tenant's rate-limit windows and budget
+        ev.RequestAccepted: _admitted, ev.RequestCompleted: _used, ev.RequestFailed: _used,
+        ev.RequestCancelled: _used, ev.BudgetReserved: _budget, ev.BudgetCharged: _budget,
+        ev.BudgetReleased: _budget, ev.BudgetExceeded: _budget,
+    },
+    {  # the cache index of the tenant's partition
+        cls: _evolve_cache
+        for cls in (ev.CacheStored, ev.CacheHit, ev.CacheEvicted, ev.RequestAccepted,
+                    ev.RequestCoalesced, *_TERMINALS)
+    },
+    {  # requests in flight, finished requests, the retry budget
+        ev.RequestAccepted: _accepted, ev.RouteDecided: _routed, ev.AttemptStarted: _started,
+        ev.RetryScheduled: _retry_scheduled, ev.StreamFirstToken: _first_token,
+        **{cls: _terminal for cls in _TERMINALS},
+    },
+    {  # models: latency and breakers
+        ev.AttemptSucceeded: _succeeded, ev.AttemptFailed: _failed, ev.BreakerOpened: _opened,
+        ev.BreakerHalfOpened: _half_opened, ev.BreakerClosed: _closed,
+    },
 )  # fmt: skip
 _FOLDERS: Final[dict[type, tuple[_Folder, ...]]] = {
-    cls: tuple(folder for folder, classes in _PARTS if cls in classes)
-    for _, classes in _PARTS
-    for cls in classes
+    cls: tuple(part[cls] for part in _PARTS if cls in part) for part in _PARTS for cls in part
 }
-"""Which parts of the state each event type changes (the hot path folds ~10 events
-per request: one dict lookup instead of three `match` statements)."""
+"""What each event type changes, part by part in this order (the hot path folds ~10
+events per request: one dict lookup, then a function per part, no `match`)."""
 
 
 def evolve(state: RouterState, event: object, now_ms: int, cfg: Config) -> RouterState:
