@@ -42,6 +42,8 @@ from turnout.service.core.state import Terminal
 __all__ = ["Arrival", "PriceTimeline", "RecordedCall", "RecordedRequest", "Recording"]
 
 TERMINALS: Final = (ev.RequestCompleted, ev.RequestFailed, ev.RequestRejected, ev.RequestCancelled)
+_TERMINAL_TYPES: Final = frozenset(TERMINALS)
+_BREAKER_TYPES: Final = frozenset([ev.BreakerOpened, ev.BreakerHalfOpened, ev.BreakerClosed])
 
 
 @dataclass(slots=True)
@@ -212,29 +214,32 @@ class Recording:
         # (`SystemClock.new_id`), across partitions and within a millisecond; without ids,
         # the log's order (which orders a millisecond's partitions by number)
         seq, t, data = rec.id or f"{self.seq:020d}", rec.time_ms, rec.data
-        if isinstance(data, ev.PricesUpdated):
+        kind = type(data)  # exact types: events have no subclasses (the hot path)
+        if kind is ev.PricesUpdated:
+            assert isinstance(data, ev.PricesUpdated)
             self.prices.add(t, data.prices)
             return
-        if isinstance(data, ev.ConfigApplied):
+        if kind is ev.ConfigApplied:
+            assert isinstance(data, ev.ConfigApplied)
             self.configs.append(data)
             return
         if self.since_ms is not None and t < self.since_ms:
             if self._before is not None:
                 self._before(t, data)
-            if isinstance(data, ev.RequestAccepted):
+            if kind is ev.RequestAccepted:
+                assert isinstance(data, ev.RequestAccepted)
                 self._outside.add(data.request_id)
-            elif isinstance(data, TERMINALS):
-                self._outside.discard(data.request_id)
+            elif kind in _TERMINAL_TYPES:
+                self._outside.discard(getattr(data, "request_id", ""))
             return
         rid = rec.subject
         if rid is None or rec.tenant == ev.SYSTEM_TENANT:
-            breaker = isinstance(data, ev.BreakerOpened | ev.BreakerHalfOpened | ev.BreakerClosed)
-            if breaker and self._recorded is not None:
+            if kind in _BREAKER_TYPES and self._recorded is not None:
                 self._recorded(t, data)
             return
         if rid in self._outside:  # in flight when the window opened: kept as recorded
             self.replayed.append((t, seq, data))
-            if isinstance(data, TERMINALS):
+            if kind in _TERMINAL_TYPES:
                 self._outside.discard(rid)
             return
         req = self.requests.get(rid)
@@ -244,8 +249,10 @@ class Recording:
                 return
         if rid in self.keep_events:
             req.events.append((t, seq, data))
-        self._note(req, t, seq, data)
-        if self._recorded is not None and (not isinstance(data, TERMINALS) or req.terminal is data):
+        note = _NOTES.get(kind)
+        if note is not None:
+            note(self, req, t, seq, data)
+        if self._recorded is not None and (kind not in _TERMINAL_TYPES or req.terminal is data):
             self._recorded(t, data)
 
     def _arrive(self, rid: str, rec: Recorded, seq: str) -> RecordedRequest | None:
@@ -270,11 +277,6 @@ class Recording:
     def _announce(self, req: RecordedRequest) -> None:
         req.announced = True
         self.arrivals.append(Arrival(req, replayed=req.intake is None))
-
-    def _note(self, req: RecordedRequest, t: int, seq: str, data: object) -> None:
-        note = _NOTES.get(type(data))
-        if note is not None:
-            note(self, req, t, seq, data)
 
     def _rejected(self, req: RecordedRequest, t: int, _seq: str, data: ev.RequestRejected) -> None:
         if not req.announced:
