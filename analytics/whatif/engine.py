@@ -38,7 +38,12 @@ from typing import Any, Final
 import msgspec
 
 from turnout.analytics.whatif.outcomes import OutcomeModel
-from turnout.analytics.whatif.recording import Arrival, RecordedRequest, Recording
+from turnout.analytics.whatif.recording import (
+    TERMINAL_TYPES,
+    Arrival,
+    RecordedRequest,
+    Recording,
+)
 from turnout.analytics.whatif.report import Summary, Verdict, changed, explain
 from turnout.service.core import events as ev
 from turnout.service.core.admission import NO_USAGE, cache_index
@@ -61,9 +66,6 @@ __all__ = ["RunStats", "WhatIf"]
 HORIZON_MS: Final = 600_000  # the log is read this far ahead of the virtual clock
 _PLACEHOLDER_BODY: Final = EncodedBody(encoding="none", body=bytes(512), size_bytes=512)
 
-_TERMINAL_TYPES: Final = frozenset(
-    [ev.RequestCompleted, ev.RequestFailed, ev.RequestRejected, ev.RequestCancelled]
-)
 # heap actions
 _ARRIVE, _RESULT, _FIRST, _RETRY, _CANCEL, _FOLD = range(6)
 
@@ -210,7 +212,7 @@ class WhatIf:
         if rid is not None and rid == self.trail_id:
             self.trail_recorded.append((time_ms, event))
         self.recorded.add(time_ms, event)
-        if rid is not None and type(event) in _TERMINAL_TYPES:
+        if rid is not None and type(event) in TERMINAL_TYPES:
             self._settle(rid)
 
     # --------------------------------------------------------------- acting
@@ -308,7 +310,7 @@ class WhatIf:
                 self.trail.append((now, event))
             self.whatif.add(now, event)
             live.events.append(event)
-            if type(event) in _TERMINAL_TYPES:
+            if type(event) in TERMINAL_TYPES:
                 live.terminal = event
                 self._settle(erid)
 

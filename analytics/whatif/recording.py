@@ -39,10 +39,13 @@ from turnout.service.core.decision import IntakeRequest
 from turnout.service.core.pricing import Price
 from turnout.service.core.state import Terminal
 
-__all__ = ["Arrival", "PriceTimeline", "RecordedCall", "RecordedRequest", "Recording"]
+__all__ = [
+    "TERMINALS", "TERMINAL_TYPES", "Arrival", "PriceTimeline", "RecordedCall", "RecordedRequest",
+    "Recording",
+]  # fmt: skip
 
 TERMINALS: Final = (ev.RequestCompleted, ev.RequestFailed, ev.RequestRejected, ev.RequestCancelled)
-_TERMINAL_TYPES: Final = frozenset(TERMINALS)
+TERMINAL_TYPES: Final = frozenset(TERMINALS)  # for exact-type lookups on the hot path
 _BREAKER_TYPES: Final = frozenset([ev.BreakerOpened, ev.BreakerHalfOpened, ev.BreakerClosed])
 
 
@@ -229,7 +232,7 @@ class Recording:
             if kind is ev.RequestAccepted:
                 assert isinstance(data, ev.RequestAccepted)
                 self._outside.add(data.request_id)
-            elif kind in _TERMINAL_TYPES:
+            elif kind in TERMINAL_TYPES:
                 self._outside.discard(getattr(data, "request_id", ""))
             return
         rid = rec.subject
@@ -239,7 +242,7 @@ class Recording:
             return
         if rid in self._outside:  # in flight when the window opened: kept as recorded
             self.replayed.append((t, seq, data))
-            if kind in _TERMINAL_TYPES:
+            if kind in TERMINAL_TYPES:
                 self._outside.discard(rid)
             return
         req = self.requests.get(rid)
@@ -252,7 +255,7 @@ class Recording:
         note = _NOTES.get(kind)
         if note is not None:
             note(self, req, t, seq, data)
-        if self._recorded is not None and (kind not in _TERMINAL_TYPES or req.terminal is data):
+        if self._recorded is not None and (kind not in TERMINAL_TYPES or req.terminal is data):
             self._recorded(t, data)
 
     def _arrive(self, rid: str, rec: Recorded, seq: str) -> RecordedRequest | None:

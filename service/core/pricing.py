@@ -13,7 +13,10 @@ from functools import lru_cache
 
 import msgspec
 
-__all__ = ["Price", "call_cost_micros", "cost_micros", "parse_price", "usd_to_micros"]
+__all__ = [
+    "Price", "call_cost_micros", "cost_micros", "micros_half_up", "parse_price", "ratio_of",
+    "usd_to_micros",
+]  # fmt: skip
 
 _MICRO = Decimal(1_000_000)
 

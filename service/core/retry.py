@@ -14,6 +14,8 @@ Rules:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import msgspec
 
 from turnout.service.core.config import RetryConfig
@@ -65,26 +67,26 @@ def _bump(b: RetryBudget, now_ms: int, window_s: int, requests: int, retries: in
         if last[0] < second:
             return RetryBudget(buckets=(*buckets, (second, requests, retries)))
     # a bucket left the window, or the clock stepped back: keep the window, oldest first
-    kept: dict[int, tuple[int, int]] = {}
-    for s, req, ret in buckets:
-        if s > second - window_s:
-            old = kept.get(s, (0, 0))
-            kept[s] = (old[0] + req, old[1] + ret)
-    old = kept.get(second, (0, 0))
-    kept[second] = (old[0] + requests, old[1] + retries)
-    return RetryBudget(buckets=tuple((s, req, ret) for s, (req, ret) in sorted(kept.items())))
+    kept = [x for x in buckets if x[0] > second - window_s]
+    kept.append((second, requests, retries))
+    return RetryBudget(buckets=_merged(kept))
 
 
 def normalized(b: RetryBudget) -> RetryBudget:
     """The same counts one bucket per second, oldest first (what `_bump`'s fast path
     relies on): for buckets from elsewhere, e.g. a snapshot of a version that appended
     a bucket whenever the clock stepped back."""
+    buckets = _merged(b.buckets)
+    return b if buckets == b.buckets else RetryBudget(buckets=buckets)
+
+
+def _merged(buckets: Iterable[tuple[int, int, int]]) -> tuple[tuple[int, int, int], ...]:
+    """Buckets summed by second, oldest first."""
     merged: dict[int, tuple[int, int]] = {}
-    for s, req, ret in b.buckets:
+    for s, req, ret in buckets:
         old = merged.get(s, (0, 0))
         merged[s] = (old[0] + req, old[1] + ret)
-    buckets = tuple((s, req, ret) for s, (req, ret) in sorted(merged.items()))
-    return b if buckets == b.buckets else RetryBudget(buckets=buckets)
+    return tuple((s, req, ret) for s, (req, ret) in sorted(merged.items()))
 
 
 def note_request(b: RetryBudget, now_ms: int, cfg: RetryConfig) -> RetryBudget:
