@@ -38,9 +38,12 @@ from aiokafka.structs import RecordMetadata
 
 from turnout.service.core.partitioning import murmur2
 from turnout.service.errors import TurnoutError
+from turnout.service.kafka import codec
 from turnout.service.kafka.errors import RecordTooLarge, kafka_errors, start_client, translate
 from turnout.service.kafka.settings import KafkaSettings
 from turnout.service.kafka.topics import broker_engine
+
+codec.install()  # aiokafka's produce and fetch messages, compiled (codec.py)
 
 __all__ = [
     "BatchedProducer", "Headers", "OutRecord", "Producer", "RecordMetadata", "acked",
