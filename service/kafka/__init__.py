@@ -5,7 +5,8 @@
 - `producer`: `Producer` (acks=all, no idempotence, 1 MB record limit);
 - `consumer`: `GroupConsumer` (manual commits, rebalance hooks) and `Reader`;
 - `broker`: `EmbeddedBroker` (Tansu) and `turnout broker`;
-- `errors`: the one translation of aiokafka failures into Turnout errors.
+- `errors`: the one translation of aiokafka failures into Turnout errors;
+- `codec`: compiled encoders/decoders for aiokafka's produce and fetch messages.
 
 Every module follows the rules of docs/reference/broker.md for code that must run on
 both Tansu and Apache Kafka; each says which ones it applies.

@@ -4,7 +4,8 @@ aiokafka encodes and decodes a protocol message by walking its `Schema` one fiel
 time: a method call, a `struct` call and a `try` per integer, a generator per array. A
 fetch of the router's 12 intake partitions costs ~80 us of CPU that way (the request
 encoded, the response decoded), a produce request and its response ~20 us; at 500
-requests/s the router makes about one of each per request (docs/benchmarks.md).
+requests/s the router makes about one of each per request
+(docs/operations/benchmarks.md).
 
 `install()` gives the hot classes (Produce and Fetch, every version aiokafka has, and the
 request and response headers) an `encode` / `decode` generated from their own schemas:
@@ -39,7 +40,7 @@ from aiokafka.protocol.types import (
     UInt32,
 )
 
-__all__ = ["Unsupported", "compile_struct", "hot_classes", "install"]
+__all__ = ["Unsupported", "compile_struct", "hot_classes", "install", "uninstall"]
 
 _FIXED: dict[Any, str] = {
     Int8: "b", Int16: "h", Int32: "i", UInt32: "I", Int64: "q", Float64: "d", Boolean: "?",
@@ -301,15 +302,30 @@ def install(classes: Iterable[type[Struct]] | None = None) -> list[type[Struct]]
     could compile."""
     done = []
     for cls in hot_classes() if classes is None else classes:
-        if vars(cls).get("_turnout_compiled"):
+        if cls in _ORIGINAL:
             done.append(cls)
             continue
         try:
             encode, decode = _methods(cls)
         except Unsupported:
             continue
+        _ORIGINAL[cls] = (vars(cls).get("encode"), vars(cls).get("decode"))
         cls.encode = encode
         cls.decode = classmethod(decode)
-        cls._turnout_compiled = True
         done.append(cls)
     return done
+
+
+def uninstall() -> None:
+    """aiokafka's own codec again, for every class `install` changed (the benchmarks'
+    baseline, measured in the same process)."""
+    for cls, originals in list(_ORIGINAL.items()):
+        for name, original in zip(("encode", "decode"), originals, strict=True):
+            if original is None:
+                delattr(cls, name)  # inherited from Struct again
+            else:
+                setattr(cls, name, original)
+        del _ORIGINAL[cls]
+
+
+_ORIGINAL: dict[type[Struct], tuple[Any, Any]] = {}  # class -> its own encode, decode

@@ -162,3 +162,13 @@ def test_values_that_do_not_fit_are_refused_as_aiokafka_does() -> None:
     wrong_shape = produce.ProduceRequest_v8(None, -1, 30_000, [("t", [(0, b"x", 1)])])
     with pytest.raises(ValueError, match="field count"):
         encode(wrong_shape)
+
+
+def test_uninstall_gives_aiokafka_its_codec_back() -> None:
+    cls = fetch.FetchRequest_v11
+    codec.install([cls])
+    assert cls.encode is not Struct.encode
+    codec.uninstall()
+    assert cls.encode is Struct.encode and cls.decode.__func__ is Struct.decode.__func__
+    codec.install()  # as the Kafka adapters leave it for the other tests
+    assert cls.encode is not Struct.encode
