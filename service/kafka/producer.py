@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import copy
+import functools
 import itertools
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from aiokafka.structs import RecordMetadata
+from aiokafka.structs import RecordMetadata, TopicPartition
 
 from turnout.service.core.partitioning import murmur2
 from turnout.service.errors import TurnoutError
@@ -365,9 +366,42 @@ class BatchedProducer(Producer):
     def _hand_over(self, tp: tuple[str, int], batch: _OpenBatch) -> None:
         self._busy.add(tp)
         batch.builder.close()
+        queued = self._append_now(batch)
+        if queued is not None:
+            queued.add_done_callback(functools.partial(self._delivered, tp, batch))
+            return
         task = batch.loop.create_task(self._deliver(tp, batch))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _append_now(self, batch: _OpenBatch) -> asyncio.Future[Any] | None:
+        """What aiokafka's `send_batch` does, without its coroutine, a task to run it and
+        a shielded future, when nothing could make it wait or fail: the partition known,
+        the partition's queue empty (its last batch was delivered: `_busy`), the producer
+        running. Then the batch's delivery future; else None (`_deliver` does it). Per
+        batch ~15 us less, and the batch reaches the sender one loop step earlier."""
+        producer = self._producer
+        accumulator = producer._message_accumulator
+        partitions = producer.client.cluster.partitions_for_topic(batch.topic)
+        if (
+            not partitions
+            or batch.partition not in partitions
+            or accumulator._closed
+            or accumulator._exception is not None
+            or (producer._txn_manager is not None and producer._txn_manager.transactional_id)
+        ):
+            return None
+        tp = TopicPartition(batch.topic, batch.partition)
+        if accumulator._batches.get(tp):
+            return None
+        queued: asyncio.Future[Any] = accumulator._append_batch(batch.builder, tp).future
+        return queued
+
+    def _delivered(
+        self, tp: tuple[str, int], batch: _OpenBatch, future: asyncio.Future[RecordMetadata]
+    ) -> None:
+        batch.delivered(future)
+        self._next(tp)
 
     async def _deliver(self, tp: tuple[str, int], batch: _OpenBatch) -> None:
         """Give the batch to aiokafka (at once: its partition has nothing pending there)."""
@@ -382,11 +416,7 @@ class BatchedProducer(Producer):
                 raise
             return
 
-        def done(future: asyncio.Future[RecordMetadata]) -> None:
-            batch.delivered(future)
-            self._next(tp)
-
-        delivered.add_done_callback(done)
+        delivered.add_done_callback(functools.partial(self._delivered, tp, batch))
 
 
 class _OpenBatch:

@@ -323,6 +323,32 @@ async def test_a_batched_record_without_a_partition_goes_where_aiokafka_would_pu
     assert 0 <= keyless.partition < 12
 
 
+async def test_batched_records_for_a_topic_made_after_the_producer_started_keep_their_order(
+    kafka_settings: KafkaSettings, kafka_topics: Topics
+):
+    """A batch for a topic the producer has no metadata for yet waits for it (aiokafka's
+    `send_batch`); the batches after it are handed over at once, and none overtakes it."""
+    async with BatchedProducer(kafka_settings.replace(linger_ms=0)) as producer:
+        topic = f"{kafka_topics.events}.later"
+        await ensure_topic(kafka_settings, topic, 2)
+        futures = []
+        for i in range(6):  # a batch per loop step: the first waits for the metadata
+            futures.append(producer.enqueue(topic, b"v%d" % i, partition=i % 2))
+            await asyncio.sleep(0)
+        metas = await asyncio.wait_for(asyncio.gather(*futures), 30)
+
+    assert [(m.partition, m.offset) for m in metas] == [
+        (0, 0),
+        (1, 0),
+        (0, 1),
+        (1, 1),
+        (0, 2),
+        (1, 2),
+    ]
+    got = await _read_all(kafka_settings, topic, 6)
+    assert [r.value for r in got if r.partition == 0] == [b"v0", b"v2", b"v4"]
+
+
 async def test_batched_records_still_lingering_are_delivered_when_the_producer_stops(
     kafka_settings: KafkaSettings, kafka_topics: Topics
 ):
