@@ -12,7 +12,7 @@ request and response headers) an `encode` / `decode` generated from their own sc
 consecutive fixed-size fields packed or unpacked by one precompiled `struct.Struct`,
 arrays as plain loops, all in one function per message. Same bytes and same values as
 aiokafka's (tests/unit/test_kafka_codec.py compares them for every protocol class
-aiokafka has, with hypothesis), and the same `ValueError` for a value that does not fit
+aiokafka has, with hypothesis), and the same exception for a value that does not fit
 or a truncated buffer. A schema with a type this does not know (the flexible versions'
 tagged fields, compact and variable-length types) is left to aiokafka.
 """
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import struct
+import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -219,7 +220,9 @@ def _encode_value(src: _Source, field: Any, value: str, indent: int) -> None:
     src.emit(indent + 1, f"ap({src.const(_NULL32, 'NULL')})")
     src.emit(indent, "else:")
     src.emit(indent + 1, f"ap({src.struct('i')}.pack(len({v})))")
-    if kind == "bytes":
+    if kind == "bytes":  # anything else fails here, as aiokafka's `+` does, not at the join
+        src.emit(indent + 1, f"if type({v}) is not bytes and type({v}) is not bytearray:")
+        src.emit(indent + 2, f"{v} = b'' + {v}")
         src.emit(indent + 1, f"ap({v})")
         return
     inner = field.array_of
@@ -270,6 +273,7 @@ def compile_struct(
 
 def _methods(cls: type[Struct]) -> tuple[Callable[..., bytes], Callable[..., Any]]:
     encode_fields, decode_values = compile_struct(cls)
+    generic_decode = Struct.decode.__func__
 
     def encode(self: Struct) -> bytes:
         return encode_fields(self.__dict__)
@@ -277,9 +281,11 @@ def _methods(cls: type[Struct]) -> tuple[Callable[..., bytes], Callable[..., Any
     def decode(cls: type[Struct], data: io.BytesIO | bytes) -> Struct:
         if isinstance(data, bytes):
             values, _ = decode_values(data, 0)
-        else:  # a BytesIO made from bytes shares them: getvalue() copies nothing
+        elif isinstance(data, io.BytesIO):  # made from bytes, it shares them: no copy
             values, end = decode_values(data.getvalue(), data.tell())
             data.seek(end)
+        else:  # another stream: aiokafka's own walk
+            return generic_decode(cls, data)
         return cls(*values)
 
     return encode, decode
@@ -300,8 +306,13 @@ def hot_classes() -> list[type[Struct]]:
 def install(classes: Iterable[type[Struct]] | None = None) -> list[type[Struct]]:
     """Give each class (default: `hot_classes()`) its compiled codec, once; the classes it
     could compile."""
+    with _LOCK:  # the adapters install on import, which two threads may do at once
+        return _install(hot_classes() if classes is None else classes)
+
+
+def _install(classes: Iterable[type[Struct]]) -> list[type[Struct]]:
     done = []
-    for cls in hot_classes() if classes is None else classes:
+    for cls in classes:
         if cls in _ORIGINAL:
             done.append(cls)
             continue
@@ -319,6 +330,11 @@ def install(classes: Iterable[type[Struct]] | None = None) -> list[type[Struct]]
 def uninstall() -> None:
     """aiokafka's own codec again, for every class `install` changed (the benchmarks'
     baseline, measured in the same process)."""
+    with _LOCK:
+        _uninstall()
+
+
+def _uninstall() -> None:
     for cls, originals in list(_ORIGINAL.items()):
         for name, original in zip(("encode", "decode"), originals, strict=True):
             if original is None:
@@ -329,3 +345,4 @@ def uninstall() -> None:
 
 
 _ORIGINAL: dict[type[Struct], tuple[Any, Any]] = {}  # class -> its own encode, decode
+_LOCK = threading.Lock()

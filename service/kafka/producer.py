@@ -388,13 +388,19 @@ class BatchedProducer(Producer):
             or batch.partition not in partitions
             or accumulator._closed
             or accumulator._exception is not None
-            or (producer._txn_manager is not None and producer._txn_manager.transactional_id)
+            or (
+                producer._txn_manager is not None
+                and producer._txn_manager.transactional_id is not None
+            )
         ):
             return None
         tp = TopicPartition(batch.topic, batch.partition)
         if accumulator._batches.get(tp):
             return None
-        queued: asyncio.Future[Any] = accumulator._append_batch(batch.builder, tp).future
+        try:
+            queued: asyncio.Future[Any] = accumulator._append_batch(batch.builder, tp).future
+        except Exception:  # whatever it is, send_batch (in `_deliver`) meets it and says so
+            return None
         return queued
 
     def _delivered(
