@@ -50,12 +50,13 @@ from aiokafka.protocol.group import JoinGroupRequest, LeaveGroupRequest
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from turnout.service.errors import TurnoutError
-from turnout.service.kafka import codec
+from turnout.service.kafka import codec, fetch
 from turnout.service.kafka.errors import CommitTimeout, kafka_errors, start_client
 from turnout.service.kafka.settings import KafkaSettings
 from turnout.service.kafka.topics import admin_client, broker_engine, existing_topics
 
 codec.install()  # aiokafka's produce and fetch messages, compiled (codec.py)
+fetch.install()  # aiokafka's per-partition fetch bookkeeping, leaner (fetch.py)
 
 __all__ = [
     "Batch",
