@@ -23,7 +23,10 @@ between: bench_router.py part 2's baseline). It is written several ways (`--rela
   producer with its acks resolved on the asyncio loop from a polling thread.
 
 The load generator is the same for all (librdkafka, in this process, open loop at
-`--rate`); the relays take turns on the same broker, `--rounds` times. Printed per
+`--rate`); the relays take turns on the same broker, `--rounds` times. Apache Kafka
+only by default: the question is the client's cost where a waiting fetch is answered at
+once (on Tansu each hop waits out its ~7 ms fetch floor, and idempotent producers,
+which these relays are, fail there). Printed per
 relay: its CPU per request (user + system, all its threads, from /proc; median over
 the rounds) against the first relay's in the same run, and the added latency p50/p99
 (request produced -> answer read; no upstream).
