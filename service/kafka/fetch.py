@@ -18,12 +18,12 @@ wait for a reset, a paused partition's resume future, the backoff while records 
 still unconsumed, and after a fetch the same positions, high-water marks, buffered
 records, errors, offset resets and metadata refreshes (tests/unit/test_kafka_fetch.py
 compares them with aiokafka's own, with hypothesis). Two differences, both invisible
-to a caller: the partitions of a fetch request take turns at coming first instead of
-being shuffled (each still comes first as often; it is what keeps one busy partition
-from starving the others under `fetch_max_bytes`), and `log.debug` is
-called only when debug logging is on. A consumer reading from preferred replicas
-(`client_rack`, KIP-392) keeps aiokafka's own method for the actions, whose replica
-cache this does not read.
+to a caller: the partitions of a fetch request to a node take turns at coming first (a
+count per fetcher and node) instead of being shuffled, so each still comes first as
+often (what keeps one busy partition from starving the others under
+`fetch_max_bytes`); and `log.debug` is called only when debug logging is on. A
+consumer reading from preferred replicas (`client_rack`, KIP-392) keeps aiokafka's own
+method for the actions, whose replica cache this does not read.
 
 aiokafka is pinned to 0.14 (pyproject.toml): this module knows its internals.
 """
@@ -31,7 +31,6 @@ aiokafka is pinned to 0.14 (pyproject.toml): this module knows its internals.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import threading
 from typing import Any
@@ -49,7 +48,6 @@ from turnout.service.clock import SystemClock
 __all__ = ["get_actions_per_node", "install", "proc_fetch_request", "uninstall"]
 
 log = _fetcher.log  # aiokafka's own logger: the same records, when debug is on
-_turns = itertools.count()  # which partition a fetch request starts with
 _now_ms = SystemClock().now_ms
 
 
@@ -95,11 +93,14 @@ def get_actions_per_node(self: Any, assignment: Any) -> tuple[Any, ...]:
 
     fetch_requests = []
     max_bytes = self._max_partition_fetch_bytes
+    turns = self.__dict__.setdefault("_turnout_turns", {})  # node -> its fetch requests so far
     for node_id, partition_data in fetchable.items():
         if node_id in backoff_by_nodes or node_id in awaiting_reset:
             continue
         if len(partition_data) > 1:  # each partition first in turn (aiokafka shuffles)
-            k = next(_turns) % len(partition_data)
+            k = turns.get(node_id, 0)
+            turns[node_id] = k + 1
+            k %= len(partition_data)
             partition_data = partition_data[k:] + partition_data[:k]
         by_topics: dict[str, list[tuple[int, int, int]]] = {}
         for tp, position in partition_data:

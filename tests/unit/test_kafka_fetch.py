@@ -24,6 +24,7 @@ import pytest
 from aiokafka.cluster import ClusterMetadata
 from aiokafka.consumer.fetcher import Fetcher, FetchError, FetchResult, PartitionRecords
 from aiokafka.consumer.subscription_state import SubscriptionState
+from aiokafka.errors import KafkaConnectionError
 from aiokafka.protocol import fetch as protocol
 from aiokafka.protocol.fetch import FetchRequest
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
@@ -45,7 +46,7 @@ class PartitionCase:
     paused: bool
     buffered: str | None  # None, "ready" (backoff over) or "waiting" (backoff running)
     error: int
-    records: int  # records in the fetched batch (0: an empty answer)
+    records: int  # records in the fetched batch (0: an empty answer; -1: a cut batch)
     stale: bool  # the fetch asked for an offset the position has moved past
     preferred: int  # the preferred read replica in the answer (-1: none)
 
@@ -58,6 +59,9 @@ class Case:
     rack: str
     version: int
     reset_none: bool
+    read_committed: bool = False  # isolation level 1, and aborted transactions in answers
+    fails: str | None = None  # the fetch raises: "kafka" (a connection error) or "cancel"
+    unassigned: bool = False  # the assignment changes while the fetch is in flight
     max_bytes: int = 1_048_576
     log_debug: bool = False
     seed: list[int] = field(default_factory=list)
@@ -74,7 +78,7 @@ def cases(draw: st.DrawFn) -> Case:
             paused=draw(st.booleans()) and draw(st.booleans()),
             buffered=draw(st.sampled_from([None, None, None, "ready", "waiting"])),
             error=draw(st.sampled_from(ERRORS)),
-            records=draw(st.sampled_from([0, 0, 1, 3])),
+            records=draw(st.sampled_from([0, 0, 1, 3, -1])),
             stale=draw(st.booleans()) and draw(st.booleans()),
             preferred=draw(st.sampled_from([-1, -1, 0, 1])),
         )
@@ -83,10 +87,13 @@ def cases(draw: st.DrawFn) -> Case:
     return Case(
         partitions=parts,
         in_flight=set(draw(st.lists(st.sampled_from(NODES), max_size=2))),
-        preferred_cached=draw(st.booleans()) and draw(st.booleans()),
+        preferred_cached=draw(st.booleans()),
         rack=draw(st.sampled_from(["", "", "rack-a"])),
         version=draw(st.sampled_from([11, 11, 4, 6, 0])),
         reset_none=draw(st.booleans()) and draw(st.booleans()),
+        read_committed=draw(st.booleans()),
+        fails=draw(st.sampled_from([None, None, None, "kafka", "cancel"])),
+        unassigned=draw(st.integers(0, 9)) == 0,
         log_debug=draw(st.booleans()) and draw(st.booleans()),
     )
 
@@ -94,12 +101,21 @@ def cases(draw: st.DrawFn) -> Case:
 class Network:
     """Stands in for the broker: answers a fetch with the case's response."""
 
-    def __init__(self, cluster: ClusterMetadata, answer: Callable[[Any], Any]) -> None:
+    def __init__(self, cluster: ClusterMetadata, answer: Callable[[Any], Any], case: Case) -> None:
         self.cluster = cluster
         self.answer = answer
+        self.case = case
         self.metadata_updates = 0
+        self.assignment: Any = None
 
     async def send(self, node_id: int, request: Any) -> Any:
+        await asyncio.sleep(0)  # in flight: others may run
+        if self.case.unassigned:  # a rebalance took the partitions meanwhile
+            self.assignment._unassign()
+        if self.case.fails == "kafka":
+            raise KafkaConnectionError("the broker went away")
+        if self.case.fails == "cancel":
+            raise asyncio.CancelledError
         return self.answer(request)
 
     def force_metadata_update(self) -> asyncio.Future[bool]:
@@ -122,7 +138,8 @@ def build(case: Case) -> tuple[Fetcher, Any, Network]:
     subscriptions.assign_from_user(list(case.partitions))
     assignment = subscriptions.subscription.assignment
     f = Fetcher.__new__(Fetcher)
-    network = Network(cluster, lambda request: response(case, request))
+    network = Network(cluster, lambda request: response(case, request), case)
+    network.assignment = assignment
     f._client = network
     f._subscriptions = subscriptions
     f._records = {}
@@ -133,12 +150,12 @@ def build(case: Case) -> tuple[Fetcher, Any, Network]:
     f._fetch_max_wait_ms = 10
     f._fetch_min_bytes = 1
     f._fetch_max_bytes = 52_428_800
-    f._isolation_level = 0
+    f._isolation_level = 1 if case.read_committed else 0
     f._client_rack = case.rack
     f._rack_warning_logged = False
     f._fetcher_timeout = 0.2
     f._prefetch_backoff = 0.1
-    f._retry_backoff = 0.1
+    f._retry_backoff = 0.001
     f._default_reset_strategy = 2 if case.reset_none else 0  # NONE or EARLIEST
     f._key_deserializer = None
     f._value_deserializer = None
@@ -150,7 +167,7 @@ def build(case: Case) -> tuple[Fetcher, Any, Network]:
         if p.paused:
             state.pause()
         if case.preferred_cached:
-            f._preferred_read_replica[tp] = (1, 1e18)
+            f._preferred_read_replica[tp] = (tp.partition % 2, 1e18)
         if p.buffered is not None:
             records = PartitionRecords(tp, None, [], p.position or 0, None, None, True, 0)
             backoff = 0.0 if p.buffered == "ready" else 3600.0
@@ -177,14 +194,19 @@ def response(case: Case, request: Any) -> Any:
         answers: list[tuple[Any, ...]] = []
         for partition, offset, _ in partitions:
             p = case.partitions[TopicPartition(topic, partition)]
-            data = batch(offset, p.records) if p.records and p.error == 0 else b""
+            data = b""
+            if p.error == 0 and p.records > 0:
+                data = batch(offset, p.records)
+            elif p.error == 0 and p.records < 0:  # more than the fetch size could carry
+                data = batch(offset, 1)[:40]
+            aborted = [(7, offset), (9, offset + 1)] if case.read_committed else []
             if version >= 11:
-                answers.append((partition, p.error, offset + 5, offset + 4, 0, [],
+                answers.append((partition, p.error, offset + 5, offset + 4, 0, aborted,
                                 p.preferred, data))  # fmt: skip
             elif version >= 5:
-                answers.append((partition, p.error, offset + 5, offset + 4, 0, [], data))
+                answers.append((partition, p.error, offset + 5, offset + 4, 0, aborted, data))
             elif version >= 4:
-                answers.append((partition, p.error, offset + 5, offset + 4, [], data))
+                answers.append((partition, p.error, offset + 5, offset + 4, aborted, data))
             else:
                 answers.append((partition, p.error, offset + 5, data))
         topics.append((topic, answers))
@@ -230,7 +252,8 @@ def state_view(f: Fetcher, assignment: Any, network: Network) -> dict[str, Any]:
     partitions = {}
     for tp in sorted(assignment.tps):
         s = assignment.state_value(tp)
-        partitions[tp] = (s._position, s.highwater, s.lso, s._reset_strategy)
+        fetched_at = None if s.timestamp is None else s.timestamp // 1000  # the second
+        partitions[tp] = (s._position, s.highwater, s.lso, s._reset_strategy, fetched_at)
     buffered: dict[TopicPartition, Any] = {}
     for tp, result in f._records.items():
         if isinstance(result, FetchError):
@@ -241,7 +264,9 @@ def state_view(f: Fetcher, assignment: Any, network: Network) -> dict[str, Any]:
                 buffered[tp] = ("buffered before",)
             else:
                 got = [(r.offset, r.key, r.value, r.headers) for r in records]
-                buffered[tp] = ("records", records.next_fetch_offset, got)
+                settings = (result._backoff, records._aborted_transactions,
+                            records._isolation_level, records._check_crcs)  # fmt: skip
+                buffered[tp] = ("records", records.next_fetch_offset, got, settings)
     return {
         "partitions": partitions,
         "buffered": buffered,
@@ -313,35 +338,46 @@ def test_a_fetch_answer_changes_what_aiokafkas_changes(case: Case) -> None:
     asyncio.run(run())
 
 
-def test_a_request_starts_with_each_partition_in_turn() -> None:
-    """Fairness under fetch_max_bytes: over as many fetches as partitions, each comes
-    first once (aiokafka shuffles for the same reason)."""
+def test_each_partition_of_a_node_comes_first_in_turn() -> None:
+    """Fairness under fetch_max_bytes: over as many fetches as a node has partitions,
+    each of them comes first once, for every node (aiokafka shuffles for the same
+    reason); two fetchers do not share their turns."""
 
-    async def run() -> list[int]:
+    async def run() -> tuple[dict[int, list[int]], list[int]]:
         case = Case(
             partitions={
-                TopicPartition("t.requests", i): PartitionCase(0, 10, False, None, 0, 0, False, -1)
+                TopicPartition("t.requests", i): PartitionCase(i % 2, 10, False, None, 0, 0,
+                                                               False, -1)
                 for i in range(12)
             },
             in_flight=set(), preferred_cached=False, rack="", version=11, reset_none=False,
         )  # fmt: skip
         f, assignment, _ = build(case)
-        firsts = []
-        for _ in range(12):
-            (_node, request), = fetch.get_actions_per_node(f, assignment)[0]  # fmt: skip
-            firsts.append(request.topics[0][1][0][0])
-        return firsts
+        other, other_assignment, _ = build(case)
+        firsts: dict[int, list[int]] = {0: [], 1: []}
+        other_firsts = []
+        for _ in range(6):
+            for node, request in fetch.get_actions_per_node(f, assignment)[0]:
+                firsts[node].append(request.topics[0][1][0][0])
+            for node, request in fetch.get_actions_per_node(other, other_assignment)[0]:
+                if node == 0:
+                    other_firsts.append(request.topics[0][1][0][0])
+        return firsts, other_firsts
 
-    assert sorted(asyncio.run(run())) == list(range(12))
+    firsts, other_firsts = asyncio.run(run())
+    assert sorted(firsts[0]) == [0, 2, 4, 6, 8, 10]
+    assert sorted(firsts[1]) == [1, 3, 5, 7, 9, 11]
+    assert sorted(other_firsts) == [0, 2, 4, 6, 8, 10]
 
 
 def test_install_and_uninstall_swap_the_methods() -> None:
-    fetch.install()
-    assert Fetcher._get_actions_per_node is fetch.get_actions_per_node
-    assert Fetcher._proc_fetch_request is fetch.proc_fetch_request
-    fetch.uninstall()
+    found = (Fetcher._get_actions_per_node, Fetcher._proc_fetch_request)
     try:
+        fetch.install()
+        assert Fetcher._get_actions_per_node is fetch.get_actions_per_node
+        assert Fetcher._proc_fetch_request is fetch.proc_fetch_request
+        fetch.uninstall()
         assert Fetcher._get_actions_per_node is fetch._ORIGINAL["_get_actions_per_node"]
         assert Fetcher._proc_fetch_request is fetch._ORIGINAL["_proc_fetch_request"]
-    finally:
-        fetch.install()
+    finally:  # as this test found them
+        Fetcher._get_actions_per_node, Fetcher._proc_fetch_request = found
