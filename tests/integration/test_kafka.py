@@ -20,6 +20,7 @@ from aiokafka.admin.config_resource import ConfigResource
 from aiokafka.admin.config_resource import ConfigResourceType as ResourceType
 
 from turnout.service.errors import TurnoutError
+from turnout.service.kafka import fetch
 from turnout.service.kafka.broker import free_port
 from turnout.service.kafka.consumer import (
     GroupConsumer,
@@ -423,6 +424,45 @@ async def test_reader_returns_records_after_the_condition_on_the_next_read(
     assert [r.offset for r in first] == [0, 1, 2, 3]
     assert [r.offset for r in rest] == [4, 5, 6, 7, 8, 9]
     assert [r.offset for r in tail] == [7, 8, 9]
+
+
+async def test_the_lean_fetch_path_reads_what_aiokafkas_own_reads(
+    kafka_settings: KafkaSettings, kafka_topics: Topics
+):
+    """service/kafka/fetch.py against aiokafka's own fetch bookkeeping, on the broker:
+    the same records from every partition, the same high-water marks, and a position
+    past the end reset to the partition's beginning the same way (Apache Kafka only:
+    Tansu never answers OffsetOutOfRange, docs/reference/broker.md)."""
+    sent = [OutRecord(kafka_topics.events, f"value-{i}".encode(), key=f"key-{i % 7}".encode(),
+                      headers=HEADERS) for i in range(60)]  # fmt: skip
+    async with Producer(kafka_settings) as producer:
+        metas = await producer.send_batch(sent)
+    partitions = await topic_partitions(kafka_settings, [kafka_topics.events])
+    tp = TopicPartition(kafka_topics.events, metas[0].partition)
+    last = max(m.offset for m in metas if m.partition == tp.partition)
+
+    def rows(records: list) -> list[tuple]:
+        return sorted((r.partition, r.offset, r.key, r.value, list(r.headers)) for r in records)
+
+    async def read(lean: bool) -> tuple[list, list, dict]:
+        (fetch.install if lean else fetch.uninstall)()
+        try:
+            async with Reader(kafka_settings, partitions) as reader:
+                seen = itertools.count(1)
+                everything = await reader.read_until(lambda _: next(seen) == len(sent))
+                reader.seek(tp, last + 1_000)  # out of range: reset to the earliest
+                again = await reader.read_until(
+                    lambda r: r.partition == tp.partition and r.offset == last
+                )
+                marks = {p.partition: reader._consumer.highwater(p) for p in partitions}
+                return rows(everything), rows(again), marks
+        finally:
+            fetch.install()
+
+    own, lean = await read(lean=False), await read(lean=True)
+    assert lean == own
+    assert len(lean[0]) == len(sent) and lean[1][0][1] == 0
+    assert lean[2][tp.partition] == last + 1
 
 
 async def test_a_client_cancelled_while_it_starts_leaves_no_connection_open(
