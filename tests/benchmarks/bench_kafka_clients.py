@@ -19,6 +19,11 @@ between: bench_router.py part 2's baseline). It is written several ways (`--rela
   leaner fetch path inside aiokafka could give;
 - `librdkafka`: confluent-kafka (fetch.wait.max.ms 10, linger.ms 0, acks=all,
   idempotent, murmur2), a blocking loop;
+- `rd-asyncio`: the same client driven from an asyncio loop as a router would drive it
+  (a thread polls the consumer and hands each poll's messages to the loop in one call;
+  a thread polls the producer and resolves a poll's acks in one call). confluent-kafka's
+  own `confluent_kafka.aio` does not fit: its producer refuses headers in its batch
+  mode and holds records up to a second, its consumer runs every call in a thread pool;
 - `hybrid` (not run by default): aiokafka's consumer as in `turnout`, librdkafka's
   producer with its acks resolved on the asyncio loop from a polling thread.
 
@@ -60,9 +65,10 @@ RELAYS = {
     "turnout": "the same + Turnout's lean fetch bookkeeping (what the adapters run)",
     "pull": "aiokafka's connection, each fetch sent by the relay itself (no Fetcher)",
     "librdkafka": "confluent-kafka (librdkafka), a blocking loop",
+    "rd-asyncio": "librdkafka both ways, driven from asyncio (a polling thread, acks on the loop)",
     "hybrid": "aiokafka's consumer (as 'turnout') with librdkafka's producer, acks on the loop",
 }
-DEFAULT_RELAYS = "aiokafka,turnout,pull,librdkafka"
+DEFAULT_RELAYS = "aiokafka,turnout,pull,librdkafka,rd-asyncio"
 
 
 def cpu_seconds(pid: int) -> float:
@@ -230,18 +236,57 @@ async def relay_hybrid(bootstrap: str, requests: str, answers: str) -> None:
         producer.close()
 
 
-def relay_librdkafka(bootstrap: str, requests: str, answers: str) -> None:
-    from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
+def rd_consumer(bootstrap: str, requests: str) -> Any:
+    """A librdkafka consumer at the end of the requests topic, connected."""
+    from confluent_kafka import OFFSET_END, Consumer, TopicPartition
 
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"relay-{uuid.uuid4().hex}",
                          "enable.auto.commit": False, "fetch.wait.max.ms": 10,
                          "fetch.min.bytes": 1})  # fmt: skip
-    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 0,
-                         "enable.idempotence": True, "partitioner": "murmur2_random"})  # fmt: skip
     consumer.assign([TopicPartition(requests, p, OFFSET_END) for p in range(PARTITIONS)])
     consumer.consume(num_messages=1, timeout=1.0)  # connected, positions resolved
+    return consumer
+
+
+async def relay_rdkafka_asyncio(bootstrap: str, requests: str, answers: str) -> None:
+    """librdkafka both ways, driven from an asyncio loop as the router would drive it: a
+    thread polls the consumer and hands each poll's messages to the loop in one call,
+    the answers' acks come back as in `hybrid` (AckedProducer)."""
+    loop = asyncio.get_running_loop()
+    consumer = rd_consumer(bootstrap, requests)
+    producer = AckedProducer(bootstrap)
+    polled: asyncio.Queue[list[Any]] = asyncio.Queue()
+    stopping = threading.Event()
+    loop.add_signal_handler(signal.SIGTERM, lambda: polled.put_nowait([]))
+
+    def poll() -> None:
+        while not stopping.is_set():
+            if messages := drain(consumer, 0.1):
+                loop.call_soon_threadsafe(polled.put_nowait, messages)
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    print("relaying", flush=True)
+    try:
+        while messages := await polled.get():
+            acks = [producer.send(answers, m.value(), m.key()) for m in messages]
+            for ack in acks:
+                await ack
+    finally:
+        stopping.set()
+        poller.join(5)
+        producer.close()
+        consumer.close()
+
+
+def relay_librdkafka(bootstrap: str, requests: str, answers: str) -> None:
+    from confluent_kafka import Producer
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    consumer = rd_consumer(bootstrap, requests)
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 0,
+                         "enable.idempotence": True, "partitioner": "murmur2_random"})  # fmt: skip
     print("relaying", flush=True)
     while not stop.is_set():
         for m in drain(consumer, 0.1):
@@ -408,6 +453,8 @@ def run_relay(relay: str, bootstrap: str, requests: str, answers: str) -> None:
         asyncio.run(relay_pull(bootstrap, requests, answers))
     elif relay == "hybrid":
         asyncio.run(relay_hybrid(bootstrap, requests, answers))
+    elif relay == "rd-asyncio":
+        asyncio.run(relay_rdkafka_asyncio(bootstrap, requests, answers))
     else:
         asyncio.run(relay_aiokafka(bootstrap, requests, answers, lean=relay == "turnout"))
 
