@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import signal
 import statistics
 import subprocess
@@ -57,6 +56,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_router import cpu_s, percentile, stop_process
 from engines import brokers
 
 PARTITIONS = 12
@@ -69,12 +69,6 @@ RELAYS = {
     "hybrid": "aiokafka's consumer (as 'turnout') with librdkafka's producer, acks on the loop",
 }
 DEFAULT_RELAYS = "aiokafka,turnout,pull,librdkafka,rd-asyncio"
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process, all its threads (/proc/PID/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # --------------------------------------------------------------------------- relays
@@ -378,26 +372,16 @@ def measure(bootstrap: str, client: str, rate: int, seconds: float) -> tuple[flo
         time.sleep(0.5)
         latencies.clear()
         n = int(rate * seconds)
-        before = cpu_seconds(proc.pid)
+        before = cpu_s(proc.pid)
         send(n)
         producer.flush(10)
         time.sleep(0.5)
-        used = cpu_seconds(proc.pid) - before
+        used = cpu_s(proc.pid) - before
         done.set()
         reader.join(5)
         return used / n * 1e6, latencies
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * q / 100))] if ordered else float("nan")
+        stop_process(proc, 10)
 
 
 def main() -> None:

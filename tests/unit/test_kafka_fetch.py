@@ -15,8 +15,9 @@ refreshes asked for and the preferred replicas cached.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -281,11 +282,16 @@ def _quiet(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.CRITICAL, logger="aiokafka")
 
 
-def _with_debug(on: bool) -> Any:
+@contextlib.contextmanager
+def debug_logging(on: bool) -> Iterator[None]:
+    """aiokafka's fetcher logs at debug level (`on`) or not, for the block."""
     logger = logging.getLogger("aiokafka.consumer.fetcher")
     old = logger.level
     logger.setLevel(logging.DEBUG if on else logging.INFO)
-    return lambda: logger.setLevel(old)
+    try:
+        yield
+    finally:
+        logger.setLevel(old)
 
 
 def owner(assignment: Any, future_id: int) -> TopicPartition:
@@ -298,44 +304,36 @@ def owner(assignment: Any, future_id: int) -> TopicPartition:
 @given(cases())
 def test_actions_per_node_are_aiokafkas(case: Case) -> None:
     async def run() -> None:
-        restore = _with_debug(case.log_debug)
-        try:
-            original, o_assignment, _ = build(case)
-            lean, l_assignment, _ = build(case)
-            expected = fetch._ORIGINAL["_get_actions_per_node"](original, o_assignment)
-            got = fetch.get_actions_per_node(lean, l_assignment)
-            # resume futures are per state: compare which partitions they belong to
-            e, g = actions_view(expected), actions_view(got)
-            assert e[:4] == g[:4]
-            assert [owner(o_assignment, i) for i in e[4]] == [owner(l_assignment, i) for i in g[4]]
-        finally:
-            restore()
+        original, o_assignment, _ = build(case)
+        lean, l_assignment, _ = build(case)
+        expected = fetch._ORIGINAL["_get_actions_per_node"](original, o_assignment)
+        got = fetch.get_actions_per_node(lean, l_assignment)
+        # resume futures are per state: compare which partitions they belong to
+        e, g = actions_view(expected), actions_view(got)
+        assert e[:4] == g[:4]
+        assert [owner(o_assignment, i) for i in e[4]] == [owner(l_assignment, i) for i in g[4]]
 
-    asyncio.run(run())
+    with debug_logging(case.log_debug):
+        asyncio.run(run())
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cases())
 def test_a_fetch_answer_changes_what_aiokafkas_changes(case: Case) -> None:
     async def run() -> None:
-        restore = _with_debug(case.log_debug)
-        try:
-            request = fetch_request(case)
-            original, o_assignment, o_net = build(case)
-            lean, l_assignment, l_net = build(case)
-            for f in (original, lean):  # a fetch returns records only for free partitions
-                f._records.clear()
-            expected = await fetch._ORIGINAL["_proc_fetch_request"](original, o_assignment, 0,
-                                                                    request)  # fmt: skip
-            got = await fetch.proc_fetch_request(lean, l_assignment, 0, request)
-            assert got == expected
-            assert state_view(lean, l_assignment, l_net) == state_view(
-                original, o_assignment, o_net
-            )
-        finally:
-            restore()
+        request = fetch_request(case)
+        original, o_assignment, o_net = build(case)
+        lean, l_assignment, l_net = build(case)
+        for f in (original, lean):  # a fetch returns records only for free partitions
+            f._records.clear()
+        expected = await fetch._ORIGINAL["_proc_fetch_request"](original, o_assignment, 0,
+                                                                request)  # fmt: skip
+        got = await fetch.proc_fetch_request(lean, l_assignment, 0, request)
+        assert got == expected
+        assert state_view(lean, l_assignment, l_net) == state_view(original, o_assignment, o_net)
 
-    asyncio.run(run())
+    with debug_logging(case.log_debug):
+        asyncio.run(run())
 
 
 def test_each_partition_of_a_node_comes_first_in_turn() -> None:
