@@ -20,8 +20,11 @@ straight to the simulator by the same generator):
 3. Streams: 100 concurrent closed-loop streams from an upstream at a model's pace (50 ms
    to the first token, then a chunk every 25 ms: about half a second a stream, so
    some 200 streams a second): added time to first token p50/p99 (target p99 <=
-   15 ms) and chunk records per streamed answer (SSE events with an `id:`) with the
-   default coalescing, against the upstream's chunks per answer.
+   15 ms), gateway + router CPU per stream, and chunk records per streamed answer (SSE
+   events with an `id:`) with the default coalescing, against the upstream's chunks
+   per answer. Then where the first token's time went, hop by hop (`ttft_split`: the
+   records' timestamps against the client's clock), so a slow tail can be placed: the
+   gateway, either Kafka hop, the router, or the upstream itself slowed by the load.
 """
 
 from __future__ import annotations
@@ -50,6 +53,9 @@ from turnout.service.kafka.broker import free_port
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "openai/gpt-4o-mini"
 _ids = itertools.count()
+# streamed requests through the gateway: request id -> (wall-clock ms it was sent, and its
+# first text arrived): the client's ends of `ttft_split`
+_sent: dict[str, tuple[float, float]] = {}
 
 
 @contextlib.contextmanager
@@ -119,6 +125,7 @@ async def one(
     """(seconds to the first token or whole answer, seconds to the end, SSE events: those
     with an `id:` from the gateway, every `data:` one from the upstream)."""
     direct = "/api/v1/" in url
+    sent_ms = time.time() * 1000
     start = time.perf_counter()
     first, ids = 0.0, 0
     async with http.post(url, json=body(stream, model)) as response:
@@ -134,6 +141,8 @@ async def one(
                     ids += 1
                 if data and not first and _has_text(line):
                     first = time.perf_counter() - start
+                    if not direct and "x-request-id" in response.headers:
+                        _sent[response.headers["x-request-id"]] = (sent_ms, time.time() * 1000)
     return first or time.perf_counter() - start, time.perf_counter() - start, ids
 
 
@@ -174,6 +183,69 @@ def _has_text(line: bytes) -> bool:
     """Whether an SSE data line's chunk carries text (not only a role or usage)."""
     at = line.find(b'"content":"')
     return at >= 0 and line[at + 11 : at + 12] != b'"'
+
+
+async def ttft_split(bootstrap: str, prefix: str) -> None:
+    """Where the streams' time to first token went, per hop, from the records' timestamps
+    (their producers' clocks, this machine's; 1 ms steps): the request record (the gateway
+    produced it), `turnout.request.accepted` and `turnout.stream.first_token` (the router
+    decided them; the latter's `ttft_ms`: call start to first token, the upstream's part),
+    the answer's first chunk record (`turnout-seq: 1`), and the client's send and first
+    text. Read while the gateway runs (it deletes its reply topic when it stops)."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+                                auto_offset_reset="earliest", max_poll_records=10_000)  # fmt: skip
+    await consumer.start()
+    produced: dict[str, float] = {}  # request id -> request record's timestamp
+    accepted: dict[str, float] = {}
+    upstream: dict[str, float] = {}  # request id -> the router's ttft_ms (of its last attempt)
+    decided: dict[str, float] = {}  # first token decided (the event's timestamp)
+    chunk: dict[str, float] = {}  # first chunk record produced
+    try:
+        topics = [t for t in await consumer.topics() if t.startswith(f"{prefix}.")]
+        consumer.subscribe(topics)
+        while batch := await consumer.getmany(timeout_ms=2000):
+            for tp, records in batch.items():
+                role = tp.topic[len(prefix) + 1 :]
+                for r in records:
+                    headers = dict(r.headers or ())
+                    if role == "requests":  # keyed by tenant: the id is in the value
+                        found = re.search(rb'"request_id":"([^"]+)"', r.value or b"")
+                        if found:
+                            produced.setdefault(found.group(1).decode(), r.timestamp)
+                    elif role.startswith("replies") and headers.get("turnout-seq") == b"1":
+                        chunk.setdefault((r.key or b"").decode(), r.timestamp)
+                    elif role == "events":
+                        kind = headers.get("ce_type", b"")
+                        subject = headers.get("ce_subject", b"").decode()
+                        if kind == b"turnout.request.accepted":
+                            accepted[subject] = r.timestamp
+                        elif kind == b"turnout.stream.first_token":
+                            found = re.search(rb'"ttft_ms":([0-9.]+)', r.value or b"")
+                            upstream[subject] = float(found.group(1)) if found else 0.0
+                            decided[subject] = r.timestamp
+    finally:
+        await consumer.stop()
+    hops: dict[str, list[float]] = {"client -> request record": [], "Kafka in (-> accepted)": [],
+        "router to the call, its overhead": [], "upstream's first token (router-timed)": [],
+        "first chunk record produced": [], "Kafka out + gateway (-> first text)": []}  # fmt: skip
+    for rid, (sent_ms, first_ms) in _sent.items():
+        if not all(rid in d for d in (produced, accepted, upstream, decided, chunk)):
+            continue
+        values = (produced[rid] - sent_ms, accepted[rid] - produced[rid],
+                  decided[rid] - accepted[rid] - upstream[rid], upstream[rid],
+                  chunk[rid] - decided[rid], first_ms - chunk[rid])  # fmt: skip
+        for hop, value in zip(hops.values(), values, strict=True):
+            hop.append(value / 1000)
+    if not hops["Kafka in (-> accepted)"]:
+        print("  (time to first token, split: no stream's records found)")
+        return
+    n = len(hops["Kafka in (-> accepted)"])
+    print(f"  time to first token, split ({n:,} streams; record timestamps: 1 ms steps):")
+    for name, values in hops.items():
+        print(f"    {name:<40} p50 {ms(values, 50):6.1f}  p99 {ms(values, 99):6.1f} ms")
+    _sent.clear()
 
 
 def ms(values: list[float], p: float) -> float:
@@ -226,10 +298,14 @@ def run(args: argparse.Namespace, bootstrap: str) -> None:
                     direct = asyncio.run(closed_loop(upstream, MODEL, 32, args.seconds, False))
                     line("closed loop, 32 connections, plain", got, direct, args.seconds, cpu)
                 if "streams" in want:
+                    _sent.clear()
+                    before = [cpu_s(p) for p in pids]
                     got = asyncio.run(closed_loop(base, MODEL, 100, args.seconds, True))
+                    gw_cpu, router_cpu = (cpu_s(p) - b for p, b in zip(pids, before, strict=True))
+                    asyncio.run(ttft_split(bootstrap, r.topics.requests.rsplit(".", 1)[0]))
                     direct = asyncio.run(closed_loop(upstream, MODEL, 100, args.seconds, True))
                     line("100 concurrent streams, time to first token", got, direct,
-                         args.seconds, which=0)  # fmt: skip
+                         args.seconds, (gw_cpu, router_cpu), which=0)  # fmt: skip
                     records = statistics.mean(g[2] for g in got)
                     chunks = statistics.mean(g[2] for g in direct)
                     print(f"  chunk records per streamed answer: {records:.1f} "
