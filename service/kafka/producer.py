@@ -249,6 +249,13 @@ class BatchedProducer(Producer):
     So each partition has at most one batch in flight and its records keep their
     order. Every record names its partition; `send` enqueues too (its key choosing
     the partition as aiokafka's would), so nothing overtakes.
+
+    An `urgent` record does not linger: its batch is due at the end of the current
+    loop step (as with `linger_ms` 0) and takes the lingering records of its partition
+    along. So one producer serves records that must go at once (a response, a stream's
+    first token) and records that may wait to share a produce request (a stream's later
+    chunks) in one batch stream per partition, in order: fewer produce requests than
+    a producer for each kind, and no ordering to arrange between them.
     """
 
     def __init__(self, settings: KafkaSettings) -> None:
@@ -258,6 +265,7 @@ class BatchedProducer(Producer):
         self._full: dict[tuple[str, int], collections.deque[_OpenBatch]] = {}  # waiting
         self._busy: set[tuple[str, int]] = set()  # a batch of theirs is undelivered
         self._timer: asyncio.TimerHandle | asyncio.Handle | None = None
+        self._soon: asyncio.Handle | None = None  # urgent batches leave at this loop step's end
         self._tasks: set[asyncio.Task[None]] = set()
         self._spread = itertools.count()  # partitions for keyless records, in turn
 
@@ -269,9 +277,12 @@ class BatchedProducer(Producer):
         partition: int,
         key: bytes | None = None,
         headers: Headers = (),
+        urgent: bool = False,
     ) -> asyncio.Future[RecordMetadata]:
         """Append one record to its partition's open batch; return its delivery future
-        (which fails with aiokafka's error if the batch cannot be delivered)."""
+        (which fails with aiokafka's error if the batch cannot be delivered). `urgent`:
+        the batch leaves at the end of this loop step (or once its partition's batch in
+        flight is delivered), not after `linger_ms`."""
         self._check_size(topic, key, value, headers)
         tp = (topic, partition)
         batch = self._open.get(tp)
@@ -287,6 +298,10 @@ class BatchedProducer(Producer):
             batch = self._open[tp] = _OpenBatch(self._producer.create_batch(), topic, partition)
             future = batch.append(key, value, headers)
             assert future is not None  # an empty batch takes any record (size checked)
+        if urgent and self._linger_s and not batch.due:
+            batch.due = True
+            if self._soon is None:
+                self._soon = batch.loop.call_soon(self._due_now)
         if self._timer is None:
             loop = batch.loop
             self._timer = (
@@ -296,6 +311,15 @@ class BatchedProducer(Producer):
             )
         return future
 
+    def _due_now(self) -> None:
+        """The batches made due by an urgent record leave, each once its partition may send
+        (`_next` hands over a due batch when the one in flight is delivered)."""
+        self._soon = None
+        for tp, batch in list(self._open.items()):
+            if batch.due and tp not in self._busy:
+                del self._open[tp]
+                self._hand_over(tp, batch)
+
     async def send(
         self,
         topic: str,
@@ -304,9 +328,11 @@ class BatchedProducer(Producer):
         key: bytes | None = None,
         headers: Headers = (),
         partition: int | None = None,
+        urgent: bool = False,
     ) -> asyncio.Future[RecordMetadata]:
         """`Producer.send`: the key chooses the partition when none is named (murmur2, as
-        aiokafka's and Java's default partitioner; no key: round robin)."""
+        aiokafka's and Java's default partitioner; no key: round robin); `urgent` as for
+        `enqueue`."""
         if partition is None:
             try:  # waits for the topic's metadata, as aiokafka's send does
                 count = len(await self._producer.partitions_for(topic))
@@ -316,7 +342,9 @@ class BatchedProducer(Producer):
                 partition = next(self._spread) % count
             else:
                 partition = (murmur2(key) & 0x7FFFFFFF) % count
-        return self.enqueue(topic, value, key=key, headers=headers, partition=partition)
+        return self.enqueue(
+            topic, value, key=key, headers=headers, partition=partition, urgent=urgent
+        )
 
     def _sender(self) -> Callable[..., Awaitable[asyncio.Future[RecordMetadata]]]:
         return self.send  # `send_batch` enqueues too: nothing overtakes

@@ -375,6 +375,40 @@ async def test_a_batched_flush_delivers_what_lingers_and_the_producer_goes_on(
         assert later.result().offset == 3
 
 
+async def test_an_urgent_record_leaves_at_once_and_takes_its_partitions_lingering_records(
+    kafka_settings: KafkaSettings, kafka_topics: Topics
+):
+    """What the router's answers producer relies on: a response or a first token
+    (urgent) is not held by the linger the later chunks of streams wait out, the
+    records lingering in its partition go with it, in order, and other partitions
+    keep lingering."""
+    topic = kafka_topics.events
+    async with BatchedProducer(kafka_settings.replace(linger_ms=60_000)) as producer:
+        before = [producer.enqueue(topic, b"chunk%d" % i, partition=0) for i in range(3)]
+        elsewhere = producer.enqueue(topic, b"other", partition=1)
+        urgent = producer.enqueue(topic, b"first token", partition=0, urgent=True)
+        await asyncio.wait_for(urgent, 30)  # not the minute's linger
+        assert [f.result().offset for f in before] == [0, 1, 2]
+        assert urgent.result().offset == 3
+        await asyncio.sleep(0.5)
+        assert not elsewhere.done()  # partition 1 had nothing urgent: still lingering
+        after = producer.enqueue(topic, b"chunk3", partition=0)
+        keyed = await producer.send(topic, b"response", key=b"k", partition=0, urgent=True)
+        await asyncio.wait_for(keyed, 30)
+        assert after.result().offset == 4 and keyed.result().offset == 5
+        # urgent while its partition's batch is in flight: it leaves once that is in
+        one = producer.enqueue(topic, b"u1", partition=0, urgent=True)
+        await asyncio.sleep(0)  # its batch was handed over: in flight now
+        two = producer.enqueue(topic, b"u2", partition=0, urgent=True)
+        await asyncio.wait_for(asyncio.gather(one, two), 30)
+        assert (one.result().offset, two.result().offset) == (6, 7)
+    assert elsewhere.result().offset == 0  # delivered when the producer stopped
+    got = await _read_all(kafka_settings, topic, 9)
+    assert [r.value for r in got if r.partition == 0] == [
+        b"chunk0", b"chunk1", b"chunk2", b"first token", b"chunk3", b"response", b"u1", b"u2",
+    ]  # fmt: skip
+
+
 async def test_a_batched_record_for_a_partition_the_topic_lacks_fails_and_others_go_on(
     kafka_settings: KafkaSettings, kafka_topics: Topics
 ):
