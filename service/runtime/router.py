@@ -273,8 +273,8 @@ class Router:
         self._prices_last: dict[str, list[float]] = {}
         self.intake_stats = IntakeStats()
         self.tasks: set[asyncio.Task[None]] = set()
-        self.producer = BatchedProducer(self.kafka)  # responses, DLQ, forwards: what one
-        # loop step answers leaves in one batch per partition (linger 0: nothing waits)
+        self.producer = BatchedProducer(self.kafka)  # DLQ, forwards, markers, snapshots:
+        # what one loop step sends leaves in one batch per partition (linger 0)
         # aiokafka keeps one produce request in flight per broker connection: events go
         # out on their own connections (by partition, so each partition keeps its order),
         # and a response never queues behind a batch of events. No response waits for an
@@ -284,10 +284,13 @@ class Router:
         linger = self.kafka.events_linger_ms if cfg.features.batching else 0
         events = self.kafka.replace(linger_ms=linger)
         self.event_producers = [BatchedProducer(events) for _ in range(EVENT_PRODUCERS)]
-        # streamed answers' chunk records: the first on a producer with no linger, so a
-        # first token never waits; the rest batched across streams
-        self.first_chunks = BatchedProducer(self.kafka.replace(linger_ms=0))
-        self.chunk_producer = BatchedProducer(self.kafka.replace(linger_ms=cfg.streaming.linger_ms))
+        # answers: every response and every streamed chunk record, one batch stream per
+        # reply partition. Responses and a stream's first chunk are urgent (they leave at
+        # the end of the loop step, taking what lingers along: a first token never
+        # waits); a stream's later chunks linger `[streaming] linger_ms` to share produce
+        # requests across streams. One producer keeps them in order without waiting for
+        # acks between them, in fewer produce requests than a producer for each kind.
+        self.answers = BatchedProducer(self.kafka.replace(linger_ms=cfg.streaming.linger_ms))
         self._partitions: dict[str, int] = {}  # reply topic -> its partition count
         self.streams: set[str] = set()  # request ids answered as streams (last record's header)
         self.replays: dict[str, list[dict[str, Any]]] = {}  # a stream's cached chunks, to send
@@ -350,8 +353,7 @@ class Router:
             await self.producer.start()
             for producer in self.event_producers:
                 await producer.start()
-            await self.chunk_producer.start()
-            await self.first_chunks.start()
+            await self.answers.start()
             await self.consumer.start()
             await self._check_snapshots_topic()
             await self._publish([self._config_applied()])
@@ -370,8 +372,7 @@ class Router:
             await self.consumer.stop()
             for producer in self.event_producers:
                 await producer.stop()
-            await self.chunk_producer.stop()
-            await self.first_chunks.stop()
+            await self.answers.stop()
             await self.producer.stop()
             await self.upstream.aclose()
 
@@ -1128,7 +1129,7 @@ class Router:
         started = self.clock.monotonic()
         topic = reply_to or self.topics.responses
         relay = Relay(
-            producer=self.chunk_producer, first=self.first_chunks, topic=topic,
+            producer=self.answers, topic=topic,
             partition=await self._reply_partition(topic, call.request_id),
             request_id=call.request_id, model=call.model, attempt=call.attempt,
             first_token=lambda ttft: self._first_token(call, ttft),
@@ -1199,7 +1200,7 @@ class Router:
         """A streamed cache hit: the recorded chunk records again, at once, in order."""
         topic = terminal.reply_to or self.topics.responses
         partition = await self._reply_partition(topic, terminal.request_id)
-        await replay(self.first_chunks, topic, partition, terminal.request_id, terminal.model,
+        await replay(self.answers, topic, partition, terminal.request_id, terminal.model,
                      chunks)  # fmt: skip
 
     def _allowance(self, call: Call, body: dict[str, Any]) -> int | None:
@@ -1299,8 +1300,8 @@ class Router:
         topic = terminal.reply_to or self.topics.responses
         value = encode_response(terminal)
         headers = _END if terminal.request_id in self.streams else ()
-        return await self.producer.send(
-            topic, value, key=terminal.request_id.encode(), headers=headers
+        return await self.answers.send(
+            topic, value, key=terminal.request_id.encode(), headers=headers, urgent=True
         )
 
     def _finish_request(self, request_id: str) -> None:

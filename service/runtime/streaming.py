@@ -11,10 +11,11 @@ Rules:
   and then only once `first_token` (the router's `decide_first_token`) agreed;
   a chunk with only a role waits for it. A stale attempt (the request moved on)
   raises `StaleAttempt`, which aborts the upstream call.
-- The first token goes out at once, on a producer with no linger; later records
-  on one that lingers `[streaming] linger_ms` (batching the records of every stream
-  in flight into fewer produce requests), each only once the first is acked, so
-  the two producers never reorder a stream. A stalled stream's gathered deltas go
+- The first token goes out at once (an urgent record: its batch leaves at the end
+  of the loop step); later records linger `[streaming] linger_ms` on the same
+  producer (batching the records of every stream in flight, and the responses, into
+  fewer produce requests). One producer, one partition: a stream's records stay in
+  order without waiting for acks between them. A stalled stream's gathered deltas go
   out `flush_ms` after the last record at the latest.
 - Coalesced requests share the stream (`follow`): a follower gets the records
   published before it joined, then each later record with the leader's, under its
@@ -23,8 +24,8 @@ Rules:
   id, as the default partitioner would), not hashed again for every record.
 - Records are sent one at a time in `seq` order (a lock), keyed by request id
   (one partition, in order); `finish` publishes what is left and waits for every
-  record's ack, so the last record (sent by the router afterwards, on another
-  producer) always comes after the chunks.
+  record's ack, so the last record (sent by the router afterwards) comes after the
+  chunks, and only once they are all in.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from typing import Any
 import msgspec
 
 from turnout.service.clock import Clock
-from turnout.service.kafka.producer import Producer
+from turnout.service.kafka.producer import BatchedProducer
 from turnout.service.wire.stream import (
     ATTEMPT_HEADER,
     MODEL_HEADER,
@@ -60,7 +61,7 @@ class StaleAttempt(Exception):
 
 
 async def replay(
-    producer: Producer, topic: str, partition: int | None, request_id: str, model: str,
+    producer: BatchedProducer, topic: str, partition: int | None, request_id: str, model: str,
     chunks: list[dict[str, Any]],
 ) -> None:  # fmt: skip
     """Publish a cached stream's chunk records (seq 1..N) at once and wait for their acks."""
@@ -70,9 +71,9 @@ async def replay(
     for seq, chunk in enumerate(chunks, start=1):
         value = chunk_record(request_id, seq, _encode(chunk))
         headers = [_CHUNK, (SEQ_HEADER, b"%d" % seq), *served]
-        acks.append(
-            await producer.send(topic, value, key=key, headers=headers, partition=partition)
-        )
+        acks.append(await producer.send(
+            topic, value, key=key, headers=headers, partition=partition, urgent=True
+        ))  # fmt: skip
     await asyncio.gather(*acks)
 
 
@@ -84,8 +85,7 @@ class Relay:
     def __init__(
         self,
         *,
-        producer: Producer,
-        first: Producer | None = None,
+        producer: BatchedProducer,
         topic: str,
         partition: int | None = None,
         request_id: str,
@@ -99,8 +99,6 @@ class Relay:
         timed: bool = False,
     ) -> None:
         self.producer, self.topic, self.request_id = producer, topic, request_id
-        self._first = first or producer
-        self._first_acks: list[asyncio.Future[Any]] = []  # seq 1's: later records wait
         self.partition = partition
         self.key = request_id.encode()
         self._served = [(MODEL_HEADER, model.encode()), (ATTEMPT_HEADER, b"%d" % attempt)]
@@ -187,19 +185,17 @@ class Relay:
 
     async def follow(self, request_id: str, topic: str, partition: int | None) -> None:
         """A coalesced request joins this stream: the records published so far, at once
-        and acked (so the two producers never reorder its stream), then every later one."""
+        (urgent), then every later one; their acks are awaited with the stream's."""
         async with self._lock:
             if request_id in self.followers or request_id == self.request_id:
                 return
             key = request_id.encode()
-            acks = []
             for seq, chunk in enumerate(self.published, start=1):
                 value = chunk_record(request_id, seq, _encode(chunk))
                 headers = [_CHUNK, (SEQ_HEADER, b"%d" % seq), *self._served]
-                acks.append(await self._first.send(
-                    topic, value, key=key, headers=headers, partition=partition
+                self._acks.append(await self.producer.send(
+                    topic, value, key=key, headers=headers, partition=partition, urgent=True
                 ))  # fmt: skip
-            await asyncio.gather(*acks)
             self.followers[request_id] = (key, topic, partition)
 
     def drop(self, request_id: str) -> None:
@@ -231,20 +227,11 @@ class Relay:
             seq = self.seq
             chunk = _encode(pending)
             headers = [_CHUNK, (SEQ_HEADER, b"%d" % seq), *self._served]
-            if seq == 1:  # at once, on the producer with no linger
-                producer = self._first
-            else:  # after the first is in (order across producers), batched with others
-                producer = self.producer
-                waiting = [a for a in self._first_acks if not a.done()]
-                if waiting:
-                    await asyncio.shield(asyncio.gather(*waiting))
             readers = [(self.request_id, self.key, self.topic, self.partition)]
             readers += [(rid, *where) for rid, where in self.followers.items()]
             for rid, key, topic, partition in readers:
-                ack = await producer.send(
+                ack = await self.producer.send(
                     topic, chunk_record(rid, seq, chunk), key=key, headers=headers,
-                    partition=partition,
+                    partition=partition, urgent=seq == 1,  # the first token: at once
                 )  # fmt: skip
                 self._acks.append(ack)
-                if seq == 1:
-                    self._first_acks.append(ack)
