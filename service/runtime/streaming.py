@@ -113,6 +113,8 @@ class Relay:
         self._timer: asyncio.TimerHandle | None = None
         self._lock = asyncio.Lock()
         self._acks: list[asyncio.Future[Any]] = []
+        self._first_ack: asyncio.Future[Any] | None = None  # seq 1's: a later record
+        # is not sent once it is known to have failed
         self._failed: BaseException | None = None
         self.opened = False  # the gate: the first token was recorded and published
         self.seq = 0
@@ -185,17 +187,21 @@ class Relay:
 
     async def follow(self, request_id: str, topic: str, partition: int | None) -> None:
         """A coalesced request joins this stream: the records published so far, at once
-        (urgent), then every later one; their acks are awaited with the stream's."""
+        (urgent) and acked, then every later one. Acked here, not with the stream's: a
+        follower may join while `close` already waits for those (the leader finishing),
+        and its catch-up failing is its own failure, raised to its caller."""
         async with self._lock:
             if request_id in self.followers or request_id == self.request_id:
                 return
             key = request_id.encode()
+            acks = []
             for seq, chunk in enumerate(self.published, start=1):
                 value = chunk_record(request_id, seq, _encode(chunk))
                 headers = [_CHUNK, (SEQ_HEADER, b"%d" % seq), *self._served]
-                self._acks.append(await self.producer.send(
+                acks.append(await self.producer.send(
                     topic, value, key=key, headers=headers, partition=partition, urgent=True
                 ))  # fmt: skip
+            await asyncio.gather(*acks)
             self.followers[request_id] = (key, topic, partition)
 
     def drop(self, request_id: str) -> None:
@@ -227,6 +233,10 @@ class Relay:
             seq = self.seq
             chunk = _encode(pending)
             headers = [_CHUNK, (SEQ_HEADER, b"%d" % seq), *self._served]
+            first = self._first_ack
+            lost = first.exception() if first is not None and first.done() else None
+            if lost is not None:
+                raise lost  # the stream's start is lost: send no more of it
             readers = [(self.request_id, self.key, self.topic, self.partition)]
             readers += [(rid, *where) for rid, where in self.followers.items()]
             for rid, key, topic, partition in readers:
@@ -235,3 +245,5 @@ class Relay:
                     partition=partition, urgent=seq == 1,  # the first token: at once
                 )  # fmt: skip
                 self._acks.append(ack)
+                if seq == 1 and rid == self.request_id:
+                    self._first_ack = ack
