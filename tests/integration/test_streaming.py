@@ -26,10 +26,14 @@ from tests.integration.test_router import (
     running,
 )
 from turnout.service.client import AsyncTurnout, StreamFailed
+from turnout.service.clock import SystemClock
 from turnout.service.core.config import Config
 from turnout.service.gateway import RunningGateway, start_in_thread
 from turnout.service.gateway.keys import create_key
+from turnout.service.kafka.consumer import Reader, TopicPartition
+from turnout.service.kafka.producer import BatchedProducer
 from turnout.service.kafka.settings import KafkaSettings, Topics
+from turnout.service.runtime.streaming import Relay
 from turnout.service.upstream.simulator import SimulatorOptions, parse_scenario
 from turnout.service.upstream.simulator import start_in_thread as start_simulator
 from turnout.service.upstream.simulator.server import RunningSimulator
@@ -576,3 +580,62 @@ async def test_identical_concurrent_streams_share_one_upstream_stream(
     assert second.response["response"] == first.response["response"]
     streams = sim_streams(simulator)
     assert (streams["completed"], streams["aborted"]) == (1, 0)  # one upstream stream
+
+
+# -- the relay on one producer (responses and chunks share it) --------------------------
+
+
+def _token(text: str) -> dict[str, Any]:
+    return {"choices": [{"index": 0, "delta": {"content": text}}]}
+
+
+async def _gate_open(_ttft_ms: float) -> bool:
+    return True
+
+
+def _relay(producer: BatchedProducer, topic: str, partition: int, request_id: str) -> Relay:
+    return Relay(
+        producer=producer, topic=topic, partition=partition, request_id=request_id,
+        model="m", attempt=1, first_token=_gate_open, flush_ms=25, flush_tokens=1,
+        clock=SystemClock(),
+    )  # fmt: skip
+
+
+async def test_a_follower_whose_catch_up_cannot_be_delivered_fails_alone(
+    kafka_settings: KafkaSettings, kafka_topics: Topics
+):
+    """A coalesced request joining a stream is sent the records published so far, acked
+    before it counts as a follower: if they cannot be delivered its join fails (its
+    failure, raised to its caller), and the leader's stream goes on, whole and in order."""
+    topic = kafka_topics.responses
+    async with BatchedProducer(kafka_settings.replace(linger_ms=5)) as producer:
+        relay = _relay(producer, topic, 0, "leader")
+        await relay.chunk(_token("Hello"))
+        with pytest.raises(Exception):  # noqa: B017 - aiokafka's own error, whatever it is
+            await asyncio.wait_for(relay.follow("follower", topic, 999), 30)
+        assert "follower" not in relay.followers
+        await relay.chunk(_token(" world"))
+        assert await asyncio.wait_for(relay.finish(), 30) == 2
+    settings = kafka_settings
+    async with Reader(settings, [TopicPartition(topic, 0)]) as reader:
+        got = await reader.read_until(lambda r: dict(r.headers)[SEQ_HEADER] == b"2")
+    assert [(r.key, dict(r.headers)[SEQ_HEADER]) for r in got] == [
+        (b"leader", b"1"), (b"leader", b"2"),
+    ]  # fmt: skip
+
+
+async def test_no_chunk_goes_out_once_the_first_is_known_lost(
+    kafka_settings: KafkaSettings, kafka_topics: Topics
+):
+    """A reader must never see a stream's seq 2 without its seq 1: once the first chunk's
+    delivery has failed, the next chunk raises that failure instead of going out."""
+    topic = kafka_topics.responses
+    async with BatchedProducer(kafka_settings.replace(linger_ms=5)) as producer:
+        relay = _relay(producer, topic, 999, "lost")  # a partition the topic lacks
+        await relay.chunk(_token("Hello"))  # seq 1: sent, its delivery fails
+        probe = producer.enqueue(topic, b"probe", partition=999, urgent=True)
+        with pytest.raises(Exception):  # noqa: B017 - aiokafka's own error, whatever it is
+            await asyncio.wait_for(probe, 30)  # after seq 1's batch: its failure is known
+        with pytest.raises(Exception):  # noqa: B017
+            await relay.chunk(_token(" world"))
+        assert relay.seq == 2  # counted, never sent
