@@ -312,9 +312,13 @@ class BatchedProducer(Producer):
         return future
 
     def _due_now(self) -> None:
-        """The batches made due by an urgent record leave, each once its partition may send
-        (`_next` hands over a due batch when the one in flight is delivered)."""
+        """The batches made due by an urgent record leave."""
         self._soon = None
+        self._send_due()
+
+    def _send_due(self) -> None:
+        """Every due batch leaves now if its partition may send; the others leave when
+        their partition's batch in flight is delivered (`_next`)."""
         for tp, batch in list(self._open.items()):
             if batch.due and tp not in self._busy:
                 del self._open[tp]
@@ -373,11 +377,9 @@ class BatchedProducer(Producer):
         """The open batches are due: each leaves now, or when its partition's batch in
         flight is delivered."""
         self._timer = None
-        for tp, batch in list(self._open.items()):
+        for batch in self._open.values():
             batch.due = True
-            if tp not in self._busy:
-                del self._open[tp]
-                self._hand_over(tp, batch)
+        self._send_due()
 
     def _next(self, tp: tuple[str, int]) -> None:
         """The partition's batch in flight is delivered (or failed): the next may go."""
