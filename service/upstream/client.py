@@ -13,11 +13,13 @@ Rules:
 - Calls go straight to the shared client's transport (its connection pool)
   with pre-built URLs and headers; the client-level pipeline (auth flows,
   cookies, redirects, hooks) does nothing for us and cost half of a call's CPU.
-  Non-streamed calls on the aiohttp transport go one step further, to its
-  `aiohttp.ClientSession` itself: httpx's Request/Response objects around each
-  exchange cost as much CPU again as aiohttp's own work (bench_upstream.py).
-  Same pool, proxy, timeouts and headers; aiohttp's exceptions are classified
-  first anyway (`translate._EXCEPTIONS`).
+  Chat calls, plain and streamed, go further still when no proxy is in the way: to
+  the lean HTTP/1.1 pool (`h1.py`, one asyncio Protocol per connection parsed by
+  httptools), a third of aiohttp's CPU per call; what it cannot do (a proxy, `GET`s)
+  goes to the aiohttp session directly: httpx's Request/Response objects around each
+  exchange cost as much CPU again as aiohttp's own work (bench_upstream.py). Same
+  timeouts and headers; every transport's exceptions are classified the same way
+  (`translate._EXCEPTIONS`).
 - The API key is read from the environment once, at construction, and lives
   only in the pre-built request headers (httpx masks it in reprs). It is never
   logged, and never put in stats or events.
@@ -35,7 +37,7 @@ import asyncio
 import os
 import urllib.parse
 import urllib.request
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from functools import lru_cache
 from types import TracebackType
 from typing import Any, Final
@@ -141,6 +143,7 @@ class ClientStats(msgspec.Struct, frozen=True, kw_only=True):
 
 _CAUGHT: Final = (httpx.HTTPError, aiohttp.ClientError, OSError)
 _CAUGHT_H1: Final = (OSError, H1ProtocolError)  # TimeoutError and H1ConnectError are OSErrors
+_CAUGHT_STREAM: Final = (*_CAUGHT, H1ProtocolError)
 _decode_json = msgspec.json.Decoder().decode
 
 OnChunk = Callable[[dict[str, Any]], Awaitable[None]]
@@ -237,7 +240,7 @@ class UpstreamClient:
             "GET": _MaskedHeaders(_headers(options, key)),
             "POST": _MaskedHeaders({**_headers(options, key), **_JSON_HEADERS}),
         }
-        # non-streamed chat calls without a proxy: the lean HTTP/1.1 pool (h1.py)
+        # chat calls (plain and streamed) without a proxy: the lean HTTP/1.1 pool (h1.py)
         self._h1 = (
             H1Pool(
                 options.base_url, headers=self._direct_headers["POST"],
@@ -286,34 +289,26 @@ class UpstreamClient:
         started, start_loop = self._clock.monotonic(), loop.time()
         outcome = StreamOutcome(result=CallResult(ok=False))
         deadline = asyncio.timeout_at(start_loop + min(ttft_timeout_s, deadline_s))
-        request = httpx.Request(
-            "POST", self._url("/chat/completions"), headers=self._stream_headers,
-            content=payload, extensions={"timeout": self._timeout_for(deadline_s)},
-        )  # fmt: skip
         parser = SSEParser()
         reply: Reply | None = None
         failure: BaseException | None = None
+
+        def relay(pieces: AsyncIterator[bytes]) -> Awaitable[None]:
+            return self._relay(
+                pieces, parser, outcome, on_chunk, started,
+                lambda: deadline.reschedule(start_loop + deadline_s), assemble,
+            )  # fmt: skip
+
         self._counters.started()
         try:
             async with deadline:
-                response = await self._transport.handle_async_request(request)
-                try:
-                    if not 200 <= response.status_code < 300:
-                        reply = Reply(
-                            status=response.status_code, content=await response.aread(),
-                            retry_after=response.headers.get("retry-after"),
-                            generation_id=response.headers.get("x-generation-id"),
-                        )  # fmt: skip
-                    else:
-                        await self._relay(
-                            response, parser, outcome, on_chunk, started,
-                            lambda: deadline.reschedule(start_loop + deadline_s), assemble,
-                        )  # fmt: skip
-                finally:
-                    await response.aclose()
+                if self._h1 is not None:
+                    reply = await self._stream_h1(self._h1, payload, deadline_s, relay)
+                else:
+                    reply = await self._stream_httpx(payload, deadline_s, relay)
         except _StreamFailure as err:
             failure = err
-        except _CAUGHT as err:
+        except _CAUGHT_STREAM as err:
             failure = err
             if deadline.expired():
                 what = "first token" if outcome.first_token_ms is None else "end of the stream"
@@ -327,9 +322,49 @@ class UpstreamClient:
         self._counters.record(outcome.result)
         return outcome
 
+    async def _stream_h1(
+        self,
+        h1: H1Pool,
+        payload: bytes,
+        deadline_s: float,
+        relay: Callable[[AsyncIterator[bytes]], Awaitable[None]],
+    ) -> Reply | None:
+        """A streamed call on the lean pool: an error status's `Reply`, else None once
+        `relay` has read the stream to its `[DONE]`."""
+        stream = await h1.open(
+            "POST", "/chat/completions", payload, deadline_s, accept="text/event-stream"
+        )
+        try:
+            if not 200 <= stream.status < 300:
+                return _reply(stream.status, await stream.read(), stream.headers)
+            await relay(stream)
+            return None
+        finally:
+            stream.close()
+
+    async def _stream_httpx(
+        self,
+        payload: bytes,
+        deadline_s: float,
+        relay: Callable[[AsyncIterator[bytes]], Awaitable[None]],
+    ) -> Reply | None:
+        """`_stream_h1` on the httpx transport (a proxy, or a transport given)."""
+        request = httpx.Request(
+            "POST", self._url("/chat/completions"), headers=self._stream_headers,
+            content=payload, extensions={"timeout": self._timeout_for(deadline_s)},
+        )  # fmt: skip
+        response = await self._transport.handle_async_request(request)
+        try:
+            if not 200 <= response.status_code < 300:
+                return _reply(response.status_code, await response.aread(), response.headers)
+            await relay(response.aiter_raw())
+            return None
+        finally:
+            await response.aclose()
+
     async def _relay(
         self,
-        response: httpx.Response,
+        pieces: AsyncIterator[bytes],
         parser: SSEParser,
         outcome: StreamOutcome,
         on_chunk: OnChunk,
@@ -337,7 +372,7 @@ class UpstreamClient:
         first_token: Callable[[], None],
         assemble: bool,
     ) -> None:
-        async for piece in response.aiter_raw():
+        async for piece in pieces:
             for event in parser.feed(piece):
                 if event.data == "[DONE]":
                     return

@@ -288,6 +288,153 @@ async def test_requests_carry_the_path_prefix_host_headers_and_length(
     assert "key" not in repr(pool) and "Bearer" not in repr(pool)
 
 
+# --------------------------------------------------------------------------- streamed answers
+
+
+def _sse_head() -> bytes:
+    return (
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+    )
+
+
+def _chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+async def test_a_streamed_body_comes_as_it_is_sent_and_the_connection_is_reused(
+    serve: Callable[..., Awaitable[str]],
+) -> None:
+    seen: list[bytes] = []
+    go_on = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for _ in range(2):
+            seen.append(await _read_request(reader))
+            writer.write(_sse_head() + _chunk(b"data: 1\n\n"))
+            await writer.drain()
+            await go_on.wait()  # the rest only once the client has had the first piece
+            writer.write(_chunk(b"data: 2\n\n") + _chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+            await writer.drain()
+        writer.close()
+
+    pool = H1Pool(await serve(handler), headers=HEADERS)
+    try:
+        for _ in range(2):
+            stream = await pool.open("POST", "/x", CHAT, 5.0, accept="text/event-stream")
+            try:
+                assert (stream.status, stream.headers["content-type"]) == (200, "text/event-stream")
+                assert await anext(stream) == b"data: 1\n\n"
+                go_on.set()
+                assert await stream.read() == b"data: 2\n\ndata: [DONE]\n\n"
+            finally:
+                stream.close()
+                go_on.clear()
+    finally:
+        pool.close()
+    assert pool.connects == 1
+    lines = seen[0].partition(b"\r\n\r\n")[0].decode().split("\r\n")
+    assert [line for line in lines if line.startswith("accept:")] == ["accept: text/event-stream"]
+
+
+async def test_a_stream_cut_short_raises_and_its_connection_is_not_reused(
+    serve: Callable[..., Awaitable[str]],
+) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(_sse_head() + _chunk(b"data: 1\n\n"))
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.close()  # no terminating chunk
+
+    pool = H1Pool(await serve(handler), headers=HEADERS)
+    try:
+        for _ in range(2):
+            stream = await pool.open("POST", "/x", CHAT, 5.0)
+            try:
+                assert await anext(stream) == b"data: 1\n\n"
+                with pytest.raises(ConnectionResetError, match="mid-answer"):
+                    await anext(stream)
+            finally:
+                stream.close()
+    finally:
+        pool.close()
+    assert pool.connects == 2
+
+
+async def test_closing_a_stream_before_its_end_hangs_up_on_the_upstream(
+    serve: Callable[..., Awaitable[str]],
+) -> None:
+    hung_up = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(_sse_head() + _chunk(b"data: 1\n\n"))
+        await writer.drain()
+        if await reader.read(1) == b"":  # what a generating upstream notices, and stops
+            hung_up.set()
+        writer.close()
+
+    pool = H1Pool(await serve(handler), headers=HEADERS, size=1)
+    try:
+        stream = await pool.open("POST", "/x", CHAT, 5.0)
+        assert await anext(stream) == b"data: 1\n\n"
+        stream.close()
+        stream.close()  # twice is once: the pool's one slot is free exactly once
+        await asyncio.wait_for(hung_up.wait(), 5.0)
+        again = await pool.open("POST", "/x", CHAT, 5.0)
+        again.close()
+    finally:
+        pool.close()
+    assert pool.connects == 2 and pool._busy == 0
+
+
+async def test_an_unread_stream_holds_the_upstream_back_instead_of_buffering_it_all(
+    serve: Callable[..., Awaitable[str]],
+) -> None:
+    piece = b"x" * 65536
+    total = 48 * 1024 * 1024  # far more than loopback's socket buffers (~6 MiB here)
+    sent = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal sent
+        await _read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % total)
+        while sent < total:
+            writer.write(piece)
+            await writer.drain()
+            sent += len(piece)
+        writer.close()
+
+    pool = H1Pool(await serve(handler), headers=HEADERS)
+    try:
+        stream = await pool.open("POST", "/x", CHAT, 5.0)
+        try:
+            await asyncio.sleep(0.3)  # nobody reads
+            assert sent < total / 3  # the socket's buffers, not the whole answer
+            assert len(await stream.read()) == total
+        finally:
+            stream.close()
+    finally:
+        pool.close()
+
+
+async def test_opening_a_stream_waits_for_its_head_only_until_the_deadline(
+    slow_sim: RunningSimulator,
+) -> None:
+    pool = H1Pool(slow_sim.base_url, headers=HEADERS, size=1)
+    try:
+        with pytest.raises(TimeoutError, match=r"no complete answer within 0\.1 s"):
+            await pool.open("POST", "/chat/completions", CHAT, 0.1)
+        stream = await pool.open("POST", "/chat/completions", CHAT, 5.0)
+        try:
+            assert stream.status == 200 and b"chat.completion" in await stream.read()
+        finally:
+            stream.close()
+    finally:
+        pool.close()
+    assert pool.connects == 2 and pool._busy == 0
+
+
 # --------------------------------------------------------------------------- TLS
 
 

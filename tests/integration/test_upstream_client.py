@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import msgspec
@@ -24,7 +25,12 @@ import pytest
 from turnout.service.core.config import BreakerConfig, UpstreamConfig
 from turnout.service.core.outcomes import CLASSES
 from turnout.service.core.pricing import Price
-from turnout.service.upstream.client import CallResult, ClientOptions, UpstreamClient
+from turnout.service.upstream.client import (
+    CallResult,
+    ClientOptions,
+    StreamOutcome,
+    UpstreamClient,
+)
 from turnout.service.upstream.pricing import PriceCache, fetch_prices, parse_models
 from turnout.service.upstream.simulator import RunningSimulator, SimulatorOptions, start_in_thread
 from turnout.service.upstream.simulator.cli import load_scenario
@@ -226,6 +232,89 @@ async def test_a_success_slower_than_call_timeout_is_flagged_slow(sim: RunningSi
     assert slow.ok and slow.slow and slow.latency_ms >= 100
     assert fast.ok and not fast.slow
     assert (stats.succeeded, stats.slow) == (2, 1)
+
+
+# --------------------------------------------------------------------------- streamed calls
+
+
+async def _streamed(
+    client: UpstreamClient, model: str, *, ttft_timeout_s: float = 5.0
+) -> tuple[StreamOutcome, list[dict[str, Any]]]:
+    chunks: list[dict[str, Any]] = []
+
+    async def on_chunk(chunk: dict[str, Any]) -> None:
+        chunks.append(chunk)
+
+    outcome = await client.stream(model, CHAT, on_chunk, ttft_timeout_s=ttft_timeout_s)
+    return outcome, chunks
+
+
+async def test_a_stream_comes_chunk_by_chunk_and_assembles_into_the_answer(
+    client: UpstreamClient, sim: RunningSimulator
+) -> None:
+    plain = await client.call("openai/gpt-4o-mini", CHAT)
+    outcome, chunks = await _streamed(client, "openai/gpt-4o-mini")
+
+    result = outcome.result
+    assert result.ok and result.status == 200 and outcome.first_token_ms is not None
+    assert len(chunks) >= 4 and chunks[-1]["choices"] == [] and chunks[-1]["usage"]["cost"] > 0
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert plain.response is not None and result.response is not None
+    assert text == result.response["choices"][0]["message"]["content"]
+    assert text == plain.response["choices"][0]["message"]["content"]  # the same answer
+    assert result.usage == plain.usage and result.cost_usd == plain.cost_usd
+    assert outcome.comments >= 1  # OpenRouter's keep-alive comment, read past
+    streams = _sim_stats(sim)["streams"]
+    assert isinstance(streams, dict) and streams["completed"] >= 1
+
+
+@pytest.mark.parametrize(
+    ("model", "status", "error_class", "tokens"),
+    [
+        ("fail/429", 429, "rate_limited", False),
+        ("fail/503", 503, "unavailable", False),
+        ("fail/malformed", 200, "malformed_response", False),
+        ("fail/midstream", 200, "midstream_error", True),  # after its first tokens
+        ("fail/reset", None, "connection_reset", False),
+    ],
+)
+async def test_a_troubled_stream_becomes_a_classified_result(
+    client: UpstreamClient, model: str, status: int | None, error_class: str, tokens: bool
+) -> None:
+    outcome, chunks = await _streamed(client, model)
+
+    result = outcome.result
+    assert (result.ok, result.status, result.error_class) == (False, status, error_class)
+    assert result.message and result.error is CLASSES[error_class]
+    assert (outcome.first_token_ms is not None) == tokens == bool(chunks)
+    if model == "fail/429":
+        assert result.retry_after_ms == 3000
+
+
+async def test_a_stream_without_its_first_token_in_time_is_a_timeout(
+    client: UpstreamClient,
+) -> None:
+    outcome, chunks = await _streamed(client, "fail/timeout", ttft_timeout_s=0.3)
+
+    result = outcome.result
+    assert (result.ok, result.error_class, chunks) == (False, "timeout", [])
+    assert result.message is not None and "no first token within 0.3 s" in result.message
+    assert 250 < result.latency_ms < 2000
+
+
+async def test_streams_share_the_pool_and_a_failed_one_leaves_nothing_in_flight(
+    sim: RunningSimulator,
+) -> None:
+    options = ClientOptions(base_url=sim.base_url, timeout_s=5.0, connect_timeout_s=1.0)
+    async with UpstreamClient(options, environ={}) as up:
+        for _ in range(5):
+            assert (await _streamed(up, "openai/gpt-4o-mini"))[0].result.ok
+        assert not (await _streamed(up, "fail/reset"))[0].result.ok
+        assert (await _streamed(up, "openai/gpt-4o-mini"))[0].result.ok
+        stats = up.stats()
+        h1 = up._h1
+    assert (stats.calls, stats.succeeded, stats.in_flight) == (7, 6, 0)
+    assert h1 is not None and h1.connects == 2  # one for the streams, one after the reset
 
 
 @pytest.mark.parametrize("transport", ["aiohttp", "httpcore"])
