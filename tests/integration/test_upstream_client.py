@@ -536,14 +536,27 @@ async def test_the_price_cache_refreshes_after_ttl_and_keeps_the_last_good_table
 async def test_calls_go_through_the_proxy_named_in_the_environment(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """HTTP_PROXY is honoured (trust_env): a plain HTTP proxy sees the absolute URL."""
+    """HTTP_PROXY is honoured (trust_env): a plain HTTP proxy sees the absolute URL, for
+    `GET`s, plain calls and streams alike (the lean pool does not speak to proxies: the
+    client keeps those calls on aiohttp)."""
     from aiohttp import web
 
     seen: list[str] = []
+    chunk = {"id": "gen-p", "model": "m", "choices": [{"index": 0, "delta": {"content": "hi"}}]}
+    usage = {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
+    last = {"id": "gen-p", "model": "m", "choices": [], "usage": usage}
+    message = {"role": "assistant", "content": "hi"}
+    done = {"id": "gen-p", "model": "m", "choices": [{"index": 0, "message": message}]}
 
-    async def proxy(request: web.Request) -> web.Response:
-        seen.append(str(request.url))
-        return web.json_response({"data": []})
+    async def proxy(request: web.Request) -> web.StreamResponse:
+        seen.append(f"{request.method} {request.url}")
+        if request.method == "GET":
+            return web.json_response({"data": []})
+        if not (await request.json()).get("stream"):
+            return web.json_response({**done, "usage": usage})
+        events = [msgspec.json.encode(c).decode() for c in (chunk, last)] + ["[DONE]"]
+        body = "".join(f"data: {e}\n\n" for e in events)
+        return web.Response(text=body, content_type="text/event-stream")
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", proxy)
@@ -558,8 +571,13 @@ async def test_calls_go_through_the_proxy_named_in_the_environment(
     try:
         options = ClientOptions(base_url="http://upstream.example/api/v1")
         async with UpstreamClient(options, environ={}) as client:
-            result = await client.get_json("/models")
-        assert result.ok, result.message
-        assert seen == ["http://upstream.example/api/v1/models"]
+            listed = await client.get_json("/models")
+            called = await client.call("m", CHAT)
+            streamed, chunks = await _streamed(client, "m")
+        assert listed.ok and called.ok and streamed.result.ok, streamed.result.message
+        assert [c["choices"][0]["delta"]["content"] for c in chunks[:1]] == ["hi"]
+        assert streamed.result.usage == called.usage
+        chat = "POST http://upstream.example/api/v1/chat/completions"
+        assert seen == ["GET http://upstream.example/api/v1/models", chat, chat]
     finally:
         await runner.cleanup()
