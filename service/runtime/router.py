@@ -999,17 +999,8 @@ class Router:
         publish them and carry out the effects. A decision for a partition this router no
         longer owns is dropped, unfolded and unpublished (fencing: only the owner speaks
         for a tenant; the new owner resumes the request from the log)."""
-        if not self._owns(decision, request_id):
-            self.fenced += 1
-            log.info("request %s: its partition moved to another router; dropped", request_id)
-            self._finish_request(request_id)
+        if not self._fold(decision, request_id, now):
             return
-        for event in decision.events:  # fold before any await: the next decision sees it
-            evolve(self.state, event, now, self.cfg)
-            p = home_partition(event.tenant)
-            self._unsent[p] = self._unsent.get(p, 0) + 1
-            if self.schedule is not None:  # counts toward the partition's next snapshot
-                self.schedule.folded(p)
         try:
             await self._publish_decision(decision, request_id, now)
         except Exception as err:
@@ -1028,6 +1019,32 @@ class Router:
                     self._finish_request(effect.terminal.request_id)
                 case Resend():
                     await self._respond(effect.terminal)
+
+    def _fold(self, decision: Decision, request_id: str, now: int) -> bool:
+        """`_apply`'s first step: fold the decision's events; False (nothing folded) when
+        this router no longer owns the request's partition."""
+        if not self._owns(decision, request_id):
+            self.fenced += 1
+            log.info("request %s: its partition moved to another router; dropped", request_id)
+            self._finish_request(request_id)
+            return False
+        for event in decision.events:  # fold before any await: the next decision sees it
+            evolve(self.state, event, now, self.cfg)
+            p = home_partition(event.tenant)
+            self._unsent[p] = self._unsent.get(p, 0) + 1
+            if self.schedule is not None:  # counts toward the partition's next snapshot
+                self.schedule.folded(p)
+        return True
+
+    def _apply_at_once(self, decision: Decision, request_id: str, now: int) -> None:
+        """`_apply` for a decision of events only, with batching on: folded and handed to
+        the producers in one step, no await (nothing can stop it between the two, and
+        nothing waits a loop turn for it); the acks join the request's unacked ones."""
+        assert not decision.effects and self.cfg.features.batching
+        if self._fold(decision, request_id, now):
+            futures = self._enqueue_events(decision.events, now, folded=True)
+            self.unacked.setdefault(request_id, []).extend(futures)
+            self.telemetry.published(decision.events)
 
     def _owns(self, decision: Decision, request_id: str) -> bool:
         flight = self.state.inflight.get(request_id)
@@ -1239,8 +1256,11 @@ class Router:
         )
         if not decision.events:
             return False
-        # shielded: a cancel arriving meanwhile must not stop it between fold and publish
-        await asyncio.shield(self._apply(decision, call.request_id, ctx.now_ms))
+        if decision.effects or not self.cfg.features.batching:
+            # shielded: a cancel arriving meanwhile must not stop it between fold and publish
+            await asyncio.shield(self._apply(decision, call.request_id, ctx.now_ms))
+        else:  # the usual case, at once: the first chunk does not wait a loop turn for it
+            self._apply_at_once(decision, call.request_id, ctx.now_ms)
         flight = self.state.inflight.get(call.request_id)
         return flight is not None and flight.first_token_attempt == call.attempt
 
@@ -1341,9 +1361,29 @@ class Router:
         """Send events in order, stamped `time_ms` (default: now); with `wait`, await their
         acks and the request's earlier ones. `folded`: the live state holds them already
         (counted unsent since their fold; a snapshot waits until none is)."""
-        futures = []
         if time_ms is None:
             time_ms = self.clock.now_ms()
+        if self.cfg.features.batching:
+            futures = self._enqueue_events(events, time_ms, folded=folded)
+        else:  # one record per produce request, in order
+            futures = []
+            for event in events:
+                futures += self._enqueue_events([event], time_ms, folded=folded)
+                await futures[-1]
+        if not wait and request_id is not None:
+            self.unacked.setdefault(request_id, []).extend(futures)
+        else:
+            earlier = self.unacked.pop(request_id, []) if request_id is not None else []
+            if futures or earlier:
+                await acked([*earlier, *futures])
+        if events:
+            self.telemetry.published(events)
+
+    def _enqueue_events(
+        self, events: Sequence[Any], time_ms: int, *, folded: bool
+    ) -> list[asyncio.Future[Any]]:
+        """Hand events to their partitions' producers (no await); their delivery futures."""
+        futures = []
         for event in events:
             traceparent = self.telemetry.traceparent(getattr(event, "request_id", None))
             key, value, headers = ce.encode_event(
@@ -1361,17 +1401,8 @@ class Router:
                 left = self._unsent[partition] = self._unsent[partition] - 1
                 if not left and self.schedule is not None:
                     self._maybe_snapshot(partition)
-            if not self.cfg.features.batching:
-                await future  # batching off: one record per produce request, in order
             futures.append(future)
-        if not wait and request_id is not None:
-            self.unacked.setdefault(request_id, []).extend(futures)
-        else:
-            earlier = self.unacked.pop(request_id, []) if request_id is not None else []
-            if futures or earlier:
-                await acked([*earlier, *futures])
-        if events:
-            self.telemetry.published(events)
+        return futures
 
     def _config_applied(self) -> ev.ConfigApplied:
         return ev.ConfigApplied(
