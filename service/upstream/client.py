@@ -144,6 +144,7 @@ class ClientStats(msgspec.Struct, frozen=True, kw_only=True):
 _CAUGHT: Final = (httpx.HTTPError, aiohttp.ClientError, OSError)
 _CAUGHT_H1: Final = (OSError, H1ProtocolError)  # TimeoutError and H1ConnectError are OSErrors
 _CAUGHT_STREAM: Final = (*_CAUGHT, H1ProtocolError)
+_DRAIN_S: Final = 0.05  # how long a finished stream's connection waits for its last bytes
 _decode_json = msgspec.json.Decoder().decode
 
 OnChunk = Callable[[dict[str, Any]], Awaitable[None]]
@@ -338,6 +339,7 @@ class UpstreamClient:
             if not 200 <= stream.status < 300:
                 return _reply(stream.status, await stream.read(), stream.headers)
             await relay(stream)
+            await stream.drain(_DRAIN_S)  # the body's last bytes may follow `[DONE]`
             return None
         finally:
             stream.close()

@@ -69,6 +69,7 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.idle_since = 0.0
         self.stream: H1Stream | None = None  # set while a streamed answer's body is read
+        self.interim = False  # the message being parsed is a 1xx head, not the answer
 
     # asyncio.Protocol
 
@@ -104,6 +105,11 @@ class _Connection(asyncio.Protocol):
         self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:  # 100 Continue, 103 Early Hints: the answer's head follows
+            self.interim = True
+            self.headers = {}
+            return
         self.headers_done = True
         chunked = "chunked" in self.headers.get("transfer-encoding", "").lower()
         self.sized = chunked or "content-length" in self.headers
@@ -111,7 +117,7 @@ class _Connection(asyncio.Protocol):
         if self.stream is not None:  # a streamed answer: the head now, the body as it comes
             waiter, self.waiter = self.waiter, None
             if waiter is not None and not waiter.done():
-                waiter.set_result((self.parser.get_status_code(), b"", self.headers))
+                waiter.set_result((status, b"", self.headers))
 
     def on_body(self, body: bytes) -> None:
         stream = self.stream
@@ -126,6 +132,9 @@ class _Connection(asyncio.Protocol):
         stream.wake()
 
     def on_message_complete(self) -> None:
+        if self.interim:  # the end of a 1xx head: the answer is still to come
+            self.interim = False
+            return
         stream = self.stream
         if stream is not None:
             self.stream = None
@@ -379,9 +388,11 @@ class H1Stream:
     async def __anext__(self) -> bytes:
         while not self.pieces:
             if self.error is not None:
-                raise self.error
+                raise self.error.with_traceback(None)  # raised again: no growing traceback
             if self.done:
                 raise StopAsyncIteration
+            if self.waiter is not None:
+                raise RuntimeError("a streamed answer has one reader at a time")
             self.waiter = asyncio.get_running_loop().create_future()
             try:
                 await self.waiter
@@ -396,6 +407,20 @@ class H1Stream:
     async def read(self) -> bytes:
         """The rest of the body."""
         return b"".join([piece async for piece in self])
+
+    async def drain(self, grace_s: float) -> None:
+        """Read and drop the rest of the answer if it ends within `grace_s` (an SSE
+        stream's `[DONE]` often comes a moment before the body's last bytes), so that
+        `close()` can give the connection back; an answer that does not end in time, or
+        breaks, is simply not reused."""
+        if self.done or self.error is not None:
+            return
+        try:
+            async with asyncio.timeout(grace_s):
+                async for _ in self:
+                    pass
+        except (TimeoutError, OSError, H1ProtocolError):
+            pass
 
     def wake(self) -> None:
         waiter = self.waiter
@@ -415,6 +440,9 @@ class H1Stream:
         else:
             conn.stream = None
             conn._spoil()
+            if not self.done and self.error is None:  # a reader after close() fails, not hangs
+                self.error = ConnectionAbortedError("the streamed answer was closed")
+                self.wake()
         pool._release()
 
 

@@ -418,6 +418,106 @@ async def test_an_unread_stream_holds_the_upstream_back_instead_of_buffering_it_
         pool.close()
 
 
+@pytest.mark.parametrize("streamed", [False, True], ids=["request", "open"])
+async def test_an_interim_1xx_head_is_not_the_answer(
+    serve: Callable[..., Awaitable[str]], streamed: bool
+) -> None:
+    """103 Early Hints (a CDN may send it) before the answer: the answer is the 200 after
+    it, and the next request on the connection gets its own answer, not this one's body."""
+    served = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal served
+        for body in (b"first", b"second"):
+            await _read_request(reader)
+            served += 1
+            writer.write(b"HTTP/1.1 103 Early Hints\r\nlink: </x>\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(body))
+            await writer.drain()
+            await asyncio.sleep(0.05)  # the body after the heads
+            writer.write(body)
+            await writer.drain()
+        writer.close()
+
+    pool = H1Pool(await serve(handler), headers=HEADERS)
+    try:
+        if streamed:
+            stream = await pool.open("POST", "/x", CHAT, 5.0)
+            try:
+                first = (stream.status, await stream.read())
+            finally:
+                stream.close()
+        else:
+            first = (await pool.request("POST", "/x", CHAT, 5.0))[:2]
+        second = (await pool.request("POST", "/x", CHAT, 5.0))[:2]
+    finally:
+        pool.close()
+    assert (first, second) == ((200, b"first"), (200, b"second"))
+    assert served == 2 and pool.connects == 1
+
+
+async def test_a_stream_whose_last_bytes_follow_its_done_is_still_reused(
+    sim: RunningSimulator, serve: Callable[..., Awaitable[str]]
+) -> None:
+    """A server usually writes a chunked body's terminator after its generator ends, a
+    moment after `data: [DONE]`: the client waits that moment for it instead of hanging
+    up on every successful stream (a new connection, and a reset, per stream)."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                await _read_request(reader)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                break
+            chunk = {"id": "gen-1", "choices": [{"index": 0, "delta": {"content": "hi"}}]}
+            data = b"data: " + msgspec.json.encode(chunk) + b"\n\ndata: [DONE]\n\n"
+            writer.write(_sse_head() + _chunk(data))
+            await writer.drain()
+            await asyncio.sleep(0.01)
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+        writer.close()
+
+    options = ClientOptions(base_url=await serve(handler), timeout_s=5.0, connect_timeout_s=1.0)
+    async with UpstreamClient(options, environ={}) as client:
+
+        async def on_chunk(chunk: dict[str, object]) -> None:
+            pass
+
+        for _ in range(3):
+            outcome = await client.stream("m", {"messages": []}, on_chunk, ttft_timeout_s=5.0)
+            assert outcome.result.ok and outcome.first_token_ms is not None
+        h1 = client._h1
+    assert h1 is not None and h1.connects == 1
+
+
+async def test_a_closed_stream_fails_its_reader_and_has_one_reader_at_a_time(
+    serve: Callable[..., Awaitable[str]],
+) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(_sse_head() + _chunk(b"data: 1\n\n"))
+        await writer.drain()
+        await reader.read(1)  # until the client hangs up
+        writer.close()
+
+    pool = H1Pool(await serve(handler), headers=HEADERS)
+    try:
+        stream = await pool.open("POST", "/x", CHAT, 5.0)
+        assert await anext(stream) == b"data: 1\n\n"
+        reading = asyncio.ensure_future(anext(stream))
+        await asyncio.sleep(0.01)
+        with pytest.raises(RuntimeError, match="one reader at a time"):
+            await anext(stream)
+        stream.close()
+        with pytest.raises(ConnectionAbortedError):
+            await asyncio.wait_for(reading, 5.0)  # woken, not left waiting forever
+        with pytest.raises(ConnectionAbortedError):
+            await asyncio.wait_for(stream.read(), 5.0)
+    finally:
+        pool.close()
+
+
 async def test_opening_a_stream_waits_for_its_head_only_until_the_deadline(
     slow_sim: RunningSimulator,
 ) -> None:
