@@ -1041,10 +1041,14 @@ class Router:
         the producers in one step, no await (nothing can stop it between the two, and
         nothing waits a loop turn for it); the acks join the request's unacked ones."""
         assert not decision.effects and self.cfg.features.batching
-        if self._fold(decision, request_id, now):
+        if not self._fold(decision, request_id, now):
+            return
+        try:
             futures = self._enqueue_events(decision.events, now, folded=True)
-            self.unacked.setdefault(request_id, []).extend(futures)
-            self.telemetry.published(decision.events)
+        except Exception as err:  # as in `_apply`: folded but not published
+            raise StateDiverged(f"events of {request_id} were not published: {err!r}") from err
+        self.unacked.setdefault(request_id, []).extend(futures)
+        self.telemetry.published(decision.events)
 
     def _owns(self, decision: Decision, request_id: str) -> bool:
         flight = self.state.inflight.get(request_id)

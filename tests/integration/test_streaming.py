@@ -498,6 +498,37 @@ async def test_a_router_that_dies_mid_stream_before_its_first_token_is_logged_st
     assert sim_streams(simulator)["completed"] == 0  # nobody streamed it again to the end
 
 
+async def test_a_first_token_the_log_refuses_stops_the_router_and_the_stream_runs_once(
+    kafka_settings: KafkaSettings, kafka_topics: Topics, simulator: RunningSimulator
+) -> None:
+    """The first-token event is folded and handed to the producer in one step; if the
+    producer refuses it, the router's state no longer matches the log: it stops
+    (`StateDiverged`), as for any event it cannot publish, before any chunk went out.
+    The next owner streams the request from its start, once."""
+    from turnout.service.core import events as ev
+    from turnout.service.runtime.router import StateDiverged
+
+    cfg = gateway_config(kafka_settings, simulator)
+    async with AsyncTurnout(kafka_settings) as turnout:
+        async with running(cfg, "first") as first:
+            real_enqueue = first._enqueue_events
+
+            def enqueue(events: Any, *args: Any, **kwargs: Any) -> Any:
+                if any(isinstance(e, ev.StreamFirstToken) for e in events):
+                    raise ValueError("injected: the events producer refused a record")
+                return real_enqueue(events, *args, **kwargs)
+
+            first._enqueue_events = enqueue  # type: ignore[method-assign]
+            stream = await turnout.stream(PROMPT, tenant="acme", task_type="slow")
+            await asyncio.wait_for(first._stop.wait(), 30)  # type: ignore[union-attr]
+        assert isinstance(first.fatal, StateDiverged)
+        records = stream.raw()
+        async with running(cfg, "next"):
+            seqs = [seq async for seq, _ in records]
+    assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) > 1  # one stream, from 1
+    assert stream.response is not None and stream.response["status"] == "ok"
+
+
 async def test_no_first_token_in_time_is_a_failed_attempt_and_falls_back(
     kafka_settings: KafkaSettings, kafka_topics: Topics, simulator: RunningSimulator
 ) -> None:
