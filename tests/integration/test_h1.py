@@ -301,6 +301,13 @@ def _chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
+async def _first_piece(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Read a request, answer with an SSE head and its first event `data: 1`."""
+    await _read_request(reader)
+    writer.write(_sse_head() + _chunk(b"data: 1\n\n"))
+    await writer.drain()
+
+
 async def test_a_streamed_body_comes_as_it_is_sent_and_the_connection_is_reused(
     serve: Callable[..., Awaitable[str]],
 ) -> None:
@@ -340,9 +347,7 @@ async def test_a_stream_cut_short_raises_and_its_connection_is_not_reused(
     serve: Callable[..., Awaitable[str]],
 ) -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _read_request(reader)
-        writer.write(_sse_head() + _chunk(b"data: 1\n\n"))
-        await writer.drain()
+        await _first_piece(reader, writer)
         await asyncio.sleep(0.05)
         writer.close()  # no terminating chunk
 
@@ -367,9 +372,7 @@ async def test_closing_a_stream_before_its_end_hangs_up_on_the_upstream(
     hung_up = asyncio.Event()
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _read_request(reader)
-        writer.write(_sse_head() + _chunk(b"data: 1\n\n"))
-        await writer.drain()
+        await _first_piece(reader, writer)
         if await reader.read(1) == b"":  # what a generating upstream notices, and stops
             hung_up.set()
         writer.close()
@@ -495,9 +498,7 @@ async def test_a_closed_stream_fails_its_reader_and_has_one_reader_at_a_time(
     serve: Callable[..., Awaitable[str]],
 ) -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _read_request(reader)
-        writer.write(_sse_head() + _chunk(b"data: 1\n\n"))
-        await writer.drain()
+        await _first_piece(reader, writer)
         await reader.read(1)  # until the client hangs up
         writer.close()
 
