@@ -16,11 +16,14 @@ What it does, and no more:
   sending, the complete answer); on expiry, cancellation or any error the connection is
   closed, never reused, so a late answer cannot be read as the next request's;
 - bodies by `Content-Length`, chunked, or (when neither is given) up to the close;
+  interim `1xx` heads (100 Continue, 103 Early Hints) are skipped, not taken as answers;
 - `request` reads the whole answer under its deadline; `open` returns once the head has
   come (under the deadline given) and hands the body over piece by piece as it arrives
   (`H1Stream`: reading pauses while more than 256 KiB wait unread); the caller bounds
   the rest of the exchange (e.g. with `asyncio.timeout`) and must `close()` the stream:
-  the connection goes back to the pool only if its answer was read to the end;
+  the connection goes back to the pool only if its answer was read to the end
+  (`drain(grace_s)` waits a moment for the last bytes an SSE server writes after
+  `[DONE]`); one reader at a time, and reading a closed stream fails;
 - errors are standard exceptions the client already classifies
   (`translate.classify_exception`): `TimeoutError` (the deadline), `H1ConnectError`
   (could not connect), `ConnectionResetError` (closed before the answer was complete),
