@@ -548,7 +548,7 @@ class UpstreamClient:
         c = self._counters
         return ClientStats(
             base_url=self.options.base_url,
-            transport=type(self._transport).__name__,
+            transport=self._transport_name(),
             authorized=self._authorized,
             pool_size=self.options.pool_size,
             keepalive_s=self.options.keepalive_s,
@@ -576,10 +576,14 @@ class UpstreamClient:
     ) -> None:
         await self.aclose()
 
+    def _transport_name(self) -> str:
+        """What chat calls go through: the lean pool, else the httpx transport's class."""
+        return "H1Pool" if self._h1 is not None else type(self._transport).__name__
+
     def __repr__(self) -> str:
         return (
             f"UpstreamClient(base_url={self.options.base_url!r}, "
-            f"transport={type(self._transport).__name__}, authorized={self._authorized})"
+            f"transport={self._transport_name()}, authorized={self._authorized})"
         )
 
 

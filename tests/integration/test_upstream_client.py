@@ -382,7 +382,9 @@ async def test_the_key_never_shows_in_repr_or_stats(keyed_sim: RunningSimulator)
 # --------------------------------------------------------------------------- stats
 
 
-async def test_stats_count_calls_errors_and_concurrency(client: UpstreamClient) -> None:
+async def test_stats_count_calls_errors_and_concurrency(
+    client: UpstreamClient, request: pytest.FixtureRequest
+) -> None:
     results = await asyncio.gather(*(client.call("openai/gpt-4o-mini", CHAT) for _ in range(16)))
     await client.call("fail/503", CHAT)
     await client.call("fail/503", CHAT)
@@ -393,6 +395,9 @@ async def test_stats_count_calls_errors_and_concurrency(client: UpstreamClient) 
     assert (stats.calls, stats.succeeded, stats.in_flight) == (19, 16, 0)
     assert stats.errors == {"unavailable": 2, "connection_reset": 1}
     assert stats.peak_in_flight > 1
+    # /healthz names the path chat calls take: the lean pool unless a transport was given
+    given = request.node.callspec.params["client"] != "aiohttp"
+    assert stats.transport == ("AsyncHTTPTransport" if given else "H1Pool")
 
 
 async def test_a_cancelled_call_leaves_nothing_in_flight(client: UpstreamClient) -> None:
