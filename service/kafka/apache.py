@@ -17,7 +17,8 @@ folder on disk (`data/kafka` by default):
   rebalance delay, no auto-created topics (Turnout creates its own), 16 MiB
   segments and a 7-day / 1 GiB-per-partition default retention so a long run's
   disk use stays bounded (Turnout's topics set their own retention);
-- a bounded heap (`-Xms256m -Xmx768m`, or `TURNOUT_KAFKA_HEAP_OPTS`);
+- a bounded heap (`-Xms256m -Xmx768m`, or `TURNOUT_KAFKA_HEAP_OPTS`) and G1 (or
+  `TURNOUT_KAFKA_GC_OPTS`, e.g. `-XX:+UseZGC`);
 - ready when the client port accepts connections: with a fixed port in
   `server.properties` Kafka opens it only once it serves requests;
 - SIGTERM is a controlled shutdown (up to `stop_timeout_s`, then SIGKILL).
@@ -40,13 +41,16 @@ from turnout.service.errors import TurnoutError
 from turnout.service.kafka.jars import KAFKA_VERSION, ensure_jars, require_java
 from turnout.service.kafka.local import LocalBroker, free_port, read_tail
 
-__all__ = ["DEFAULT_HEAP", "ApacheKafkaBroker", "new_cluster_id", "server_properties"]
+__all__ = [
+    "DEFAULT_GC", "DEFAULT_HEAP", "ApacheKafkaBroker", "jvm_options", "new_cluster_id",
+    "server_properties",
+]  # fmt: skip
 
 DEFAULT_HEAP = "-Xms256m -Xmx768m"
-_JVM_FLAGS = (
-    "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-XX:InitiatingHeapOccupancyPercent=35",
-    "-XX:+ExitOnOutOfMemoryError", "-Djava.awt.headless=true",
-)  # fmt: skip
+# G1: ZGC's shorter pauses cost a fifth of the saturated throughput on two cores
+# (docs/operations/benchmarks.md, session 20); `TURNOUT_KAFKA_GC_OPTS` replaces these
+DEFAULT_GC = "-XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35"
+_JVM_FLAGS = ("-XX:+ExitOnOutOfMemoryError", "-Djava.awt.headless=true")
 _MARK = "turnout-kafka.txt"
 
 _LOG4J2 = """\
@@ -72,6 +76,12 @@ rootLogger.appenderRef.file.ref = FILE
 rootLogger.appenderRef.console.ref = CONSOLE
 rootLogger.appenderRef.console.level = WARN
 """
+
+
+def jvm_options(heap: str, gc: str) -> list[str]:
+    """The broker JVM's options: the heap's, the collector's (each replaceable from the
+    environment), and the fixed ones."""
+    return [*heap.split(), *gc.split(), *_JVM_FLAGS]
 
 
 def new_cluster_id() -> str:
@@ -142,6 +152,7 @@ class ApacheKafkaBroker(LocalBroker):
         self.data_dir = Path(data_dir).absolute()
         self.fresh = fresh
         self.heap = heap or os.environ.get("TURNOUT_KAFKA_HEAP_OPTS") or DEFAULT_HEAP
+        self.gc = os.environ.get("TURNOUT_KAFKA_GC_OPTS") or DEFAULT_GC
         self.properties = dict(properties or {})
         self.controller_port = 0
 
@@ -172,7 +183,7 @@ class ApacheKafkaBroker(LocalBroker):
         if not (self.log_dir / "meta.properties").is_file():
             self._format(java.path, lib, config)
         command = [
-            java.path, *self.heap.split(), *_JVM_FLAGS,
+            java.path, *jvm_options(self.heap, self.gc),
             f"-Dkafka.logs.dir={self.logs}",
             f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}",
             "-cp", f"{lib}/*", "kafka.Kafka", str(config),

@@ -9,7 +9,15 @@ import pytest
 
 from turnout.service.errors import TurnoutError
 from turnout.service.kafka import jars
-from turnout.service.kafka.apache import new_cluster_id, server_properties, wipe
+from turnout.service.kafka.apache import (
+    DEFAULT_GC,
+    DEFAULT_HEAP,
+    ApacheKafkaBroker,
+    jvm_options,
+    new_cluster_id,
+    server_properties,
+    wipe,
+)
 
 
 @pytest.mark.parametrize(
@@ -67,3 +75,22 @@ def test_only_a_folder_the_broker_made_is_ever_wiped(tmp_path: Path) -> None:
         wipe(theirs)
     assert not mine.exists()
     assert (theirs / "thesis.tex").read_text() == "years of work"
+
+
+def test_the_heap_and_the_collector_are_bounded_by_default_and_replaceable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("TURNOUT_KAFKA_HEAP_OPTS", raising=False)
+    monkeypatch.delenv("TURNOUT_KAFKA_GC_OPTS", raising=False)
+    default = ApacheKafkaBroker(0, data_dir=tmp_path)
+    options = jvm_options(default.heap, default.gc)
+    assert (default.heap, default.gc) == (DEFAULT_HEAP, DEFAULT_GC)
+    assert {"-Xmx768m", "-XX:+UseG1GC", "-XX:+ExitOnOutOfMemoryError"} <= set(options)
+
+    monkeypatch.setenv("TURNOUT_KAFKA_HEAP_OPTS", "-Xms128m -Xmx512m")
+    monkeypatch.setenv("TURNOUT_KAFKA_GC_OPTS", "-XX:+UseZGC")
+    tuned = ApacheKafkaBroker(0, data_dir=tmp_path)
+    options = jvm_options(tuned.heap, tuned.gc)
+    assert "-XX:+UseZGC" in options and "-Xmx512m" in options
+    assert not any(o.startswith(("-XX:+UseG1GC", "-XX:MaxGCPause", "-Xmx768m")) for o in options)
+    assert "-XX:+ExitOnOutOfMemoryError" in options  # never replaced
