@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final
 
 import msgspec
@@ -70,16 +70,17 @@ _PLACEHOLDER_BODY: Final = EncodedBody(encoding="none", body=bytes(512), size_by
 _ARRIVE, _RESULT, _FIRST, _RETRY, _CANCEL, _FOLD = range(6)
 
 
-@dataclass(slots=True)
 class _Live:
     """A request of the window, while its what-if outcome is not settled."""
 
-    rec: RecordedRequest
-    events: list[object] = field(default_factory=list)  # its what-if events
-    times: list[int] = field(default_factory=list)
-    terminal: Terminal | None = None
-    modelled: list[str] = field(default_factory=list)  # models whose outcome was drawn
-    running: tuple[str, int] | None = None  # (model, attempt) of its call in progress
+    __slots__ = ("events", "modelled", "rec", "running", "terminal")
+
+    def __init__(self, rec: RecordedRequest) -> None:
+        self.rec = rec
+        self.events: list[object] = []  # its what-if events (kept when verdicts are asked for)
+        self.terminal: Terminal | None = None
+        self.modelled: list[str] = []  # models whose outcome was drawn
+        self.running: tuple[str, int] | None = None  # (model, attempt) of its call in progress
 
 
 @dataclass(slots=True)
@@ -309,7 +310,8 @@ class WhatIf:
             if erid == self.trail_id:
                 self.trail.append((now, event))
             self.whatif.add(now, event)
-            live.events.append(event)
+            if self._on_verdict is not None:  # only a verdict's explanation reads them
+                live.events.append(event)
             if type(event) in TERMINAL_TYPES:
                 live.terminal = event
                 self._settle(erid)
