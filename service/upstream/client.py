@@ -50,7 +50,7 @@ from httpx_aiohttp import AiohttpTransport, HttpxAiohttpClient
 from turnout.service.clock import Clock
 from turnout.service.clock import clock as system_clock
 from turnout.service.core.config import BreakerConfig, ProviderConfig, UpstreamConfig
-from turnout.service.upstream.h1 import H1Pool, H1ProtocolError
+from turnout.service.upstream.h1 import H1Pool, H1ProtocolError, H1Stream
 from turnout.service.upstream.translate import (
     CallResult,
     Reply,
@@ -144,7 +144,7 @@ class ClientStats(msgspec.Struct, frozen=True, kw_only=True):
 _CAUGHT: Final = (httpx.HTTPError, aiohttp.ClientError, OSError)
 _CAUGHT_H1: Final = (OSError, H1ProtocolError)  # TimeoutError and H1ConnectError are OSErrors
 _CAUGHT_STREAM: Final = (*_CAUGHT, H1ProtocolError)
-_DRAIN_S: Final = 0.05  # how long a finished stream's connection waits for its last bytes
+_DRAIN_S: Final = 0.05  # how long a finished stream's last bytes are waited for, aside
 _decode_json = msgspec.json.Decoder().decode
 
 OnChunk = Callable[[dict[str, Any]], Awaitable[None]]
@@ -228,6 +228,7 @@ class UpstreamClient:
         )
         self._clock = clock
         self._counters = _Counters()
+        self._draining: set[asyncio.Future[None]] = set()  # finished streams' last bytes
         self._timeouts: dict[float, dict[str, float | None]] = {}
         self._urls: dict[str, httpx.URL] = {}
         self._get_headers = httpx.Headers(_headers(options, key))
@@ -332,17 +333,24 @@ class UpstreamClient:
     ) -> Reply | None:
         """A streamed call on the lean pool: an error status's `Reply`, else None once
         `relay` has read the stream to its `[DONE]`."""
-        stream = await h1.open(
+        stream: H1Stream | None = await h1.open(
             "POST", "/chat/completions", payload, deadline_s, accept="text/event-stream"
         )
+        assert stream is not None
         try:
             if not 200 <= stream.status < 300:
                 return _reply(stream.status, await stream.read(), stream.headers)
             await relay(stream)
-            await stream.drain(_DRAIN_S)  # the body's last bytes may follow `[DONE]`
+            if not stream.done:  # the body's last bytes often follow `[DONE]`: read them
+                # aside, so the answer is not held up and the connection can be reused
+                draining = asyncio.ensure_future(_drain_and_close(stream))
+                self._draining.add(draining)
+                draining.add_done_callback(self._draining.discard)
+                stream = None
             return None
         finally:
-            stream.close()
+            if stream is not None:
+                stream.close()
 
     async def _stream_httpx(
         self,
@@ -561,6 +569,9 @@ class UpstreamClient:
         )
 
     async def aclose(self) -> None:
+        for draining in list(self._draining):  # each closes its connection when cancelled
+            draining.cancel()
+        await asyncio.gather(*self._draining, return_exceptions=True)
         if self._h1 is not None:
             self._h1.close()
         await self._http.aclose()
@@ -585,6 +596,13 @@ class UpstreamClient:
             f"UpstreamClient(base_url={self.options.base_url!r}, "
             f"transport={self._transport_name()}, authorized={self._authorized})"
         )
+
+
+async def _drain_and_close(stream: H1Stream) -> None:
+    try:
+        await stream.drain(_DRAIN_S)
+    finally:
+        stream.close()
 
 
 def assembled(merged: dict[str, Any], *, latency_ms: float, slow: bool = False) -> CallResult:

@@ -22,8 +22,9 @@ What it does, and no more:
   (`H1Stream`: reading pauses while more than 256 KiB wait unread); the caller bounds
   the rest of the exchange (e.g. with `asyncio.timeout`) and must `close()` the stream:
   the connection goes back to the pool only if its answer was read to the end
-  (`drain(grace_s)` waits a moment for the last bytes an SSE server writes after
-  `[DONE]`); one reader at a time, and reading a closed stream fails;
+  (`drain(grace_s)` reads the last bytes an SSE server writes a moment after
+  `[DONE]`; the client does it aside, not holding the answer up); one reader at a
+  time, and reading a closed stream fails;
 - errors are standard exceptions the client already classifies
   (`translate.classify_exception`): `TimeoutError` (the deadline), `H1ConnectError`
   (could not connect), `ConnectionResetError` (closed before the answer was complete),

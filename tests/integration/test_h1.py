@@ -459,12 +459,14 @@ async def test_an_interim_1xx_head_is_not_the_answer(
     assert served == 2 and pool.connects == 1
 
 
-async def test_a_stream_whose_last_bytes_follow_its_done_is_still_reused(
-    sim: RunningSimulator, serve: Callable[..., Awaitable[str]]
+async def test_a_stream_whose_last_bytes_follow_its_done_ends_at_once_and_is_reused(
+    serve: Callable[..., Awaitable[str]],
 ) -> None:
     """A server usually writes a chunked body's terminator after its generator ends, a
-    moment after `data: [DONE]`: the client waits that moment for it instead of hanging
-    up on every successful stream (a new connection, and a reset, per stream)."""
+    moment after `data: [DONE]`. The call ends at `[DONE]` (the answer is not held up
+    for it), and the terminator is read aside, so the connection goes back to the pool
+    instead of being hung up on after every successful stream."""
+    release = asyncio.Event()  # the terminator goes out only once the call has ended
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while True:
@@ -476,13 +478,16 @@ async def test_a_stream_whose_last_bytes_follow_its_done_is_still_reused(
             data = b"data: " + msgspec.json.encode(chunk) + b"\n\ndata: [DONE]\n\n"
             writer.write(_sse_head() + _chunk(data))
             await writer.drain()
-            await asyncio.sleep(0.01)
+            await release.wait()
+            release.clear()
             writer.write(b"0\r\n\r\n")
             await writer.drain()
         writer.close()
 
     options = ClientOptions(base_url=await serve(handler), timeout_s=5.0, connect_timeout_s=1.0)
     async with UpstreamClient(options, environ={}) as client:
+        h1 = client._h1
+        assert h1 is not None
 
         async def on_chunk(chunk: dict[str, object]) -> None:
             pass
@@ -490,8 +495,12 @@ async def test_a_stream_whose_last_bytes_follow_its_done_is_still_reused(
         for _ in range(3):
             outcome = await client.stream("m", {"messages": []}, on_chunk, ttft_timeout_s=5.0)
             assert outcome.result.ok and outcome.first_token_ms is not None
-        h1 = client._h1
-    assert h1 is not None and h1.connects == 1
+            release.set()  # only now: the call did not wait for the terminator
+            for _ in range(100):  # the connection comes back once the terminator is read
+                if h1._idle:
+                    break
+                await asyncio.sleep(0.01)
+    assert h1.connects == 1 and h1._busy == 0
 
 
 async def test_a_closed_stream_fails_its_reader_and_has_one_reader_at_a_time(
