@@ -333,23 +333,23 @@ class UpstreamClient:
     ) -> Reply | None:
         """A streamed call on the lean pool: an error status's `Reply`, else None once
         `relay` has read the stream to its `[DONE]`."""
-        stream: H1Stream | None = await h1.open(
+        stream = await h1.open(
             "POST", "/chat/completions", payload, deadline_s, accept="text/event-stream"
         )
-        assert stream is not None
+        aside = False  # the stream's last bytes are read (and it is closed) by a task
         try:
             if not 200 <= stream.status < 300:
                 return _reply(stream.status, await stream.read(), stream.headers)
             await relay(stream)
-            if not stream.done:  # the body's last bytes often follow `[DONE]`: read them
-                # aside, so the answer is not held up and the connection can be reused
+            aside = not stream.done
+            if aside:  # the body's last bytes often follow `[DONE]`: read them aside, so
+                # the answer is not held up and the connection can be reused
                 draining = asyncio.ensure_future(_drain_and_close(stream))
                 self._draining.add(draining)
                 draining.add_done_callback(self._draining.discard)
-                stream = None
             return None
         finally:
-            if stream is not None:
+            if not aside:
                 stream.close()
 
     async def _stream_httpx(

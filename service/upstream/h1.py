@@ -292,8 +292,7 @@ class H1Pool:
                     conn = None
                     return stream
                 if conn.reusable and not conn.closed:
-                    conn.idle_since = time.monotonic()
-                    self._idle.append(conn)
+                    self._park(conn)
                     conn = None
                 return response
             finally:
@@ -332,6 +331,11 @@ class H1Pool:
             if not slot.done():
                 slot.set_result(None)
                 return
+
+    def _park(self, conn: _Connection) -> None:
+        """A connection whose answer was read to its end waits for the next request."""
+        conn.idle_since = time.monotonic()
+        self._idle.append(conn)
 
     def _reuse(self) -> _Connection | None:
         now = time.monotonic()
@@ -439,8 +443,7 @@ class H1Stream:
         if self.done and self.error is None and conn.reusable and not conn.closed:
             if self.paused:  # paused by the answer's last bytes, which nobody read
                 conn.transport.resume_reading()
-            conn.idle_since = time.monotonic()
-            pool._idle.append(conn)
+            pool._park(conn)
         else:
             conn.stream = None
             conn._spoil()
