@@ -52,7 +52,7 @@ from turnout.service.core.stats import LatencyStat, observe_latency
 
 __all__ = [
     "OUTCOMES", "Answers", "ForgottenIds", "InFlight", "RouterState", "Terminal", "evolve",
-    "expired_outcome", "fold", "id_hash",
+    "expired_outcome", "fold", "id_hash", "request_holder",
 ]  # fmt: skip
 
 BUCKET_MS: Final = 3_600_000  # ids past their answers are kept (and forgotten) by the hour
@@ -101,6 +101,11 @@ class Answers:
     def raw(self, request_id: str) -> tuple[str, bytes]:
         """(event type, encoded event) of a kept answer; KeyError when none is kept."""
         return self._raw[request_id]
+
+    def tenant(self, request_id: str) -> str | None:
+        """The tenant of a kept answer (None when none is kept), its head decoded only."""
+        kept = self._raw.get(request_id)
+        return None if kept is None else _head_decoder.decode(kept[1]).tenant
 
     def pop_kind(self, request_id: str) -> str | None:
         """Forget an answer; its event type (None when none was kept)."""
@@ -329,6 +334,13 @@ def _cap_ids(ids: ForgottenIds, most: int) -> None:
 def id_hash(request_id: str) -> int:
     """64 bits of a request id (the memory of an answer no longer kept)."""
     return int.from_bytes(hashlib.blake2b(request_id.encode(), digest_size=8).digest(), "big")
+
+
+def request_holder(state: RouterState, request_id: str) -> str | None:
+    """The tenant whose request holds `request_id` (in flight, or answered and its answer
+    kept), if any: a record of another tenant with this id is not that request's resend."""
+    flight = state.inflight.get(request_id)
+    return flight.tenant if flight is not None else state.finished.tenant(request_id)
 
 
 def expired_outcome(state: RouterState, tenant: str, request_id: str) -> str | None:

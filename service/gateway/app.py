@@ -304,7 +304,8 @@ class GatewayApp:
         idem = _header(scope, b"idempotency-key")
         if idem is not None and not 0 < len(idem) <= 200:
             raise _Refused("invalid_request", "Idempotency-Key must be 1-200 characters")
-        rid = f"idem:{tenant}:{idem}" if idem else clock.new_id()
+        # "/" never occurs in a tenant id, so no two tenants' keys make the same request id
+        rid = f"idem:{tenant}/{idem}" if idem else clock.new_id()
         intake: dict[str, Any] = {
             "request_id": rid, "tenant": tenant, "task_type": task_type, "messages": messages,
             **doc,

@@ -78,7 +78,7 @@ from turnout.service.core.request import (
     decide_result,
     decide_retry_due,
 )
-from turnout.service.core.state import RouterState, Terminal, evolve
+from turnout.service.core.state import RouterState, Terminal, evolve, request_holder
 from turnout.service.errors import TurnoutError
 from turnout.service.kafka.consumer import GroupConsumer, Reader
 from turnout.service.kafka.errors import GroupMovedOn
@@ -104,6 +104,7 @@ from turnout.service.wire import stream as streams
 from turnout.service.wire.errors import WireError
 from turnout.service.wire.intake import (
     REQUEST_ID_HEADER,
+    REQUEST_ID_TAKEN,
     TENANT_ID,
     Cancel,
     decode_cancel,
@@ -806,6 +807,15 @@ class Router:
                     "unknown_task_type", f"no route for task type {req.task_type!r}", "$.task_type"
                 )
                 err.request_id, err.tenant, err.reply_to = req.request_id, req.tenant, req.reply_to
+                raise err
+            holder = request_holder(self.state, req.request_id)
+            if holder is not None and holder != req.tenant:
+                err = WireError(
+                    REQUEST_ID_TAKEN, f"request id {req.request_id!r} names another tenant's "
+                    "request: use ids no other tenant uses (e.g. UUIDs)", "$.request_id",
+                )  # fmt: skip
+                # not answered: the one answer to that id is the other tenant's
+                err.tenant, err.reply_to = req.tenant, req.reply_to
                 raise err
         except WireError as err:
             if err.request_id is None or self.delivered.pop(err.request_id, None) is None:

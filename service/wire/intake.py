@@ -39,6 +39,7 @@ __all__ = [
     "MAX_RECORD_BYTES",
     "RECORD_TOO_LARGE",
     "REQUEST_ID_HEADER",
+    "REQUEST_ID_TAKEN",
     "TENANT_ID",
     "Cancel",
     "Intake",
@@ -56,6 +57,9 @@ NO_TENANT: Final = "missing_tenant"
 NO_MESSAGES: Final = "empty_messages"
 INVALID_TENANT: Final = "invalid_tenant"
 INVALID_REPLY_TO: Final = "invalid_reply_to"
+
+REQUEST_ID_TAKEN: Final = "request_id_taken"
+_UNTRUSTED_REPLY_TO: Final = frozenset([NO_TENANT, INVALID_TENANT, INVALID_REPLY_TO])
 
 TENANT_ID: Final = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
 """What a tenant id may be (docs/reference/records.md, intake request)."""
@@ -186,7 +190,9 @@ def decode_intake(
     except WireError as err:
         err.request_id = rid
         err.tenant = tenant if tenant and TENANT_ID.fullmatch(tenant) else None
-        err.reply_to = intake.reply_to if err.code != INVALID_REPLY_TO else None
+        # a record whose tenant or reply_to breaks the rules is answered on the default
+        # responses topic: its reply_to was never checked (or is the fault itself)
+        err.reply_to = intake.reply_to if err.code not in _UNTRUSTED_REPLY_TO else None
         raise
     assert tenant is not None  # _check saw to it
     messages: list[dict[str, Any]] = body["messages"]

@@ -199,21 +199,24 @@ async def test_a_reply_to_that_is_illegal_or_internal_is_rejected_and_the_event_
         (b"acme", request("hostile-1", reply_to=target), None),
         (b"acme", request("hostile-2", tenant="a" * 129), None),
         (b"acme", request("hostile-3", tenant="acme corp; drop"), None),
+        # a bad tenant is checked first: its unchecked reply_to once got the rejection
+        (b"acme", request("hostile-4", tenant="acme corp", reply_to=target), None),
     ]
     async with running(config(kafka_settings, simulator)):
         await produce(kafka_settings.bootstrap, kafka_topics.requests, hostile)
         await produce(kafka_settings.bootstrap, kafka_topics.requests,
                       [(b"acme", request("good-1"), None)])  # fmt: skip
-        answers = await collect(kafka_settings.bootstrap, kafka_topics.responses, 4)
-        dlq = await collect(kafka_settings.bootstrap, kafka_topics.dlq, 3)
+        answers = await collect(kafka_settings.bootstrap, kafka_topics.responses, 5)
+        dlq = await collect(kafka_settings.bootstrap, kafka_topics.dlq, 4)
         events = await collect_until_quiet(kafka_settings.bootstrap, kafka_topics.events)
     bodies = {b["request_id"]: b for b in (json.loads(r.value) for r in answers)}
-    assert sorted(bodies) == ["good-1", "hostile-1", "hostile-2", "hostile-3"]
-    for rid in ("hostile-1", "hostile-2", "hostile-3"):
+    hostiles = ("hostile-1", "hostile-2", "hostile-3", "hostile-4")
+    assert sorted(bodies) == ["good-1", *hostiles]
+    for rid in hostiles:
         assert bodies[rid]["status"] == "rejected"
         assert bodies[rid]["error"]["code"] == "invalid_request"
     assert sorted(dict(r.headers)["turnout-error"].decode() for r in dlq) == [
-        "invalid_reply_to", "invalid_tenant", "invalid_tenant",
+        "invalid_reply_to", "invalid_tenant", "invalid_tenant", "invalid_tenant",
     ]  # fmt: skip
     # every record in the events topic is a CloudEvent: nothing was written there as a reply
     assert all(dict(r.headers).get("ce_type") for r in events)
@@ -222,9 +225,36 @@ async def test_a_reply_to_that_is_illegal_or_internal_is_rejected_and_the_event_
         env = ce.decode(r.key, r.value, r.headers)
         if env.type in TERMINALS:
             terminals.setdefault(env.subject or "", []).append(env.type)
-    for rid in ("hostile-1", "hostile-2", "hostile-3"):
+    for rid in hostiles:
         assert terminals[rid] == ["turnout.request.deadlettered"]
     assert terminals["good-1"] == ["turnout.request.completed"]
+
+
+async def test_a_request_id_another_tenant_holds_is_dead_lettered_not_answered_with_theirs(
+    kafka_settings: KafkaSettings, kafka_topics: Topics, simulator: RunningSimulator
+) -> None:
+    """Tenant `rival` sends the id of tenant `acme`'s request, answered or in flight: it
+    is no resend of that request (which would hand `acme`'s answer out again, to the
+    `reply_to` of `acme`'s record), and it cannot run under that id; it goes to the DLQ
+    with `request_id_taken`, and `acme`'s request keeps its one answer."""
+    async with running(config(kafka_settings, simulator)):
+        await produce(kafka_settings.bootstrap, kafka_topics.requests,
+                      [(b"acme", request("taken-1"), None)])  # fmt: skip
+        (first,) = await collect(kafka_settings.bootstrap, kafka_topics.responses, 1)
+        calls = sim_calls(simulator)
+        await produce(kafka_settings.bootstrap, kafka_topics.requests, [
+            (b"rival", request("taken-1", tenant="rival"), None),
+            (b"rival", request("rival-1", tenant="rival"), None),
+        ])  # fmt: skip
+        (dead,) = await collect(kafka_settings.bootstrap, kafka_topics.dlq, 1)
+        await collect(kafka_settings.bootstrap, kafka_topics.responses, 2)  # rival-1's is out
+        answers = await collect_until_quiet(kafka_settings.bootstrap, kafka_topics.responses)
+    assert (dead.key, dict(dead.headers)["turnout-error"]) == (b"rival", b"request_id_taken")
+    bodies = [json.loads(r.value) for r in answers]
+    assert sorted(b["request_id"] for b in bodies) == ["rival-1", "taken-1"]  # one each
+    assert [b["tenant"] for b in bodies if b["request_id"] == "taken-1"] == ["acme"]
+    assert sim_calls(simulator) == calls + 1  # rival-1 only
+    assert json.loads(first.value)["status"] == "ok"
 
 
 async def test_a_record_off_its_tenants_home_partition_is_forwarded_and_answered(

@@ -68,11 +68,13 @@ completion = "0.00001"
 KEY, KEY_LINE = create_key("acme")
 POOR_KEY, POOR_LINE = create_key("poor")
 SLOW_KEY, SLOW_LINE = create_key("slow")
+# a tenant id may hold ":": "acme" + key "b:c" once made the same request id as "acme:b" + "c"
+COLON_KEY, COLON_LINE = create_key("acme:b")
 PROMPT = [{"role": "user", "content": "Tell me about event sourcing in a few words"}]
 
 
 def _keys() -> dict[str, str]:
-    lines = (KEY_LINE, POOR_LINE, SLOW_LINE)
+    lines = (KEY_LINE, POOR_LINE, SLOW_LINE, COLON_LINE)
     return dict(tuple(part.strip().strip('"') for part in line.split("=")) for line in lines)  # type: ignore[misc]
 
 
@@ -131,9 +133,9 @@ def sdk(gateway: RunningGateway, key: str = KEY, **kw: Any) -> openai.AsyncOpenA
     return client
 
 
-def direct(sim: RunningSimulator, model: str) -> dict[str, Any]:
-    """The simulator's own answer to PROMPT (it answers the same prompt the same way)."""
-    body = {"model": model, "messages": PROMPT, "temperature": 0}
+def direct(sim: RunningSimulator, model: str, prompt: Any = PROMPT) -> dict[str, Any]:
+    """The simulator's own answer to `prompt` (it answers the same prompt the same way)."""
+    body = {"model": model, "messages": prompt, "temperature": 0}
     return httpx.post(f"{sim.base_url}/chat/completions", json=body, timeout=10).json()
 
 
@@ -234,7 +236,7 @@ async def test_a_stream_that_fails_after_its_first_token_raises_in_the_sdk_and_c
                 if chunk.choices:
                     text += chunk.choices[0].delta.content or ""
         assert text  # some tokens came, then the error: never a silent success
-        rid = "idem:acme:cut-1"
+        rid = "idem:acme/cut-1"
         envs = await read_events(
             kafka_settings.bootstrap, kafka_settings.topics.events,
             lambda es: any(e.type == "turnout.request.failed" and e.subject == rid for e in es),
@@ -330,7 +332,7 @@ async def test_a_client_that_disconnects_mid_stream_cancels_the_request_and_the_
             lines = response.aiter_lines()
             while not (await anext(lines)).startswith("data: {"):
                 pass  # the first chunk came: now go away
-        rid = "idem:acme:gone-1"
+        rid = "idem:acme/gone-1"
         envs = await read_events(
             kafka_settings.bootstrap, kafka_settings.topics.events,
             lambda es: any(e.type == "turnout.request.cancelled" and e.subject == rid for e in es),
@@ -588,7 +590,34 @@ async def test_an_sdk_retry_with_the_same_idempotency_key_is_answered_once(
     assert after - before == 1  # one upstream call for three sends
     bodies = {a.parse().choices[0].message.content for a in answers}
     assert len(bodies) == 1
-    assert {a.headers["x-request-id"] for a in answers} == {"idem:acme:same-1"}
+    assert {a.headers["x-request-id"] for a in answers} == {"idem:acme/same-1"}
+
+
+async def test_two_tenants_idempotency_keys_never_make_one_request(
+    kafka_settings: KafkaSettings, kafka_topics: Topics, simulator: RunningSimulator
+) -> None:
+    """Tenant `acme` with key `b:c` and tenant `acme:b` with key `c`: two requests, each
+    answered with its own completion (they once shared `idem:acme:b:c`, and the second
+    tenant was handed the first one's answer)."""
+    asks = {"acme": ("b:c", "Name a colour"), "acme:b": ("c", "Name a fruit")}
+    async with stack(kafka_settings, simulator) as (_, gateway):
+        before = sim_total(simulator)
+        answers = {}
+        for tenant, (idem, prompt) in asks.items():
+            client = sdk(gateway, KEY if tenant == "acme" else COLON_KEY)
+            answers[tenant] = await client.chat.completions.with_raw_response.create(
+                model="openai/gpt-4o-mini", temperature=0,
+                messages=[{"role": "user", "content": prompt}],
+                extra_headers={"Idempotency-Key": idem},
+            )  # fmt: skip
+        after = sim_total(simulator)
+    assert after - before == 2
+    ids = {tenant: a.headers["x-request-id"] for tenant, a in answers.items()}
+    assert ids == {"acme": "idem:acme/b:c", "acme:b": "idem:acme:b/c"}
+    for tenant, (_, prompt) in asks.items():
+        own = direct(simulator, "openai/gpt-4o-mini", [{"role": "user", "content": prompt}])
+        got = answers[tenant].parse().choices[0].message.content
+        assert got == own["choices"][0]["message"]["content"]
 
 
 async def test_identical_concurrent_streams_share_one_upstream_stream(

@@ -15,7 +15,7 @@ from turnout.service.core import snapshot as snaps
 from turnout.service.core.decision import Resend
 from turnout.service.core.partitioning import PARTITIONS, home_partition
 from turnout.service.core.request import decide_intake
-from turnout.service.core.state import ID_BYTES, fold
+from turnout.service.core.state import ID_BYTES, fold, request_holder
 
 HOUR_MS = 3_600_000
 UNLIMITED: dict[str, Any] = {"requests_per_minute": None, "requests_per_hour": None,
@@ -41,6 +41,22 @@ def test_inside_the_window_a_resend_gets_the_recorded_answer() -> None:
     first = shell.run(request("r1", text="a"))
     shell.now += HOUR_MS - 1
     assert resent(shell, "r1", text="a") == first
+
+
+def test_an_id_is_held_by_its_tenant_in_flight_and_answered_and_by_no_one_after() -> None:
+    """What the router asks before taking a record as a resend: whose request is this id?"""
+    shell = Shell(config())
+    shell.submit(request("r1", tenant="acme", text="a"))
+    assert request_holder(shell.state, "r1") == "acme"  # in flight
+    (call,) = shell.calls
+    shell.answer(call)
+    assert "r1" in shell.state.finished and request_holder(shell.state, "r1") == "acme"
+    assert request_holder(shell.state, "r2") is None
+    shell.now += HOUR_MS + 1
+    shell.run(request("r2", tenant="acme", text="b"))  # r1's answer is forgotten
+    assert request_holder(shell.state, "r1") is None  # past the window: a new request
+    shell.run(request("r3", tenant="rival", text="c"))
+    assert request_holder(shell.state, "r3") == "rival"
 
 
 def test_past_the_window_a_resend_is_rejected_duplicate_expired_with_the_outcome() -> None:

@@ -133,6 +133,21 @@ def test_a_reply_to_that_is_internal_or_no_topic_name_is_refused_yet_names_its_r
     assert (err.tenant, err.reply_to) == ("acme", None)  # answered on the default topic
 
 
+@pytest.mark.parametrize("reply_to", ["turnout.events", "bad topic!", "my.replies"])
+@pytest.mark.parametrize(("tenant", "key"), [("acme corp", b"acme"), (None, None)])
+def test_a_record_with_a_bad_tenant_is_answered_on_the_default_topic_never_its_reply_to(
+    reply_to: str, tenant: str | None, key: bytes | None
+) -> None:
+    """The tenant is checked before `reply_to`: an unchecked `reply_to` (even one naming
+    Turnout's own events topic) once received the rejection."""
+    body = {"request_id": "r-7", "reply_to": reply_to, "messages": MSGS}
+    if tenant is not None:
+        body["tenant"] = tenant
+    err = reject(body, key=key)
+    assert err.code in ("invalid_tenant", "missing_tenant")
+    assert (err.request_id, err.reply_to) == ("r-7", None)
+
+
 def test_a_legal_reply_topic_of_a_client_is_kept() -> None:
     body = {"tenant": "acme", "reply_to": "turnout.replies.c-1", "messages": MSGS}
     req = decode_intake(json.dumps(body).encode(), key=None, internal_topics=INTERNAL, **POS)
