@@ -104,14 +104,29 @@ def applied(cfg_raw: dict[str, Any], instance: str) -> ev.ConfigApplied:
 def test_a_router_config_that_folds_differently_is_named_and_one_that_only_runs_elsewhere_not() -> (
     None
 ):
+    def local(url: str, glob: str) -> dict[str, Any]:
+        return {"providers": {"local": {"base_url": url, "models": [glob]}}}
+
+    here = parse_config(local("http://here/v1", "m/*"), {})
     records = [
-        applied({}, "same"),
-        applied({"kafka": {"bootstrap": "elsewhere:9092"}}, "moved"),
-        applied({"breaker": {"failure_threshold": 2}}, "r1"),
-        applied({"breaker": {"failure_threshold": 2}}, "r2"),
+        applied(local("http://here/v1", "m/*"), "same"),
+        applied(
+            local("http://here/v1", "m/*") | {"kafka": {"bootstrap": "elsewhere:9092"}}, "moved"
+        ),
+        # where a provider runs, the gateway and topic retention do not change the fold
+        applied(
+            local("http://elsewhere/v1", "m/*")
+            | {"gateway": {"port": 9000}, "topics": {"events_retention_ms": 86_400_000}},
+            "served",
+        ),
+        applied(local("http://here/v1", "n/*"), "p1"),  # which models it serves does
+        applied(local("http://here/v1", "m/*") | {"breaker": {"failure_threshold": 2}}, "r1"),
+        applied(local("http://here/v1", "m/*") | {"breaker": {"failure_threshold": 2}}, "r2"),
     ]
-    (warning,) = config_warnings(records, CFG)
-    assert "router r1, r2" in warning and "[breaker]" in warning
+    warnings = config_warnings(records, here)
+    assert len(warnings) == 2
+    assert "router p1" in warnings[0] and "[providers]" in warnings[0]
+    assert "router r1, r2" in warnings[1] and "[breaker]" in warnings[1]
 
 
 def render(snapshot: dict[str, Any]) -> str:
