@@ -33,9 +33,9 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Self, TypeVar, cast
 
 import msgspec
 
@@ -55,7 +55,8 @@ from turnout.service.wire.stream import (
 )
 
 __all__ = [
-    "AsyncTurnout", "ReplyStream", "StreamFailed", "Turnout", "build_request", "reply_topic",
+    "AsyncTurnout", "ReplyStream", "StreamFailed", "SyncStream", "Turnout", "build_request",
+    "reply_topic",
 ]  # fmt: skip
 
 Messages = str | Sequence[Mapping[str, Any]]
@@ -194,6 +195,48 @@ class ReplyStream:
         if self._on_close is not None:
             self._on_close(self.request_id, self)
             self._on_close = None
+
+
+class SyncStream:
+    """A `ReplyStream` for synchronous code (`Turnout.stream`): iterate it for the decoded
+    chunks; `response` is the last record once it came (None before)."""
+
+    def __init__(self, stream: ReplyStream, run: Callable[[Coroutine[Any, Any, Any]], Any]):
+        self._stream, self._run = stream, run
+        self._chunks = aiter(stream)
+
+    @property
+    def request_id(self) -> str:
+        return self._stream.request_id
+
+    @property
+    def response(self) -> dict[str, Any] | None:
+        return self._stream.response
+
+    @property
+    def model(self) -> str | None:
+        return self._stream.model
+
+    def __iter__(self) -> Self:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        chunks = self._chunks
+
+        async def step() -> dict[str, Any]:
+            return await anext(chunks)
+
+        try:
+            return cast(dict[str, Any], self._run(step()))
+        except StopAsyncIteration:
+            self.close()
+            raise StopIteration from None
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        self._stream.close()
 
 
 def _settings(
@@ -626,23 +669,11 @@ class Turnout:
         """See `AsyncTurnout.wait`."""
         return self._run(self._client.wait(request_id, timeout_s=timeout_s))
 
-    def stream(self, prompt_or_messages: Messages, **kwargs: Any) -> Iterator[dict[str, Any]]:
-        """See `AsyncTurnout.stream`: the chunks as they come, then `StreamFailed` if the
-        answer is not complete."""
-        stream = self._run(self._client.stream(prompt_or_messages, **kwargs))
-        chunks = aiter(stream)
-
-        async def step() -> dict[str, Any]:
-            return await anext(chunks)
-
-        try:
-            while True:
-                try:
-                    yield self._run(step())
-                except StopAsyncIteration:
-                    return
-        finally:
-            stream.close()
+    def stream(self, prompt_or_messages: Messages, **kwargs: Any) -> SyncStream:
+        """See `AsyncTurnout.stream`: iterate the answer for the chunks as they come, then
+        `StreamFailed` if it is not complete; its `response` is the last record (usage,
+        cost, model) once it came."""
+        return SyncStream(self._run(self._client.stream(prompt_or_messages, **kwargs)), self._run)
 
     def __enter__(self) -> Self:
         self.start()

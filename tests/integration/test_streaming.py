@@ -564,13 +564,18 @@ async def test_the_sync_client_streams_from_its_own_thread(
 
     async with running(gateway_config(kafka_settings, simulator)):
 
-        def call() -> list[dict[str, Any]]:
+        def call() -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
             with Turnout(kafka_settings) as client:
-                return list(client.stream(PROMPT, tenant="acme", temperature=0))
+                stream = client.stream(PROMPT, tenant="acme", temperature=0)
+                return list(stream), stream.response
 
-        chunks = await asyncio.to_thread(call)
+        chunks, last = await asyncio.to_thread(call)
     text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
-    assert text == direct(simulator, "openai/gpt-4o-mini")["choices"][0]["message"]["content"]
+    expected = direct(simulator, "openai/gpt-4o-mini")
+    assert text == expected["choices"][0]["message"]["content"]
+    # like the async stream's, the last record: what it cost, and the upstream's usage
+    assert last is not None and last["status"] == "ok" and last["cost_usd"] > 0
+    assert last["usage"]["completion_tokens"] == expected["usage"]["completion_tokens"]
 
 
 async def test_an_sdk_retry_with_the_same_idempotency_key_is_answered_once(
