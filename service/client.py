@@ -48,6 +48,7 @@ from turnout.service.kafka.settings import KafkaSettings, validate_topic_name
 from turnout.service.kafka.topics import admin_client, ensure_topic, existing_topics
 from turnout.service.wire.stream import (
     ATTEMPT_HEADER,
+    COALESCED_HEADER,
     MODEL_HEADER,
     SEQ_HEADER,
     STREAM_HEADER,
@@ -139,6 +140,7 @@ class ReplyStream:
         self.seq = 0  # the last seq passed on
         self.model: str | None = None  # the model serving it (from its first chunk)
         self.attempt: int | None = None
+        self.coalesced = False  # sharing another request's upstream stream
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._on_close = on_close
         self._held: list[_Item] | None = None  # live records held while the log is read
@@ -161,6 +163,8 @@ class ReplyStream:
                 self.model = value.decode("utf-8", "replace")
             elif key == ATTEMPT_HEADER and value.isdigit():
                 self.attempt = int(value)
+            elif key == COALESCED_HEADER:
+                self.coalesced = value == b"1"
 
     async def raw(self) -> AsyncIterator[tuple[int, bytes]]:
         try:

@@ -447,7 +447,7 @@ class GatewayApp:
     async def _failed(self, send: Send, doc: dict[str, Any]) -> None:
         error = doc.get("error") or {}
         code = str(error.get("code") or "internal_error")
-        headers = [(b"x-request-id", str(doc.get("request_id", "")).encode())]
+        headers = _answer_headers(doc)  # the model tried last, attempts: also on errors
         retry_ms = error.get("retry_after_ms")
         if code == "budget_exceeded":
             headers.append((b"x-should-retry", b"false"))
@@ -494,9 +494,14 @@ def _stream_headers(stream: ReplyStream) -> list[tuple[bytes, bytes]]:
         (b"x-request-id", stream.request_id.encode()),
         (b"x-turnout-model", (stream.model or "").encode()),
         (b"x-turnout-attempts", str(stream.attempt or 0).encode()),
-        (b"x-turnout-cache", b"hit" if stream.attempt == 0 else b"miss"),  # attempt 0: cached
+        # attempt 0: from the cache
+        (b"x-turnout-cache", _stream_cache(stream)),
         (b"x-accel-buffering", b"no"),
     ]
+
+
+def _stream_cache(stream: ReplyStream) -> bytes:
+    return b"hit" if stream.attempt == 0 else b"coalesced" if stream.coalesced else b"miss"
 
 
 def _error_chunk(stream: ReplyStream, doc: dict[str, Any]) -> bytes:

@@ -40,6 +40,7 @@ from turnout.service.clock import Clock
 from turnout.service.kafka.producer import BatchedProducer
 from turnout.service.wire.stream import (
     ATTEMPT_HEADER,
+    COALESCED_HEADER,
     MODEL_HEADER,
     SEQ_HEADER,
     STREAM_HEADER,
@@ -54,6 +55,7 @@ __all__ = ["CutShort", "Relay", "StaleAttempt", "replay"]
 
 _encode = msgspec.json.Encoder().encode
 _CHUNK = STREAM_HEADER, b"chunk"
+_FOLLOWER = COALESCED_HEADER, b"1"  # on a coalesced request's copies (the gateway says so)
 
 
 class StaleAttempt(Exception):
@@ -197,7 +199,7 @@ class Relay:
             acks = []
             for seq, chunk in enumerate(self.published, start=1):
                 value = chunk_record(request_id, seq, _encode(chunk))
-                headers = [_CHUNK, (SEQ_HEADER, b"%d" % seq), *self._served]
+                headers = [_CHUNK, (SEQ_HEADER, b"%d" % seq), *self._served, _FOLLOWER]
                 acks.append(await self.producer.send(
                     topic, value, key=key, headers=headers, partition=partition, urgent=True
                 ))  # fmt: skip
@@ -241,7 +243,8 @@ class Relay:
             readers += [(rid, *where) for rid, where in self.followers.items()]
             for rid, key, topic, partition in readers:
                 ack = await self.producer.send(
-                    topic, chunk_record(rid, seq, chunk), key=key, headers=headers,
+                    topic, chunk_record(rid, seq, chunk), key=key,
+                    headers=headers if rid == self.request_id else [*headers, _FOLLOWER],
                     partition=partition, urgent=seq == 1,  # the first token: at once
                 )  # fmt: skip
                 self._acks.append(ack)

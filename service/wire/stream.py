@@ -30,6 +30,7 @@ import msgspec
 
 __all__ = [
     "ATTEMPT_HEADER",
+    "COALESCED_HEADER",
     "MODEL_HEADER",
     "SEQ_HEADER",
     "STREAM_HEADER",
@@ -46,6 +47,7 @@ STREAM_HEADER: Final = "turnout-stream"  # "chunk" | "end"
 SEQ_HEADER: Final = "turnout-seq"
 MODEL_HEADER: Final = "turnout-model"  # the model serving the stream (as routed)
 ATTEMPT_HEADER: Final = "turnout-attempt"
+COALESCED_HEADER: Final = "turnout-coalesced"  # "1" on the copies a coalesced request gets
 _TEXT: Final = ("content", "reasoning", "reasoning_content", "refusal")
 _CHUNK_KEY: Final = b',"chunk":'
 _encode: Final = msgspec.json.Encoder().encode

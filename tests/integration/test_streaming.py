@@ -197,6 +197,9 @@ async def test_refusals_are_the_errors_the_sdk_acts_on_and_a_budget_refusal_is_n
             await slow.chat.completions.create(model="turnout/general", messages=PROMPT)  # type: ignore[arg-type]
         assert int(limited.value.response.headers["retry-after-ms"]) > 0
         assert limited.value.response.headers["retry-after"]
+        told = limited.value.response.headers  # an error is an answer: it says what was tried
+        assert (told["x-turnout-attempts"], told["x-turnout-cache"]) == ("0", "miss")
+        assert "x-turnout-model" in told and told["x-request-id"]
 
         before = gateway.app.requests
         poor = sdk(gateway, POOR_KEY, max_retries=3)
@@ -641,10 +644,39 @@ async def test_identical_concurrent_streams_share_one_upstream_stream(
     assert first.response is not None and second.response is not None
     assert second.response["coalesced"] is True and second.response["cost_usd"] == 0
     assert first.response["coalesced"] is False and first.response["cost_usd"] > 0
+    # its chunk records say so from the first (the gateway's x-turnout-cache: coalesced)
+    assert (second.coalesced, first.coalesced) == (True, False)
     assert theirs == mine and len(mine) > 2  # every chunk, in order, also the early ones
     assert second.response["response"] == first.response["response"]
     streams = sim_streams(simulator)
     assert (streams["completed"], streams["aborted"]) == (1, 0)  # one upstream stream
+
+
+async def test_through_the_gateway_a_stream_sharing_anothers_says_coalesced(
+    kafka_settings: KafkaSettings, kafka_topics: Topics, simulator: RunningSimulator
+) -> None:
+    """`x-turnout-cache` tells a streamed answer that joined an identical one in flight
+    (`coalesced`) from one that called the upstream itself (`miss`): a coalesced stream
+    was once labelled `miss`."""
+    async with stack(kafka_settings, simulator) as (_, gateway):
+        body = {"model": "turnout/slow", "messages": PROMPT, "stream": True, "temperature": 0}
+        url, auth = f"{gateway.base_url}/chat/completions", {"authorization": f"Bearer {KEY}"}
+        async with (
+            httpx.AsyncClient(timeout=30, headers=auth) as http,
+            http.stream("POST", url, json=body) as first,
+        ):
+            lines = first.aiter_lines()
+            while not (await anext(lines)).startswith("data: {"):
+                pass  # the leader streams: now the same request again
+            async with http.stream("POST", url, json=body) as second:
+                told = second.headers
+                rest = [line async for line in second.aiter_lines()]
+            async for _ in lines:
+                pass
+        assert first.headers["x-turnout-cache"] == "miss"
+        assert told["x-turnout-cache"] == "coalesced"
+        assert told["x-turnout-model"] == first.headers["x-turnout-model"] == "slow/model"
+        assert rest[-2:] == ["data: [DONE]", ""]
 
 
 # -- the relay on one producer (responses and chunks share it) --------------------------
