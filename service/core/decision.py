@@ -72,7 +72,7 @@ class CallResult(msgspec.Struct, frozen=True, kw_only=True):
     slow: bool = False
     cache_body: EncodedBody | None = None  # the answer, encoded, when it may be cached
     stream: ev.StreamStats | None = None  # a streamed call: what was relayed
-    cut: str | None = None  # a stream Turnout stopped early: budget | max_tokens
+    cut: str | None = None  # a stream stopped early: budget | max_tokens (upstream: recorded)
 
 
 class Call(msgspec.Struct, frozen=True, kw_only=True):

@@ -493,9 +493,13 @@ def _stream_broken(
         partial=True, model=result.model, usage=result.usage, cost_micros=result.cost_micros,
         stream=result.stream,
     )  # fmt: skip
+    cut = ev.StreamCut(
+        request_id=flight.request_id, tenant=flight.tenant, model=result.model,
+        attempt=result.attempt, why="upstream", completion_tokens=result.usage.completion_tokens,
+    )  # fmt: skip
     charged = settle(state, flight, result.cost_micros, ctx)
     return with_followers(
-        state, flight, terminal, [failed, *breaker_events, *charged, terminal], ctx
+        state, flight, terminal, [failed, cut, *breaker_events, *charged, terminal], ctx
     )
 
 

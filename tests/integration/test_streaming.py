@@ -253,6 +253,11 @@ async def test_a_stream_that_fails_after_its_first_token_raises_in_the_sdk_and_c
         assert [a.data.breaker_failure for a in attempt] == [True]
         assert not of_type(mine, "fallback.taken")  # no second model after the first token
         assert len(of_type(mine, "stream.first_token")) == 1
+        (cut,) = of_type(mine, "stream.cut")  # counted by why in the archive: upstream
+        assert (cut.data.why, cut.data.completion_tokens) == (
+            "upstream",
+            failed.usage.completion_tokens,
+        )
 
 
 async def test_a_model_that_fails_before_its_first_token_falls_back_unseen(

@@ -218,6 +218,8 @@ def test_after_the_first_token_a_failure_ends_the_request_partial_and_charged() 
     assert attempt.breaker_failure and attempt.error_class == "upstream_stream_error"
     charged = [e for e in decision.events if isinstance(e, ev.BudgetCharged)]
     assert sum(e.amount_micros for e in charged) == 40
+    (cut,) = [e for e in decision.events if isinstance(e, ev.StreamCut)]  # the contract's why
+    assert (cut.why, cut.model, cut.attempt, cut.completion_tokens) == ("upstream", "a/one", 1, 9)
 
 
 def test_a_stale_attempts_first_token_is_refused() -> None:
