@@ -22,6 +22,7 @@ from typing import Any
 
 __all__ = [
     "JSON",
+    "BodyTooLarge",
     "Message",
     "Receive",
     "Scope",
@@ -53,16 +54,27 @@ def header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
-async def read_body(receive: Receive) -> bytes:
-    """The whole request body (empty when the client went away)."""
+class BodyTooLarge(Exception):
+    """A request body past `read_body`'s limit (the rest is not read)."""
+
+
+async def read_body(receive: Receive, limit: int | None = None) -> bytes:
+    """The whole request body (empty when the client went away); `BodyTooLarge` as soon
+    as it passes `limit` bytes, so an oversized body is never held whole."""
     message = await receive()
     body: bytes = message.get("body", b"")
+    if limit is not None and len(body) > limit:
+        raise BodyTooLarge(len(body))
     if not message.get("more_body"):
         return body
-    parts = [body]
+    parts, size = [body], len(body)
     while message.get("more_body"):
         message = await receive()
-        parts.append(message.get("body", b""))
+        part = message.get("body", b"")
+        size += len(part)
+        if limit is not None and size > limit:
+            raise BodyTooLarge(size)
+        parts.append(part)
     return b"".join(parts)
 
 

@@ -42,6 +42,7 @@ import msgspec
 from opentelemetry.trace import Status, StatusCode
 
 from turnout.service.asgi import (
+    BodyTooLarge,
     Message,
     Receive,
     Scope,
@@ -57,7 +58,7 @@ from turnout.service.core.config import Config
 from turnout.service.gateway.keys import KeyRing
 from turnout.service.kafka.settings import KafkaSettings
 from turnout.service.telemetry import gateway_tracer, server_span
-from turnout.service.wire.intake import TENANT_ID
+from turnout.service.wire.intake import MAX_RECORD_BYTES, TENANT_ID
 from turnout.service.wire.sse import encode_event
 
 __all__ = ["GatewayApp", "error_status"]
@@ -71,6 +72,7 @@ _ROUTE_PREFIX: Final = "turnout/"
 _TRACEPARENT: Final = "traceparent"
 _RESUME: Final = ("/v1/chat/completions/", "/stream")
 _KEEP_STREAMS: Final = 10_000  # streams this gateway remembers for resume
+_RECORD_ROOM: Final = 2_048  # the intake fields the gateway adds (ids, tenant, reply topic)
 
 #              code                       status  OpenAI error type
 _STATUSES: Final[dict[str, tuple[int, str]]] = {
@@ -234,12 +236,16 @@ class GatewayApp:
         self, scope: Scope, receive: Receive, send: Send, span: Any, traceparent: str | None
     ) -> None:
         tenant = self._tenant(scope)
-        body = await read_body(receive)
-        if len(body) > self.cfg.gateway.max_body_bytes:
+        # the intake record must fit a Kafka record, with the room what the gateway adds takes
+        limit = min(self.cfg.gateway.max_body_bytes, MAX_RECORD_BYTES - _RECORD_ROOM)
+        try:
+            body = await read_body(receive, limit)
+        except BodyTooLarge:
             raise _Refused(
                 "request_too_large",
-                f"the body is {len(body):,} bytes; at most {self.cfg.gateway.max_body_bytes:,}",
-            )
+                f"the body is over {limit:,} bytes, the most one request may hold here "
+                f"([gateway] max_body_bytes, and a Kafka record's {MAX_RECORD_BYTES:,})",
+            ) from None
         intake = self._intake(scope, tenant, body)
         span.set_attributes({
             "turnout.request_id": intake["request_id"], "turnout.tenant": tenant,

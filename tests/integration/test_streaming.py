@@ -657,6 +657,27 @@ async def test_identical_concurrent_streams_share_one_upstream_stream(
     assert (streams["completed"], streams["aborted"]) == (1, 0)  # one upstream stream
 
 
+async def test_a_body_too_large_for_a_kafka_record_is_413_and_never_retried_by_the_sdk(
+    kafka_settings: KafkaSettings, kafka_topics: Topics, simulator: RunningSimulator
+) -> None:
+    """Just under `[gateway] max_body_bytes` (1,000,000) but over what an intake record
+    holds once the gateway adds its fields: once a 503 `not_ready` from the refused
+    produce (which SDKs retry, sending the megabyte again); now a 413 at once, as for a
+    body over the setting, read no further than the limit."""
+    async with stack(kafka_settings, simulator) as (_, gateway):
+        before = gateway.app.requests
+        client = sdk(gateway, max_retries=2)
+        for size in (999_800, 3_000_000):
+            big = [{"role": "user", "content": "x" * size}]
+            with pytest.raises(openai.APIStatusError) as refused:
+                await client.chat.completions.create(model="turnout/general", messages=big)  # type: ignore[arg-type]
+            assert refused.value.status_code == 413
+            assert refused.value.code == "request_too_large"
+        assert gateway.app.requests == before  # refused before a request was made
+        ok = await client.chat.completions.create(model="turnout/general", messages=PROMPT)  # type: ignore[arg-type]
+        assert ok.choices[0].message.content
+
+
 async def test_through_the_gateway_a_stream_sharing_anothers_says_coalesced(
     kafka_settings: KafkaSettings, kafka_topics: Topics, simulator: RunningSimulator
 ) -> None:
