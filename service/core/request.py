@@ -175,6 +175,8 @@ def decide_intake(
             # the very record that was answered, redelivered (crash before commit):
             # its response was acknowledged before its terminal event, so say nothing
             return Decision(events=[], effects=[])
+        if done.reply_to != req.reply_to:  # answered where this copy's sender listens
+            done = msgspec.structs.replace(done, reply_to=req.reply_to)
         return Decision(events=[], effects=[Resend(terminal=done)])
     forgotten = expired_outcome(state, req.tenant, req.request_id)
     if forgotten is not None:  # answered before the duplicate window: never called again

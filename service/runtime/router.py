@@ -256,6 +256,9 @@ class Router:
         self.bodies: dict[str, dict[str, Any]] = {}
         self.unacked: dict[str, list[asyncio.Future[Any]]] = {}  # sent, ack not yet awaited
         self.positions: dict[str, list[Position]] = {}
+        # a copy of a request in flight sent by another client (an SDK's retry through
+        # another gateway): where else its answer goes (kept in memory: lost on a restart)
+        self.also_reply: dict[str, set[str]] = {}
         self.orphans: set[str] = set()
         # responses the last owner delivered for orphans it did not record as ended
         self.delivered: dict[str, dict[str, Any]] = {}
@@ -857,6 +860,8 @@ class Router:
             self.telemetry.start_request(req, record.headers, topic=record.topic)
         await self._apply(decision, req.request_id, ctx.now_ms)
         if not decision.events:  # a duplicate: the first record answers (or answered)
+            if not decision.effects:
+                self._also_answer(req)
             self._finish_one(req.request_id, pos)
         for event in decision.events:  # a streamed follower joins its leader's stream
             if isinstance(event, ev.RequestCoalesced) and req.stream:
@@ -1087,6 +1092,10 @@ class Router:
                 if chunks is not None and isinstance(r.terminal, ev.RequestCompleted):
                     await self._replay(r.terminal, chunks)
             sent = [await self._send_response(r.terminal) for r in responds if not r.delivered]
+            for r in responds:  # copies from other clients, that came while it ran
+                for topic in self.also_reply.pop(r.terminal.request_id, ()):
+                    copy = msgspec.structs.replace(r.terminal, reply_to=topic)
+                    sent.append(await self._send_response(copy))
             await acked([*self.unacked.pop(request_id, []), *sent])
             await self._publish(terminals, time_ms=now, folded=True)
         else:  # not awaited: acks are collected before the request's response
@@ -1338,8 +1347,19 @@ class Router:
             topic, value, key=terminal.request_id.encode(), headers=headers, urgent=True
         )
 
+    def _also_answer(self, req: IntakeRequest) -> None:
+        """A copy of a request in flight: if its sender listens elsewhere than the
+        first record's, its answer goes there too when it comes."""
+        flight = self.state.inflight.get(req.request_id)
+        if flight is None or flight.tenant != req.tenant:
+            return
+        topic = req.reply_to or self.topics.responses
+        if topic != (flight.reply_to or self.topics.responses):
+            self.also_reply.setdefault(req.request_id, set()).add(topic)
+
     def _finish_request(self, request_id: str) -> None:
         """The request has its terminal event and response: its records are done."""
+        self.also_reply.pop(request_id, None)
         for pos in self.positions.pop(request_id, []):
             self._finish(pos)
         self.bodies.pop(request_id, None)

@@ -606,6 +606,42 @@ async def test_an_sdk_retry_with_the_same_idempotency_key_is_answered_once(
     assert {a.headers["x-request-id"] for a in answers} == {"idem:acme/same-1"}
 
 
+async def test_an_sdk_retry_through_another_gateway_is_answered_once(
+    kafka_settings: KafkaSettings, kafka_topics: Topics, simulator: RunningSimulator
+) -> None:
+    """Two gateways side by side, each reading only its own replies. An SDK's retry that
+    reaches the other one, with the same Idempotency-Key, after the first call finished
+    or while it still runs, gets the one answer, and the upstream is called once: the
+    answer once went only to the first gateway's reply topic, and the retry waited out
+    its timeout."""
+    async with stack(kafka_settings, simulator) as (cfg, first_gw):
+        second_gw = await asyncio.to_thread(start_in_thread, cfg, port=0)
+        try:
+            one, two = sdk(first_gw, max_retries=0), sdk(second_gw, max_retries=0, timeout=20)
+            before = sim_total(simulator)
+            done = await one.chat.completions.create(
+                model="turnout/general", messages=PROMPT,  # type: ignore[arg-type]
+                extra_headers={"Idempotency-Key": "retry-1"},
+            )  # fmt: skip
+            again = await two.chat.completions.create(
+                model="turnout/general", messages=PROMPT,  # type: ignore[arg-type]
+                extra_headers={"Idempotency-Key": "retry-1"},
+            )  # fmt: skip
+            assert again.choices[0].message.content == done.choices[0].message.content
+            slow = {"model": "turnout/stalling", "messages": PROMPT,
+                    "extra_headers": {"Idempotency-Key": "retry-2"}}  # fmt: skip
+            running = asyncio.create_task(one.chat.completions.create(**slow))  # 3 s upstream
+            await asyncio.sleep(0.5)
+            assert not running.done()
+            meanwhile = await two.chat.completions.create(**slow)
+            assert (
+                meanwhile.choices[0].message.content == (await running).choices[0].message.content
+            )
+            assert sim_total(simulator) - before == 2  # one call for each key
+        finally:
+            await asyncio.to_thread(second_gw.stop)
+
+
 async def test_two_tenants_idempotency_keys_never_make_one_request(
     kafka_settings: KafkaSettings, kafka_topics: Topics, simulator: RunningSimulator
 ) -> None:

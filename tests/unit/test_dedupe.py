@@ -43,6 +43,24 @@ def test_inside_the_window_a_resend_gets_the_recorded_answer() -> None:
     assert resent(shell, "r1", text="a") == first
 
 
+def test_a_resend_is_answered_where_its_own_sender_listens() -> None:
+    """An SDK's retry through another gateway names that gateway's reply topic: the
+    recorded answer goes there (to the first record's topic nobody may read now)."""
+    shell = Shell(config())
+    first = shell.run(request("r1", text="a"))
+    again = msgspec.structs.replace(request("r1", text="a"), reply_to="turnout.gw-2.replies")
+    answer = resent_req(shell, again)
+    assert answer.reply_to == "turnout.gw-2.replies"
+    assert msgspec.structs.replace(answer, reply_to=first.reply_to) == first
+
+
+def resent_req(shell: Shell, req: Any) -> Any:
+    decision = decide_intake(shell.state, req, shell.ctx())
+    (effect,) = decision.effects
+    assert decision.events == [] and isinstance(effect, Resend)
+    return effect.terminal
+
+
 def test_an_id_is_held_by_its_tenant_in_flight_and_answered_and_by_no_one_after() -> None:
     """What the router asks before taking a record as a resend: whose request is this id?"""
     shell = Shell(config())
