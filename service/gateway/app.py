@@ -72,6 +72,9 @@ _ROUTE_PREFIX: Final = "turnout/"
 _TRACEPARENT: Final = "traceparent"
 _RESUME: Final = ("/v1/chat/completions/", "/stream")
 _KEEP_STREAMS: Final = 10_000  # streams this gateway remembers for resume
+_GATEWAY_FIELDS: Final = frozenset({"request_id", "tenant", "task_type", "reply_to", "redrive_of"})
+"""Intake fields the gateway sets; a body naming one is refused (one tenant posing as
+another once read its answers)."""
 _RECORD_ROOM: Final = 2_048  # the intake fields the gateway adds (ids, tenant, reply topic)
 
 #              code                       status  OpenAI error type
@@ -286,6 +289,12 @@ class GatewayApp:
             raise _Refused("invalid_request", f"the body is not JSON: {err}") from None
         if not isinstance(doc, dict):
             raise _Refused("invalid_request", "the body must be a JSON object")
+        for field in sorted(_GATEWAY_FIELDS.intersection(doc)):  # never a caller's to choose
+            raise _Refused(
+                "invalid_request", f"{field} is not a chat parameter: the gateway sets it "
+                "(tenant from the API key, request id from Idempotency-Key, task type from "
+                "the model)", field,
+            )  # fmt: skip
         messages = doc.pop("messages", None)
         if not isinstance(messages, list) or not messages:
             raise _Refused("invalid_request", "messages must be a non-empty list", "messages")
@@ -313,8 +322,8 @@ class GatewayApp:
         # "/" never occurs in a tenant id, so no two tenants' keys make the same request id
         rid = f"idem:{tenant}/{idem}" if idem else clock.new_id()
         intake: dict[str, Any] = {
-            "request_id": rid, "tenant": tenant, "task_type": task_type, "messages": messages,
-            **doc,
+            **doc, "request_id": rid, "tenant": tenant, "task_type": task_type,
+            "messages": messages,
         }  # fmt: skip
         if pinned is not None:
             intake["model"] = pinned

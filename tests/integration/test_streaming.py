@@ -642,6 +642,33 @@ async def test_an_sdk_retry_through_another_gateway_is_answered_once(
             await asyncio.to_thread(second_gw.stop)
 
 
+async def test_a_caller_cannot_name_another_tenant_or_request_id_in_the_body(
+    kafka_settings: KafkaSettings, kafka_topics: Topics, simulator: RunningSimulator
+) -> None:
+    """The body's own `tenant` and `request_id` once replaced the gateway's: tenant
+    `poor`, with its own key, posted `{"tenant": "acme", "request_id":
+    "idem:acme/order-42"}` and was handed acme's answer (and could spend acme's budget).
+    Fields the gateway sets are refused in the body (400), and acme's answer stays
+    acme's."""
+    async with stack(kafka_settings, simulator) as (_, gateway):
+        await sdk(gateway).chat.completions.create(
+            model="turnout/general", messages=PROMPT,  # type: ignore[arg-type]
+            extra_headers={"Idempotency-Key": "order-42"},
+        )  # fmt: skip
+        calls = sim_total(simulator)
+        poor = sdk(gateway, POOR_KEY, max_retries=0)
+        for extra in ({"tenant": "acme", "request_id": "idem:acme/order-42"},
+                      {"task_type": "general"}, {"reply_to": "somewhere.else"}):  # fmt: skip
+            with pytest.raises(openai.BadRequestError) as refused:
+                await poor.chat.completions.create(
+                    model="turnout/general", messages=PROMPT,  # type: ignore[arg-type]
+                    extra_body=extra,
+                )  # fmt: skip
+            assert refused.value.code == "invalid_request"
+            assert "the gateway sets it" in str(refused.value)
+        assert sim_total(simulator) == calls
+
+
 async def test_two_tenants_idempotency_keys_never_make_one_request(
     kafka_settings: KafkaSettings, kafka_topics: Topics, simulator: RunningSimulator
 ) -> None:
