@@ -176,6 +176,14 @@ class Producer:
         with kafka_errors(self.settings.bootstrap):
             return len(await self._producer.partitions_for(topic))
 
+    async def topic_exists(self, topic: str) -> bool:
+        """Whether the cluster has `topic` now: a fresh metadata request for every topic
+        (asking for it by name could create it where auto-creation is on, and the
+        producer's own metadata may still list a topic deleted since)."""
+        with kafka_errors(self.settings.bootstrap):
+            cluster = await self._producer.client.fetch_all_metadata()
+        return bool(cluster.partitions_for_topic(topic))
+
     async def send_batch(self, records: Iterable[OutRecord]) -> list[RecordMetadata]:
         """Enqueue every record, then wait for all deliveries together.
 

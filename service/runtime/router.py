@@ -134,6 +134,8 @@ _ONE_AT_A_TIME: Final = BatchingConfig(max_records=1, max_wait_ms=100)
 
 
 _END: Final = [(STREAM_HEADER, b"end")]  # a streamed request's last record
+_REPLY_OK_S: Final = 60.0  # a client reply topic seen to exist is trusted this long
+_REPLY_CHECK_S: Final = 2.0  # how long to look for one (metadata) before giving up
 
 TANSU_SETTLE_S: Final = 2.0
 """How long Tansu needs after creating a topic before produces to it succeed."""
@@ -259,6 +261,7 @@ class Router:
         # a copy of a request in flight sent by another client (an SDK's retry through
         # another gateway): where else its answer goes (kept in memory: lost on a restart)
         self.also_reply: dict[str, set[str]] = {}
+        self.answering: set[str] = set()  # requests whose answer is being recorded
         self.orphans: set[str] = set()
         # responses the last owner delivered for orphans it did not record as ended
         self.delivered: dict[str, dict[str, Any]] = {}
@@ -296,6 +299,7 @@ class Router:
         # acks between them, in fewer produce requests than a producer for each kind.
         self.answers = BatchedProducer(self.kafka.replace(linger_ms=cfg.streaming.linger_ms))
         self._partitions: dict[str, int] = {}  # reply topic -> its partition count
+        self._reply_ok: dict[str, float] = {}  # client reply topic -> when it was seen
         self.streams: set[str] = set()  # request ids answered as streams (last record's header)
         self.replays: dict[str, list[dict[str, Any]]] = {}  # a stream's cached chunks, to send
         self.relays: dict[str, Relay] = {}  # leader request id -> its stream, while it runs
@@ -821,6 +825,9 @@ class Router:
                 err.tenant, err.reply_to = req.tenant, req.reply_to
                 raise err
         except WireError as err:
+            holder = None if err.request_id is None else request_holder(self.state, err.request_id)
+            if holder is not None and holder != err.tenant:  # another tenant's request id:
+                err.request_id = None  # its one answer is theirs, and so is its recovery
             if err.request_id is None or self.delivered.pop(err.request_id, None) is None:
                 try:
                     await self._deadletter(record, err)
@@ -1032,6 +1039,8 @@ class Router:
                     )
                 case Respond():
                     self._finish_request(effect.terminal.request_id)
+                case Resend() if effect.terminal.request_id in self.answering:
+                    self._also_reply_to(effect.terminal)  # once its answer is recorded
                 case Resend():
                     await self._respond(effect.terminal)
 
@@ -1091,13 +1100,24 @@ class Router:
                 chunks = self.replays.pop(r.terminal.request_id, None)
                 if chunks is not None and isinstance(r.terminal, ev.RequestCompleted):
                     await self._replay(r.terminal, chunks)
-            sent = [await self._send_response(r.terminal) for r in responds if not r.delivered]
-            for r in responds:  # copies from other clients, that came while it ran
-                for topic in self.also_reply.pop(r.terminal.request_id, ()):
-                    copy = msgspec.structs.replace(r.terminal, reply_to=topic)
-                    sent.append(await self._send_response(copy))
-            await acked([*self.unacked.pop(request_id, []), *sent])
-            await self._publish(terminals, time_ms=now, folded=True)
+            answering = {r.terminal.request_id for r in responds}
+            self.answering |= answering
+            try:
+                sent = [await self._send_response(r.terminal) for r in responds if not r.delivered]
+                await acked([*self.unacked.pop(request_id, []), *sent])
+                await self._publish(terminals, time_ms=now, folded=True)
+            finally:
+                self.answering -= answering
+            # copies from other clients (that came while it ran, or while it was being
+            # answered): answered once the answer is recorded, and on their own: a copy's
+            # topic that is gone fails only that copy
+            copies = [
+                msgspec.structs.replace(r.terminal, reply_to=topic)
+                for r in responds
+                for topic in self.also_reply.pop(r.terminal.request_id, ())
+            ]
+            if copies:
+                self._spawn(self._answer_copies(copies))
         else:  # not awaited: acks are collected before the request's response
             await self._publish(events, request_id, wait=False, time_ms=now, folded=True)
 
@@ -1168,6 +1188,8 @@ class Router:
         was, or None when the attempt went stale."""
         started = self.clock.monotonic()
         topic = reply_to or self.topics.responses
+        if topic != self.topics.responses and not await self._reply_topic_ok(topic):
+            topic = self.topics.responses  # its client's topic is gone (see _send_response)
         relay = Relay(
             producer=self.answers, topic=topic,
             partition=await self._reply_partition(topic, call.request_id),
@@ -1339,13 +1361,67 @@ class Router:
         await (await self._send_response(terminal))
 
     async def _send_response(self, terminal: Terminal) -> asyncio.Future[Any]:
-        """Send the response (to `reply_to` or the responses topic); the ack's future."""
+        """Send the response (to `reply_to` or the responses topic); the ack's future.
+
+        A `reply_to` topic that does not exist (never made, or deleted by a client that
+        went away, as a stopping gateway deletes its own) gets nothing: the response goes
+        to the responses topic instead, with a warning. It used to fail the request's
+        publish and stop the router, and again after each restart (a poison record)."""
         topic = terminal.reply_to or self.topics.responses
         value = encode_response(terminal)
         headers = _END if terminal.request_id in self.streams else ()
-        return await self.answers.send(
-            topic, value, key=terminal.request_id.encode(), headers=headers, urgent=True
-        )
+        key = terminal.request_id.encode()
+        if topic != self.topics.responses and not await self._reply_topic_ok(topic):
+            self._reply_elsewhere(terminal, topic, "does not exist")
+            topic = self.topics.responses
+        ack = await self.answers.send(topic, value, key=key, headers=headers, urgent=True)
+        if topic == self.topics.responses:
+            return ack
+        return asyncio.ensure_future(self._acked_or_default(ack, terminal, value, headers))
+
+    async def _acked_or_default(
+        self, ack: asyncio.Future[Any], terminal: Terminal, value: bytes, headers: Any
+    ) -> Any:
+        """The ack of a response sent to a client's topic; if that topic went away since
+        it was checked, the response goes to the responses topic."""
+        try:
+            return await ack
+        except Exception as err:
+            topic = terminal.reply_to or ""
+            self._reply_ok.pop(topic, None)
+            if await self._reply_topic_ok(topic):
+                raise  # the topic is there: a broker failure, not the client's topic
+            self._reply_elsewhere(terminal, topic, f"failed ({err})")
+            key = terminal.request_id.encode()
+            return await (await self.answers.send(
+                self.topics.responses, value, key=key, headers=headers, urgent=True
+            ))  # fmt: skip
+
+    async def _reply_topic_ok(self, topic: str) -> bool:
+        """Whether a client's reply topic exists (kept for `_REPLY_OK_S` once seen; a
+        missing one is asked about again each time, for at most `_REPLY_CHECK_S`)."""
+        seen = self._reply_ok.get(topic)
+        now = self.clock.monotonic()
+        if seen is not None and now - seen < _REPLY_OK_S:
+            return True
+        try:
+            async with asyncio.timeout(_REPLY_CHECK_S):
+                exists = await self.answers.topic_exists(topic)
+        except (TimeoutError, TurnoutError):
+            exists = False
+        if not exists:
+            self._reply_ok.pop(topic, None)
+            return False
+        if len(self._reply_ok) > 10_000:
+            self._reply_ok.clear()
+        self._reply_ok[topic] = now
+        return True
+
+    def _reply_elsewhere(self, terminal: Terminal, topic: str, why: str) -> None:
+        log.warning(
+            "reply topic %s of request %s %s: its response goes to %s",
+            topic, terminal.request_id, why, self.topics.responses,
+        )  # fmt: skip
 
     def _also_answer(self, req: IntakeRequest) -> None:
         """A copy of a request in flight: if its sender listens elsewhere than the
@@ -1356,6 +1432,21 @@ class Router:
         topic = req.reply_to or self.topics.responses
         if topic != (flight.reply_to or self.topics.responses):
             self.also_reply.setdefault(req.request_id, set()).add(topic)
+
+    def _also_reply_to(self, terminal: Terminal) -> None:
+        self.also_reply.setdefault(terminal.request_id, set()).add(
+            terminal.reply_to or self.topics.responses
+        )
+
+    async def _answer_copies(self, copies: list[Terminal]) -> None:
+        for copy in copies:
+            try:
+                await self._respond(copy)
+            except Exception as err:  # its client went away with its topic: it alone
+                log.warning(
+                    "could not answer a copy of %s on %s: %s",
+                    copy.request_id, copy.reply_to, err,
+                )  # fmt: skip
 
     def _finish_request(self, request_id: str) -> None:
         """The request has its terminal event and response: its records are done."""

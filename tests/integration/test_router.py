@@ -14,11 +14,13 @@ import httpx
 import msgspec
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import NewTopic
 
 from turnout.service.core.config import Config, parse_config
 from turnout.service.errors import TurnoutError
 from turnout.service.kafka.broker import free_port
 from turnout.service.kafka.settings import KafkaSettings, Topics
+from turnout.service.kafka.topics import admin_client
 from turnout.service.runtime.router import Router, home_partition
 from turnout.service.upstream.simulator import SimulatorOptions, parse_scenario, start_in_thread
 from turnout.service.upstream.simulator.server import RunningSimulator
@@ -230,6 +232,51 @@ async def test_a_reply_to_that_is_illegal_or_internal_is_rejected_and_the_event_
     assert terminals["good-1"] == ["turnout.request.completed"]
 
 
+async def test_a_reply_topic_that_does_not_exist_is_answered_on_the_responses_topic(
+    kafka_settings: KafkaSettings, kafka_topics: Topics, simulator: RunningSimulator
+) -> None:
+    """A legal `reply_to` naming no topic (auto-creation is off): its response once failed
+    the request's publish after 30 s and stopped the router, and again after each
+    restart, as the record came back (a poison record any client could send). Now the
+    response goes to the responses topic, with a warning, and the router serves on."""
+    async with running(config(kafka_settings, simulator)) as router:
+        await produce(kafka_settings.bootstrap, kafka_topics.requests, [
+            (b"acme", request("lost-1", reply_to=f"{kafka_topics.requests}.nobody"), None),
+            (b"acme", request("fine-1"), None),
+        ])  # fmt: skip
+        answers = await collect(kafka_settings.bootstrap, kafka_topics.responses, 2, 20)
+        await produce(kafka_settings.bootstrap, kafka_topics.requests,
+                      [(b"acme", request("fine-2"), None)])  # fmt: skip
+        answers = await collect(kafka_settings.bootstrap, kafka_topics.responses, 3, 20)
+        assert router.fatal is None
+    bodies = {b["request_id"]: b for b in (json.loads(r.value) for r in answers)}
+    assert sorted(bodies) == ["fine-1", "fine-2", "lost-1"]
+    assert bodies["lost-1"]["status"] == "ok"
+
+
+async def test_a_reply_topic_deleted_after_it_was_used_is_no_poison_either(
+    kafka_settings: KafkaSettings, kafka_topics: Topics, simulator: RunningSimulator
+) -> None:
+    """A gateway that stops deletes its reply topic; an answer due there later (its
+    request was in flight) fails at the broker, after the producer's retries: it goes to
+    the responses topic, and the router does not stop."""
+    mine = f"{kafka_topics.requests}.gateway-1"
+    async with admin_client(kafka_settings) as admin:
+        await admin.create_topics([NewTopic(mine, 1, 1)])
+    async with running(config(kafka_settings, simulator)) as router:
+        await produce(kafka_settings.bootstrap, kafka_topics.requests,
+                      [(b"acme", request("used-1", reply_to=mine), None)])  # fmt: skip
+        (first,) = await collect(kafka_settings.bootstrap, mine, 1, 20)
+        async with admin_client(kafka_settings) as admin:
+            await admin.delete_topics([mine])
+        await produce(kafka_settings.bootstrap, kafka_topics.requests,
+                      [(b"acme", request("used-2", reply_to=mine), None)])  # fmt: skip
+        (late,) = await collect(kafka_settings.bootstrap, kafka_topics.responses, 1, 90)
+        assert router.fatal is None
+    assert json.loads(first.value)["request_id"] == "used-1"
+    assert json.loads(late.value)["request_id"] == "used-2"
+
+
 async def test_a_request_id_another_tenant_holds_is_dead_lettered_not_answered_with_theirs(
     kafka_settings: KafkaSettings, kafka_topics: Topics, simulator: RunningSimulator
 ) -> None:
@@ -244,12 +291,16 @@ async def test_a_request_id_another_tenant_holds_is_dead_lettered_not_answered_w
         calls = sim_calls(simulator)
         await produce(kafka_settings.bootstrap, kafka_topics.requests, [
             (b"rival", request("taken-1", tenant="rival"), None),
+            # a broken record naming that id is dead-lettered unanswered too: its
+            # rejection would have been a second answer to acme's request
+            (b"rival", request("taken-1", tenant="rival", messages=[]), None),
             (b"rival", request("rival-1", tenant="rival"), None),
         ])  # fmt: skip
-        (dead,) = await collect(kafka_settings.bootstrap, kafka_topics.dlq, 1)
+        dlq = await collect(kafka_settings.bootstrap, kafka_topics.dlq, 2)
         await collect(kafka_settings.bootstrap, kafka_topics.responses, 2)  # rival-1's is out
         answers = await collect_until_quiet(kafka_settings.bootstrap, kafka_topics.responses)
-    assert (dead.key, dict(dead.headers)["turnout-error"]) == (b"rival", b"request_id_taken")
+    codes = sorted((r.key, dict(r.headers)["turnout-error"]) for r in dlq)
+    assert codes == [(b"rival", b"empty_messages"), (b"rival", b"request_id_taken")]
     bodies = [json.loads(r.value) for r in answers]
     assert sorted(b["request_id"] for b in bodies) == ["rival-1", "taken-1"]  # one each
     assert [b["tenant"] for b in bodies if b["request_id"] == "taken-1"] == ["acme"]
