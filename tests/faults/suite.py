@@ -21,8 +21,8 @@ Rounds (the fault is injected when a third of the requests are sent):
 - slow_upstream: for 3 s, calls take 12 s (longer than the 10 s revoke drain), and a
   router joins meanwhile;
 - hostile: 2,000 malformed or hostile records among the requests (not JSON, not an
-  object, bad schema, illegal and internal `reply_to`, huge and odd tenants, near the
-  record size limit);
+  object, bad schema, illegal, internal and missing `reply_to` topics, huge and odd
+  tenants, near the record size limit);
 - produce_failures: for 3 s the events topic refuses every batch (max.message.bytes=256):
   routers stop (their state no longer matches the log) and are started again;
 - all: every one of the above, one after another, in one round.
@@ -296,6 +296,9 @@ def hostile_records(
             out.append((b"t-0", json.dumps(ok | {"messages": "not a list"}).encode(), rid))
         elif kind == 8:
             out.append((b"t-0", json.dumps(ok | {"max_tokens": -5}).encode(), rid))
+        elif i % 20 == 19:  # a legal reply topic that does not exist: once a poison record
+            nobody = f"{prefix}.nobody-{i}"
+            out.append((b"t-0", json.dumps(ok | {"reply_to": nobody}).encode(), rid))
         elif i % 100 == 9:  # near Kafka's record size limit
             big = ok | {"messages": [{"role": "user", "content": "y" * 900_000}]}
             out.append((b"t-0", json.dumps(big).encode(), rid))
