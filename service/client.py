@@ -240,7 +240,14 @@ class SyncStream:
             raise
 
     def close(self) -> None:
+        """Stop listening (a stream given up before its end)."""
         self._stream.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _settings(

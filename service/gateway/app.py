@@ -56,6 +56,7 @@ from turnout.service.client import AsyncTurnout, ReplyStream, StreamFailed
 from turnout.service.clock import clock
 from turnout.service.core.config import Config
 from turnout.service.gateway.keys import KeyRing
+from turnout.service.kafka.errors import RecordTooLarge
 from turnout.service.kafka.settings import KafkaSettings
 from turnout.service.telemetry import gateway_tracer, server_span
 from turnout.service.wire.intake import MAX_RECORD_BYTES, TENANT_ID
@@ -453,6 +454,8 @@ class GatewayApp:
     ) -> ReplyStream | asyncio.Future[dict[str, Any]]:
         try:
             return await self.client.send(intake, headers=headers)
+        except RecordTooLarge as err:  # a body that grew past the room once re-encoded
+            raise _Refused("request_too_large", str(err)) from None
         except Exception as err:
             log.warning("could not publish request %s: %s", intake["request_id"], err)
             raise _Refused("not_ready", f"Turnout could not take the request: {err}") from None

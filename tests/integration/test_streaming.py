@@ -739,6 +739,19 @@ async def test_a_body_too_large_for_a_kafka_record_is_413_and_never_retried_by_t
         assert gateway.app.requests == before  # refused before a request was made
         ok = await client.chat.completions.create(model="turnout/general", messages=PROMPT)  # type: ignore[arg-type]
         assert ok.choices[0].message.content
+        # under the limit as sent, over a record once re-encoded (1e9 -> 1000000000.0)
+        grows = (
+            b'{"model": "turnout/general", "messages": [{"role": "user", "content": "hi"}],'
+            b' "metadata": {"xs": [' + b",".join([b"1e9"] * 200_000) + b"]}}"
+        )
+        assert len(grows) < 990_000
+        async with httpx.AsyncClient(timeout=30) as http:
+            answer = await http.post(
+                f"{gateway.base_url}/chat/completions", content=grows,
+                headers={"authorization": f"Bearer {KEY}", "content-type": "application/json"},
+            )  # fmt: skip
+        assert answer.status_code == 413  # a 503 once, which SDKs retry
+        assert answer.json()["error"]["code"] == "request_too_large"
 
 
 async def test_through_the_gateway_a_stream_sharing_anothers_says_coalesced(
