@@ -34,7 +34,7 @@ from turnout.service.core.state import RouterState, evolve
 from turnout.service.wire.cloudevents import format_time, parse_time
 
 __all__ = [
-    "FOLD_NEUTRAL_SECTIONS",
+    "FOLD_SECTIONS",
     "Folded",
     "config_warnings",
     "fold_until",
@@ -49,15 +49,10 @@ _PART: Final = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)", re.ASCII)
 _DATE: Final = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
 _TIME_FORMS: Final = "RFC 3339 (2026-11-27T08:15:00Z), a date (2026-11-27), now, or -5m / -1h30m"
 
-FOLD_NEUTRAL_SECTIONS: Final = frozenset(
-    {"kafka", "upstream", "duckdb", "batching", "topics", "gateway", "snapshots"}
-)
-"""Config sections that say where things run (or how they are served), not how events fold."""
-_PROVIDER_PLACEMENT: Final = frozenset(
-    {"base_url", "api_key_env", "headers", "timeout_s", "connect_timeout_s", "pool_size",
-     "keepalive_s"}
-)  # fmt: skip
-"""A provider's fields that say where it runs (the demo sets its URL from the environment)."""
+FOLD_SECTIONS: Final = frozenset({"breaker", "cache", "features", "retry", "router", "tenants"})
+"""The config sections the fold reads (`turnout.service.core.state.evolve` and the parts
+it folds into); the others say where things run, or how requests are routed, served
+and streamed, which the events already record."""
 
 
 def parse_when(text: str, *, now_ms: int) -> int:
@@ -102,20 +97,7 @@ def fold_until(records: Iterable[Recorded], cfg: Config, until_ms: int | None = 
 
 
 def _differing_sections(mine: Mapping[str, Any], logged: Mapping[str, Any]) -> list[str]:
-    names = (set(mine) | set(logged)) - FOLD_NEUTRAL_SECTIONS
-    return sorted(n for n in names if _folding(n, mine.get(n)) != _folding(n, logged.get(n)))
-
-
-def _folding(section: str, value: Any) -> Any:
-    """What of a section the fold can see (providers without where they run)."""
-    if section != "providers" or not isinstance(value, dict):
-        return value
-    return {
-        name: {k: v for k, v in p.items() if k not in _PROVIDER_PLACEMENT}
-        if isinstance(p, dict)
-        else p
-        for name, p in value.items()
-    }
+    return sorted(n for n in FOLD_SECTIONS if mine.get(n) != logged.get(n))
 
 
 def config_warnings(applied: Iterable[ev.ConfigApplied], cfg: Config) -> list[str]:

@@ -13,6 +13,7 @@ from rich.console import Console
 
 from turnout.analytics.replay.source import Recorded
 from turnout.analytics.replay.state_at import (
+    FOLD_SECTIONS,
     config_warnings,
     fold_until,
     parse_when,
@@ -113,20 +114,30 @@ def test_a_router_config_that_folds_differently_is_named_and_one_that_only_runs_
         applied(
             local("http://here/v1", "m/*") | {"kafka": {"bootstrap": "elsewhere:9092"}}, "moved"
         ),
-        # where a provider runs, the gateway and topic retention do not change the fold
+        # where a provider runs, what it serves, the gateway, topics, routes and streaming
+        # do not change the fold (the events record what was routed and served)
         applied(
-            local("http://elsewhere/v1", "m/*")
-            | {"gateway": {"port": 9000}, "topics": {"events_retention_ms": 86_400_000}},
+            local("http://elsewhere/v1", "n/*")
+            | {
+                "gateway": {"port": 9000},
+                "topics": {"events_retention_ms": 86_400_000},
+                "routes": {"general": {"models": ["n/one"]}},
+                "streaming": {"flush_ms": 5},
+            },
             "served",
         ),
-        applied(local("http://here/v1", "n/*"), "p1"),  # which models it serves does
+        applied(local("http://here/v1", "m/*") | {"cache": {"ttl_s": 5}}, "c1"),
         applied(local("http://here/v1", "m/*") | {"breaker": {"failure_threshold": 2}}, "r1"),
         applied(local("http://here/v1", "m/*") | {"breaker": {"failure_threshold": 2}}, "r2"),
     ]
     warnings = config_warnings(records, here)
     assert len(warnings) == 2
-    assert "router p1" in warnings[0] and "[providers]" in warnings[0]
+    assert "router c1" in warnings[0] and "[cache]" in warnings[0]
     assert "router r1, r2" in warnings[1] and "[breaker]" in warnings[1]
+
+
+def test_the_sections_the_fold_reads_are_sections_of_the_config() -> None:
+    assert set(config_to_dict(CFG)) >= FOLD_SECTIONS
 
 
 def render(snapshot: dict[str, Any]) -> str:
