@@ -1377,25 +1377,35 @@ class Router:
         ack = await self.answers.send(topic, value, key=key, headers=headers, urgent=True)
         if topic == self.topics.responses:
             return ack
-        return asyncio.ensure_future(self._acked_or_default(ack, terminal, value, headers))
+        # the ack, unless it fails because the client's topic went away since it was
+        # checked: then the response's ack on the responses topic (a task only then)
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
 
-    async def _acked_or_default(
-        self, ack: asyncio.Future[Any], terminal: Terminal, value: bytes, headers: Any
+        def acked(f: asyncio.Future[Any]) -> None:
+            if f.cancelled() or f.exception() is None or done.done():
+                _chain(f, done)
+            else:
+                failed = self._or_default(f.exception(), terminal, value, headers)
+                asyncio.ensure_future(failed).add_done_callback(lambda g: _chain(g, done))
+
+        ack.add_done_callback(acked)
+        return done
+
+    async def _or_default(
+        self, err: BaseException | None, terminal: Terminal, value: bytes, headers: Any
     ) -> Any:
-        """The ack of a response sent to a client's topic; if that topic went away since
-        it was checked, the response goes to the responses topic."""
-        try:
-            return await ack
-        except Exception as err:
-            topic = terminal.reply_to or ""
-            self._reply_ok.pop(topic, None)
-            if await self._reply_topic_ok(topic):
-                raise  # the topic is there: a broker failure, not the client's topic
-            self._reply_elsewhere(terminal, topic, f"failed ({err})")
-            key = terminal.request_id.encode()
-            return await (await self.answers.send(
-                self.topics.responses, value, key=key, headers=headers, urgent=True
-            ))  # fmt: skip
+        """A response to a client's topic failed (`err`): if the topic is gone it goes to
+        the responses topic (its ack), else the failure stands (a broker failure)."""
+        topic = terminal.reply_to or ""
+        self._reply_ok.pop(topic, None)
+        if await self._reply_topic_ok(topic):
+            assert err is not None
+            raise err
+        self._reply_elsewhere(terminal, topic, f"failed ({err})")
+        key = terminal.request_id.encode()
+        return await (await self.answers.send(
+            self.topics.responses, value, key=key, headers=headers, urgent=True
+        ))  # fmt: skip
 
     async def _reply_topic_ok(self, topic: str) -> bool:
         """Whether a client's reply topic exists (kept for `_REPLY_OK_S` once seen; a
@@ -1792,6 +1802,21 @@ def _uncancel() -> None:
     task = asyncio.current_task()
     if task is not None:
         task.uncancel()
+
+
+def _chain(source: asyncio.Future[Any], target: asyncio.Future[Any]) -> None:
+    """Settle `target` as `source` settled (if it is still waiting)."""
+    if source.cancelled():
+        if not target.done():
+            target.cancel()
+        return
+    err = source.exception()  # retrieved even when no one waits any more
+    if target.done():
+        return
+    if err is not None:
+        target.set_exception(err)
+    else:
+        target.set_result(source.result())
 
 
 def _tenant_of_key(key: bytes | None) -> str:
