@@ -273,7 +273,8 @@ def trail_table(request_id: str, trail: Sequence[Step]) -> Table:
     table = Table(
         "+ms", "time (UTC)", "event", "model", "detail",
         title=f"request {request_id}", title_justify="left",
-        caption="⚙ global event (no request id): a breaker of a model this request used",
+        caption="⚙ global event (no request id): a breaker of a model this request used"
+        if any(step.system for step in trail) else None,
         caption_justify="left",
     )  # fmt: skip
     for step in trail:

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from turnout.analytics.archive import Archive, open_reader
 from turnout.analytics.replay.source import Query, Recorded, from_archive, log_order
-from turnout.analytics.replay.trail import describe, place, steps
+from turnout.analytics.replay.trail import describe, place, steps, trail_table
 from turnout.analytics.rows import EventRow, KafkaPosition, record_row
 from turnout.service.core import events as ev
 from turnout.service.wire.cloudevents import encode, wrap
@@ -155,6 +155,15 @@ def test_a_breaker_the_request_opened_follows_the_failure_that_opened_it() -> No
         ("breaker.half_opened", True),
         ("attempt.succeeded", False),
     ]
+
+
+def test_the_trail_explains_its_global_mark_only_when_it_shows_one() -> None:
+    opened = ev.BreakerOpened(model="bad/m", reason="2 consecutive failures", failures=2,
+                              calls=2, open_until_ms=T0 + 60_080)  # fmt: skip
+    alone = trail_table("r", steps(request_events(), []))
+    with_breaker = trail_table("r", steps(request_events(), [rec(opened, T0 + 80, 7, 1)]))
+    assert alone.caption is None  # a new user read the legend with nothing it explains
+    assert with_breaker.caption is not None and "global event" in str(with_breaker.caption)
 
 
 def test_a_half_open_verdict_precedes_the_probe_it_admits() -> None:
