@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from decimal import ROUND_CEILING, Decimal, localcontext
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -111,6 +111,7 @@ PRICES = st.one_of(
     candidates=st.lists(st.tuples(PRICES, PRICES), max_size=4),
     default_per_mtok=st.sampled_from([0.0, 0.3, 10.0, 123.456789]),
 )
+@example(prompt=1, max_tokens=None, candidates=[(0.001, 5e-324)], default_per_mtok=0.0)
 def test_reservation_is_exactly_what_decimal_arithmetic_gives(
     prompt: int,
     max_tokens: int | None,
@@ -124,7 +125,9 @@ def test_reservation_is_exactly_what_decimal_arithmetic_gives(
     ]
     limits = TenantLimits(default_price_per_mtok=default_per_mtok, default_max_tokens=1024)
     completion = 1024 if max_tokens is None else max_tokens
-    with localcontext(prec=200):  # exact: Decimal's default 28 digits round tiny prices
+    # exact: a float price goes down to 5e-324, so 1e7 .. 1e-340 takes ~350 digits (200
+    # lost a subnormal completion price: 1000 + 5e-315 micros, rounded up, is 1001)
+    with localcontext(prec=800):
         fallback = Decimal(str(default_per_mtok)) / 1_000_000
         worst = Decimal(0)
         for price in prices or [None]:

@@ -103,7 +103,7 @@ def test_cost_is_exactly_what_decimal_arithmetic_gives(
     prompt_price: float, completion_price: float, prompt: int, completion: int
 ) -> None:
     """Costs are summed in integer fractions for speed; the decimal sum is the oracle."""
-    with localcontext(prec=200):  # exact: Decimal's default 28 digits round tiny prices
+    with localcontext(prec=800):  # exact: float prices go down to 5e-324 (~350 digits)
         usd = Decimal(str(prompt_price)) * prompt + Decimal(str(completion_price)) * completion
         expected = int((usd * 1_000_000).quantize(Decimal(1), rounding=ROUND_HALF_UP))
     price = Price(prompt=prompt_price, completion=completion_price)
