@@ -61,21 +61,17 @@ class BodyTooLarge(Exception):
 async def read_body(receive: Receive, limit: int | None = None) -> bytes:
     """The whole request body (empty when the client went away); `BodyTooLarge` as soon
     as it passes `limit` bytes, so an oversized body is never held whole."""
-    message = await receive()
-    body: bytes = message.get("body", b"")
-    if limit is not None and len(body) > limit:
-        raise BodyTooLarge(len(body))
-    if not message.get("more_body"):
-        return body
-    parts, size = [body], len(body)
-    while message.get("more_body"):
+    parts: list[bytes] = []
+    size, more = 0, True
+    while more:
         message = await receive()
-        part = message.get("body", b"")
+        part: bytes = message.get("body", b"")
         size += len(part)
         if limit is not None and size > limit:
             raise BodyTooLarge(size)
         parts.append(part)
-    return b"".join(parts)
+        more = bool(message.get("more_body"))
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 async def respond(

@@ -290,11 +290,12 @@ class GatewayApp:
             raise _Refused("invalid_request", f"the body is not JSON: {err}") from None
         if not isinstance(doc, dict):
             raise _Refused("invalid_request", "the body must be a JSON object")
-        for field in sorted(_GATEWAY_FIELDS.intersection(doc)):  # never a caller's to choose
+        named = sorted(_GATEWAY_FIELDS.intersection(doc))  # never a caller's to choose
+        if named:
             raise _Refused(
-                "invalid_request", f"{field} is not a chat parameter: the gateway sets it "
+                "invalid_request", f"{named[0]} is not a chat parameter: the gateway sets it "
                 "(tenant from the API key, request id from Idempotency-Key, task type from "
-                "the model)", field,
+                "the model)", named[0],
             )  # fmt: skip
         messages = doc.pop("messages", None)
         if not isinstance(messages, list) or not messages:
@@ -512,13 +513,13 @@ def _stream_headers(stream: ReplyStream) -> list[tuple[bytes, bytes]]:
         (b"x-request-id", stream.request_id.encode()),
         (b"x-turnout-model", (stream.model or "").encode()),
         (b"x-turnout-attempts", str(stream.attempt or 0).encode()),
-        # attempt 0: from the cache
         (b"x-turnout-cache", _stream_cache(stream)),
         (b"x-accel-buffering", b"no"),
     ]
 
 
 def _stream_cache(stream: ReplyStream) -> bytes:
+    """A stream's `x-turnout-cache`: attempt 0 is a cache hit's replay."""
     return b"hit" if stream.attempt == 0 else b"coalesced" if stream.coalesced else b"miss"
 
 

@@ -815,19 +815,16 @@ class Router:
                 )
                 err.request_id, err.tenant, err.reply_to = req.request_id, req.tenant, req.reply_to
                 raise err
-            holder = request_holder(self.state, req.request_id)
-            if holder is not None and holder != req.tenant:
+            if self._foreign(req.request_id, req.tenant):
                 err = WireError(
                     REQUEST_ID_TAKEN, f"request id {req.request_id!r} names another tenant's "
                     "request: use ids no other tenant uses (e.g. UUIDs)", "$.request_id",
                 )  # fmt: skip
-                # not answered: the one answer to that id is the other tenant's
-                err.tenant, err.reply_to = req.tenant, req.reply_to
+                err.request_id, err.tenant, err.reply_to = req.request_id, req.tenant, req.reply_to
                 raise err
         except WireError as err:
-            holder = None if err.request_id is None else request_holder(self.state, err.request_id)
-            if holder is not None and holder != err.tenant:  # another tenant's request id:
-                err.request_id = None  # its one answer is theirs, and so is its recovery
+            if self._foreign(err.request_id, err.tenant):  # not answered: the one answer to
+                err.request_id = None  # that id is the other tenant's, and so is its recovery
             if err.request_id is None or self.delivered.pop(err.request_id, None) is None:
                 try:
                     await self._deadletter(record, err)
@@ -875,6 +872,11 @@ class Router:
                 relay = self.relays.get(event.leader_request_id)
                 if relay is not None and req.request_id in self.state.inflight:
                     await self._follow(relay, req.request_id, req.reply_to)
+
+    def _foreign(self, request_id: str | None, tenant: str | None) -> bool:
+        """Whether `request_id` names another tenant's request (in flight, or answered)."""
+        holder = None if request_id is None else request_holder(self.state, request_id)
+        return holder is not None and holder != tenant
 
     async def _forwarded(self, record: Any, tenant: str, request_id: str, pos: Position) -> bool:
         """Forward a record off its tenant's home partition there (True), keeping its id,
@@ -1040,7 +1042,8 @@ class Router:
                 case Respond():
                     self._finish_request(effect.terminal.request_id)
                 case Resend() if effect.terminal.request_id in self.answering:
-                    self._also_reply_to(effect.terminal)  # once its answer is recorded
+                    # once its answer is recorded
+                    self._also_reply(effect.terminal.request_id, effect.terminal.reply_to)
                 case Resend():
                     await self._respond(effect.terminal)
 
@@ -1382,24 +1385,24 @@ class Router:
         done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
 
         def acked(f: asyncio.Future[Any]) -> None:
-            if f.cancelled() or f.exception() is None or done.done():
+            err = None if f.cancelled() else f.exception()
+            if err is None or done.done():
                 _chain(f, done)
             else:
-                failed = self._or_default(f.exception(), terminal, value, headers)
-                asyncio.ensure_future(failed).add_done_callback(lambda g: _chain(g, done))
+                fallback = asyncio.ensure_future(self._or_default(err, terminal, value, headers))
+                fallback.add_done_callback(lambda g: _chain(g, done))
 
         ack.add_done_callback(acked)
         return done
 
     async def _or_default(
-        self, err: BaseException | None, terminal: Terminal, value: bytes, headers: Any
+        self, err: BaseException, terminal: Terminal, value: bytes, headers: Any
     ) -> Any:
         """A response to a client's topic failed (`err`): if the topic is gone it goes to
         the responses topic (its ack), else the failure stands (a broker failure)."""
         topic = terminal.reply_to or ""
         self._reply_ok.pop(topic, None)
         if await self._reply_topic_ok(topic):
-            assert err is not None
             raise err
         self._reply_elsewhere(terminal, topic, f"failed ({err})")
         key = terminal.request_id.encode()
@@ -1434,19 +1437,16 @@ class Router:
         )  # fmt: skip
 
     def _also_answer(self, req: IntakeRequest) -> None:
-        """A copy of a request in flight: if its sender listens elsewhere than the
-        first record's, its answer goes there too when it comes."""
+        """A copy of a request in flight (its tenant's: `_foreign` saw to that): if its
+        sender listens elsewhere than the first record's, its answer goes there too."""
         flight = self.state.inflight.get(req.request_id)
-        if flight is None or flight.tenant != req.tenant:
-            return
-        topic = req.reply_to or self.topics.responses
-        if topic != (flight.reply_to or self.topics.responses):
-            self.also_reply.setdefault(req.request_id, set()).add(topic)
+        default = self.topics.responses
+        if flight is not None and (req.reply_to or default) != (flight.reply_to or default):
+            self._also_reply(req.request_id, req.reply_to)
 
-    def _also_reply_to(self, terminal: Terminal) -> None:
-        self.also_reply.setdefault(terminal.request_id, set()).add(
-            terminal.reply_to or self.topics.responses
-        )
+    def _also_reply(self, request_id: str, reply_to: str | None) -> None:
+        """Answer `request_id` on `reply_to` too, once its answer is recorded."""
+        self.also_reply.setdefault(request_id, set()).add(reply_to or self.topics.responses)
 
     async def _answer_copies(self, copies: list[Terminal]) -> None:
         for copy in copies:

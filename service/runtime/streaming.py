@@ -239,12 +239,13 @@ class Relay:
             lost = first.exception() if first is not None and first.done() else None
             if lost is not None:
                 raise lost  # the stream's start is lost: send no more of it
-            readers = [(self.request_id, self.key, self.topic, self.partition)]
-            readers += [(rid, *where) for rid, where in self.followers.items()]
-            for rid, key, topic, partition in readers:
+            readers = [(self.request_id, self.key, self.topic, self.partition, headers)]
+            if self.followers:
+                followed = [*headers, _FOLLOWER]
+                readers += [(rid, *where, followed) for rid, where in self.followers.items()]
+            for rid, key, topic, partition, sent_with in readers:
                 ack = await self.producer.send(
-                    topic, chunk_record(rid, seq, chunk), key=key,
-                    headers=headers if rid == self.request_id else [*headers, _FOLLOWER],
+                    topic, chunk_record(rid, seq, chunk), key=key, headers=sent_with,
                     partition=partition, urgent=seq == 1,  # the first token: at once
                 )  # fmt: skip
                 self._acks.append(ack)
