@@ -259,8 +259,10 @@ class Router:
         self.unacked: dict[str, list[asyncio.Future[Any]]] = {}  # sent, ack not yet awaited
         self.positions: dict[str, list[Position]] = {}
         # a copy of a request in flight sent by another client (an SDK's retry through
-        # another gateway): where else its answer goes (kept in memory: lost on a restart)
-        self.also_reply: dict[str, set[str]] = {}
+        # another gateway): where else its answer goes, with the copies' intake positions,
+        # held (not committed) until the copy is answered: a router that dies first
+        # leaves the copy to come again to the next owner, which answers it
+        self.also_reply: dict[str, dict[str, list[Position]]] = {}
         self.answering: set[str] = set()  # requests whose answer is being recorded
         self.orphans: set[str] = set()
         # responses the last owner delivered for orphans it did not record as ended
@@ -862,11 +864,11 @@ class Router:
         self.positions.setdefault(req.request_id, []).append(pos)
         if decision.events:  # accepted: its span opens before its first event is published
             self.telemetry.start_request(req, record.headers, topic=record.topic)
-        await self._apply(decision, req.request_id, ctx.now_ms)
+        await self._apply(decision, req.request_id, ctx.now_ms, copy=pos)
         if not decision.events:  # a duplicate: the first record answers (or answered)
             if not decision.effects:
-                self._also_answer(req)
-            self._finish_one(req.request_id, pos)
+                self._also_answer(req, pos)
+            self._finish_one(req.request_id, pos)  # unless held until its copy is answered
         for event in decision.events:  # a streamed follower joins its leader's stream
             if isinstance(event, ev.RequestCoalesced) and req.stream:
                 relay = self.relays.get(event.leader_request_id)
@@ -1017,12 +1019,15 @@ class Router:
     def _ctx(self) -> Context:
         return Context(now_ms=self.clock.now_ms(), cfg=self.cfg, prices=self.prices.table)
 
-    async def _apply(self, decision: Decision, request_id: str, now: int) -> None:
+    async def _apply(
+        self, decision: Decision, request_id: str, now: int, copy: Position | None = None
+    ) -> None:
         """Fold the decision's events at `now` (the time it was decided at, also each
         event's `ce_time`, so replaying the log folds them at the same instant), then
         publish them and carry out the effects. A decision for a partition this router no
         longer owns is dropped, unfolded and unpublished (fencing: only the owner speaks
-        for a tenant; the new owner resumes the request from the log)."""
+        for a tenant; the new owner resumes the request from the log). `copy`: the intake
+        position of the record decided, when it is a resend."""
         if not self._fold(decision, request_id, now):
             return
         try:
@@ -1043,7 +1048,7 @@ class Router:
                     self._finish_request(effect.terminal.request_id)
                 case Resend() if effect.terminal.request_id in self.answering:
                     # once its answer is recorded
-                    self._also_reply(effect.terminal.request_id, effect.terminal.reply_to)
+                    self._also_reply(effect.terminal.request_id, effect.terminal.reply_to, copy)
                 case Resend():
                     await self._respond(effect.terminal)
 
@@ -1115,9 +1120,9 @@ class Router:
             # answered): answered once the answer is recorded, and on their own: a copy's
             # topic that is gone fails only that copy
             copies = [
-                msgspec.structs.replace(r.terminal, reply_to=topic)
+                (msgspec.structs.replace(r.terminal, reply_to=topic), held)
                 for r in responds
-                for topic in self.also_reply.pop(r.terminal.request_id, ())
+                for topic, held in self.also_reply.pop(r.terminal.request_id, {}).items()
             ]
             if copies:
                 self._spawn(self._answer_copies(copies))
@@ -1436,20 +1441,26 @@ class Router:
             topic, terminal.request_id, why, self.topics.responses,
         )  # fmt: skip
 
-    def _also_answer(self, req: IntakeRequest) -> None:
+    def _also_answer(self, req: IntakeRequest, pos: Position) -> None:
         """A copy of a request in flight (its tenant's: `_foreign` saw to that): if its
         sender listens elsewhere than the first record's, its answer goes there too."""
         flight = self.state.inflight.get(req.request_id)
         default = self.topics.responses
         if flight is not None and (req.reply_to or default) != (flight.reply_to or default):
-            self._also_reply(req.request_id, req.reply_to)
+            self._also_reply(req.request_id, req.reply_to, pos)
 
-    def _also_reply(self, request_id: str, reply_to: str | None) -> None:
-        """Answer `request_id` on `reply_to` too, once its answer is recorded."""
-        self.also_reply.setdefault(request_id, set()).add(reply_to or self.topics.responses)
+    def _also_reply(self, request_id: str, reply_to: str | None, pos: Position | None) -> None:
+        """Answer `request_id` on `reply_to` too, once its answer is recorded; the copy's
+        record (`pos`) is done, and may be committed, once that answer is sent."""
+        topics = self.also_reply.setdefault(request_id, {})
+        held = topics.setdefault(reply_to or self.topics.responses, [])
+        positions = self.positions.get(request_id, [])
+        if pos is not None and pos in positions:
+            positions.remove(pos)
+            held.append(pos)
 
-    async def _answer_copies(self, copies: list[Terminal]) -> None:
-        for copy in copies:
+    async def _answer_copies(self, copies: list[tuple[Terminal, list[Position]]]) -> None:
+        for copy, held in copies:
             try:
                 await self._respond(copy)
             except Exception as err:  # its client went away with its topic: it alone
@@ -1457,10 +1468,14 @@ class Router:
                     "could not answer a copy of %s on %s: %s",
                     copy.request_id, copy.reply_to, err,
                 )  # fmt: skip
+            for pos in held:
+                self._finish(pos)
 
     def _finish_request(self, request_id: str) -> None:
         """The request has its terminal event and response: its records are done."""
-        self.also_reply.pop(request_id, None)
+        for held in self.also_reply.pop(request_id, {}).values():  # fenced: not answered
+            for pos in held:  # here; their records come again to the partition's owner
+                self._finish(pos)
         for pos in self.positions.pop(request_id, []):
             self._finish(pos)
         self.bodies.pop(request_id, None)

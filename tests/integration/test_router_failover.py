@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ import httpx
 import msgspec
 import pytest
 from aiokafka import TopicPartition
+from aiokafka.admin import NewTopic
 from aiokafka.errors import KafkaError
 
 from tests.integration.test_router import (
@@ -29,6 +31,7 @@ from tests.integration.test_router import (
 )
 from turnout.service.core import events as ev
 from turnout.service.kafka.settings import KafkaSettings, Topics
+from turnout.service.kafka.topics import admin_client
 from turnout.service.runtime.router import Router, StateDiverged, home_partition
 from turnout.service.upstream.simulator import SimulatorOptions, parse_scenario, start_in_thread
 from turnout.service.upstream.simulator.server import RunningSimulator
@@ -343,3 +346,47 @@ async def test_a_router_stopped_by_a_fault_while_every_slot_is_taken_stops_at_on
         finally:
             stop.set()
             await asyncio.wait_for(task, 60)
+
+
+async def test_a_copy_from_another_client_is_answered_by_the_next_router_if_this_one_dies(
+    kafka_settings: KafkaSettings, kafka_topics: Topics
+) -> None:
+    """An SDK's retry through a second gateway (same id, that gateway's reply topic) comes
+    while the request runs. The router answers the first gateway, then dies before it
+    answers the copy. The copy's record is not committed until its answer is sent, so
+    the next router gets it again and answers it from the log, without a second upstream
+    call. It used to be committed with the request's record, and the second gateway
+    waited out its timeout."""
+    first_topic = f"{kafka_topics.requests}.gw-a"
+    second_topic = f"{kafka_topics.requests}.gw-b"
+    async with admin_client(kafka_settings) as admin:
+        await admin.create_topics([NewTopic(first_topic, 1, 1), NewTopic(second_topic, 1, 1)])
+    scenario = parse_scenario("latency_ms = 1500\n")
+    with start_in_thread(SimulatorOptions(scenario=scenario)) as sim:
+        cfg = config(kafka_settings, sim)
+        async with running(cfg, "first") as first:
+            first.drain_timeout_s = 1.0
+            real_respond = first._respond
+
+            async def respond(terminal: Any) -> None:
+                if terminal.reply_to == second_topic:
+                    await asyncio.sleep(3600)  # the router dies before this answer is sent
+                await real_respond(terminal)
+
+            first._respond = respond  # type: ignore[method-assign]
+            await produce(kafka_settings.bootstrap, kafka_topics.requests,
+                          [(b"acme", request("copy-1", reply_to=first_topic), None)])  # fmt: skip
+            await asyncio.sleep(0.5)  # the first record is on its way upstream
+            await produce(kafka_settings.bootstrap, kafka_topics.requests,
+                          [(b"acme", request("copy-1", reply_to=second_topic), None)])  # fmt: skip
+            (answer,) = await collect(kafka_settings.bootstrap, first_topic, 1, 30)
+            await asyncio.sleep(1.5)  # commits go on meanwhile
+        for task in list(first.tasks):
+            task.cancel()
+        assert await collect_until_quiet(kafka_settings.bootstrap, second_topic, 0.5) == []
+        async with running(cfg, "next"):
+            (copy,) = await collect(kafka_settings.bootstrap, second_topic, 1, 30)
+        calls = await _chat_calls(sim)
+    assert json.loads(copy.value) == json.loads(answer.value)
+    assert json.loads(copy.value)["request_id"] == "copy-1"
+    assert calls == 1
