@@ -46,6 +46,7 @@ from turnout.service.errors import TurnoutError
 
 __all__ = [
     "DERIVED_VERSION",
+    "ROW_GROUP_ROWS",
     "Archive",
     "LoadResult",
     "Published",
@@ -57,6 +58,9 @@ __all__ = [
 
 DERIVED_VERSION = 2  # 2: request_facts.skipped_open
 """Bump when a derived table (schema.sql) or derive.sql changes: they are rebuilt."""
+
+ROW_GROUP_ROWS = 122_880
+"""The rows of one DuckDB row group (its default `ROW_GROUP_SIZE`): the sink's batch size."""
 
 _EVENT_COLUMNS = (
     "id, type, time, tenant, request_id, source, trace_id, data, kafka_partition, kafka_offset"
