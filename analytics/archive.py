@@ -147,6 +147,7 @@ class Published:
     path: Path
     requests_folded: int
     seconds: float
+    fold_s: float = 0.0  # of `seconds`, the fold into the derived tables (`derive`)
 
 
 def _writer_lock(path: Path) -> IO[bytes]:
@@ -333,9 +334,10 @@ class Archive:
         """Derive, checkpoint and atomically replace the readers' snapshot."""
         started = time.monotonic()
         folded = self.derive()
+        derived = time.monotonic()
         self._con.execute("CHECKPOINT")
         copy_atomically(self.path, self.snapshot)
-        return Published(self.snapshot, folded, time.monotonic() - started)
+        return Published(self.snapshot, folded, time.monotonic() - started, derived - started)
 
     def close(self) -> None:
         self._con.close()
