@@ -11,7 +11,10 @@ about 6 events per request, real event structs, CloudEvents-encoded):
   checked by DuckDB, one transaction per batch, offset commits, derived
   tables and snapshots for readers) consumes them into a fresh archive.
   Reported: events/s from the first stored batch to the last (the group
-  join, 3-4 s on Tansu, is reported apart), and the final fold + snapshot.
+  join, 3-4 s on Tansu, is reported apart), and the final fold + snapshot;
+  then events/s until readers can see them all (that final publish included),
+  and the fetch side alone (the same consumer settings and column building,
+  no archive), which tells whether the fetch side or the writer holds it back.
   Event times are as dense as 100k/s, so the per-minute rollup works on
   real minutes.
 - direct: the same rows, decoded once beforehand, stored into another fresh
@@ -36,9 +39,11 @@ from engines import DEFAULT_ENGINES, brokers
 from rich.console import Console
 
 from turnout.analytics.archive import Archive
+from turnout.analytics.records import record_batch
 from turnout.analytics.rows import EventRow, KafkaPosition, record_row
 from turnout.analytics.sink import Reporter, Sink, SinkOptions
 from turnout.analytics.synthetic import envelopes, workload
+from turnout.service.kafka.consumer import GroupConsumer
 from turnout.service.kafka.settings import KafkaSettings
 from turnout.service.kafka.topics import ensure_topics
 from turnout.service.wire.cloudevents import encode
@@ -93,6 +98,7 @@ async def sink(
     archive.close()
     return {
         "events/s": (total - first_n) / (done_at - first_at),
+        "published events/s": (total - first_n) / (stopped_at - first_at),
         "window_s": done_at - first_at,
         "load events/s": (total - first_n) / load_s if load_s else 0.0,
         "publish_s": publish_s,
@@ -100,6 +106,30 @@ async def sink(
         "snapshots": runner.stats.snapshots,
         "stop_s": stopped_at - done_at,
     }
+
+
+async def fetch_side(settings: KafkaSettings, total: int, options: SinkOptions) -> float:
+    """The sink's fetch side alone: its consumer settings and `record_batch` on each
+    fetched chunk (on a thread, as the sink does), no archive: events/s."""
+    tuned = settings.replace(
+        max_partition_fetch_bytes=options.fetch_partition_bytes,
+        fetch_max_bytes=options.fetch_max_bytes,
+    )
+    consumer = GroupConsumer(tuned, [settings.topics.events], group_id="bench-fetch-side")
+    await consumer.start()
+    seen, first_at, first_n = 0, 0.0, 0
+    try:
+        while seen < total:
+            got = await consumer.getmany(timeout_ms=1000, max_records=options.max_batch_records)
+            chunk = [r for records in got.values() for r in records]
+            if chunk and not first_n:
+                first_at, first_n = time.perf_counter(), len(chunk)
+            if chunk:
+                await asyncio.to_thread(record_batch, chunk)
+            seen += len(chunk)
+        return (total - first_n) / (time.perf_counter() - first_at)
+    finally:
+        await consumer.stop()
 
 
 def direct(recs: list[Record], path: Path) -> dict[str, float]:
@@ -135,6 +165,7 @@ async def main(requests: int, options: SinkOptions, engines: str) -> None:
                 produced = await produce(settings, recs)
                 archive = workdir / f"sink-{name}.duckdb"
                 result = await sink(settings, archive, len(recs), options)
+                result["fetch events/s"] = await fetch_side(settings, len(recs), options)
                 results.append((name, produced, result, archive.stat().st_size / 1e6))
         baseline = await asyncio.to_thread(direct, recs, workdir / "direct.duckdb")
     finally:
@@ -146,6 +177,12 @@ async def main(requests: int, options: SinkOptions, engines: str) -> None:
             f"{produced:,.0f}/s; group join {result['join_s']:.1f} s, "
             f"{result['snapshots']:.0f} snapshots, final fold+snapshot {result['stop_s']:.2f} s, "
             f"archive {size_mb:,.0f} MB)"
+        )
+        print(
+            f"  stored and published (readers see every event, the final publish "
+            f"included): {result['published events/s']:,.0f} events/s; "
+            f"the fetch side alone (consumer + column building, no archive): "
+            f"{result['fetch events/s']:,.0f} events/s"
         )
         print(
             f"  of its {result['window_s']:.1f} s window the writer spent "
