@@ -82,6 +82,7 @@ __all__ = [
     "IntakeRequest",
     "Resend",
     "Respond",
+    "Streamed",
     "Wait",
     "admission_key",
     "decide_cancel",
@@ -158,6 +159,7 @@ def decide_intake(
     cached_response: dict[str, Any] | None = None,
     cache_key: str | _Unset | None = _UNSET,
     resume: bool = False,
+    streamed: Streamed | None = None,
 ) -> Decision:
     """A new intake record: answer a duplicate from state; else admit it (rate limits),
     answer it from the cache, join an identical request in flight, or reserve its
@@ -168,7 +170,8 @@ def decide_intake(
     `cache_key`: `admission_key(req, ctx.cfg)` when the shell has computed it already.
     `resume`: the request is in flight in the state but no process works on it (its
     router died): start it again where it stands, without admitting, reserving or
-    counting it a second time."""
+    counting it a second time. `streamed`: for such a request whose stream had begun,
+    what its chunk records on the reply topic say was streamed (charged as it ends)."""
     done = state.finished.get(req.request_id)
     if done is not None:
         if state.intake.get(req.request_id) == (req.intake_partition, req.intake_offset):
@@ -190,7 +193,7 @@ def decide_intake(
         return Decision(events=[], effects=[Resend(terminal=expired)])
     flight = state.inflight.get(req.request_id)
     if flight is not None:
-        return _resume(state, flight, ctx) if resume else Decision(events=[], effects=[])
+        return _resume(state, flight, ctx, streamed) if resume else Decision(events=[], effects=[])
     key = admission_key(req, ctx.cfg) if isinstance(cache_key, _Unset) else cache_key
     lookup: caching.Lookup | None = None
     if key is not None:
@@ -223,9 +226,21 @@ def decide_intake(
     return _route_and_start(state, req, ctx, key, looked)
 
 
-def _resume(state: RouterState, flight: InFlight, ctx: Context) -> Decision:
+class Streamed(msgspec.Struct, frozen=True, kw_only=True):
+    """What a router that died mid-stream had streamed, read back from the reply topic
+    by the next owner: chunk records, and the usage and cost estimated from them."""
+
+    chunks: int
+    usage: ev.Usage
+    cost_micros: int
+
+
+def _resume(
+    state: RouterState, flight: InFlight, ctx: Context, streamed: Streamed | None = None
+) -> Decision:
     """Re-route an orphaned request and start its next attempt (a follower keeps waiting
-    while its leader is in flight)."""
+    while its leader is in flight). One whose stream had begun ends `partial`, charged
+    for what was streamed (`streamed`, estimated; nothing when unknown)."""
     leader = cache_index(state, flight.tenant).leader_of(flight.request_id)
     if leader is not None and leader in state.inflight:
         return Decision(events=[], effects=[])
@@ -237,8 +252,13 @@ def _resume(state: RouterState, flight: InFlight, ctx: Context) -> Decision:
                     flight.errors),
             partial=True, model=flight.model,
         )  # fmt: skip
-        released = settle(state, flight, None, ctx)
-        return Decision(events=[*released, terminal], effects=[Respond(terminal=terminal)])
+        if streamed is not None:
+            terminal = msgspec.structs.replace(
+                terminal, usage=streamed.usage, cost_micros=streamed.cost_micros,
+                stream=ev.StreamStats(chunks=streamed.chunks, usage_estimated=True),
+            )  # fmt: skip
+        charged = settle(state, flight, streamed.cost_micros if streamed else None, ctx)
+        return Decision(events=[*charged, terminal], effects=[Respond(terminal=terminal)])
     pinned = flight.order[0] if flight.order else None
     route, decided = _route(state, ctx, request=flight, pinned=pinned)
     moved = msgspec.structs.replace(flight, order=route.order, index=0)

@@ -23,8 +23,10 @@ Rules:
   twice, never lost.
 - A stream's chunk records are not its answer. An orphan with chunk records and no
   last record had begun streaming (its first-token event may not have reached the
-  log): it is found as `{STREAM_BEGUN: True}`, so its next owner ends it `partial`
-  and never streams it again from `seq` 1.
+  log): it is found as `{STREAM_BEGUN: True, STREAMED_CHARS: n, STREAMED_CHUNKS: k}`
+  (the output characters and chunk records the client was sent, each `seq` counted
+  once), so its next owner ends it `partial`, charged for what was streamed, and never
+  streams it again from `seq` 1.
 - Pure reading: nothing is written, no group is joined.
 """
 
@@ -42,10 +44,12 @@ from turnout.service.core.partitioning import murmur2
 from turnout.service.kafka.consumer import Reader, TopicPartition
 from turnout.service.kafka.settings import KafkaSettings
 from turnout.service.kafka.topics import existing_topics
-from turnout.service.wire.stream import STREAM_HEADER
+from turnout.service.wire.stream import STREAM_HEADER, delta_chars
 
 __all__ = [
     "SKEW_MS",
+    "STREAMED_CHARS",
+    "STREAMED_CHUNKS",
     "STREAM_BEGUN",
     "Orphan",
     "find_delivered",
@@ -110,7 +114,7 @@ async def _scan(
     ids: Mapping[TopicPartition, set[str]],
 ) -> dict[str, dict[str, Any]]:
     found: dict[str, dict[str, Any]] = {}
-    begun: set[str] = set()
+    begun: dict[str, dict[int, int]] = defaultdict(dict)  # request id -> seq -> chars
     async with Reader(settings, starts) as reader:
         begin = await reader.offsets_for_times(starts)
         ends = await reader.end_offsets(list(starts))
@@ -125,7 +129,8 @@ async def _scan(
                     key = record.key.decode("utf-8", "replace") if record.key else None
                     if record.offset < ends[tp] and key in ids[tp] and key not in found:
                         if _is_chunk(record.headers):  # a stream's chunk, not its answer
-                            begun.add(key)
+                            seq, chars = _chunk_chars(record.value)
+                            begun[key][seq] = chars
                             continue
                         doc = _document(record.value)
                         if doc is not None and doc.get("request_id") == key:
@@ -133,13 +138,29 @@ async def _scan(
             for tp in list(left):
                 if await reader.position(tp) >= ends[tp]:
                     left.discard(tp)
-    for rid in begun - found.keys():  # chunks went out but no last record: it had begun
-        found[rid] = {"request_id": rid, STREAM_BEGUN: True}
+    for rid in begun.keys() - found.keys():  # chunks went out, no last record: it had begun
+        found[rid] = {
+            "request_id": rid, STREAM_BEGUN: True,
+            STREAMED_CHARS: sum(begun[rid].values()), STREAMED_CHUNKS: len(begun[rid]),
+        }  # fmt: skip
     return found
 
 
 STREAM_BEGUN: Final = "_turnout_stream_begun"
 """Marks a request found with chunk records on its reply topic and no last record."""
+STREAMED_CHARS: Final = "_turnout_streamed_chars"
+STREAMED_CHUNKS: Final = "_turnout_streamed_chunks"
+
+
+def _chunk_chars(value: bytes | None) -> tuple[int, int]:
+    """A chunk record's `seq` and the output characters it carried ((-1, 0): unreadable)."""
+    doc = _document(value)
+    if doc is None:
+        return -1, 0
+    seq, chunk = doc.get("seq"), doc.get("chunk")
+    if not isinstance(seq, int) or not isinstance(chunk, dict):
+        return -1, 0
+    return seq, delta_chars(chunk)
 
 
 def _is_chunk(headers: Any) -> bool:

@@ -68,6 +68,7 @@ from turnout.service.core.request import (
     IntakeRequest,
     Resend,
     Respond,
+    Streamed,
     Wait,
     admission_key,
     decide_cancel,
@@ -93,7 +94,14 @@ from turnout.service.kafka.topics import (
 )
 from turnout.service.runtime import snapshots
 from turnout.service.runtime.cachecodec import CacheCodecError, default_codec
-from turnout.service.runtime.deliveries import STREAM_BEGUN, Orphan, find_delivered, reply_partition
+from turnout.service.runtime.deliveries import (
+    STREAM_BEGUN,
+    STREAMED_CHARS,
+    STREAMED_CHUNKS,
+    Orphan,
+    find_delivered,
+    reply_partition,
+)
 from turnout.service.runtime.streaming import CutShort, Relay, StaleAttempt, replay
 from turnout.service.telemetry import Telemetry
 from turnout.service.upstream import client as upstream
@@ -842,11 +850,13 @@ class Router:
         resume = req.request_id in self.orphans
         self.orphans.discard(req.request_id)
         delivered = self.delivered.pop(req.request_id, None)
+        streamed = None
         if delivered is not None and delivered.get(STREAM_BEGUN):  # its chunks went out
-            delivered = None
             if resume:
                 await self._stream_begun(req.request_id)
                 ctx = self._ctx()
+                streamed = self._streamed(req, delivered)
+            delivered = None
         if delivered is not None and (resume or req.request_id not in self.state.inflight):
             terminal = terminal_from_response(delivered, reply_to=req.reply_to)
             p, o = req.intake_partition, req.intake_offset
@@ -855,8 +865,9 @@ class Router:
         else:
             key, answer = self._cached(req, ctx)
             decision = decide_intake(
-                self.state, req, ctx, cached_response=answer, cache_key=key, resume=resume
-            )
+                self.state, req, ctx, cached_response=answer, cache_key=key, resume=resume,
+                streamed=streamed,
+            )  # fmt: skip
         if any(isinstance(e, Call) for e in decision.effects) or not decision.effects:
             self.bodies.setdefault(req.request_id, {"messages": req.messages, **req.params})
         if req.stream:
@@ -1301,6 +1312,25 @@ class Router:
         )
         await self._apply(decision, request_id, ctx.now_ms)
 
+    def _streamed(self, req: IntakeRequest, delivered: dict[str, Any]) -> Streamed | None:
+        """What an orphan's dead router had streamed (its chunk records on the reply topic),
+        as the usage and cost its request is charged: estimated as for any stream cut
+        before the upstream reported its usage (4 characters a token)."""
+        flight = self.state.inflight.get(req.request_id)
+        if flight is None or flight.model is None:
+            return None
+        prompt = estimate_tokens(req.messages or [])
+        completion = -(-int(delivered.get(STREAMED_CHARS) or 0) // 4)
+        usage = ev.Usage(
+            prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
+        )
+        price = self.prices.price(flight.model)
+        if price is None:
+            price = self._default_price(flight.model, flight.tenant)
+        cost = call_cost_micros(None, price, prompt, completion)
+        chunks = int(delivered.get(STREAMED_CHUNKS) or 0)
+        return Streamed(chunks=chunks, usage=usage, cost_micros=cost)
+
     async def _first_token(self, call: Call, ttft_ms: float) -> bool:
         """Record an attempt's first token (closing its first-token gate); False if stale."""
         ctx = self._ctx()
@@ -1341,7 +1371,8 @@ class Router:
         reported = None if call.model in self.configured_prices else r.cost_usd
         price = self.prices.price(call.model)
         if reported is None and price is None and usage.total_tokens:
-            price = self._default_price(call)
+            flight = self.state.inflight.get(call.request_id)
+            price = self._default_price(call.model, flight.tenant if flight else "default")
         cost = call_cost_micros(reported, price, usage.prompt_tokens, usage.completion_tokens)
         return CallResult(
             model=call.model, attempt=call.attempt, ok=r.ok, latency_ms=r.latency_ms,
@@ -1350,17 +1381,16 @@ class Router:
             message=r.message or "", retry_after_ms=r.retry_after_ms, slow=r.slow,
         )  # fmt: skip
 
-    def _default_price(self, call: Call) -> Price:
+    def _default_price(self, model: str, tenant: str) -> Price:
         """A model with no price anywhere and no reported cost is charged at its tenant's
         `default_price_per_mtok` (as its reservation was), and said once per model."""
-        flight = self.state.inflight.get(call.request_id)
-        limits = self.cfg.tenant(flight.tenant if flight is not None else "default")
-        if call.model not in self._unpriced:
-            self._unpriced.add(call.model)
+        limits = self.cfg.tenant(tenant)
+        if model not in self._unpriced:
+            self._unpriced.add(model)
             log.warning(
                 "no price for %s (provider %s) and no cost reported: charging the tenant's "
                 "default_price_per_mtok (%g USD); set [providers.<name>.prices] to fix",
-                call.model, self.upstream.provider(call.model), limits.default_price_per_mtok,
+                model, self.upstream.provider(model), limits.default_price_per_mtok,
             )  # fmt: skip
         per_token = limits.default_price_per_mtok / 1e6
         return Price(prompt=per_token, completion=per_token)

@@ -24,6 +24,7 @@ from tests.integration.test_router import (
     of_type,
     read_events,
     running,
+    until,
 )
 from turnout.service.client import AsyncTurnout, StreamFailed
 from turnout.service.clock import SystemClock
@@ -37,7 +38,7 @@ from turnout.service.runtime.streaming import Relay
 from turnout.service.upstream.simulator import SimulatorOptions, parse_scenario
 from turnout.service.upstream.simulator import start_in_thread as start_simulator
 from turnout.service.upstream.simulator.server import RunningSimulator
-from turnout.service.wire.stream import SEQ_HEADER, STREAM_HEADER
+from turnout.service.wire.stream import SEQ_HEADER, STREAM_HEADER, delta_chars
 
 SCENARIO = """
 [[rule]]
@@ -483,7 +484,9 @@ async def test_a_router_that_dies_mid_stream_before_its_first_token_is_logged_st
     """The first chunk goes out before its first-token event is acked. Here that event
     never reaches the log and the router dies mid-stream: the next owner finds the
     stream's chunks on the reply topic and ends it partial; it never streams it again
-    from seq 1 (a client would see two answers spliced into one)."""
+    from seq 1 (a client would see two answers spliced into one). What was streamed
+    (the upstream bills it) is charged to the tenant, estimated from those chunks, as
+    for any stream cut short: it used to be released, as if nothing had been spent."""
     from turnout.service.runtime.router import StateDiverged
 
     cfg = gateway_config(kafka_settings, simulator)
@@ -496,16 +499,33 @@ async def test_a_router_that_dies_mid_stream_before_its_first_token_is_logged_st
             first._first_token = unrecorded  # type: ignore[method-assign]
             stream = await turnout.stream(PROMPT, tenant="acme", task_type="slow")
             records = stream.raw()
-            seqs = [(await anext(records))[0]]
+            seq, chunk = await anext(records)
+            seqs, chars = [seq], delta_chars(json.loads(chunk))
             first._fail_fatally(StateDiverged("injected: the router dies mid-stream"))
-        async with running(cfg, "next"):
+        async with running(cfg, "next") as nxt:
             with pytest.raises(StreamFailed) as ended:
-                async for seq, _ in records:
+                async for seq, chunk in records:
                     seqs.append(seq)
+                    chars += delta_chars(json.loads(chunk))
+            await until(lambda: "acme" in nxt.state.budgets and not nxt.state.inflight, 30)
+            spent = nxt.state.budgets["acme"].spent
+    rid = stream.request_id
+    envs = await read_events(
+        kafka_settings.bootstrap, kafka_settings.topics.events,
+        lambda es: any(e.type == "turnout.request.failed" and e.data.request_id == rid
+                       for e in es),
+    )  # fmt: skip
+    charged = [e.data.amount_micros for e in envs if e.type == "turnout.budget.charged"
+               and e.data.request_id == rid]  # fmt: skip
+    response = ended.value.response
     assert seqs == list(range(1, len(seqs) + 1))  # never from 1 again
-    assert ended.value.response["partial"] is True
-    assert ended.value.response["error"]["code"] == "upstream_stream_error"
+    assert response["partial"] is True
+    assert response["error"]["code"] == "upstream_stream_error"
     assert sim_streams(simulator)["completed"] == 0  # nobody streamed it again to the end
+    assert chars > 0 and response["usage"]["completion_tokens"] == -(-chars // 4)
+    assert response["cost_usd"] > 0
+    assert charged == [round(response["cost_usd"] * 1_000_000)]
+    assert set(spent.values()) == {charged[0]}
 
 
 async def test_a_first_token_the_log_refuses_stops_the_router_and_the_stream_runs_once(

@@ -18,6 +18,7 @@ from turnout.service.core.request import (
     CallResult,
     Context,
     Respond,
+    Streamed,
     Wait,
     decide_first_token,
     decide_intake,
@@ -239,6 +240,24 @@ def test_a_stream_whose_router_died_after_its_first_token_ends_partial_on_resume
     assert isinstance(respond, Respond)
     assert isinstance(respond.terminal, ev.RequestFailed) and respond.terminal.partial
     assert respond.terminal.code == "upstream_stream_error"
+    assert not [e for e in decision.events if isinstance(e, ev.BudgetCharged)]  # unknown
+
+
+def test_what_a_dead_routers_stream_sent_is_charged_when_it_is_ended() -> None:
+    state = RouterState()
+    rid = _started(state)
+    _apply(state, decide_first_token(state, rid, "a/one", 1, 5.0, _ctx()).events)
+    req = msgspec.structs.replace(request(rid), stream=True)
+    usage = ev.Usage(prompt_tokens=3, completion_tokens=5, total_tokens=8)
+    streamed = Streamed(chunks=2, usage=usage, cost_micros=17)
+    decision = decide_intake(state, req, _ctx(1_000_500), resume=True, streamed=streamed)
+    (respond,) = decision.effects
+    assert isinstance(respond, Respond) and isinstance(respond.terminal, ev.RequestFailed)
+    terminal = respond.terminal
+    assert (terminal.usage, terminal.cost_micros) == (usage, 17)
+    assert terminal.stream is not None and terminal.stream.usage_estimated
+    charged = [e for e in decision.events if isinstance(e, ev.BudgetCharged)]
+    assert sum(e.amount_micros for e in charged) == 17
 
 
 # --------------------------------------------------------------------------- cancel
