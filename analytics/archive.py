@@ -56,7 +56,7 @@ __all__ = [
     "view_names",
 ]
 
-DERIVED_VERSION = 2  # 2: request_facts.skipped_open
+DERIVED_VERSION = 3  # 2: request_facts.skipped_open; 3: usage and cost of every terminal
 """Bump when a derived table (schema.sql) or derive.sql changes: they are rebuilt."""
 
 ROW_GROUP_ROWS = 122_880

@@ -65,14 +65,12 @@ SELECT
     any_value(d.leader_request_id) FILTER (WHERE type = 'turnout.request.coalesced')
         AS leader_request_id,
     arg_min(d.latency_ms, time) FILTER (WHERE terminal) AS latency_ms,
-    arg_min(d.usage.prompt_tokens, time) FILTER (WHERE type = 'turnout.request.completed')
-        AS prompt_tokens,
-    arg_min(d.usage.completion_tokens, time) FILTER (WHERE type = 'turnout.request.completed')
-        AS completion_tokens,
-    arg_min(d.usage.total_tokens, time) FILTER (WHERE type = 'turnout.request.completed')
-        AS total_tokens,
-    arg_min(d.cost_micros, time) FILTER (WHERE type = 'turnout.request.completed')
-        AS cost_micros,
+    -- what the request used and was charged: its terminal's (a stream that failed after
+    -- its first token or was cancelled is charged for what was streamed, too)
+    arg_min(d.usage.prompt_tokens, time) FILTER (WHERE terminal) AS prompt_tokens,
+    arg_min(d.usage.completion_tokens, time) FILTER (WHERE terminal) AS completion_tokens,
+    arg_min(d.usage.total_tokens, time) FILTER (WHERE terminal) AS total_tokens,
+    arg_min(d.cost_micros, time) FILTER (WHERE terminal) AS cost_micros,
     any_value(d.saved_cost_micros) FILTER (WHERE type = 'turnout.cache.hit')
         AS saved_cost_micros
 FROM e

@@ -15,7 +15,8 @@ add no row to the `requests` view. `workload(..., kinds=ALL_KINDS)` mixes
 them in; the default output never changes. `ROUTE_KINDS` are told only when
 asked for by name (`story`): the preferred model skipped for an open
 breaker (a fallback before any attempt), or over a price cap (policy). So are
-`STREAM_KINDS`: a streamed answer (first token after 120 ms, 40 tokens in 2 s).
+`STREAM_KINDS`: a streamed answer (first token after 120 ms, 40 tokens in 2 s), one
+that failed after 9 tokens (`partial`, charged for them) and one cancelled after 9.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ EXTRA_KINDS = ("cache_miss", "budget_warned", "budget_rejected", "evicted", "ale
 ALL_KINDS = KINDS + EXTRA_KINDS
 REQUESTLESS = ("evicted", "alert_firing")
 ROUTE_KINDS = ("skipped_open", "skipped_price")
-STREAM_KINDS = ("streamed",)
+STREAM_KINDS = ("streamed", "stream_cut", "stream_cancelled")
 _USAGE = Usage(prompt_tokens=12, completion_tokens=40, total_tokens=52)
 _COST = 210
 _RESPONSE = {
@@ -227,6 +228,52 @@ def _streamed(rid: str, t: str) -> list[Event]:
     ]  # fmt: skip
 
 
+_CUT_USAGE = Usage(prompt_tokens=12, completion_tokens=9, total_tokens=21)
+_CUT_COST = 47
+
+
+def _stream_stopped(cancelled: bool) -> Callable[[str, str], list[Event]]:
+    """A stream stopped after 9 tokens: failed upstream (`partial`) or cancelled; either
+    way charged for what was streamed."""
+
+    def tell(rid: str, t: str) -> list[Event]:
+        r = _r(rid, t)
+        accepted, *rest = _accepted(rid, t)
+        assert isinstance(accepted, ev.RequestAccepted)
+        model = MODELS[0]
+        stats = ev.StreamStats(chunks=2, ttft_ms=STREAM_TTFT_MS, usage_estimated=True)
+        why = "cancel" if cancelled else "upstream"
+        stopped: list[Event] = [
+            ev.StreamCut(**r, model=model, attempt=1, why=why, completion_tokens=9),
+            ev.BudgetCharged(**r, amount_micros=_CUT_COST, day="2026-01-01", month="2026-01"),
+        ]
+        if cancelled:
+            stopped.append(ev.RequestCancelled(
+                **r, reason="client_disconnected", attempts=1, latency_ms=600.0, model=model,
+                usage=_CUT_USAGE, cost_micros=_CUT_COST, stream=stats,
+            ))  # fmt: skip
+        else:
+            stopped[:0] = [ev.AttemptFailed(
+                **r, model=model, attempt=1, status=200, error_class="upstream_stream_error",
+                message="cut", latency_ms=600.0, retryable=False, breaker_failure=True,
+                fallback=False,
+            )]  # fmt: skip
+            stopped.append(ev.RequestFailed(
+                **r, code="upstream_stream_error", message="cut", attempts=1, latency_ms=600.0,
+                errors=[ev.CandidateError(model=model, code="upstream_stream_error",
+                                          message="cut")],
+                partial=True, model=model, usage=_CUT_USAGE, cost_micros=_CUT_COST, stream=stats,
+            ))  # fmt: skip
+        return [
+            msgspec.structs.replace(accepted, stream=True), *rest,
+            ev.AttemptStarted(**r, model=model, attempt=1, model_attempt=1),
+            ev.StreamFirstToken(**r, model=model, attempt=1, ttft_ms=STREAM_TTFT_MS),
+            *stopped,
+        ]  # fmt: skip
+
+    return tell
+
+
 def _cached(rid: str, t: str) -> list[Event]:
     r = _r(rid, t)
     hit = ev.CacheHit(**r, cache_key=f"k-{rid}", model=MODELS[0], stored_at_ms=1,
@@ -342,6 +389,8 @@ _STORIES: dict[str, Callable[[str, str], list[Event]]] = {
     "skipped_open": _skipped("breaker_open"),
     "skipped_price": _skipped("over_price"),
     "streamed": _streamed,
+    "stream_cut": _stream_stopped(cancelled=False),
+    "stream_cancelled": _stream_stopped(cancelled=True),
 }
 
 

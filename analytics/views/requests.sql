@@ -6,7 +6,10 @@
 -- request, was tried last); fallbacks counts model switches, and the
 -- candidates ahead of the first model tried that were skipped for an open
 -- breaker; retries the attempts on the same model again; minute is the minute the request counts
--- in for requests_per_minute (finished, else started).
+-- in for requests_per_minute (finished, else started). Tokens and cost are what the
+-- request used and was charged, from its terminal event: a completed request's, and
+-- a stream that failed after its first token (partial) or was cancelled is charged
+-- for what was streamed; 0 for another failure, NULL when rejected or dead-lettered.
 CREATE OR REPLACE VIEW requests AS
 WITH f AS (
     SELECT *, list_transform(list_sort(tried), lambda t: t.model) AS tried_models

@@ -35,6 +35,7 @@ TERMINAL = {
     ev.RequestFailed: "failed",
     ev.RequestRejected: "rejected",
     ev.RequestDeadlettered: "deadlettered",
+    ev.RequestCancelled: "cancelled",
 }
 
 
@@ -175,9 +176,9 @@ def expected_request(story: Story) -> dict[str, Any]:
         "cached": any(isinstance(e, ev.CacheHit) for e in story.events),
         "coalesced": any(isinstance(e, ev.RequestCoalesced) for e in story.events),
         "latency_ms": getattr(end, "latency_ms", None),
-        "total_tokens": done.usage.total_tokens if done else None,
-        "cost_micros": done.cost_micros if done else None,
-        "cost_usd": done.cost_micros / 1e6 if done else None,
+        "total_tokens": used.total_tokens if (used := getattr(end, "usage", None)) else None,
+        "cost_micros": (cost := getattr(end, "cost_micros", None)),
+        "cost_usd": cost / 1e6 if cost is not None else None,
     }
 
 
@@ -199,6 +200,31 @@ def test_requests_agree_with_the_raw_events_of_a_mixed_workload(path: Path) -> N
         s.tenant for s in stories if s.kind == "deadlettered"
     )
     assert {r["error_code"] for r in dead} == {"malformed_json"}
+
+
+def test_a_stream_cut_short_or_cancelled_shows_what_it_was_charged(path: Path) -> None:
+    """A stream that failed after its first token, or was cancelled, is charged for what
+    was streamed (`budget_charged`); `requests` and `requests_per_minute` showed no cost
+    and no tokens for it (only a completed request's), so spend in SQL fell short of
+    the budget ledger."""
+    kinds = ["streamed", "stream_cut", "stream_cancelled"]
+    stories = [synthetic.story(k, f"s-{i}", "acme") for i, k in enumerate(kinds)]
+    with Archive.open(path) as archive:
+        load(archive, rows_of(stories))
+    con = open_reader(path)
+    got = {r["request_id"]: r for r in query(con, "SELECT * FROM requests")}
+    for story in stories:
+        want = expected_request(story)
+        assert {k: got[story.request_id][k] for k in want} == want, story.kind
+    assert [got[f"s-{i}"]["outcome"] for i in range(3)] == ["completed", "failed", "cancelled"]
+    (ledger,) = con.execute(
+        "SELECT sum(amount_micros) FROM budget_ledger WHERE entry = 'charged'"
+    ).fetchone() or (None,)
+    (facts,) = con.execute("SELECT sum(cost_micros) FROM requests").fetchone() or (None,)
+    (minutes,) = con.execute("SELECT sum(cost_micros) FROM requests_per_minute").fetchone() or (
+        None,
+    )
+    assert facts == minutes == ledger == 210 + 47 + 47
 
 
 def test_a_first_choice_skipped_for_an_open_breaker_counts_as_a_fallback(path: Path) -> None:
