@@ -27,7 +27,8 @@ def _tiles(k: dict[str, Any], spark: dict[str, list[float]]) -> None:
         *(Tile(f"{label} latency", fmt.ms(k[column]), chart=spark[column], help=latency)
           for column, label in _LATENCY.items()),
         Tile("Cost", fmt.usd_short(k["cost_usd"]), exact=fmt.usd(k["cost_usd"]),
-             chart=spark["cost_usd"], help="Upstream cost of the answered requests."),
+             chart=spark["cost_usd"],
+             help="What the requests were charged: answers, and streams cut short or cancelled."),
     ])  # fmt: skip
 
 
