@@ -258,7 +258,8 @@ def _resume(
                 stream=ev.StreamStats(chunks=streamed.chunks, usage_estimated=True),
             )  # fmt: skip
         charged = settle(state, flight, streamed.cost_micros if streamed else None, ctx)
-        return Decision(events=[*charged, terminal], effects=[Respond(terminal=terminal)])
+        # its followers end with it: they had its chunks, and must not start over from seq 1
+        return with_followers(state, flight, terminal, [*charged, terminal], ctx)
     pinned = flight.order[0] if flight.order else None
     route, decided = _route(state, ctx, request=flight, pinned=pinned)
     moved = msgspec.structs.replace(flight, order=route.order, index=0)

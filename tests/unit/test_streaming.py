@@ -15,6 +15,7 @@ from turnout.service.core import events as ev
 from turnout.service.core.budget import completion_allowance
 from turnout.service.core.pricing import Price, cost_micros
 from turnout.service.core.request import (
+    Call,
     CallResult,
     Context,
     Respond,
@@ -241,6 +242,33 @@ def test_a_stream_whose_router_died_after_its_first_token_ends_partial_on_resume
     assert isinstance(respond.terminal, ev.RequestFailed) and respond.terminal.partial
     assert respond.terminal.code == "upstream_stream_error"
     assert not [e for e in decision.events if isinstance(e, ev.BudgetCharged)]  # unknown
+
+
+def test_a_follower_of_a_dead_routers_stream_ends_with_it_and_is_not_streamed_again() -> None:
+    """A coalesced follower had the leader's chunks as they went. When the next owner
+    ends the begun leader `partial`, the follower ends with it (not charged); it used to
+    stay in flight, and its own record, resumed, started a new upstream stream at seq 1."""
+    state = RouterState()
+    leader = msgspec.structs.replace(
+        request("s1"), stream=True, params={"temperature": 0},
+        messages=[{"role": "user", "content": "hi"}],
+    )  # fmt: skip
+    _apply(state, decide_intake(state, leader, _ctx()).events)  # cacheable: a key to share
+    rid = leader.request_id
+    follower = msgspec.structs.replace(leader, request_id="s2")
+    joined = decide_intake(state, follower, _ctx(1_000_001))
+    assert any(isinstance(e, ev.RequestCoalesced) for e in joined.events)
+    _apply(state, joined.events)
+    _apply(state, decide_first_token(state, rid, "a/one", 1, 5.0, _ctx()).events)
+    decision = decide_intake(state, leader, _ctx(1_000_500), resume=True)
+    ended = {e.terminal.request_id: e.terminal for e in decision.effects
+             if isinstance(e, Respond)}  # fmt: skip
+    assert set(ended) == {rid, "s2"}
+    assert isinstance(ended["s2"], ev.RequestFailed) and ended["s2"].cost_micros == 0
+    _apply(state, decision.events)
+    assert "s2" not in state.inflight
+    again = decide_intake(state, follower, _ctx(1_000_600), resume=True)
+    assert not any(isinstance(e, Call) for e in again.effects)  # never called again
 
 
 def test_what_a_dead_routers_stream_sent_is_charged_when_it_is_ended() -> None:
