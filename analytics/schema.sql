@@ -50,7 +50,7 @@ CREATE TABLE IF NOT EXISTS request_facts (
     started_at        TIMESTAMPTZ,           -- the request's first event
     finished_at       TIMESTAMPTZ,           -- its terminal event
     last_event_at     TIMESTAMPTZ,
-    terminal_type     VARCHAR,               -- turnout.request.<completed|failed|rejected|deadlettered>
+    terminal_type     VARCHAR,               -- turnout.request.<completed|failed|rejected|cancelled|deadlettered>
     error_code        VARCHAR,
     final_model       VARCHAR,
     tried             STRUCT(attempt INTEGER, model VARCHAR)[],
@@ -78,7 +78,7 @@ CREATE TABLE IF NOT EXISTS requests_per_minute (
     tenant            VARCHAR,
     task_type         VARCHAR,
     model             VARCHAR,               -- the final model
-    outcome           VARCHAR NOT NULL,      -- completed | failed | rejected | deadlettered | in_flight
+    outcome           VARCHAR NOT NULL,      -- completed | failed | rejected | cancelled | deadlettered | in_flight
     requests          BIGINT NOT NULL,
     cached            BIGINT NOT NULL,
     coalesced         BIGINT NOT NULL,

@@ -82,7 +82,10 @@ class SinkOptions:
     # the WAL, and whole, so the next checkpoint has nothing to rewrite. With 125,000 each
     # batch also left a 2,120-row group that the checkpoint merged by rewriting the batch:
     # 0.5 s per checkpoint at 125k events, 3.4 us of the writer's ~8 per event, and a file
-    # 1.7x as large (323 vs 193 MB at 1.17M events)
+    # 1.7x as large (323 vs 193 MB at 1.17M events). Only a full batch of new, readable
+    # events fills a row group: one with an unreadable record or a redelivered one (after
+    # a restart), or a batch cut short by `max_batch_wait_s`, goes through the WAL and
+    # costs its checkpoint that rewrite, as every batch did before
     max_batch_records: int = ROW_GROUP_ROWS
     max_batch_wait_s: float = 1.0
     # fetches of up to 8 MiB per partition: with aiokafka's 1 MiB the fetch side, not

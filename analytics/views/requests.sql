@@ -1,7 +1,7 @@
 -- One row per request: who asked, what was tried, how it ended, what it cost.
 -- Reads request_facts (a table the sink folds from events before each
 -- snapshot), so it never scans the event log. outcome is completed | failed |
--- rejected | deadlettered, or in_flight until the terminal event arrives.
+-- rejected | cancelled | deadlettered, or in_flight until the terminal event arrives.
 -- models_tried is in attempt order; final_model answered (or, for a failed
 -- request, was tried last); fallbacks counts model switches, and the
 -- candidates ahead of the first model tried that were skipped for an open
@@ -9,7 +9,8 @@
 -- in for requests_per_minute (finished, else started). Tokens and cost are what the
 -- request used and was charged, from its terminal event: a completed request's, and
 -- a stream that failed after its first token (partial) or was cancelled is charged
--- for what was streamed; 0 for another failure, NULL when rejected or dead-lettered.
+-- for what was streamed; another failure costs 0 (its tokens are NULL), and a
+-- rejected or dead-lettered request has neither (NULL).
 CREATE OR REPLACE VIEW requests AS
 WITH f AS (
     SELECT *, list_transform(list_sort(tried), lambda t: t.model) AS tried_models
