@@ -148,6 +148,7 @@ class Published:
     requests_folded: int
     seconds: float
     fold_s: float = 0.0  # of `seconds`, the fold into the derived tables (`derive`)
+    copy_s: float = 0.0  # ... and the copy to the readers' snapshot
 
 
 def _writer_lock(path: Path) -> IO[bytes]:
@@ -336,8 +337,12 @@ class Archive:
         folded = self.derive()
         derived = time.monotonic()
         self._con.execute("CHECKPOINT")
+        checkpointed = time.monotonic()
         copy_atomically(self.path, self.snapshot)
-        return Published(self.snapshot, folded, time.monotonic() - started, derived - started)
+        done = time.monotonic()
+        return Published(
+            self.snapshot, folded, done - started, derived - started, done - checkpointed
+        )
 
     def close(self) -> None:
         self._con.close()

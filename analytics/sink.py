@@ -11,13 +11,15 @@ once: at-least-once delivery + an idempotent archive = every event exactly once.
 Rules:
 - the main file has one writer: one sink per archive (a second one fails
   with a clear message); readers use the snapshot the sink publishes at most
-  every `min_publish_interval_s`, longer when publishing takes long
-  (`publish_cost_factor` x the last one's checkpoint and copy), see
-  `turnout.analytics.snapshot`. The fold into the derived tables is left out of
-  that: it costs the same per event however publishes are spaced, and counted
-  in, it spaced them ever further apart while the sink caught up (each wait
-  folded more events, which made the next publish longer and its wait longer
-  still: minutes between snapshots, and as long after the backlog was gone);
+  every `min_publish_interval_s`, longer when the snapshot copy takes long
+  (`publish_cost_factor` x the last copy, which grows with the archive), see
+  `turnout.analytics.snapshot`. The fold into the derived tables and the
+  checkpoint are left out of that: they cost about the same per event however
+  publishes are spaced (the checkpoint writes what came through the WAL since the
+  last one), and counted in, they spaced publishes ever further apart while the
+  sink caught up (each wait gathered more events, which made the next publish
+  longer and its wait longer still: minutes between snapshots, and as long
+  after the backlog was gone). A stop publishes only if something changed;
 - two tasks: one fetches the next batch and puts it in column form (each
   fetched chunk on a thread while the next is fetched) while the other has
   the archive's thread store the last one; batches are stored one
@@ -94,7 +96,7 @@ class SinkOptions:
     fetch_partition_bytes: int = 8 * 1_048_576
     fetch_max_bytes: int = 100 * 1_048_576
     min_publish_interval_s: float = 1.0
-    # checkpoints and snapshot copies take at most ~1/11 of the writer's time
+    # snapshot copies take at most ~1/11 of the writer's time
     publish_cost_factor: float = 10.0
     report_interval_s: float = 10.0
     gc_interval_s: float | None = 10.0  # None: leave Python's cyclic GC alone
@@ -268,7 +270,8 @@ class Sink:
             await self._publish()
             with _ManualGC(self.options.gc_interval_s) as self._gc:
                 await self._loop(consumer, stop)
-            await self._publish()
+            if self._dirty:  # else the snapshot holds everything: no copy of it again
+                await self._publish()
         finally:
             await consumer.stop()
         self.reporter.stop(self.stats)
@@ -370,7 +373,7 @@ class Sink:
     def _published(self, published: Published) -> None:
         self._dirty = False
         self._published_at = time.monotonic()
-        self._publish_cost = published.seconds - published.fold_s  # see the module's doc
+        self._publish_cost = published.copy_s  # the part spacing saves: the module's doc
         self.stats.snapshots += 1
         self.stats.publish_s += published.seconds
 

@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.structs import RecordMetadata
 from rich.console import Console
 
-from turnout.analytics.archive import open_reader
+from turnout.analytics.archive import open_reader, snapshot_path
 from turnout.analytics.sink import Reporter, SinkOptions, run_sink
 from turnout.analytics.synthetic import envelopes, workload
 from turnout.service.core.events import RawEvent
@@ -110,6 +110,29 @@ async def test_sink_stores_events_once_and_records_unreadable_ones(
         (topic, m.partition, m.offset, c) for m, c in zip(sent_bad, codes, strict=True)
     ]
     assert "events stored" in reporter.console.file.getvalue()  # type: ignore[attr-defined]
+
+
+async def test_a_sink_stopped_with_nothing_new_does_not_copy_the_archive_again(
+    kafka_settings: KafkaSettings, kafka_topics: Topics, tmp_path: Path
+) -> None:
+    """Stopping published a last snapshot always: a copy of the whole archive (seconds
+    per GB on ext4) even when the last snapshot held every event already."""
+    path = tmp_path / "turnout.duckdb"
+    ids, records = synthetic_records(30)
+    stop = asyncio.Event()
+    reporter = Reporter(Console(file=io.StringIO()), interval_s=1.0)
+    sink = asyncio.create_task(
+        run_sink(kafka_settings, path, stop=stop, options=FAST, reporter=reporter)
+    )
+    await produce(kafka_settings, records)
+    await wait_for(lambda: archived(path) == len(ids), 30, "every event in a snapshot")
+    await asyncio.sleep(0.5)  # the sink has seen its publish done (the file is renamed first)
+    snapshot = snapshot_path(path)
+    before = snapshot.stat().st_ino
+    stop.set()
+    await sink
+    assert snapshot.stat().st_ino == before  # not replaced by a copy of the same
+    assert archived(path) == len(ids)
 
 
 def start_sink(settings: KafkaSettings, path: Path, log: Path) -> subprocess.Popen[bytes]:
