@@ -233,6 +233,16 @@ class Offsets:
         return held
 
 
+def _estimated_usage(messages: list[dict[str, Any]] | None, chars: int) -> ev.Usage:
+    """A stream's usage when the upstream never reported it: the prompt's estimate, and
+    what was relayed at 4 characters a token."""
+    prompt = estimate_tokens(messages or [])
+    completion = -(-chars // 4)
+    return ev.Usage(
+        prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
+    )
+
+
 def _serves(cfg: Config, provider: str) -> Callable[[str], bool]:
     """Whether `provider` serves a model (its price table may price only those)."""
     return lambda model: provider_of(cfg, model) == provider
@@ -1254,11 +1264,7 @@ class Router:
             await relay.close()
         estimated = relay.opened and result.usage is None
         if estimated:  # cut short before the upstream said: count what was relayed
-            prompt = estimate_tokens(body.get("messages") or [])
-            completion = -(-relay.chars // 4)
-            usage = ev.Usage(
-                prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
-            )
+            usage = _estimated_usage(body.get("messages"), relay.chars)
             result = msgspec.structs.replace(result, usage=usage)
         stats = ev.StreamStats(chunks=relay.seq, ttft_ms=relay.ttft_ms, usage_estimated=estimated)
         cut = ("max_tokens" if body.get("max_tokens") else "budget") if relay.cut else None
@@ -1319,15 +1325,8 @@ class Router:
         flight = self.state.inflight.get(req.request_id)
         if flight is None or flight.model is None:
             return None
-        prompt = estimate_tokens(req.messages or [])
-        completion = -(-int(delivered.get(STREAMED_CHARS) or 0) // 4)
-        usage = ev.Usage(
-            prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
-        )
-        price = self.prices.price(flight.model)
-        if price is None:
-            price = self._default_price(flight.model, flight.tenant)
-        cost = call_cost_micros(None, price, prompt, completion)
+        usage = _estimated_usage(req.messages, int(delivered.get(STREAMED_CHARS) or 0))
+        cost = self._cost_micros(flight.model, flight.tenant, usage)
         chunks = int(delivered.get(STREAMED_CHUNKS) or 0)
         return Streamed(chunks=chunks, usage=usage, cost_micros=cost)
 
@@ -1369,17 +1368,26 @@ class Router:
         usage = r.usage or ev.Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
         # a price the operator configured for the model's provider wins over a reported cost
         reported = None if call.model in self.configured_prices else r.cost_usd
-        price = self.prices.price(call.model)
-        if reported is None and price is None and usage.total_tokens:
-            flight = self.state.inflight.get(call.request_id)
-            price = self._default_price(call.model, flight.tenant if flight else "default")
-        cost = call_cost_micros(reported, price, usage.prompt_tokens, usage.completion_tokens)
+        flight = self.state.inflight.get(call.request_id)
+        cost = self._cost_micros(
+            call.model, flight.tenant if flight else "default", usage, reported
+        )
         return CallResult(
             model=call.model, attempt=call.attempt, ok=r.ok, latency_ms=r.latency_ms,
             status=r.status, response=r.response, usage=usage, cost_micros=cost,
             generation_id=r.generation_id, error_class=r.error_class or "http_error",
             message=r.message or "", retry_after_ms=r.retry_after_ms, slow=r.slow,
         )  # fmt: skip
+
+    def _cost_micros(
+        self, model: str, tenant: str, usage: ev.Usage, reported: float | None = None
+    ) -> int:
+        """What `usage` of `model` costs: the cost the upstream reported, else the model's
+        price, else the tenant's default price."""
+        price = self.prices.price(model)
+        if reported is None and price is None and usage.total_tokens:
+            price = self._default_price(model, tenant)
+        return call_cost_micros(reported, price, usage.prompt_tokens, usage.completion_tokens)
 
     def _default_price(self, model: str, tenant: str) -> Price:
         """A model with no price anywhere and no reported cost is charged at its tenant's
