@@ -19,7 +19,18 @@ Rules:
   `requests_per_minute` rollup) are folded from the new events by `derive`
   (derive.sql) before each snapshot, so readers never scan every event to
   answer "how did requests go"; they are caches, rebuilt from `events`;
-- `publish` = derive + CHECKPOINT + a new snapshot for readers.
+- `publish` = derive + seal + CHECKPOINT + a new snapshot for readers;
+- sealing (`seal`) keeps the main file, and so each snapshot's copy, bounded
+  however old the archive grows: whole UTC days of events older than
+  `hot_hours` behind the newest event move to read-only part files (with the
+  `request_facts` and `requests_per_minute` rows of their minutes), listed in
+  `sealed_parts` in the same transaction that drops them here. A part file is
+  written and renamed into place first; one that a crash left unlisted is
+  written again by the next seal, and deleted by the next publish. Readers see
+  the union (`turnout.analytics.snapshot`). An event the sink gets again after
+  its day was sealed (a redelivery) is found in its part and stored once. An
+  event of a request whose row was sealed (a resend answered more than
+  `hot_hours` after the request's day) makes a second row for that request id.
 """
 
 from __future__ import annotations
@@ -30,6 +41,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
 from importlib import resources
 from pathlib import Path
 from types import TracebackType
@@ -40,7 +52,14 @@ import pyarrow as pa
 
 from turnout.analytics.records import RecordBatch
 from turnout.analytics.rows import ErrorRow, EventRow, decode_records, errors_table, events_table
-from turnout.analytics.snapshot import copy_atomically, open_error, open_reader, snapshot_path
+from turnout.analytics.snapshot import (
+    SEALED_TABLES,
+    copy_atomically,
+    open_error,
+    open_reader,
+    parts_dir,
+    snapshot_path,
+)
 from turnout.service.clock import clock
 from turnout.service.errors import TurnoutError
 
@@ -50,6 +69,7 @@ __all__ = [
     "Archive",
     "LoadResult",
     "Published",
+    "Sealed",
     "apply_views",
     "open_reader",
     "snapshot_path",
@@ -81,15 +101,17 @@ _INSERT_NEW_EVENTS = f"""
 """
 _INSERT_STAGED = f"""
     INSERT INTO events ({_EVENT_COLUMNS}, batch_seq)
-    SELECT {_EVENT_COLUMNS}, $seq FROM _staged WHERE ok
+    SELECT {_EVENT_COLUMNS}, $seq FROM _staged WHERE ok AND time >= $through
 """
 _INSERT_NEW_STAGED = f"""
     INSERT INTO events ({_EVENT_COLUMNS}, batch_seq)
     SELECT {_EVENT_COLUMNS}, $seq FROM _staged AS b
-    WHERE ok AND NOT EXISTS (SELECT 1 FROM events AS e WHERE e.id = b.id)
+    WHERE ok AND time >= $through AND NOT EXISTS (SELECT 1 FROM events AS e WHERE e.id = b.id)
     QUALIFY row_number() OVER (PARTITION BY b.id ORDER BY b.kafka_partition, b.kafka_offset) = 1
 """
 _REFUSED = "SELECT i FROM _staged WHERE NOT ok ORDER BY i"
+_LATE = "SELECT count(*) FROM _staged WHERE ok AND time < $through"
+_NEVER = datetime(1, 1, 1, tzinfo=UTC)  # `through` while no day is sealed
 # DuckDB checkpoints on its own once the WAL passes 16 MB, in the middle of a batch's
 # commit, and a checkpoint rewrites the id index (1.5 s at 1M events); `publish`
 # checkpoints on the sink's schedule instead, and the WAL is replayed after a crash
@@ -149,6 +171,29 @@ class Published:
     seconds: float
     fold_s: float = 0.0  # of `seconds`, the fold into the derived tables (`derive`)
     copy_s: float = 0.0  # ... and the copy to the readers' snapshot
+    sealed: tuple[Sealed, ...] = ()  # parts sealed by this publish
+    seal_s: float = 0.0  # ... and the time that took
+
+
+@dataclass(frozen=True, slots=True)
+class Sealed:
+    """A part `Archive.seal` wrote: its first day, file, rows, and the days it holds
+    (one, or a month's when that month's days were merged)."""
+
+    day: date
+    path: Path
+    events: int
+    requests: int
+    days: int = 1
+
+
+class _Straggler(Exception):
+    """A batch holds events older than the sealed days: it takes the checked path."""
+
+
+_SEALED_BY = {"events": "time", "request_facts": "minute", "requests_per_minute": "minute"}
+"""The time column each sealed table is split on."""
+_DAY = timedelta(days=1)
 
 
 def _writer_lock(path: Path) -> IO[bytes]:
@@ -179,6 +224,7 @@ class Archive:
         self.snapshot = snapshot_path(path)
         self._con = con
         self._seq = self._state("batch_seq")
+        self._through = self._sealed_through()  # the end of the last sealed day, if any
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> Archive:
@@ -192,7 +238,7 @@ class Archive:
             lock.close()
             raise open_error(p, err, writing=True) from None
         try:
-            _prepare(con)
+            _prepare(con, p)
         except BaseException:
             con.close()
             lock.close()
@@ -214,13 +260,50 @@ class Archive:
         An event whose data DuckDB will not take as JSON is moved to `errors`
         (the batch is retried once without it), never lost and never fatal.
         """
+        rows, sealed = self._unsealed(rows)
         try:
-            return self._load(rows, errors, dedupe=False)
+            result = self._load(rows, errors, dedupe=False)
         except duckdb.ConstraintException:  # a redelivery: some ids are stored already
-            return self._load(rows, errors, dedupe=True)
+            result = self._load(rows, errors, dedupe=True)
         except (duckdb.ConversionException, duckdb.InvalidInputException):
             good, bad = self._split_invalid_json(rows)
-            return self._load(good, [*errors, *bad], dedupe=True)
+            result = self._load(good, [*errors, *bad], dedupe=True)
+        if not sealed:
+            return result
+        return LoadResult(
+            result.batch_seq, result.inserted, result.duplicates + sealed, result.errors,
+            result.last_event_ms,
+        )  # fmt: skip
+
+    def _unsealed(self, rows: Sequence[EventRow]) -> tuple[Sequence[EventRow], int]:
+        """`rows` without the events already stored in a sealed part, and how many those were."""
+        through = self._through
+        if through is None:
+            return rows, 0
+        limit = int(through.timestamp() * 1000)
+        old = [r.id for r in rows if r.time_ms < limit]
+        if not old:
+            return rows, 0
+        stored = self._ids_in_parts(old)
+        if not stored:
+            return rows, 0
+        kept = [r for r in rows if r.id not in stored]
+        return kept, len(rows) - len(kept)
+
+    def _ids_in_parts(self, ids: list[str]) -> set[str]:
+        """Which of `ids` the sealed parts hold (a rare path: a redelivery of old events)."""
+        found: set[str] = set()
+        for (file,) in self._con.execute("SELECT file FROM sealed_parts").fetchall():
+            self._con.execute("ATTACH ? AS _sealed (READ_ONLY)", [str(parts_dir(self.path) / file)])
+            try:
+                rows = self._con.execute(
+                    "SELECT DISTINCT id FROM _sealed.main.events WHERE id IN (SELECT unnest($ids))",
+                    {"ids": ids},
+                ).fetchall()
+            finally:
+                self._con.execute("DETACH _sealed")
+            found.update(i for (i,) in rows)
+        return found
 
     def _load(
         self, rows: Sequence[EventRow], errors: Sequence[ErrorRow], *, dedupe: bool
@@ -256,7 +339,7 @@ class Archive:
             return self._load_records(batch, dedupe=False)
         except duckdb.ConstraintException:  # a redelivery: some ids are stored already
             return self._load_records(batch, dedupe=True)
-        except (duckdb.ConversionException, duckdb.InvalidInputException):
+        except (duckdb.ConversionException, duckdb.InvalidInputException, _Straggler):
             return self.load_batch(*decode_records([*batch.records, *batch.refused]))
 
     def _load_records(self, batch: RecordBatch, *, dedupe: bool) -> LoadResult:
@@ -264,9 +347,12 @@ class Archive:
         with self._registered_table("_records", batch.table), self._transaction():
             self._con.execute(_sql("stage.sql"))
             insert = _INSERT_NEW_STAGED if dedupe else _INSERT_STAGED
-            inserted = int(self._one(insert, {"seq": seq})[0])
+            through = self._through or _NEVER
+            inserted = int(self._one(insert, {"seq": seq, "through": through})[0])
             refused: list[tuple[int]] = []
             if dedupe or inserted < len(batch.records):  # a second pass only when needed
+                if self._through is not None and self._one(_LATE, {"through": through})[0]:
+                    raise _Straggler  # events of a sealed day: stored there already, maybe
                 refused = self._con.execute(_REFUSED).fetchall()
             rows, errors = decode_records([*batch.refused, *(batch.records[i] for (i,) in refused)])
             inserted += self._insert_rows(rows, errors, seq, dedupe=True)
@@ -331,18 +417,188 @@ class Archive:
             self._set_state("derived_through", hi)
         return folded
 
-    def publish(self) -> Published:
-        """Derive, checkpoint and atomically replace the readers' snapshot."""
+    def publish(self, *, hot_hours: float | None = None) -> Published:
+        """Derive, seal the days older than `hot_hours` (None: none), checkpoint and
+        atomically replace the readers' snapshot."""
         started = time.monotonic()
         folded = self.derive()
         derived = time.monotonic()
+        sealed = self.seal(hot_hours) if hot_hours is not None else []
+        sealing = time.monotonic()
         self._con.execute("CHECKPOINT")
         checkpointed = time.monotonic()
         copy_atomically(self.path, self.snapshot)
         done = time.monotonic()
+        self._remove_unlisted_parts()
         return Published(
-            self.snapshot, folded, done - started, derived - started, done - checkpointed
+            self.snapshot, folded, done - started, derived - started, done - checkpointed,
+            tuple(sealed), sealing - derived,
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------ sealing
+
+    def seal(self, hot_hours: float, *, now_ms: int | None = None) -> list[Sealed]:
+        """Move the whole UTC days ending more than `hot_hours` before the newest event
+        (or now, if that is earlier) into sealed parts, one file per day."""
+        (newest,) = self._one("SELECT max(time) FROM events")
+        if newest is None:
+            return []
+        now = datetime.fromtimestamp((clock.now_ms() if now_ms is None else now_ms) / 1000, UTC)
+        through = _day_of(min(newest, now) - timedelta(hours=hot_hours))  # the days before it
+        if self._through is not None and through <= self._through:
+            return []  # older rows (stragglers) wait for the next day to seal
+        days = self._days_before(through)  # the days with rows to seal, in order
+        if not days:
+            return []
+        folder = parts_dir(self.path)
+        folder.mkdir(parents=True, exist_ok=True)
+        sealed: list[Sealed] = []
+        # the first part also takes whatever is older: events of days sealed before
+        # (stragglers) go into the next part, never into a part already listed
+        first = days[0] if self._through is None else max(days[0], self._through)
+        for day in sorted({max(d, first) for d in days}):
+            part = self._write_part(folder, day, None if day == first else day, day + _DAY)
+            if part is not None:
+                sealed.append(part)
+        with self._transaction():
+            self._keep_since(through)
+            for part in sealed:
+                self._list(part)
+        self._through = through
+        return sealed + self._merge_months(through)
+
+    def _list(self, part: Sealed) -> None:
+        self._con.execute(
+            "INSERT INTO sealed_parts VALUES ($day, $until, $file, $events, $requests, now())",
+            {"day": part.day, "until": part.day + part.days * _DAY, "file": part.path.name,
+             "events": part.events, "requests": part.requests},
+        )  # fmt: skip
+
+    def _merge_months(self, through: datetime) -> list[Sealed]:
+        """Merge the day parts of each month sealed to its end into one part, so a reader
+        attaches a file per month, not per day, of an archive months old."""
+        rows = self._con.execute(
+            """
+            SELECT date_trunc('month', day) AS month, min(day), list(file ORDER BY day),
+                   sum(events), sum(requests)
+            FROM sealed_parts
+            WHERE until = day + 1 AND date_trunc('month', day) + INTERVAL 1 MONTH <= $through
+            GROUP BY month HAVING count(*) > 1 ORDER BY month
+            """,
+            {"through": through.date()},
+        ).fetchall()
+        merged: list[Sealed] = []
+        folder = parts_dir(self.path)
+        for _, first, files, events, requests in rows:
+            end = date(first.year + first.month // 12, first.month % 12 + 1, 1)
+            final = folder / f"{first:%Y-%m}.duckdb"
+            tmp = _fresh_tmp(final)
+            aliases = [f"_day{i}" for i in range(len(files))]
+            for alias, file in zip(aliases, files, strict=True):
+                self._con.execute(f"ATTACH ? AS {alias} (READ_ONLY)", [str(folder / file)])
+            self._con.execute("ATTACH ? AS _part", [str(tmp)])
+            try:
+                for table in SEALED_TABLES:
+                    union = " UNION ALL BY NAME ".join(
+                        f"SELECT * FROM {a}.main.{table}" for a in aliases
+                    )
+                    self._con.execute(f"CREATE TABLE _part.main.{table} AS {union}")
+            finally:
+                for alias in ("_part", *aliases):
+                    self._con.execute(f"DETACH {alias}")
+            _fsync(tmp)
+            os.replace(tmp, final)
+            _fsync(folder)
+            part = Sealed(first, final, int(events), int(requests), (end - first).days)
+            with self._transaction():  # the day files go at the next publish
+                self._con.execute(
+                    "DELETE FROM sealed_parts WHERE day >= $first AND until <= $end",
+                    {"first": first, "end": end},
+                )
+                self._list(part)
+            merged.append(part)
+        return merged
+
+    def _days_before(self, through: datetime) -> list[datetime]:
+        """The UTC days before `through` that rows of a sealed table fall in."""
+        union = " UNION ".join(
+            f"SELECT DISTINCT date_trunc('day', {c}) FROM main.{t} WHERE {c} < $through"
+            for t, c in _SEALED_BY.items()
         )
+        rows = self._con.execute(f"SELECT * FROM ({union}) ORDER BY 1", {"through": through})
+        return [_day_of(d) for (d,) in rows.fetchall()]
+
+    def _write_part(
+        self, folder: Path, day: datetime, lo: datetime | None, hi: datetime
+    ) -> Sealed | None:
+        """Write the rows of [lo, hi) of each sealed table to the day's part file (fsynced,
+        renamed into place); None when there are none."""
+        params: dict[str, Any] = {"hi": hi} if lo is None else {"lo": lo, "hi": hi}
+        where = {
+            t: f"{c} < $hi" if lo is None else f"{c} >= $lo AND {c} < $hi"
+            for t, c in _SEALED_BY.items()
+        }
+        counts = {
+            t: int(self._one(f"SELECT count(*) FROM main.{t} WHERE {where[t]}", params)[0])
+            for t in SEALED_TABLES
+        }
+        if not any(counts.values()):
+            return None
+        final = folder / f"{day.date().isoformat()}.duckdb"
+        tmp = _fresh_tmp(final)
+        self._con.execute("ATTACH ? AS _part", [str(tmp)])
+        try:
+            for table in SEALED_TABLES:
+                self._con.execute(
+                    f"CREATE TABLE _part.main.{table} AS SELECT * FROM main.{table} "
+                    f"WHERE {where[table]}",
+                    params,
+                )
+        finally:
+            self._con.execute("DETACH _part")
+        _fsync(tmp)
+        os.replace(tmp, final)
+        _fsync(folder)
+        return Sealed(day.date(), final, counts["events"], counts["request_facts"])
+
+    def _keep_since(self, through: datetime) -> None:
+        """Drop the sealed rows from this file (inside the caller's transaction).
+
+        The tables with a primary key are copied, not deleted from: DuckDB's DELETE
+        updates the key's index row by row (30 s per million events here), while
+        building a table anew takes ~1 s per million rows kept.
+        """
+        creates = {
+            table: next(st for st in _statements("schema.sql")
+                        if st.startswith(f"CREATE TABLE IF NOT EXISTS {table} "))
+            for table in ("events", "request_facts")
+        }  # fmt: skip
+        for table, create in creates.items():
+            self._con.execute(f"ALTER TABLE {table} RENAME TO _sealing")
+            self._con.execute(create)
+            self._con.execute(
+                f"INSERT INTO {table} BY NAME SELECT * FROM _sealing "
+                f"WHERE {_SEALED_BY[table]} >= $through",
+                {"through": through},
+            )
+            self._con.execute("DROP TABLE _sealing")
+        self._con.execute(
+            "DELETE FROM requests_per_minute WHERE minute < $through", {"through": through}
+        )
+
+    def _sealed_through(self) -> datetime | None:
+        (day,) = self._one("SELECT max(until) FROM sealed_parts")
+        return None if day is None else datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+    def _remove_unlisted_parts(self) -> None:
+        """Delete part files no snapshot lists (a seal a crash cut short, an unsealed part)."""
+        folder = parts_dir(self.path)
+        if not folder.is_dir():
+            return
+        listed = {file for (file,) in self._con.execute("SELECT file FROM sealed_parts").fetchall()}
+        for entry in folder.iterdir():
+            if entry.name not in listed:
+                entry.unlink(missing_ok=True)
 
     def close(self) -> None:
         self._con.close()
@@ -381,11 +637,12 @@ class Archive:
         self._con.execute(_SET_STATE, {"name": name, "value": value})
 
 
-def _prepare(con: duckdb.DuckDBPyConnection) -> None:
+def _prepare(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     """Create or upgrade the tables, rebuild stale derived tables, (re)create the views."""
     con.execute("SET TimeZone = 'UTC'")
     con.execute("CREATE TABLE IF NOT EXISTS sink_state (name VARCHAR PRIMARY KEY, value BIGINT)")
     if _state(con, "derived_version") != DERIVED_VERSION:
+        _unseal(con, path)  # the derived tables are rebuilt from every event, sealed ones too
         con.execute("DROP TABLE IF EXISTS request_facts")
         con.execute("DROP TABLE IF EXISTS requests_per_minute")
         con.execute("INSERT OR REPLACE INTO sink_state VALUES ('derived_through', 0)")
@@ -394,6 +651,54 @@ def _prepare(con: duckdb.DuckDBPyConnection) -> None:
         "INSERT OR REPLACE INTO sink_state VALUES ('derived_version', ?)", [DERIVED_VERSION]
     )
     apply_views(con)
+
+
+def _unseal(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    """Move every sealed part's events back into the main file, in one transaction (the
+    part files go at the next publish, once no new snapshot lists them)."""
+    listed = con.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() "
+        "AND schema_name = 'main' AND table_name = 'sealed_parts'"
+    ).fetchall()[0][0]
+    if not listed:
+        return
+    files = [f for (f,) in con.execute("SELECT file FROM sealed_parts ORDER BY day").fetchall()]
+    if not files:
+        return
+    con.begin()
+    try:
+        for file in files:
+            con.execute("ATTACH ? AS _unsealing (READ_ONLY)", [str(parts_dir(path) / file)])
+            con.execute("INSERT INTO events BY NAME SELECT * FROM _unsealing.main.events")
+            con.execute("DETACH _unsealing")
+        con.execute("DELETE FROM sealed_parts")
+    except BaseException:
+        with suppress(duckdb.Error):
+            con.rollback()
+        raise
+    con.commit()
+
+
+def _day_of(moment: datetime) -> datetime:
+    """The start (UTC) of the day `moment` falls in."""
+    utc = moment.astimezone(UTC)
+    return datetime(utc.year, utc.month, utc.day, tzinfo=UTC)
+
+
+def _fresh_tmp(final: Path) -> Path:
+    """The temporary file `final` is written as, with whatever a crash left of it gone."""
+    tmp = final.with_name(final.name + ".tmp")
+    for leftover in (tmp, tmp.with_name(tmp.name + ".wal")):
+        leftover.unlink(missing_ok=True)
+    return tmp
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _state(con: duckdb.DuckDBPyConnection, name: str) -> int | None:

@@ -7,6 +7,9 @@
 -- folded from `events` by the sink before each snapshot (analytics/derive.sql);
 -- they can always be rebuilt from `events` and are dropped when their shape
 -- changes (archive.DERIVED_VERSION).
+-- `sealed_parts` lists the read-only part files whole old days of these three
+-- tables were moved to (analytics/archive.py: Archive.seal); readers see each
+-- table as the union of this file's rows and the parts' (analytics/snapshot.py).
 -- Idempotent: every statement may run on an existing archive.
 
 CREATE TABLE IF NOT EXISTS events (
@@ -92,4 +95,19 @@ CREATE TABLE IF NOT EXISTS requests_per_minute (
     total_tokens      BIGINT NOT NULL,
     cost_micros       BIGINT NOT NULL,
     cost_usd          DOUBLE NOT NULL
+);
+
+-- The sealed parts, in <archive>.parts/: read-only once listed. A part holds
+-- the days [day, until): one day when sealed (`2026-01-01.duckdb`), a whole month
+-- once that month is sealed (its days merged into `2026-01.duckdb`); with the
+-- events of those days (and any older ones that came after the days before them
+-- were sealed), and the request_facts and requests_per_minute rows whose minute
+-- falls in them.
+CREATE TABLE IF NOT EXISTS sealed_parts (
+    day        DATE PRIMARY KEY,             -- its first day
+    until      DATE NOT NULL,                -- the day after its last
+    file       VARCHAR NOT NULL,             -- its file name in <archive>.parts/
+    events     BIGINT NOT NULL,
+    requests   BIGINT NOT NULL,              -- request_facts rows
+    sealed_at  TIMESTAMPTZ NOT NULL
 );

@@ -98,6 +98,10 @@ class SinkOptions:
     min_publish_interval_s: float = 1.0
     # snapshot copies take at most ~1/11 of the writer's time
     publish_cost_factor: float = 10.0
+    # whole UTC days of events older than this are sealed into read-only parts at a
+    # publish, so a snapshot copies the last day or two, not the archive's months
+    # (`[duckdb] hot_hours`; None: never seal)
+    hot_hours: float | None = 24.0
     report_interval_s: float = 10.0
     gc_interval_s: float | None = 10.0  # None: leave Python's cyclic GC alone
 
@@ -155,6 +159,9 @@ class Reporter:
             return
         if force or now - self._last[0] >= self.interval_s:
             self._last = (now, stored)
+
+    def note(self, text: str) -> None:
+        self.console.print(f"sink: {text}", highlight=False, soft_wrap=True)
 
     def warn(self, text: str) -> None:
         self.console.print(f"sink: warning: {text}", highlight=False, soft_wrap=True)
@@ -348,7 +355,7 @@ class Sink:
         started = time.monotonic()
         result = self.archive.load_records(records) if records is not None else None
         self.stats.load_s += time.monotonic() - started
-        return result, self.archive.publish() if publish else None
+        return result, self._publish_now() if publish else None
 
     async def _commit(self, consumer: GroupConsumer, offsets: dict[TopicPartition, int]) -> None:
         try:  # a commit that fails (also one that times out while the broker restarts) is
@@ -368,7 +375,11 @@ class Sink:
         return (self._dirty or loading) and time.monotonic() - self._published_at >= wait
 
     async def _publish(self) -> None:
-        self._published(await _in_thread(self.archive.publish))
+        self._published(await _in_thread(self._publish_now))
+
+    def _publish_now(self) -> Published:
+        """On the archive's thread: publish a snapshot, sealing old days first."""
+        return self.archive.publish(hot_hours=self.options.hot_hours)
 
     def _published(self, published: Published) -> None:
         self._dirty = False
@@ -376,6 +387,15 @@ class Sink:
         self._publish_cost = published.copy_s  # the part spacing saves: the module's doc
         self.stats.snapshots += 1
         self.stats.publish_s += published.seconds
+        for part in published.sealed:
+            what = (
+                f"sealed {part.day}"
+                if part.days == 1
+                else f"merged {part.days} days from {part.day}"
+            )
+            self.reporter.note(
+                f"{what} ({part.events:,} events, {part.requests:,} requests) into {part.path}"
+            )
 
 
 async def run_sink(
@@ -400,7 +420,7 @@ async def run_sink(
         await asyncio.to_thread(archive.close)
 
 
-async def _main(settings: KafkaSettings, path: str) -> int:
+async def _main(settings: KafkaSettings, path: str, options: SinkOptions) -> int:
     """Sink until SIGINT or SIGTERM, then stop cleanly (exit 0)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -408,7 +428,7 @@ async def _main(settings: KafkaSettings, path: str) -> int:
     for sig in signals:
         loop.add_signal_handler(sig, stop.set)
     try:
-        await run_sink(settings, path, stop=stop)
+        await run_sink(settings, path, stop=stop, options=options)
     finally:
         for sig in signals:
             loop.remove_signal_handler(sig)
@@ -420,10 +440,7 @@ def cli_main(args: argparse.Namespace) -> int:
     quiet_client_logs()
     cfg = load_config(args.config)
     path = args.duckdb or cfg.duckdb.path
-    code = asyncio.run(
-        _main(
-            KafkaSettings.from_config(cfg.kafka, topics=cfg.topics, client_id="turnout-sink"), path
-        )
-    )
+    settings = KafkaSettings.from_config(cfg.kafka, topics=cfg.topics, client_id="turnout-sink")
+    code = asyncio.run(_main(settings, path, SinkOptions(hot_hours=cfg.duckdb.hot_hours)))
     sys.stderr.flush()
     return code

@@ -14,10 +14,20 @@ only openers would in turn lock the writer out. So the archive is two files:
   snapshot or the new one, never a half-written batch, and one that has the
   old one open keeps reading it (POSIX) until it reconnects.
 
+Sealed parts: so that a snapshot copies a bounded file however old the archive,
+the sink moves whole UTC days of events older than `[duckdb] hot_hours` out of
+the main file into read-only part files, `turnout.parts/<day>.duckdb`
+(`parts_dir`; `Archive.seal`), listed in the main file's `sealed_parts` table.
+A part never changes once listed. A reader attaches the parts its snapshot
+lists and sees `events`, `request_facts` and `requests_per_minute` as the union
+of the snapshot's rows and the parts' (temporary views, `reader_cursor`), so
+every query, view and rule reads the whole archive as one.
+
 Costs: readers lag the log by the publish interval (about a second; the sink
 waits longer when a publish takes long: copying a 2 GB, 10M-event archive
 took about 2 s on ext4, next to nothing where copy_file_range makes a reflink,
-on btrfs or XFS), and the snapshot doubles the disk used. Without a snapshot
+on btrfs or XFS; with sealing the copy is of the last `hot_hours` and a day at
+most), and the snapshot doubles the main file's disk use. Without a snapshot
 (an archive never published) readers open the main file read-only, which
 works while no writer holds it.
 """
@@ -32,13 +42,36 @@ import duckdb
 
 from turnout.service.errors import TurnoutError
 
-__all__ = ["copy_atomically", "open_error", "open_reader", "snapshot_path"]
+__all__ = [
+    "SEALED_TABLES",
+    "copy_atomically",
+    "open_error",
+    "open_reader",
+    "part_alias",
+    "parts_dir",
+    "reader_cursor",
+    "snapshot_path",
+]
+
+SEALED_TABLES = ("events", "request_facts", "requests_per_minute")
+"""The tables whose old rows move to sealed parts (readers see each as one union)."""
 
 
 def snapshot_path(path: str | os.PathLike[str]) -> Path:
     """Where readers find the published snapshot of the archive at `path`."""
     p = Path(path)
     return p.with_name(f"{p.stem}.snapshot{p.suffix or '.duckdb'}")
+
+
+def parts_dir(path: str | os.PathLike[str]) -> Path:
+    """Where the sealed parts of the archive at `path` live."""
+    p = Path(path)
+    return p.with_name(f"{p.stem}.parts")
+
+
+def part_alias(file: str) -> str:
+    """The name a reader attaches the part `file` (`2026-01-02.duckdb`) as."""
+    return "part_" + file.removesuffix(".duckdb").replace("-", "")
 
 
 def copy_atomically(source: Path, target: Path) -> None:
@@ -93,9 +126,71 @@ def open_reader(path: str | os.PathLike[str]) -> duckdb.DuckDBPyConnection:
     except (duckdb.IOException, duckdb.ResourceInUseException) as err:
         con.close()
         raise open_error(target, err, writing=False) from None
+    try:
+        _attach_parts(con, main)
+    except BaseException:
+        con.close()
+        raise
+    _use(con)
+    return con
+
+
+def reader_cursor(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+    """A cursor of a reader connection that sees what the connection sees.
+
+    A cursor shares the connection's attached files but not its temporary views,
+    so the union over sealed parts is made again on it.
+    """
+    cur = con.cursor()
+    try:
+        _use(cur)
+    except BaseException:
+        cur.close()
+        raise
+    return cur
+
+
+def _sealed(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """The part files the attached archive lists (none before sealing existed)."""
+    known = con.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE database_name = 'archive' "
+        "AND schema_name = 'main' AND table_name = 'sealed_parts'"
+    ).fetchall()[0][0]
+    if not known:
+        return []
+    rows = con.execute("SELECT file FROM archive.main.sealed_parts ORDER BY day").fetchall()
+    return [str(file) for (file,) in rows]
+
+
+def _attach_parts(con: duckdb.DuckDBPyConnection, main: Path) -> None:
+    folder = parts_dir(main)
+    for file in _sealed(con):
+        path = folder / file
+        if not path.exists():
+            raise TurnoutError(
+                f"the archive {main} lists the sealed part {path}, which is missing: "
+                "restore it from a backup (the archive reads nothing without it)"
+            )
+        try:
+            con.execute(f"ATTACH ? AS {part_alias(file)} (READ_ONLY)", [str(path)])
+        except duckdb.Error as err:
+            raise open_error(path, err, writing=False) from None
+
+
+def _use(con: duckdb.DuckDBPyConnection) -> None:
+    """Make `archive` the default database, and each sealed table the union of its parts."""
     con.execute("USE archive")
     con.execute("SET TimeZone = 'UTC'")
-    return con
+    parts = [part_alias(file) for file in _sealed(con)]
+    if not parts:
+        return
+    for table in SEALED_TABLES:
+        # BY NAME: a part sealed by an older version may lack a newer column (NULL there)
+        union = " UNION ALL BY NAME ".join(
+            f"SELECT * FROM {db}.main.{table}" for db in ("archive", *parts)
+        )
+        # temporary views come first in DuckDB's search path, also for the archive's views
+        con.execute(f"CREATE OR REPLACE TEMP VIEW {table} AS {union}")
 
 
 def open_error(path: Path, err: duckdb.Error, *, writing: bool) -> TurnoutError:

@@ -26,7 +26,7 @@ import duckdb
 import pandas as pd
 import streamlit as st
 
-from turnout.analytics.snapshot import open_reader, snapshot_path
+from turnout.analytics.snapshot import open_reader, reader_cursor, snapshot_path
 
 __all__ = ["RESULT_TTL_S", "Db", "SourceKey", "source_key"]
 
@@ -56,10 +56,8 @@ def _connection(key: SourceKey) -> duckdb.DuckDBPyConnection:
 
 @st.cache_data(ttl=RESULT_TTL_S, max_entries=2000, show_spinner=False)
 def _frame(key: SourceKey, sql: str, params: dict[str, Any]) -> pd.DataFrame:
-    cur = _connection(key).cursor()
+    cur = reader_cursor(_connection(key))
     try:
-        cur.execute("USE archive")
-        cur.execute("SET TimeZone = 'UTC'")
         return cur.execute(sql, params).df()
     finally:
         cur.close()

@@ -491,7 +491,7 @@ def _archive() -> str:
 
     con = duckdb.connect(":memory:")
     try:
-        archive._prepare(con)
+        archive._prepare(con, Path("reference.duckdb"))  # in memory: nothing sealed
         schema = archive._sql("schema.sql")
         tables = re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", schema)
         relations = [(t, "table", schema) for t in tables]

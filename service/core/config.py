@@ -287,6 +287,9 @@ class PrivacyConfig(_Section, frozen=True, kw_only=True):
 
 class DuckdbConfig(_Section, frozen=True, kw_only=True):
     path: str = "./data/turnout.duckdb"
+    # events newer than this, behind the newest stored (or now), stay in the main file;
+    # whole UTC days older are sealed into read-only parts (analytics/archive.py: seal)
+    hot_hours: float = 24.0
 
 
 class Config(msgspec.Struct, frozen=True, kw_only=True):
@@ -495,6 +498,8 @@ def _check_semantics(cfg: Config, problems: list[str]) -> None:
         problems.append("[batching] max_records and max_in_flight must be at least 1")
     if cfg.router.dedupe_ids_s < cfg.router.dedupe_window_s:
         problems.append("[router] dedupe_ids_s must be at least dedupe_window_s")
+    if cfg.duckdb.hot_hours < 1:
+        problems.append("[duckdb] hot_hours must be at least 1")
     if cfg.snapshots.every_events < 1 or cfg.snapshots.every_s <= 0:
         problems.append("[snapshots] every_events must be at least 1 and every_s positive")
     if cfg.streaming.flush_tokens < 1 or cfg.streaming.ttft_timeout_s <= 0:

@@ -327,6 +327,27 @@ def test_the_explorer_shows_a_pasted_request_in_order(app: AppTest, seeded: Path
     assert app.json[0].value and json.loads(app.json[0].value)["request_id"] == story.request_id
 
 
+def test_the_explorer_shows_a_request_from_a_sealed_day(app: AppTest, tmp_path: Path) -> None:
+    """Days older than `hot_hours` live in part files: the dashboards read them too."""
+    path = tmp_path / "turnout.duckdb"
+    rows = _rows(STORIES, step_ms=3 * 86_400_000 / len(ROWS))  # the same log over three days
+    with Archive.open(path) as archive:
+        archive.load_batch(rows)
+        assert archive.publish(hot_hours=24).sealed  # the first day is in a part
+    story = next(s for s in STORIES if s.kind == "fallback")
+    first = min(r.time_ms for r in rows if r.request_id == story.request_id)
+    assert first < rows[0].time_ms + 86_400_000  # on the sealed day
+    open_page(app, path, "explorer")
+
+    app.text_input(key="explorer_paste").input(story.request_id or "").run()
+
+    assert_clean(app)
+    assert ":green-badge[completed]" in app.subheader[0].value
+    trail = app.dataframe[0].value
+    assert trail["event"].tolist() == [e.TYPE.removeprefix("turnout.") for e in story.events]
+    assert metrics(app)["Attempts"] == "2"
+
+
 def test_the_explorer_names_a_single_model_tried_whole(app: AppTest, seeded: Path) -> None:
     story = next(s for s in STORIES if s.kind == "ok")  # one attempt, one model
     open_page(app, seeded, "explorer")

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from rich.console import Console
 
 from turnout.analytics.archive import open_reader, snapshot_path
 from turnout.analytics.sink import Reporter, SinkOptions, run_sink
+from turnout.analytics.snapshot import parts_dir
 from turnout.analytics.synthetic import envelopes, workload
 from turnout.service.core.events import RawEvent
 from turnout.service.errors import TurnoutError
@@ -133,6 +135,34 @@ async def test_a_sink_stopped_with_nothing_new_does_not_copy_the_archive_again(
     await sink
     assert snapshot.stat().st_ino == before  # not replaced by a copy of the same
     assert archived(path) == len(ids)
+
+
+async def test_a_sink_seals_old_days_and_readers_still_see_every_event(
+    kafka_settings: KafkaSettings, kafka_topics: Topics, tmp_path: Path
+) -> None:
+    """Three days of events: the sink moves the first whole day out of the main file
+    (`hot_hours` 24) and says so; readers count every event and every request."""
+    path = tmp_path / "turnout.duckdb"
+    envs = list(envelopes(workload(300), step_ms=3 * 86_400_000 / 1_650))
+    assert envs[-1].time_ms - envs[0].time_ms > 2 * 86_400_000
+    stop = asyncio.Event()
+    reporter = Reporter(Console(file=io.StringIO()), interval_s=1.0)
+    sink = asyncio.create_task(
+        run_sink(kafka_settings, path, stop=stop, options=FAST, reporter=reporter)
+    )
+    await produce(kafka_settings, [encode(e) for e in envs])
+    await wait_for(lambda: archived(path) == len(envs), 30, "every event in a snapshot")
+    stop.set()
+    await sink
+    # whole days ending at least 24 h before the last event
+    through = (envs[-1].time_ms - 86_400_000) // 86_400_000 * 86_400_000
+    days = range(envs[0].time_ms // 86_400_000 * 86_400_000, through, 86_400_000)
+    expected = [f"{datetime.fromtimestamp(d / 1000, UTC).date()}.duckdb" for d in days]
+    assert len(expected) >= 1
+    assert sorted(p.name for p in parts_dir(path).iterdir()) == expected
+    assert "sealed 2026-01-01" in reporter.console.file.getvalue()  # type: ignore[attr-defined]
+    assert archived(path, "SELECT count(*) FROM requests") == 300
+    assert archived(path, "SELECT count(DISTINCT id) FROM events") == len(envs)
 
 
 def start_sink(settings: KafkaSettings, path: Path, log: Path) -> subprocess.Popen[bytes]:
