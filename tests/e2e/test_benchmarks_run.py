@@ -29,3 +29,14 @@ def test_bench_sink_runs_on_a_fresh_local_broker() -> None:
     assert "(broker warmed:" in proc.stdout
     assert "sink on tansu" in proc.stdout
     assert "sink/direct" in proc.stdout
+
+
+def test_bench_archive_age_runs() -> None:
+    proc = subprocess.run(
+        [sys.executable, "tests/benchmarks/bench_archive_age.py", "--days", "4",
+         "--per-day", "6000"],
+        cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "the file each publish copies, as the archive ages" in proc.stdout
+    assert "sealed: a reader opens in" in proc.stdout
