@@ -30,7 +30,10 @@ Rules:
   the union (`turnout.analytics.snapshot`). An event the sink gets again after
   its day was sealed (a redelivery) is found in its part and stored once. An
   event of a request whose row was sealed (a resend answered more than
-  `hot_hours` after the request's day) makes a second row for that request id.
+  `hot_hours` after the request's day) makes a second row for that request id, and
+  a late request of a sealed minute a second `requests_per_minute` row for it.
+  Part files no longer listed are deleted `UNLISTED_GRACE_S` later, not at once:
+  a reader may have attached the snapshot that lists them a moment before.
 """
 
 from __future__ import annotations
@@ -194,6 +197,8 @@ class _Straggler(Exception):
 _SEALED_BY = {"events": "time", "request_facts": "minute", "requests_per_minute": "minute"}
 """The time column each sealed table is split on."""
 _DAY = timedelta(days=1)
+UNLISTED_GRACE_S = 60.0
+"""How long a part file no snapshot lists is kept before a publish deletes it."""
 
 
 def _writer_lock(path: Path) -> IO[bytes]:
@@ -225,6 +230,7 @@ class Archive:
         self._con = con
         self._seq = self._state("batch_seq")
         self._through = self._sealed_through()  # the end of the last sealed day, if any
+        self._unlisted: dict[str, float] = {}  # part files no longer listed, since when
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> Archive:
@@ -336,10 +342,12 @@ class Archive:
         (`record_row`), which stores them or records why they are unreadable.
         """
         try:
-            return self._load_records(batch, dedupe=False)
-        except duckdb.ConstraintException:  # a redelivery: some ids are stored already
-            return self._load_records(batch, dedupe=True)
+            try:
+                return self._load_records(batch, dedupe=False)
+            except duckdb.ConstraintException:  # a redelivery: some ids are stored already
+                return self._load_records(batch, dedupe=True)
         except (duckdb.ConversionException, duckdb.InvalidInputException, _Straggler):
+            # also a redelivery that holds events of a sealed day (`_Straggler`)
             return self.load_batch(*decode_records([*batch.records, *batch.refused]))
 
     def _load_records(self, batch: RecordBatch, *, dedupe: bool) -> LoadResult:
@@ -354,12 +362,15 @@ class Archive:
                 if self._through is not None and self._one(_LATE, {"through": through})[0]:
                     raise _Straggler  # events of a sealed day: stored there already, maybe
                 refused = self._con.execute(_REFUSED).fetchall()
-            rows, errors = decode_records([*batch.refused, *(batch.records[i] for (i,) in refused)])
+            decoded, errors = decode_records(
+                [*batch.refused, *(batch.records[i] for (i,) in refused)]
+            )
+            rows, skipped = self._unsealed(decoded)  # the codec's rows skip no sealed day either
             inserted += self._insert_rows(rows, errors, seq, dedupe=True)
             self._set_state("batch_seq", seq)
             self._con.execute("DROP VIEW _staged")
         self._seq = seq
-        events = len(batch.records) - len(refused) + len(rows)
+        events = len(batch.records) - len(refused) + len(rows) + skipped
         last = max([r.time_ms for r in rows], default=batch.last_time_ms)
         return LoadResult(seq, inserted, events - inserted, len(errors), last)
 
@@ -440,6 +451,7 @@ class Archive:
     def seal(self, hot_hours: float, *, now_ms: int | None = None) -> list[Sealed]:
         """Move the whole UTC days ending more than `hot_hours` before the newest event
         (or now, if that is earlier) into sealed parts, one file per day."""
+        self.derive()  # a request's row is sealed whole: fold what is stored first
         (newest,) = self._one("SELECT max(time) FROM events")
         if newest is None:
             return []
@@ -522,11 +534,11 @@ class Archive:
     def _days_before(self, through: datetime) -> list[datetime]:
         """The UTC days before `through` that rows of a sealed table fall in."""
         union = " UNION ".join(
-            f"SELECT DISTINCT date_trunc('day', {c}) FROM main.{t} WHERE {c} < $through"
+            f"SELECT DISTINCT CAST(timezone('UTC', {c}) AS DATE) FROM main.{t} WHERE {c} < $through"
             for t, c in _SEALED_BY.items()
         )
         rows = self._con.execute(f"SELECT * FROM ({union}) ORDER BY 1", {"through": through})
-        return [_day_of(d) for (d,) in rows.fetchall()]
+        return [datetime(d.year, d.month, d.day, tzinfo=UTC) for (d,) in rows.fetchall()]
 
     def _write_part(
         self, folder: Path, day: datetime, lo: datetime | None, hi: datetime
@@ -591,14 +603,24 @@ class Archive:
         return None if day is None else datetime(day.year, day.month, day.day, tzinfo=UTC)
 
     def _remove_unlisted_parts(self) -> None:
-        """Delete part files no snapshot lists (a seal a crash cut short, an unsealed part)."""
+        """Delete the part files no snapshot has listed for `UNLISTED_GRACE_S` (the days of
+        a merged month, unsealed parts, what a crash left): a reader that attached the
+        snapshot before may still be about to attach them."""
         folder = parts_dir(self.path)
         if not folder.is_dir():
             return
         listed = {file for (file,) in self._con.execute("SELECT file FROM sealed_parts").fetchall()}
+        now = time.monotonic()
+        unlisted: dict[str, float] = {}
         for entry in folder.iterdir():
-            if entry.name not in listed:
+            if entry.name in listed:
+                continue
+            since = self._unlisted.get(entry.name, now)
+            if now - since >= UNLISTED_GRACE_S:
                 entry.unlink(missing_ok=True)
+            else:
+                unlisted[entry.name] = since
+        self._unlisted = unlisted
 
     def close(self) -> None:
         self._con.close()

@@ -99,8 +99,8 @@ class SinkOptions:
     # snapshot copies take at most ~1/11 of the writer's time
     publish_cost_factor: float = 10.0
     # whole UTC days of events older than this are sealed into read-only parts at a
-    # publish, so a snapshot copies the last day or two, not the archive's months
-    # (`[duckdb] hot_hours`; None: never seal)
+    # publish once the sink has caught up, so a snapshot copies the last day or two,
+    # not the archive's months (`[duckdb] hot_hours`; None or 0: never seal)
     hot_hours: float | None = 24.0
     report_interval_s: float = 10.0
     gc_interval_s: float | None = 10.0  # None: leave Python's cyclic GC alone
@@ -308,7 +308,8 @@ class Sink:
             publish = self._publish_due(loading=work.records is not None)
             if work.records is None and not publish:
                 continue
-            result, published = await _in_thread(self._work, work.records, publish)
+            seal = publish and self._caught_up(work.records)
+            result, published = await _in_thread(self._work, work.records, publish, seal)
             if result is not None:
                 self.stats.add(result)
                 self._dirty = True
@@ -350,12 +351,22 @@ class Sink:
             done = await asyncio.gather(*parts)
         return batch, merge(done) if done else None
 
-    def _work(self, records: RecordBatch | None, publish: bool) -> _Done:
+    def _work(self, records: RecordBatch | None, publish: bool, seal: bool = False) -> _Done:
         """On the archive's thread: load the batch, then publish a snapshot if asked."""
         started = time.monotonic()
         result = self.archive.load_records(records) if records is not None else None
         self.stats.load_s += time.monotonic() - started
-        return result, self._publish_now() if publish else None
+        return result, self._publish_now(seal=seal) if publish else None
+
+    def _caught_up(self, records: RecordBatch | None) -> bool:
+        """Has the sink read the log to its end (the stream paused, or nothing came)?
+
+        Only then does a publish seal: while it catches up on a backlog, its partitions
+        reach the same event time at different moments (each fetch takes the same bytes
+        from each), and a day sealed by the newest event could still have requests on
+        other partitions to come, whose rows would then be split across the seal.
+        """
+        return records is None or len(records) < self.options.max_batch_records
 
     async def _commit(self, consumer: GroupConsumer, offsets: dict[TopicPartition, int]) -> None:
         try:  # a commit that fails (also one that times out while the broker restarts) is
@@ -377,9 +388,10 @@ class Sink:
     async def _publish(self) -> None:
         self._published(await _in_thread(self._publish_now))
 
-    def _publish_now(self) -> Published:
-        """On the archive's thread: publish a snapshot, sealing old days first."""
-        return self.archive.publish(hot_hours=self.options.hot_hours)
+    def _publish_now(self, *, seal: bool = False) -> Published:
+        """On the archive's thread: publish a snapshot, sealing old days first if asked."""
+        hot = self.options.hot_hours if seal and self.options.hot_hours else None
+        return self.archive.publish(hot_hours=hot)
 
     def _published(self, published: Published) -> None:
         self._dirty = False

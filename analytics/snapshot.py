@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from contextlib import suppress
 from pathlib import Path
 
 import duckdb
@@ -108,7 +109,22 @@ def open_reader(path: str | os.PathLike[str]) -> duckdb.DuckDBPyConnection:
     Falls back to the main file (read-only) when no snapshot exists. The
     connection sees one snapshot for its whole life: reopen to see newer data.
     """
-    main = Path(path)
+    for attempt in range(3):
+        try:
+            return _open_reader(Path(path))
+        except _Replaced:
+            if attempt == 2:
+                raise TurnoutError(
+                    f"the archive {path} changed three times while it was being opened: try again"
+                ) from None
+    raise AssertionError("unreachable")
+
+
+class _Replaced(Exception):
+    """The snapshot was replaced while a reader attached the parts it listed."""
+
+
+def _open_reader(main: Path) -> duckdb.DuckDBPyConnection:
     target = snapshot_path(main)
     if not target.exists():
         if not main.exists():
@@ -122,12 +138,22 @@ def open_reader(path: str | os.PathLike[str]) -> duckdb.DuckDBPyConnection:
     # another connection of this process already has open, however old.
     con = duckdb.connect(":memory:")
     try:
+        inode = target.stat().st_ino
         con.execute("ATTACH ? AS archive (READ_ONLY)", [str(target)])
     except (duckdb.IOException, duckdb.ResourceInUseException) as err:
         con.close()
         raise open_error(target, err, writing=False) from None
+    except FileNotFoundError:  # replaced between exists() and stat(): take the new one
+        con.close()
+        raise _Replaced from None
     try:
         _attach_parts(con, main)
+    except TurnoutError:
+        con.close()
+        with suppress(FileNotFoundError):
+            if target.stat().st_ino != inode:  # a newer snapshot lists other parts
+                raise _Replaced from None
+        raise
     except BaseException:
         con.close()
         raise

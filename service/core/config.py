@@ -288,7 +288,8 @@ class PrivacyConfig(_Section, frozen=True, kw_only=True):
 class DuckdbConfig(_Section, frozen=True, kw_only=True):
     path: str = "./data/turnout.duckdb"
     # events newer than this, behind the newest stored (or now), stay in the main file;
-    # whole UTC days older are sealed into read-only parts (analytics/archive.py: seal)
+    # whole UTC days older are sealed into read-only parts (analytics/archive.py: seal);
+    # 0: never seal
     hot_hours: float = 24.0
 
 
@@ -498,8 +499,9 @@ def _check_semantics(cfg: Config, problems: list[str]) -> None:
         problems.append("[batching] max_records and max_in_flight must be at least 1")
     if cfg.router.dedupe_ids_s < cfg.router.dedupe_window_s:
         problems.append("[router] dedupe_ids_s must be at least dedupe_window_s")
-    if cfg.duckdb.hot_hours < 1:
-        problems.append("[duckdb] hot_hours must be at least 1")
+    hot = cfg.duckdb.hot_hours
+    if not (hot == 0 or 1 <= hot <= 24 * 366):  # also refuses nan
+        problems.append("[duckdb] hot_hours must be 0 (never seal) or 1 to 8784 hours")
     if cfg.snapshots.every_events < 1 or cfg.snapshots.every_s <= 0:
         problems.append("[snapshots] every_events must be at least 1 and every_s positive")
     if cfg.streaming.flush_tokens < 1 or cfg.streaming.ttft_timeout_s <= 0:

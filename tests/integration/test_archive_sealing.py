@@ -13,6 +13,8 @@ from typing import Any
 import duckdb
 import pytest
 
+from turnout.analytics import archive as archive_module
+from turnout.analytics import snapshot as snapshot_module
 from turnout.analytics import sql
 from turnout.analytics.archive import DERIVED_VERSION, Archive, open_reader, snapshot_path
 from turnout.analytics.records import record_batch
@@ -85,6 +87,12 @@ def answers(con: duckdb.DuckDBPyConnection) -> dict[str, list[Any]]:
 def archive_files(path: Path) -> list[str]:
     folder = parts_dir(path)
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+@pytest.fixture
+def no_grace(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Part files no snapshot lists are deleted at the next publish, not a minute later."""
+    monkeypatch.setattr(archive_module, "UNLISTED_GRACE_S", 0.0)
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +187,9 @@ def test_the_main_file_and_the_snapshot_copy_stay_bounded_as_days_pass(tmp_path:
     assert len(archive_files(tmp_path / "sealed" / "turnout.duckdb")) >= 9
 
 
-def test_the_days_of_a_sealed_month_are_merged_into_one_part(tmp_path: Path) -> None:
+def test_the_days_of_a_sealed_month_are_merged_into_one_part(
+    tmp_path: Path, no_grace: None
+) -> None:
     """An archive months old is a file per month for readers to attach, not one per day."""
     rows = days_of_rows(1_200, 12, t0_ms=T0_MS + 25 * DAY_MS)  # 2026-01-26 .. 02-06
     answers_of: dict[str, dict[str, list[Any]]] = {}
@@ -203,11 +213,68 @@ def test_the_days_of_a_sealed_month_are_merged_into_one_part(tmp_path: Path) -> 
     main.close()
 
 
+def test_merged_days_stay_a_while_for_readers_that_opened_the_snapshot_before(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader attaches the snapshot, then the parts it lists: the day files a month
+    merge unlists are kept for a grace period, and a reader whose snapshot was replaced
+    in between opens the new one instead of failing."""
+    rows = days_of_rows(600, 8, t0_ms=T0_MS + 25 * DAY_MS)  # 2026-01-26 .. 02-02
+    path = tmp_path / "turnout.duckdb"
+    before_feb = [r for r in rows if r.time_ms < T0_MS + 31 * DAY_MS + 12 * 3_600_000]
+    with Archive.open(path) as archive:
+        load_days(archive, before_feb, hot_hours=24)
+        assert "2026-01-30.duckdb" in archive_files(path)  # January in days, not merged yet
+        # the writer publishes a merge between a reader's two steps
+        attach = snapshot_module._attach_parts
+        raced: list[bool] = []
+
+        def attach_after_a_merge(con: duckdb.DuckDBPyConnection, main: Path) -> None:
+            if not raced:
+                raced.append(True)
+                monkeypatch.setattr(archive_module, "UNLISTED_GRACE_S", 0.0)
+                load_days(archive, rows[len(before_feb) :], hot_hours=24)
+                assert "2026-01-30.duckdb" not in archive_files(path)  # gone at once
+            attach(con, main)
+
+        monkeypatch.setattr(snapshot_module, "_attach_parts", attach_after_a_merge)
+        con = open_reader(path)  # retried on the new snapshot
+        assert raced
+        assert con.execute("SELECT count(*) FROM events").fetchall() == [(len(rows),)]
+        con.close()
+    monkeypatch.undo()
+    # with the grace period, the day files outlive the publish that merged them
+    path = tmp_path / "graced" / "turnout.duckdb"
+    with Archive.open(path) as archive:
+        load_days(archive, rows, hot_hours=24)
+        files = archive_files(path)
+        assert "2026-01.duckdb" in files and "2026-01-30.duckdb" in files
+        monkeypatch.setattr(archive_module, "UNLISTED_GRACE_S", 0.0)
+        archive.load_batch(rows[-1:])  # a redelivery: something to publish
+        archive.publish(hot_hours=24)
+        assert "2026-01-30.duckdb" not in archive_files(path)
+
+
 def test_a_redelivered_batch_of_a_sealed_day_is_stored_once(
     tmp_path: Path, rows: list[EventRow]
 ) -> None:
     path = tmp_path / "turnout.duckdb"
-    sealed_archive(path, rows)
+    records = days_of_records(1_500, 5)
+    # one record whose time the codec reads but the fast path's check does not (+00:00)
+    r0 = records[0]
+    headers = [(k, v.replace(b"Z", b"+00:00") if k == "ce_time" else v) for k, v in r0.headers]
+    odd = Record(r0.topic, r0.partition, r0.offset, r0.timestamp, r0.key, r0.value, headers)
+    records[0] = odd
+    with Archive.open(path) as archive:
+        for i in range(0, len(records), 500):
+            archive.load_records(record_batch(records[i : i + 500]))
+            archive.publish(hot_hours=24)
+        assert archive_files(path)[0] == "2026-01-01.duckdb"
+        # redelivered in the same run, the odd record alone and with current events
+        again = archive.load_records(record_batch([odd]))
+        assert (again.inserted, again.duplicates) == (0, 1)
+        mixed = archive.load_records(record_batch([records[1], *records[-300:]]))
+        assert (mixed.inserted, mixed.duplicates) == (0, 301)
     old = rows[:400]  # 2026-01-01: sealed
     with Archive.open(path) as archive:
         again = archive.load_batch(old)
@@ -245,14 +312,18 @@ def test_an_event_older_than_the_sealed_days_goes_into_the_next_part(
         record.topic, 0, 10**9 + 1, record.timestamp, record.key, record.value,
         [(k, b"0194-late-fast" if k == "ce_id" else v) for k, v in record.headers],
     )  # fmt: skip
+    current = days_of_records(1_500, 5)[len(four_days) : len(four_days) + 50]
     with Archive.open(path) as archive:
         assert archive.load_batch([late]).inserted == 1
-        assert archive.load_records(record_batch([fast])).inserted == 1
+        assert archive.load_records(record_batch([fast, *current])).inserted == 51
+        # the same batch again (a failed offset commit): all duplicates, no crash
+        again = archive.load_records(record_batch([fast, *current]))
+        assert (again.inserted, again.duplicates) == (0, 51)
         archive.publish(hot_hours=24)
         con = open_reader(path)
-        assert con.execute("SELECT count(*) FROM events").fetchall() == [(len(four_days) + 2,)]
+        assert con.execute("SELECT count(*) FROM events").fetchall() == [(len(four_days) + 52,)]
         con.close()
-        load_days(archive, rows[len(four_days) :], hot_hours=24)
+        load_days(archive, rows[len(four_days) + 50 :], hot_hours=24)
     # the next part takes it; the sealed day is never written again
     assert archive_files(path) == ["2026-01-01.duckdb", "2026-01-02.duckdb", "2026-01-03.duckdb"]
     third = duckdb.connect(str(parts_dir(path) / "2026-01-03.duckdb"), read_only=True)
@@ -266,7 +337,7 @@ def test_an_event_older_than_the_sealed_days_goes_into_the_next_part(
 
 
 def test_a_part_a_crash_left_unlisted_is_never_read_and_is_written_again(
-    tmp_path: Path, rows: list[EventRow], reference: dict[str, Any]
+    tmp_path: Path, rows: list[EventRow], reference: dict[str, Any], no_grace: None
 ) -> None:
     path = tmp_path / "turnout.duckdb"
     with Archive.open(path) as archive:
@@ -289,7 +360,7 @@ def test_a_part_a_crash_left_unlisted_is_never_read_and_is_written_again(
 
 
 def test_new_derived_tables_unseal_every_part_and_rebuild_from_all_events(
-    tmp_path: Path, rows: list[EventRow], reference: dict[str, Any]
+    tmp_path: Path, rows: list[EventRow], reference: dict[str, Any], no_grace: None
 ) -> None:
     path = tmp_path / "turnout.duckdb"
     sealed_archive(path, rows)
@@ -336,11 +407,38 @@ def test_sealing_follows_the_clock_not_an_event_from_the_future(
         assert [str(p.day) for p in archive.seal(24, now_ms=now + DAY_MS)] == ["2026-01-02"]
 
 
+def test_days_are_utc_days_whatever_the_sessions_time_zone(
+    tmp_path: Path, rows: list[EventRow]
+) -> None:
+    """Traffic only between 00:00 and 04:00 UTC: in New York that is the day before,
+    and days counted there would leave days unsealed, or rows out of every part."""
+    night = [r for r in rows if r.time_ms % DAY_MS < 4 * 3_600_000]
+    got: dict[str, dict[str, list[Any]]] = {}
+    for name, hot in (("sealed", 24.0), ("unsealed", None)):
+        path = tmp_path / name / "turnout.duckdb"
+        with Archive.open(path) as archive:
+            archive.connection.execute("SET TimeZone = 'America/New_York'")
+            load_days(archive, night, hot_hours=hot)
+        got[name] = answers(open_reader(path))
+    path = tmp_path / "sealed" / "turnout.duckdb"
+    assert archive_files(path) == ["2026-01-01.duckdb", "2026-01-02.duckdb", "2026-01-03.duckdb"]
+    assert got["sealed"]["events"] == got["unsealed"]["events"]
+    assert len(got["sealed"]["events"]) == len(night)
+    for day in ("01", "02", "03"):
+        part = duckdb.connect(str(parts_dir(path) / f"2026-01-{day}.duckdb"), read_only=True)
+        part.execute("SET TimeZone = 'UTC'")
+        dates = part.execute("SELECT DISTINCT CAST(time AS DATE) FROM events").fetchall()
+        assert [str(d) for (d,) in dates] == [f"2026-01-{day}"]
+        part.close()
+
+
 def test_a_sink_option_and_the_config_turn_sealing_on(tmp_path: Path) -> None:
     from turnout.analytics.sink import SinkOptions
     from turnout.service.core.config import ConfigError, parse_config
 
     assert SinkOptions().hot_hours == 24.0
     assert parse_config({"duckdb": {"hot_hours": 6}}, {}).duckdb.hot_hours == 6
-    with pytest.raises(ConfigError, match="hot_hours"):
-        parse_config({"duckdb": {"hot_hours": 0.5}}, {})
+    assert parse_config({"duckdb": {"hot_hours": 0}}, {}).duckdb.hot_hours == 0  # never
+    for bad in (0.5, float("inf"), float("nan"), 24 * 367):
+        with pytest.raises(ConfigError, match="hot_hours"):
+            parse_config({"duckdb": {"hot_hours": bad}}, {})

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from turnout.analytics.archive import Archive, Published
+from turnout.analytics.records import record_batch
 from turnout.analytics.sink import Sink, SinkOptions
+from turnout.analytics.synthetic import envelopes, workload
 from turnout.service.kafka.settings import KafkaSettings
+from turnout.service.wire.cloudevents import encode
 
 
 def test_a_long_fold_does_not_push_the_next_snapshot_further_away(tmp_path: Path) -> None:
@@ -27,3 +31,38 @@ def test_a_long_fold_does_not_push_the_next_snapshot_further_away(tmp_path: Path
         assert not sink._publish_due(loading=True)
         sink._published_at = time.monotonic() - 46
         assert sink._publish_due(loading=True)
+
+
+def test_old_days_are_sealed_only_once_the_sink_has_caught_up(tmp_path: Path) -> None:
+    """A full batch means a backlog: partitions reach a day's end at different moments
+    (each fetch takes the same bytes from each), so sealing by the newest event could
+    split a request still coming on another partition. A short batch, or none, means
+    the log's end: then old days are sealed."""
+    envs = list(envelopes(workload(300), step_ms=3 * 86_400_000 / 1_650))  # three days
+    records = [_Record(i, *encode(e)) for i, e in enumerate(envs)]
+    with Archive.open(tmp_path / "a.duckdb") as archive:
+        options = SinkOptions(max_batch_records=len(records))
+        sink = Sink(KafkaSettings(bootstrap="127.0.0.1:1"), archive, options=options)
+        full = record_batch(records)
+        assert not sink._caught_up(full)
+        assert sink._caught_up(record_batch(records[:-1]))
+        assert sink._caught_up(None)
+        _, published = sink._work(full, True, sink._caught_up(full))
+        assert published is not None and published.sealed == ()
+        _, published = sink._work(None, True, sink._caught_up(None))
+        assert published is not None and len(published.sealed) >= 1
+        never = Sink(
+            KafkaSettings(bootstrap="127.0.0.1:1"), archive, options=SinkOptions(hot_hours=0)
+        )
+        assert never._publish_now(seal=True).sealed == ()
+
+
+@dataclass(frozen=True)
+class _Record:
+    offset: int
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]]
+    topic: str = "t.events"
+    partition: int = 0
+    timestamp: int = 0
