@@ -175,7 +175,8 @@ class Published:
     fold_s: float = 0.0  # of `seconds`, the fold into the derived tables (`derive`)
     copy_s: float = 0.0  # ... and the copy to the readers' snapshot
     sealed: tuple[Sealed, ...] = ()  # parts sealed by this publish
-    seal_s: float = 0.0  # ... and the time that took
+    seal_s: float = 0.0  # ... and the time that took (with retention's)
+    expired: tuple[Sealed, ...] = ()  # parts dropped by retention (`keep_days`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -428,13 +429,15 @@ class Archive:
             self._set_state("derived_through", hi)
         return folded
 
-    def publish(self, *, hot_hours: float | None = None) -> Published:
-        """Derive, seal the days older than `hot_hours` (None: none), checkpoint and
-        atomically replace the readers' snapshot."""
+    def publish(self, *, hot_hours: float | None = None, keep_days: int | None = None) -> Published:
+        """Derive, seal the days older than `hot_hours` (None: none), drop the parts
+        older than `keep_days` (None: keep all), checkpoint and atomically replace the
+        readers' snapshot."""
         started = time.monotonic()
         folded = self.derive()
         derived = time.monotonic()
         sealed = self.seal(hot_hours) if hot_hours is not None else []
+        expired = self.expire(keep_days) if keep_days else []
         sealing = time.monotonic()
         self._con.execute("CHECKPOINT")
         checkpointed = time.monotonic()
@@ -443,7 +446,7 @@ class Archive:
         self._remove_unlisted_parts()
         return Published(
             self.snapshot, folded, done - started, derived - started, done - checkpointed,
-            tuple(sealed), sealing - derived,
+            tuple(sealed), sealing - derived, tuple(expired),
         )  # fmt: skip
 
     # ------------------------------------------------------------------ sealing
@@ -476,8 +479,30 @@ class Archive:
             self._keep_since(through)
             for part in sealed:
                 self._list(part)
+            self._set_state("sealed_through_ms", int(through.timestamp() * 1000))
         self._through = through
         return sealed + self._merge_months(through)
+
+    def expire(self, keep_days: int) -> list[Sealed]:
+        """Unlist the parts whose days all ended more than `keep_days` before the end of
+        the last sealed day (retention); their files go `UNLISTED_GRACE_S` later."""
+        if self._through is None:
+            return []
+        cutoff = (self._through - keep_days * _DAY).date()
+        rows = self._con.execute(
+            "SELECT day, until, file, events, requests FROM sealed_parts WHERE until <= $cutoff "
+            "ORDER BY day",
+            {"cutoff": cutoff},
+        ).fetchall()
+        if not rows:
+            return []
+        with self._transaction():
+            self._con.execute("DELETE FROM sealed_parts WHERE until <= $cutoff", {"cutoff": cutoff})
+        folder = parts_dir(self.path)
+        return [
+            Sealed(day, folder / file, events, requests, (until - day).days)
+            for day, until, file, events, requests in rows
+        ]
 
     def _list(self, part: Sealed) -> None:
         self._con.execute(
@@ -599,6 +624,10 @@ class Archive:
         )
 
     def _sealed_through(self) -> datetime | None:
+        """The end of the last sealed day (kept apart from the parts: they may expire)."""
+        ms = _state(self._con, "sealed_through_ms")
+        if ms is not None:
+            return datetime.fromtimestamp(ms / 1000, UTC)
         (day,) = self._one("SELECT max(until) FROM sealed_parts")
         return None if day is None else datetime(day.year, day.month, day.day, tzinfo=UTC)
 
@@ -694,6 +723,7 @@ def _unseal(con: duckdb.DuckDBPyConnection, path: Path) -> None:
             con.execute("INSERT INTO events BY NAME SELECT * FROM _unsealing.main.events")
             con.execute("DETACH _unsealing")
         con.execute("DELETE FROM sealed_parts")
+        con.execute("DELETE FROM sink_state WHERE name = 'sealed_through_ms'")
     except BaseException:
         with suppress(duckdb.Error):
             con.rollback()

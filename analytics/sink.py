@@ -102,6 +102,9 @@ class SinkOptions:
     # publish once the sink has caught up, so a snapshot copies the last day or two,
     # not the archive's months (`[duckdb] hot_hours`; None or 0: never seal)
     hot_hours: float | None = 24.0
+    # sealed parts older than this many days are dropped (`[duckdb] keep_days`; None or 0:
+    # keep every day)
+    keep_days: int | None = None
     report_interval_s: float = 10.0
     gc_interval_s: float | None = 10.0  # None: leave Python's cyclic GC alone
 
@@ -391,7 +394,8 @@ class Sink:
     def _publish_now(self, *, seal: bool = False) -> Published:
         """On the archive's thread: publish a snapshot, sealing old days first if asked."""
         hot = self.options.hot_hours if seal and self.options.hot_hours else None
-        return self.archive.publish(hot_hours=hot)
+        keep = self.options.keep_days if hot is not None else None
+        return self.archive.publish(hot_hours=hot, keep_days=keep)
 
     def _published(self, published: Published) -> None:
         self._dirty = False
@@ -399,6 +403,11 @@ class Sink:
         self._publish_cost = published.copy_s  # the part spacing saves: the module's doc
         self.stats.snapshots += 1
         self.stats.publish_s += published.seconds
+        for part in published.expired:
+            self.reporter.note(
+                f"dropped {part.path.name} ({part.events:,} events, {part.requests:,} requests): "
+                f"older than keep_days={self.options.keep_days}"
+            )
         for part in published.sealed:
             what = (
                 f"sealed {part.day}"
@@ -453,6 +462,12 @@ def cli_main(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     path = args.duckdb or cfg.duckdb.path
     settings = KafkaSettings.from_config(cfg.kafka, topics=cfg.topics, client_id="turnout-sink")
-    code = asyncio.run(_main(settings, path, SinkOptions(hot_hours=cfg.duckdb.hot_hours)))
+    code = asyncio.run(
+        _main(
+            settings,
+            path,
+            SinkOptions(hot_hours=cfg.duckdb.hot_hours, keep_days=cfg.duckdb.keep_days),
+        )
+    )
     sys.stderr.flush()
     return code

@@ -291,6 +291,9 @@ class DuckdbConfig(_Section, frozen=True, kw_only=True):
     # whole UTC days older are sealed into read-only parts (analytics/archive.py: seal);
     # 0: never seal
     hot_hours: float = 24.0
+    # sealed parts whose days all ended more than this many days before the last sealed
+    # one are dropped (retention); 0: keep every day
+    keep_days: int = 0
 
 
 class Config(msgspec.Struct, frozen=True, kw_only=True):
@@ -502,6 +505,8 @@ def _check_semantics(cfg: Config, problems: list[str]) -> None:
     hot = cfg.duckdb.hot_hours
     if not (hot == 0 or 1 <= hot <= 24 * 366):  # also refuses nan
         problems.append("[duckdb] hot_hours must be 0 (never seal) or 1 to 8784 hours")
+    if cfg.duckdb.keep_days and not cfg.duckdb.hot_hours:
+        problems.append("[duckdb] keep_days needs sealing: set hot_hours too")
     if cfg.snapshots.every_events < 1 or cfg.snapshots.every_s <= 0:
         problems.append("[snapshots] every_events must be at least 1 and every_s positive")
     if cfg.streaming.flush_tokens < 1 or cfg.streaming.ttft_timeout_s <= 0:

@@ -384,6 +384,47 @@ def test_new_derived_tables_unseal_every_part_and_rebuild_from_all_events(
     assert answers(open_reader(path)) == reference
 
 
+def test_parts_older_than_keep_days_are_dropped_and_the_rest_reads_as_before(
+    tmp_path: Path, rows: list[EventRow], no_grace: None
+) -> None:
+    path = tmp_path / "turnout.duckdb"
+    old_reader = None
+    with Archive.open(path) as archive:
+        for i in range(0, len(rows), 500):
+            archive.load_batch(rows[i : i + 500])
+            published = archive.publish(hot_hours=24, keep_days=1)
+            if published.expired and old_reader is None:
+                assert [p.path.name for p in published.expired] == ["2026-01-01.duckdb"]
+            if "2026-01-01.duckdb" in archive_files(path) and old_reader is None:
+                old_reader = open_reader(path)  # has the first day's part attached
+    # sealed through 2026-01-04; parts whose days ended by 2026-01-03 are gone
+    assert archive_files(path) == ["2026-01-03.duckdb"]
+    con = open_reader(path)
+    since = "2026-01-03"
+    kept = {
+        "requests": f"SELECT * FROM requests WHERE minute >= '{since}' ORDER BY ALL",
+        "per minute": f"SELECT * FROM requests_per_minute WHERE minute >= '{since}' ORDER BY ALL",
+        "events": "SELECT id, type, time, tenant, request_id, data::VARCHAR FROM events "
+        f"WHERE time >= '{since}' ORDER BY id",
+    }
+    unsealed = tmp_path / "unsealed" / "turnout.duckdb"
+    with Archive.open(unsealed) as archive:
+        load_days(archive, rows, hot_hours=None)
+    whole = open_reader(unsealed)
+    for name, q in kept.items():
+        got = con.execute(q).fetchall()
+        assert got and got == whole.execute(q).fetchall(), name
+    assert con.execute(f"SELECT count(*) FROM events WHERE time < '{since}'").fetchall() == [(0,)]
+    n = sum(1 for r in rows if r.time_ms >= T0_MS + 2 * DAY_MS)
+    assert con.execute("SELECT count(*) FROM events").fetchall() == [(n,)]
+    # a reader that opened before keeps what it had open (POSIX)
+    assert old_reader is not None
+    assert (
+        old_reader.execute("SELECT count(*) FROM events WHERE time < '2026-01-02'").fetchall()[0][0]
+        > 0
+    )
+
+
 def test_a_missing_part_is_named_not_silently_skipped(tmp_path: Path, rows: list[EventRow]) -> None:
     path = tmp_path / "turnout.duckdb"
     sealed_archive(path, rows)
@@ -439,6 +480,9 @@ def test_a_sink_option_and_the_config_turn_sealing_on(tmp_path: Path) -> None:
     assert SinkOptions().hot_hours == 24.0
     assert parse_config({"duckdb": {"hot_hours": 6}}, {}).duckdb.hot_hours == 6
     assert parse_config({"duckdb": {"hot_hours": 0}}, {}).duckdb.hot_hours == 0  # never
+    assert parse_config({"duckdb": {"keep_days": 90}}, {}).duckdb.keep_days == 90
+    with pytest.raises(ConfigError, match="keep_days needs sealing"):
+        parse_config({"duckdb": {"hot_hours": 0, "keep_days": 90}}, {})
     for bad in (0.5, float("inf"), float("nan"), 24 * 367):
         with pytest.raises(ConfigError, match="hot_hours"):
             parse_config({"duckdb": {"hot_hours": bad}}, {})
