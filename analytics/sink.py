@@ -71,6 +71,7 @@ __all__ = [
     "Sink",
     "SinkOptions",
     "SinkStats",
+    "caught_up",
     "cli_main",
     "sink_group_id",
 ]
@@ -130,6 +131,20 @@ class SinkStats:
         self.batches += 1
         if result.last_event_ms is not None:
             self.last_event_ms = max(self.last_event_ms or 0, result.last_event_ms)
+
+
+def caught_up(batch: int, max_batch: int, lag: dict[int, int], assigned: int) -> bool:
+    """May a publish seal old days: has the sink read the log to its end?
+
+    Only then: while it works through a backlog, its partitions reach the same event
+    time at different moments (each fetch takes the same bytes from each, however
+    busy), and a day sealed by the newest event could still have requests to come on
+    a partition behind, whose rows the seal would split. At the end: the last batch
+    was not full, and every assigned partition was fetched and has nothing left
+    (`lag`, from the last fetch's high watermark; on Tansu, whose end offsets are
+    wrong, the batch size is the only guard).
+    """
+    return batch < max_batch and len(lag) == assigned and not any(lag.values())
 
 
 def sink_group_id(settings: KafkaSettings) -> str:
@@ -311,7 +326,7 @@ class Sink:
             publish = self._publish_due(loading=work.records is not None)
             if work.records is None and not publish:
                 continue
-            seal = publish and self._caught_up(work.records)
+            seal = publish and await self._caught_up(consumer, work.records)
             result, published = await _in_thread(self._work, work.records, publish, seal)
             if result is not None:
                 self.stats.add(result)
@@ -361,15 +376,14 @@ class Sink:
         self.stats.load_s += time.monotonic() - started
         return result, self._publish_now(seal=seal) if publish else None
 
-    def _caught_up(self, records: RecordBatch | None) -> bool:
-        """Has the sink read the log to its end (the stream paused, or nothing came)?
-
-        Only then does a publish seal: while it catches up on a backlog, its partitions
-        reach the same event time at different moments (each fetch takes the same bytes
-        from each), and a day sealed by the newest event could still have requests on
-        other partitions to come, whose rows would then be split across the seal.
-        """
-        return records is None or len(records) < self.options.max_batch_records
+    async def _caught_up(self, consumer: GroupConsumer, records: RecordBatch | None) -> bool:
+        """Has the sink read every partition to its end (see `caught_up`)?"""
+        if records is not None and len(records) >= self.options.max_batch_records:
+            return False  # no need to ask: a full batch is a backlog
+        return caught_up(
+            len(records) if records is not None else 0, self.options.max_batch_records,
+            await consumer.lag(), len(consumer.assignment),
+        )  # fmt: skip
 
     async def _commit(self, consumer: GroupConsumer, offsets: dict[TopicPartition, int]) -> None:
         try:  # a commit that fails (also one that times out while the broker restarts) is

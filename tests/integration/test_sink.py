@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from aiokafka.structs import RecordMetadata
 from rich.console import Console
 
 from turnout.analytics.archive import open_reader, snapshot_path
-from turnout.analytics.sink import Reporter, SinkOptions, run_sink
+from turnout.analytics.sink import Reporter, SinkOptions, SinkStats, run_sink
 from turnout.analytics.snapshot import parts_dir
 from turnout.analytics.synthetic import envelopes, workload
 from turnout.service.core.events import RawEvent
@@ -163,6 +164,47 @@ async def test_a_sink_seals_old_days_and_readers_still_see_every_event(
     assert "sealed 2026-01-01" in reporter.console.file.getvalue()  # type: ignore[attr-defined]
     assert archived(path, "SELECT count(*) FROM requests") == 300
     assert archived(path, "SELECT count(DISTINCT id) FROM events") == len(envs)
+
+
+class SealWatch(Reporter):
+    """A reporter that notes how many events were stored when the first day was sealed."""
+
+    def __init__(self) -> None:
+        super().__init__(Console(file=io.StringIO()), interval_s=1.0)
+        self.stats: SinkStats | None = None
+        self.stored_at_seal: int | None = None
+
+    def update(self, stats: SinkStats, *, force: bool = False) -> None:
+        self.stats = stats
+        super().update(stats, force=force)
+
+    def note(self, text: str) -> None:
+        if text.startswith("sealed") and self.stored_at_seal is None and self.stats:
+            self.stored_at_seal = self.stats.stored
+        super().note(text)
+
+
+async def test_a_sink_working_through_a_backlog_seals_only_at_its_end(
+    kafka_settings: KafkaSettings, kafka_topics: Topics, tmp_path: Path
+) -> None:
+    """Three days already in the topic, fetched a few records a partition at a time (a
+    fetch side slower than the writer: batches end on time, not full): sealing waits
+    until every partition is read to its end, so no request is split across a seal."""
+    path = tmp_path / "turnout.duckdb"
+    envs = list(envelopes(workload(300), step_ms=3 * 86_400_000 / 1_650))
+    await produce(kafka_settings, [encode(e) for e in envs])
+    stop = asyncio.Event()
+    watch = SealWatch()
+    options = replace(FAST, fetch_partition_bytes=2048, min_publish_interval_s=0.0)
+    sink = asyncio.create_task(
+        run_sink(kafka_settings, path, stop=stop, options=options, reporter=watch)
+    )
+    await wait_for(lambda: watch.stored_at_seal is not None, 60, "a day sealed")
+    stop.set()
+    await sink
+    assert watch.stored_at_seal == len(envs)
+    assert archived(path, "SELECT count(*) FROM requests") == 300
+    assert archived(path, "SELECT count(DISTINCT request_id) FROM requests") == 300
 
 
 def start_sink(settings: KafkaSettings, path: Path, log: Path) -> subprocess.Popen[bytes]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from turnout.analytics.archive import Archive, Published
 from turnout.analytics.records import record_batch
-from turnout.analytics.sink import Sink, SinkOptions
+from turnout.analytics.sink import Sink, SinkOptions, caught_up
 from turnout.analytics.synthetic import envelopes, workload
 from turnout.service.kafka.settings import KafkaSettings
 from turnout.service.wire.cloudevents import encode
@@ -33,28 +33,31 @@ def test_a_long_fold_does_not_push_the_next_snapshot_further_away(tmp_path: Path
         assert sink._publish_due(loading=True)
 
 
-def test_old_days_are_sealed_only_once_the_sink_has_caught_up(tmp_path: Path) -> None:
-    """A full batch means a backlog: partitions reach a day's end at different moments
-    (each fetch takes the same bytes from each), so sealing by the newest event could
-    split a request still coming on another partition. A short batch, or none, means
-    the log's end: then old days are sealed."""
+def test_old_days_are_sealed_only_once_the_sink_has_read_every_partition_to_its_end() -> None:
+    """A full batch, or any partition behind its end or not fetched yet, means a
+    backlog: partitions reach a day's end at different moments (each fetch takes the
+    same bytes from each), so sealing by the newest event could split a request still
+    coming on another partition."""
+    assert caught_up(10, 100, {0: 0, 1: 0}, 2)
+    assert caught_up(0, 100, {0: 0, 1: 0}, 2)  # an idle publish
+    assert not caught_up(100, 100, {0: 0, 1: 0}, 2)  # a full batch
+    assert not caught_up(10, 100, {0: 0, 1: 3}, 2)  # one partition behind
+    assert not caught_up(10, 100, {0: 0}, 2)  # one not fetched yet
+
+
+def test_a_publish_seals_only_when_asked_and_never_with_hot_hours_0(tmp_path: Path) -> None:
     envs = list(envelopes(workload(300), step_ms=3 * 86_400_000 / 1_650))  # three days
     records = [_Record(i, *encode(e)) for i, e in enumerate(envs)]
     with Archive.open(tmp_path / "a.duckdb") as archive:
-        options = SinkOptions(max_batch_records=len(records))
-        sink = Sink(KafkaSettings(bootstrap="127.0.0.1:1"), archive, options=options)
-        full = record_batch(records)
-        assert not sink._caught_up(full)
-        assert sink._caught_up(record_batch(records[:-1]))
-        assert sink._caught_up(None)
-        _, published = sink._work(full, True, sink._caught_up(full))
+        sink = Sink(KafkaSettings(bootstrap="127.0.0.1:1"), archive, options=SinkOptions())
+        _, published = sink._work(record_batch(records), True, False)
         assert published is not None and published.sealed == ()
-        _, published = sink._work(None, True, sink._caught_up(None))
-        assert published is not None and len(published.sealed) >= 1
         never = Sink(
             KafkaSettings(bootstrap="127.0.0.1:1"), archive, options=SinkOptions(hot_hours=0)
         )
         assert never._publish_now(seal=True).sealed == ()
+        _, published = sink._work(None, True, True)
+        assert published is not None and len(published.sealed) >= 1
 
 
 @dataclass(frozen=True)
