@@ -138,7 +138,7 @@ def _split_json(records: Iterable[KafkaRecord]) -> tuple[list[KafkaRecord], list
     for r in records:
         try:
             check(r.value)  # type: ignore[arg-type]  # None raises TypeError
-        except (msgspec.DecodeError, TypeError):
+        except (msgspec.DecodeError, TypeError, RecursionError):  # too deep: the codec says so
             drop(r)
         else:
             keep(r)

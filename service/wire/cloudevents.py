@@ -333,7 +333,7 @@ def decode_data(type_: str, value: bytes | None) -> Event | RawEvent:
             event: Event = decoder.decode(value)
             return event
         return RawEvent(type=type_, data=_ANY_DECODER.decode(value), raw=bytes(value))
-    except (msgspec.MsgspecError, UnicodeDecodeError) as exc:
+    except (msgspec.MsgspecError, UnicodeDecodeError, RecursionError) as exc:
         raise from_msgspec(exc) from None
 
 

@@ -70,7 +70,7 @@ _AT = re.compile(r"(?P<detail>.*?)(?: - at `(?P<path>[^`]*)`)?", re.DOTALL)
 _MISSING_FIELD = re.compile(r"Object missing required field `(?P<field>[^`]*)`")
 
 
-def from_msgspec(exc: msgspec.MsgspecError | UnicodeDecodeError) -> WireError:
+def from_msgspec(exc: msgspec.MsgspecError | UnicodeDecodeError | RecursionError) -> WireError:
     """Translate a msgspec decode error, keeping the JSON path it reports.
 
     A missing required field is reported at the field itself
@@ -78,6 +78,8 @@ def from_msgspec(exc: msgspec.MsgspecError | UnicodeDecodeError) -> WireError:
     """
     if isinstance(exc, UnicodeDecodeError):  # msgspec's error for a string that is not UTF-8
         return WireError(MALFORMED_JSON, f"a JSON string is not valid UTF-8: {exc.reason}")
+    if isinstance(exc, RecursionError):  # msgspec's for JSON nested past Python's stack
+        return WireError(MALFORMED_JSON, "JSON nested too deep to read")
     if not isinstance(exc, msgspec.ValidationError):
         return WireError(MALFORMED_JSON, str(exc))
     match = _AT.fullmatch(str(exc))

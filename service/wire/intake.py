@@ -120,7 +120,7 @@ def _parse(value: bytes) -> tuple[dict[str, Any], Intake]:
     try:
         body = _decoder.decode(value)
         return body, msgspec.convert(body, Intake)
-    except (msgspec.MsgspecError, UnicodeDecodeError) as err:
+    except (msgspec.MsgspecError, UnicodeDecodeError, RecursionError) as err:
         wire = from_msgspec(err)
         if isinstance(body, dict):  # JSON that breaks the schema: still answer its request
             rid, tenant = body.get("request_id"), body.get("tenant")
@@ -151,7 +151,7 @@ def decode_cancel(value: bytes | None, *, key: bytes | None) -> Cancel | None:
         return None
     try:
         body = _decoder.decode(value)
-    except (msgspec.MsgspecError, UnicodeDecodeError):
+    except (msgspec.MsgspecError, UnicodeDecodeError, RecursionError):
         return None
     if not isinstance(body, dict) or "cancel" not in body:
         return None

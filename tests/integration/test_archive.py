@@ -500,6 +500,24 @@ def test_the_fast_path_stores_and_refuses_exactly_what_the_codec_does(tmp_path: 
     assert len(codec[0]) > 10 and len(codec[1]) > 10  # both kinds are exercised
 
 
+def test_a_record_nested_past_the_stack_is_a_sink_error_not_a_crash(path: Path) -> None:
+    """A value nested 5,000 deep made the column builder raise RecursionError in the
+    sink's fetch task: the sink died, and died again on the same record after restart."""
+    good = [encode(e) for e in envelopes(workload(3))]
+    key, _, headers = good[0]
+    deep = b'{"tenant": "t0", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    records = [
+        Rec(k, v, list(h), offset=i) for i, (k, v, h) in enumerate([*good, (key, deep, headers)])
+    ]
+    with Archive.open(path) as archive:
+        result = archive.load_records(record_batch(records))
+        assert (result.inserted, result.errors) == (len(good), 1)
+        (code, reason) = archive.connection.execute(
+            "SELECT code, reason FROM sink_errors"
+        ).fetchone() or ("", "")
+    assert code == "malformed_json" and "nested too deep" in reason
+
+
 def test_attempts_name_the_provider_that_was_called(path: Path) -> None:
     """Events written with `[providers]` carry `provider`; older ones are `[upstream]`'s."""
     stories = workload(24)

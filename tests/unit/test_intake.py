@@ -11,7 +11,7 @@ from turnout.service.core.config import parse_config
 from turnout.service.core.request import Context, decide_intake
 from turnout.service.core.state import RouterState
 from turnout.service.wire.errors import WireError
-from turnout.service.wire.intake import MAX_RECORD_BYTES, decode_intake
+from turnout.service.wire.intake import MAX_RECORD_BYTES, decode_cancel, decode_intake
 
 POS = {"topic": "turnout.requests", "partition": 3, "offset": 41}
 MSGS = [{"role": "user", "content": "Say hello in eight words please"}]
@@ -72,6 +72,16 @@ def test_bad_records_are_refused_with_a_code_and_a_json_path(
         decode_intake(value, key=b"acme", **POS)
     assert info.value.code == code
     assert info.value.path == path
+
+
+def test_json_nested_past_the_stack_is_malformed_not_a_crash() -> None:
+    """msgspec raises RecursionError past ~1,000 levels: a hostile record, not a bug."""
+    deep = b'{"tenant": "acme", "messages": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    with pytest.raises(WireError) as info:
+        decode_intake(deep, key=b"acme", **POS)
+    assert info.value.code == "malformed_json"
+    assert "nested too deep" in str(info.value)
+    assert decode_cancel(b'{"cancel": ' + b"[" * 5000 + b"]" * 5000 + b"}", key=b"a") is None
 
 
 def test_no_tenant_anywhere_and_huge_records_are_refused() -> None:
