@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -198,6 +199,8 @@ class _Straggler(Exception):
 _SEALED_BY = {"events": "time", "request_facts": "minute", "requests_per_minute": "minute"}
 """The time column each sealed table is split on."""
 _DAY = timedelta(days=1)
+_PART_FILE = re.compile(r"\d{4}-\d{2}(-\d{2})?\.duckdb(\.tmp)?(\.wal)?")
+"""The names of the files sealing writes in the parts folder (a day's, a month's)."""
 UNLISTED_GRACE_S = 60.0
 """How long a part file no snapshot lists is kept before a publish deletes it."""
 
@@ -232,6 +235,8 @@ class Archive:
         self._seq = self._state("batch_seq")
         self._through = self._sealed_through()  # the end of the last sealed day, if any
         self._unlisted: dict[str, float] = {}  # part files no longer listed, since when
+        expired = _state(con, "expired_before_ms")  # retention dropped the days before it
+        self._expired_before = _from_ms(expired) if expired is not None else None
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> Archive:
@@ -282,19 +287,26 @@ class Archive:
             result.last_event_ms,
         )  # fmt: skip
 
+    @property
+    def _checked_before(self) -> datetime | None:
+        """Events older than this may be stored already, in a part, or dropped by retention."""
+        known = [d for d in (self._through, self._expired_before) if d is not None]
+        return max(known) if known else None
+
     def _unsealed(self, rows: Sequence[EventRow]) -> tuple[Sequence[EventRow], int]:
-        """`rows` without the events already stored in a sealed part, and how many those were."""
-        through = self._through
-        if through is None:
+        """`rows` without the events already stored in a sealed part or of a day retention
+        dropped (a redelivery: counted as duplicates), and how many those were."""
+        checked = self._checked_before
+        if checked is None:
             return rows, 0
-        limit = int(through.timestamp() * 1000)
+        limit = int(checked.timestamp() * 1000)
         old = [r.id for r in rows if r.time_ms < limit]
         if not old:
             return rows, 0
         stored = self._ids_in_parts(old)
-        if not stored:
-            return rows, 0
-        kept = [r for r in rows if r.id not in stored]
+        expired = self._expired_before
+        gone = -(2**62) if expired is None else int(expired.timestamp() * 1000)
+        kept = [r for r in rows if r.id not in stored and r.time_ms >= gone]
         return kept, len(rows) - len(kept)
 
     def _ids_in_parts(self, ids: list[str]) -> set[str]:
@@ -356,11 +368,12 @@ class Archive:
         with self._registered_table("_records", batch.table), self._transaction():
             self._con.execute(_sql("stage.sql"))
             insert = _INSERT_NEW_STAGED if dedupe else _INSERT_STAGED
-            through = self._through or _NEVER
+            checked = self._checked_before
+            through = checked or _NEVER
             inserted = int(self._one(insert, {"seq": seq, "through": through})[0])
             refused: list[tuple[int]] = []
             if dedupe or inserted < len(batch.records):  # a second pass only when needed
-                if self._through is not None and self._one(_LATE, {"through": through})[0]:
+                if checked is not None and self._one(_LATE, {"through": through})[0]:
                     raise _Straggler  # events of a sealed day: stored there already, maybe
                 refused = self._con.execute(_REFUSED).fetchall()
             decoded, errors = decode_records(
@@ -496,8 +509,11 @@ class Archive:
         ).fetchall()
         if not rows:
             return []
+        expired_before = datetime(cutoff.year, cutoff.month, cutoff.day, tzinfo=UTC)
         with self._transaction():
             self._con.execute("DELETE FROM sealed_parts WHERE until <= $cutoff", {"cutoff": cutoff})
+            self._set_state("expired_before_ms", int(expired_before.timestamp() * 1000))
+        self._expired_before = expired_before
         folder = parts_dir(self.path)
         return [
             Sealed(day, folder / file, events, requests, (until - day).days)
@@ -627,7 +643,7 @@ class Archive:
         """The end of the last sealed day (kept apart from the parts: they may expire)."""
         ms = _state(self._con, "sealed_through_ms")
         if ms is not None:
-            return datetime.fromtimestamp(ms / 1000, UTC)
+            return _from_ms(ms)
         (day,) = self._one("SELECT max(until) FROM sealed_parts")
         return None if day is None else datetime(day.year, day.month, day.day, tzinfo=UTC)
 
@@ -642,8 +658,8 @@ class Archive:
         now = time.monotonic()
         unlisted: dict[str, float] = {}
         for entry in folder.iterdir():
-            if entry.name in listed:
-                continue
+            if entry.name in listed or not _PART_FILE.fullmatch(entry.name) or entry.is_dir():
+                continue  # listed, or not a file this archive wrote: never touched
             since = self._unlisted.get(entry.name, now)
             if now - since >= UNLISTED_GRACE_S:
                 entry.unlink(missing_ok=True)
@@ -735,6 +751,10 @@ def _day_of(moment: datetime) -> datetime:
     """The start (UTC) of the day `moment` falls in."""
     utc = moment.astimezone(UTC)
     return datetime(utc.year, utc.month, utc.day, tzinfo=UTC)
+
+
+def _from_ms(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)
 
 
 def _fresh_tmp(final: Path) -> Path:

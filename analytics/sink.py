@@ -144,7 +144,7 @@ def caught_up(batch: int, max_batch: int, lag: dict[int, int], assigned: int) ->
     (`lag`, from the last fetch's high watermark; on Tansu, whose end offsets are
     wrong, the batch size is the only guard).
     """
-    return batch < max_batch and len(lag) == assigned and not any(lag.values())
+    return batch < max_batch and 0 < len(lag) == assigned and not any(lag.values())
 
 
 def sink_group_id(settings: KafkaSettings) -> str:

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import os
 import shutil
-from contextlib import suppress
 from pathlib import Path
 
 import duckdb
@@ -140,24 +139,27 @@ def _open_reader(main: Path) -> duckdb.DuckDBPyConnection:
     try:
         inode = target.stat().st_ino
         con.execute("ATTACH ? AS archive (READ_ONLY)", [str(target)])
-    except (duckdb.IOException, duckdb.ResourceInUseException) as err:
+    except duckdb.Error as err:
         con.close()
         raise open_error(target, err, writing=False) from None
-    except FileNotFoundError:  # replaced between exists() and stat(): take the new one
+    except BaseException:  # also FileNotFoundError: gone between exists() and stat()
         con.close()
-        raise _Replaced from None
+        raise
     try:
         _attach_parts(con, main)
+        _use(con)
     except TurnoutError:
+        try:  # compared while the old snapshot is still open: its inode is not reused
+            replaced = target.stat().st_ino != inode  # a newer snapshot lists other parts
+        except FileNotFoundError:
+            replaced = True
         con.close()
-        with suppress(FileNotFoundError):
-            if target.stat().st_ino != inode:  # a newer snapshot lists other parts
-                raise _Replaced from None
+        if replaced:
+            raise _Replaced from None
         raise
     except BaseException:
         con.close()
         raise
-    _use(con)
     return con
 
 

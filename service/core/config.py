@@ -505,6 +505,8 @@ def _check_semantics(cfg: Config, problems: list[str]) -> None:
     hot = cfg.duckdb.hot_hours
     if not (hot == 0 or 1 <= hot <= 24 * 366):  # also refuses nan
         problems.append("[duckdb] hot_hours must be 0 (never seal) or 1 to 8784 hours")
+    if not 0 <= cfg.duckdb.keep_days <= 36_500:
+        problems.append("[duckdb] keep_days must be 0 (keep every day) or 1 to 36500")
     if cfg.duckdb.keep_days and not cfg.duckdb.hot_hours:
         problems.append("[duckdb] keep_days needs sealing: set hot_hours too")
     if cfg.snapshots.every_events < 1 or cfg.snapshots.every_s <= 0:

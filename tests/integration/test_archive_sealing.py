@@ -417,12 +417,39 @@ def test_parts_older_than_keep_days_are_dropped_and_the_rest_reads_as_before(
     assert con.execute(f"SELECT count(*) FROM events WHERE time < '{since}'").fetchall() == [(0,)]
     n = sum(1 for r in rows if r.time_ms >= T0_MS + 2 * DAY_MS)
     assert con.execute("SELECT count(*) FROM events").fetchall() == [(n,)]
+    # the dropped days stay dropped when the sink is sent them again (a reset offset, a
+    # group whose committed offsets expired), also after a restart, by either path
+    first_day = [r for r in rows if r.time_ms < T0_MS + DAY_MS][:300]
+    records = days_of_records(1_500, 5)[: len(first_day)]
+    with Archive.open(path) as archive:
+        again = archive.load_batch(first_day)
+        assert (again.inserted, again.duplicates) == (0, len(first_day))
+        fast = archive.load_records(record_batch(records))
+        assert (fast.inserted, fast.duplicates) == (0, len(records))
+        archive.publish(hot_hours=24, keep_days=1)
+    con = open_reader(path)
+    assert con.execute("SELECT count(*) FROM events").fetchall() == [(n,)]
     # a reader that opened before keeps what it had open (POSIX)
     assert old_reader is not None
     assert (
         old_reader.execute("SELECT count(*) FROM events WHERE time < '2026-01-02'").fetchall()[0][0]
         > 0
     )
+
+
+def test_only_files_sealing_wrote_are_ever_removed_from_the_parts_folder(
+    tmp_path: Path, rows: list[EventRow], no_grace: None
+) -> None:
+    path = tmp_path / "turnout.duckdb"
+    parts_dir(path).mkdir(parents=True)
+    (parts_dir(path) / "lost+found").mkdir()  # the folder is a mount point
+    (parts_dir(path) / "2026-01-01.duckdb.backup").write_bytes(b"an operator's copy")
+    (parts_dir(path) / "2026-01-09.duckdb").write_bytes(b"not listed: a crash's")
+    sealed_archive(path, rows)
+    assert archive_files(path) == [
+        "2026-01-01.duckdb", "2026-01-01.duckdb.backup", "2026-01-02.duckdb",
+        "2026-01-03.duckdb", "lost+found",
+    ]  # fmt: skip
 
 
 def test_a_missing_part_is_named_not_silently_skipped(tmp_path: Path, rows: list[EventRow]) -> None:
@@ -481,6 +508,9 @@ def test_a_sink_option_and_the_config_turn_sealing_on(tmp_path: Path) -> None:
     assert parse_config({"duckdb": {"hot_hours": 6}}, {}).duckdb.hot_hours == 6
     assert parse_config({"duckdb": {"hot_hours": 0}}, {}).duckdb.hot_hours == 0  # never
     assert parse_config({"duckdb": {"keep_days": 90}}, {}).duckdb.keep_days == 90
+    for bad_days in (-1, 1_000_000):
+        with pytest.raises(ConfigError, match="keep_days must be"):
+            parse_config({"duckdb": {"keep_days": bad_days}}, {})
     with pytest.raises(ConfigError, match="keep_days needs sealing"):
         parse_config({"duckdb": {"hot_hours": 0, "keep_days": 90}}, {})
     for bad in (0.5, float("inf"), float("nan"), 24 * 367):

@@ -43,6 +43,7 @@ def test_old_days_are_sealed_only_once_the_sink_has_read_every_partition_to_its_
     assert not caught_up(100, 100, {0: 0, 1: 0}, 2)  # a full batch
     assert not caught_up(10, 100, {0: 0, 1: 3}, 2)  # one partition behind
     assert not caught_up(10, 100, {0: 0}, 2)  # one not fetched yet
+    assert not caught_up(0, 100, {}, 0)  # nothing assigned (a rebalance): nothing known
 
 
 def test_a_publish_seals_only_when_asked_and_never_with_hot_hours_0(tmp_path: Path) -> None:
