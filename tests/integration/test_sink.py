@@ -189,20 +189,25 @@ async def test_a_sink_working_through_a_backlog_seals_only_at_its_end(
 ) -> None:
     """Three days already in the topic, fetched a few records a partition at a time (a
     fetch side slower than the writer: batches end on time, not full): sealing waits
-    until every partition is read to its end, so no request is split across a seal."""
+    until every partition is fetched to its end (the rule itself: test_sink_publish.py),
+    and no request is split across a seal. (The rule does not wait for the batches
+    fetched and not yet stored, at most two batches here.)"""
     path = tmp_path / "turnout.duckdb"
     envs = list(envelopes(workload(300), step_ms=3 * 86_400_000 / 1_650))
     await produce(kafka_settings, [encode(e) for e in envs])
     stop = asyncio.Event()
     watch = SealWatch()
-    options = replace(FAST, fetch_partition_bytes=2048, min_publish_interval_s=0.0)
+    options = replace(
+        FAST, fetch_partition_bytes=2048, min_publish_interval_s=0.0, max_batch_records=100
+    )
     sink = asyncio.create_task(
         run_sink(kafka_settings, path, stop=stop, options=options, reporter=watch)
     )
     await wait_for(lambda: watch.stored_at_seal is not None, 60, "a day sealed")
     stop.set()
     await sink
-    assert watch.stored_at_seal == len(envs)
+    # at most the batch queued and the one being collected are fetched and not stored
+    assert watch.stored_at_seal is not None and watch.stored_at_seal >= len(envs) - 2 * 100
     assert archived(path, "SELECT count(*) FROM requests") == 300
     assert archived(path, "SELECT count(DISTINCT request_id) FROM requests") == 300
 
