@@ -442,14 +442,20 @@ class Archive:
             self._set_state("derived_through", hi)
         return folded
 
-    def publish(self, *, hot_hours: float | None = None, keep_days: int | None = None) -> Published:
-        """Derive, seal the days older than `hot_hours` (None: none), drop the parts
-        older than `keep_days` (None: keep all), checkpoint and atomically replace the
-        readers' snapshot."""
+    def publish(
+        self,
+        *,
+        hot_hours: float | None = None,
+        keep_days: int | None = None,
+        until_ms: int | None = None,
+    ) -> Published:
+        """Derive, seal the days older than `hot_hours` (None: none; `until_ms`: see
+        `seal`), drop the parts older than `keep_days` (None: keep all), checkpoint and
+        atomically replace the readers' snapshot."""
         started = time.monotonic()
         folded = self.derive()
         derived = time.monotonic()
-        sealed = self.seal(hot_hours) if hot_hours is not None else []
+        sealed = self.seal(hot_hours, until_ms=until_ms) if hot_hours is not None else []
         expired = self.expire(keep_days) if keep_days else []
         sealing = time.monotonic()
         self._con.execute("CHECKPOINT")
@@ -464,15 +470,24 @@ class Archive:
 
     # ------------------------------------------------------------------ sealing
 
-    def seal(self, hot_hours: float, *, now_ms: int | None = None) -> list[Sealed]:
+    def seal(
+        self, hot_hours: float, *, now_ms: int | None = None, until_ms: int | None = None
+    ) -> list[Sealed]:
         """Move the whole UTC days ending more than `hot_hours` before the newest event
-        (or now, if that is earlier) into sealed parts, one file per day."""
+        (or now, or `until_ms`, whichever is earliest) into sealed parts, one file per day.
+
+        `until_ms`: the oldest event the caller has read and not stored yet (the sink's
+        batches in flight): a day it could still add rows to stays.
+        """
         self.derive()  # a request's row is sealed whole: fold what is stored first
         (newest,) = self._one("SELECT max(time) FROM events")
         if newest is None:
             return []
-        now = datetime.fromtimestamp((clock.now_ms() if now_ms is None else now_ms) / 1000, UTC)
-        through = _day_of(min(newest, now) - timedelta(hours=hot_hours))  # the days before it
+        limit = clock.now_ms() if now_ms is None else now_ms
+        if until_ms is not None:
+            limit = min(limit, until_ms)
+        # the days before `through` are sealed
+        through = _day_of(min(newest, _from_ms(limit)) - timedelta(hours=hot_hours))
         if self._through is not None and through <= self._through:
             return []  # older rows (stragglers) wait for the next day to seal
         days = self._days_before(through)  # the days with rows to seal, in order

@@ -29,7 +29,15 @@ import pyarrow.compute as pc
 
 from turnout.service.wire.cloudevents import parse_time
 
-__all__ = ["HEADER_COLUMNS", "KafkaRecord", "RecordBatch", "merge", "record_batch"]
+__all__ = [
+    "HEADER_COLUMNS",
+    "KafkaRecord",
+    "RecordBatch",
+    "first_time_ms",
+    "merge",
+    "record_batch",
+    "time_ms",
+]
 
 HEADER_COLUMNS = {
     "ce_specversion": "h_specversion",
@@ -79,13 +87,23 @@ class RecordBatch:
     @property
     def last_time_ms(self) -> int | None:
         """The `ce_time` of the last record in the table (for progress reports), if readable."""
-        for header, raw in reversed(self.records[-1].headers if self.records else ()):
-            if header == "ce_time":
-                try:
-                    return parse_time(raw.decode())
-                except (ValueError, UnicodeDecodeError):
-                    return None
-        return None
+        return time_ms(self.records[-1]) if self.records else None
+
+
+def time_ms(record: KafkaRecord) -> int | None:
+    """The record's `ce_time` header in ms, if it has a readable one."""
+    for header, raw in reversed(record.headers):
+        if header == "ce_time":
+            try:
+                return parse_time(raw.decode())
+            except (ValueError, UnicodeDecodeError):
+                return None
+    return None
+
+
+def first_time_ms(records: Iterable[KafkaRecord]) -> int | None:
+    """The `ce_time` of the first of `records` that has a readable one."""
+    return next((t for r in records if (t := time_ms(r)) is not None), None)
 
 
 def record_batch(records: Iterable[KafkaRecord]) -> RecordBatch:

@@ -47,6 +47,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import itertools
 import signal
 import sys
 import time
@@ -58,7 +59,7 @@ from typing import TypeAlias, TypeVar
 from rich.console import Console
 
 from turnout.analytics.archive import ROW_GROUP_ROWS, Archive, LoadResult, Published
-from turnout.analytics.records import RecordBatch, merge, record_batch
+from turnout.analytics.records import RecordBatch, first_time_ms, merge, record_batch
 from turnout.service.kafka.consumer import Batch, GroupConsumer, TopicPartition, next_offsets
 from turnout.service.kafka.errors import KafkaFailure, quiet_client_logs
 from turnout.service.kafka.settings import KafkaSettings
@@ -73,6 +74,7 @@ __all__ = [
     "SinkStats",
     "caught_up",
     "cli_main",
+    "oldest_ms",
     "sink_group_id",
 ]
 
@@ -243,10 +245,20 @@ class _ManualGC:
 
 @dataclass(frozen=True, slots=True)
 class _Work:
-    """A batch in column form (None: only publish) and the offsets to commit after it."""
+    """A batch in column form (None: only publish), the offsets to commit after it, and
+    its number among the batches in flight (`Sink._in_flight`)."""
 
     records: RecordBatch | None
     offsets: dict[TopicPartition, int]
+    seq: int = -1
+
+
+def oldest_ms(got: Batch) -> int | None:
+    """The time of the oldest event among fetched records, as their order tells: each
+    partition's first record with a readable time (a partition's events come in about
+    the order they happened; the sealing margin, `hot_hours`, covers the rest)."""
+    times = (first_time_ms(records) for records in got.values())
+    return min((t for t in times if t is not None), default=None)
 
 
 async def _in_thread(fn: Callable[..., _T], *args: object) -> _T:
@@ -280,6 +292,10 @@ class Sink:
         self._published_at = 0.0
         self._publish_cost = 0.0
         self._gc = _ManualGC(None)
+        # the oldest event time of each batch fetched and not stored yet, by batch number:
+        # a seal leaves the days those could still add rows to (`_seal_until`)
+        self._in_flight: dict[int, int] = {}
+        self._batches = itertools.count()
 
     async def run(self, stop: asyncio.Event) -> SinkStats:
         """Consume until `stop` is set; then commit, publish a last snapshot and leave."""
@@ -314,9 +330,10 @@ class Sink:
         self, consumer: GroupConsumer, stop: asyncio.Event, queue: asyncio.Queue[_Work | None]
     ) -> None:
         while not stop.is_set():
-            batch, columns = await self._collect(consumer, stop)
+            seq = next(self._batches)
+            batch, columns = await self._collect(consumer, stop, seq)
             if batch:
-                await queue.put(_Work(columns, next_offsets(batch)))
+                await queue.put(_Work(columns, next_offsets(batch), seq))
             elif self._publish_due(loading=False):  # idle: let the writer publish
                 await queue.put(_Work(None, {}))
         await queue.put(None)
@@ -327,7 +344,9 @@ class Sink:
             if work.records is None and not publish:
                 continue
             seal = publish and await self._caught_up(consumer, work.records)
-            result, published = await _in_thread(self._work, work.records, publish, seal)
+            until = self._seal_until(work.seq) if seal else None
+            result, published = await _in_thread(self._work, work.records, publish, seal, until)
+            self._in_flight.pop(work.seq, None)
             if result is not None:
                 self.stats.add(result)
                 self._dirty = True
@@ -339,11 +358,12 @@ class Sink:
             self.reporter.update(self.stats)
 
     async def _collect(
-        self, consumer: GroupConsumer, stop: asyncio.Event
+        self, consumer: GroupConsumer, stop: asyncio.Event, seq: int
     ) -> tuple[Batch, RecordBatch | None]:
         """Records until the batch is full, the stream pauses, or the wait is over; and
         their column form, each fetched chunk's built on a thread while the next is
-        fetched (None when nothing came)."""
+        fetched (None when nothing came). The oldest event time goes to `_in_flight`
+        as the chunks come."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.options.max_batch_wait_s
         batch: Batch = {}
@@ -362,6 +382,8 @@ class Sink:
                 chunk = [r for records in got.values() for r in records]
                 if chunk:
                     parts.append(asyncio.ensure_future(_in_thread(record_batch, chunk)))
+                    if (oldest := oldest_ms(got)) is not None:
+                        self._in_flight[seq] = min(oldest, self._in_flight.get(seq, oldest))
                 for tp, records in got.items():
                     batch.setdefault(tp, []).extend(records)
                     count += len(records)
@@ -369,12 +391,24 @@ class Sink:
             done = await asyncio.gather(*parts)
         return batch, merge(done) if done else None
 
-    def _work(self, records: RecordBatch | None, publish: bool, seal: bool = False) -> _Done:
+    def _work(
+        self,
+        records: RecordBatch | None,
+        publish: bool,
+        seal: bool = False,
+        until_ms: int | None = None,
+    ) -> _Done:
         """On the archive's thread: load the batch, then publish a snapshot if asked."""
         started = time.monotonic()
         result = self.archive.load_records(records) if records is not None else None
         self.stats.load_s += time.monotonic() - started
-        return result, self._publish_now(seal=seal) if publish else None
+        return result, self._publish_now(seal=seal, until_ms=until_ms) if publish else None
+
+    def _seal_until(self, storing: int) -> int | None:
+        """The oldest event fetched and not stored once batch `storing` is: a seal keeps
+        the days it could still add rows to (at the end of a backlog, the batch queued
+        and the one being collected can hold events of the day a seal would close)."""
+        return min((t for seq, t in self._in_flight.items() if seq != storing), default=None)
 
     async def _caught_up(self, consumer: GroupConsumer, records: RecordBatch | None) -> bool:
         """Has the sink read every partition to its end (see `caught_up`)?"""
@@ -405,11 +439,12 @@ class Sink:
     async def _publish(self) -> None:
         self._published(await _in_thread(self._publish_now))
 
-    def _publish_now(self, *, seal: bool = False) -> Published:
-        """On the archive's thread: publish a snapshot, sealing old days first if asked."""
+    def _publish_now(self, *, seal: bool = False, until_ms: int | None = None) -> Published:
+        """On the archive's thread: publish a snapshot, sealing old days first if asked
+        (none that events up to `until_ms` could still add rows to)."""
         hot = self.options.hot_hours if seal and self.options.hot_hours else None
         keep = self.options.keep_days if hot is not None else None
-        return self.archive.publish(hot_hours=hot, keep_days=keep)
+        return self.archive.publish(hot_hours=hot, keep_days=keep, until_ms=until_ms)
 
     def _published(self, published: Published) -> None:
         self._dirty = False

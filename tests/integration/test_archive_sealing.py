@@ -475,6 +475,23 @@ def test_sealing_follows_the_clock_not_an_event_from_the_future(
         assert [str(p.day) for p in archive.seal(24, now_ms=now + DAY_MS)] == ["2026-01-02"]
 
 
+def test_a_seal_keeps_the_days_that_events_read_and_not_yet_stored_belong_to(
+    tmp_path: Path, rows: list[EventRow]
+) -> None:
+    """The sink passes the oldest event it has fetched and not stored (`until_ms`): five
+    days are stored, but a batch in flight still holds an event of 2026-01-02 12:00, so
+    only 2026-01-01 may close (its requests could otherwise be split across a seal)."""
+    path = tmp_path / "turnout.duckdb"
+    with Archive.open(path) as archive:
+        load_days(archive, rows, hot_hours=None)
+        in_flight = T0_MS + DAY_MS + DAY_MS // 2
+        assert archive.seal(24, until_ms=in_flight) == []
+        in_flight += DAY_MS
+        assert [str(p.day) for p in archive.seal(24, until_ms=in_flight)] == ["2026-01-01"]
+        # nothing in flight: up to the day ending 24 h before the newest event (01-05 late)
+        assert [str(p.day) for p in archive.seal(24)] == ["2026-01-02", "2026-01-03"]
+
+
 def test_days_are_utc_days_whatever_the_sessions_time_zone(
     tmp_path: Path, rows: list[EventRow]
 ) -> None:

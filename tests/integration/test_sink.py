@@ -9,18 +9,20 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.structs import RecordMetadata
 from rich.console import Console
 
-from turnout.analytics.archive import open_reader, snapshot_path
-from turnout.analytics.sink import Reporter, SinkOptions, SinkStats, run_sink
+from turnout.analytics.archive import Archive, open_reader, snapshot_path
+from turnout.analytics.sink import Reporter, Sink, SinkOptions, SinkStats, run_sink
 from turnout.analytics.snapshot import parts_dir
 from turnout.analytics.synthetic import envelopes, workload
 from turnout.service.core.events import RawEvent
@@ -190,8 +192,9 @@ async def test_a_sink_working_through_a_backlog_seals_only_at_its_end(
     """Three days already in the topic, fetched a few records a partition at a time (a
     fetch side slower than the writer: batches end on time, not full): sealing waits
     until every partition is fetched to its end (the rule itself: test_sink_publish.py),
-    and no request is split across a seal. (The rule does not wait for the batches
-    fetched and not yet stored, at most two batches here.)"""
+    and no request is split across a seal. (Events of days the seal leaves open may
+    still be in the batches fetched and not yet stored, at most two batches here; the
+    next test has them hold the day sealed.)"""
     path = tmp_path / "turnout.duckdb"
     envs = list(envelopes(workload(300), step_ms=3 * 86_400_000 / 1_650))
     await produce(kafka_settings, [encode(e) for e in envs])
@@ -210,6 +213,68 @@ async def test_a_sink_working_through_a_backlog_seals_only_at_its_end(
     assert watch.stored_at_seal is not None and watch.stored_at_seal >= len(envs) - 2 * 100
     assert archived(path, "SELECT count(*) FROM requests") == 300
     assert archived(path, "SELECT count(DISTINCT request_id) FROM requests") == 300
+
+
+class SlowDiskSink(Sink):
+    """A sink whose disk is slow: each batch takes 0.15 s more to store, so the fetch
+    side runs ahead with a batch queued and the next being collected."""
+
+    def _work(self, *args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.15)
+        return super()._work(*args, **kwargs)
+
+
+async def test_a_seal_at_the_end_of_a_backlog_keeps_the_days_of_batches_not_yet_stored(
+    kafka_settings: KafkaSettings, kafka_topics: Topics, tmp_path: Path
+) -> None:
+    """Partition 0 holds three days, partition 1 a busy first day: partition 0 is read to
+    day 3 long before partition 1 is done with day 1. When the sink has fetched every
+    partition to its end, the last records of day 1 are still in batches a slow disk
+    has not stored: sealing day 1 then would split their requests across the seal (a
+    row in the part, another in the main file). It waits for them instead."""
+    day = 86_400_000
+    thin = workload(60)
+    busy = workload(400, start=60)
+    thin_events = sum(1 for _ in envelopes(thin))
+    busy_events = sum(1 for _ in envelopes(busy, seed=1))
+    sent = [
+        *((0, e) for e in envelopes(thin, step_ms=3 * day / thin_events)),
+        *((1, e) for e in envelopes(busy, step_ms=day / busy_events, seed=1)),
+    ]
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_settings.bootstrap, linger_ms=5)
+    await producer.start()
+    try:
+        sends = []
+        for partition, env in sent:
+            key, value, headers = encode(env)
+            sends.append(
+                await producer.send(
+                    kafka_topics.events, value, key=key, headers=headers, partition=partition
+                )
+            )
+        await asyncio.gather(*sends)
+    finally:
+        await producer.stop()
+    path = tmp_path / "turnout.duckdb"
+    options = replace(
+        FAST, fetch_partition_bytes=2048, min_publish_interval_s=0.0, max_batch_records=5_000
+    )
+    watch = SealWatch()
+    stop = asyncio.Event()
+    archive = await asyncio.to_thread(Archive.open, path)
+    try:
+        sink = asyncio.create_task(
+            SlowDiskSink(kafka_settings, archive, options=options, reporter=watch).run(stop)
+        )
+        await wait_for(lambda: watch.stored_at_seal is not None, 90, "a day sealed")
+        stop.set()
+        await sink
+    finally:
+        await asyncio.to_thread(archive.close)
+    assert "sealed 2026-01-01" in watch.console.file.getvalue()  # type: ignore[attr-defined]
+    assert watch.stored_at_seal == len(sent)  # every event of the sealed day was stored
+    assert archived(path, "SELECT count(DISTINCT request_id) FROM requests") == 460
+    assert archived(path, "SELECT count(*) FROM requests") == 460  # no request split
 
 
 def start_sink(settings: KafkaSettings, path: Path, log: Path) -> subprocess.Popen[bytes]:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from turnout.analytics.archive import Archive, Published
 from turnout.analytics.records import record_batch
-from turnout.analytics.sink import Sink, SinkOptions, caught_up
+from turnout.analytics.sink import Sink, SinkOptions, caught_up, oldest_ms
 from turnout.analytics.synthetic import envelopes, workload
 from turnout.service.kafka.settings import KafkaSettings
 from turnout.service.wire.cloudevents import encode
@@ -59,6 +59,21 @@ def test_a_publish_seals_only_when_asked_and_never_with_hot_hours_0(tmp_path: Pa
         assert never._publish_now(seal=True).sealed == ()
         _, published = sink._work(None, True, True)
         assert published is not None and len(published.sealed) >= 1
+
+
+def test_the_oldest_event_in_flight_is_each_partitions_first_readable_time() -> None:
+    """What a seal must leave open (`Sink._seal_until`): a partition's records come in
+    about their events' order, so its first readable `ce_time` is its oldest; a record
+    without one (refused, bound for sink_errors) does not hide the next one's."""
+    envs = list(envelopes(workload(4), step_ms=1_000))
+    first, second = (_Record(i, *encode(e)) for i, e in enumerate(envs[:2]))
+    broken = replace(first, headers=[(k, b"yesterday" if k == "ce_time" else v)
+                                     for k, v in first.headers])  # fmt: skip
+    later = replace(second, partition=1)
+    assert oldest_ms({("t", 0): [first, second], ("t", 1): [later]}) == envs[0].time_ms
+    assert oldest_ms({("t", 0): [broken, second], ("t", 1): [later]}) == envs[1].time_ms
+    assert oldest_ms({("t", 0): [broken]}) is None
+    assert oldest_ms({}) is None
 
 
 @dataclass(frozen=True)
