@@ -43,7 +43,7 @@ import os
 import re
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from importlib import resources
@@ -313,14 +313,11 @@ class Archive:
         """Which of `ids` the sealed parts hold (a rare path: a redelivery of old events)."""
         found: set[str] = set()
         for (file,) in self._con.execute("SELECT file FROM sealed_parts").fetchall():
-            self._con.execute("ATTACH ? AS _sealed (READ_ONLY)", [str(parts_dir(self.path) / file)])
-            try:
+            with _attached(self._con, parts_dir(self.path) / file, "_sealed"):
                 rows = self._con.execute(
                     "SELECT DISTINCT id FROM _sealed.main.events WHERE id IN (SELECT unnest($ids))",
                     {"ids": ids},
                 ).fetchall()
-            finally:
-                self._con.execute("DETACH _sealed")
             found.update(i for (i,) in rows)
         return found
 
@@ -524,7 +521,7 @@ class Archive:
         ).fetchall()
         if not rows:
             return []
-        expired_before = datetime(cutoff.year, cutoff.month, cutoff.day, tzinfo=UTC)
+        expired_before = _start_of(cutoff)
         with self._transaction():
             self._con.execute("DELETE FROM sealed_parts WHERE until <= $cutoff", {"cutoff": cutoff})
             self._set_state("expired_before_ms", int(expired_before.timestamp() * 1000))
@@ -561,19 +558,17 @@ class Archive:
             end = date(first.year + first.month // 12, first.month % 12 + 1, 1)
             final = folder / f"{first:%Y-%m}.duckdb"
             tmp = _fresh_tmp(final)
-            aliases = [f"_day{i}" for i in range(len(files))]
-            for alias, file in zip(aliases, files, strict=True):
-                self._con.execute(f"ATTACH ? AS {alias} (READ_ONLY)", [str(folder / file)])
-            self._con.execute("ATTACH ? AS _part", [str(tmp)])
-            try:
+            with ExitStack() as attached:
+                aliases = [
+                    attached.enter_context(_attached(self._con, folder / file, f"_day{i}"))
+                    for i, file in enumerate(files)
+                ]
+                attached.enter_context(_attached(self._con, tmp, "_part", read_only=False))
                 for table in SEALED_TABLES:
                     union = " UNION ALL BY NAME ".join(
                         f"SELECT * FROM {a}.main.{table}" for a in aliases
                     )
                     self._con.execute(f"CREATE TABLE _part.main.{table} AS {union}")
-            finally:
-                for alias in ("_part", *aliases):
-                    self._con.execute(f"DETACH {alias}")
             _fsync(tmp)
             os.replace(tmp, final)
             _fsync(folder)
@@ -594,7 +589,7 @@ class Archive:
             for t, c in _SEALED_BY.items()
         )
         rows = self._con.execute(f"SELECT * FROM ({union}) ORDER BY 1", {"through": through})
-        return [datetime(d.year, d.month, d.day, tzinfo=UTC) for (d,) in rows.fetchall()]
+        return [_start_of(d) for (d,) in rows.fetchall()]
 
     def _write_part(
         self, folder: Path, day: datetime, lo: datetime | None, hi: datetime
@@ -614,16 +609,13 @@ class Archive:
             return None
         final = folder / f"{day.date().isoformat()}.duckdb"
         tmp = _fresh_tmp(final)
-        self._con.execute("ATTACH ? AS _part", [str(tmp)])
-        try:
+        with _attached(self._con, tmp, "_part", read_only=False):
             for table in SEALED_TABLES:
                 self._con.execute(
                     f"CREATE TABLE _part.main.{table} AS SELECT * FROM main.{table} "
                     f"WHERE {where[table]}",
                     params,
                 )
-        finally:
-            self._con.execute("DETACH _part")
         _fsync(tmp)
         os.replace(tmp, final)
         _fsync(folder)
@@ -660,7 +652,7 @@ class Archive:
         if ms is not None:
             return _from_ms(ms)
         (day,) = self._one("SELECT max(until) FROM sealed_parts")
-        return None if day is None else datetime(day.year, day.month, day.day, tzinfo=UTC)
+        return None if day is None else _start_of(day)
 
     def _remove_unlisted_parts(self) -> None:
         """Delete the part files no snapshot has listed for `UNLISTED_GRACE_S` (the days of
@@ -750,9 +742,8 @@ def _unseal(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     con.begin()
     try:
         for file in files:
-            con.execute("ATTACH ? AS _unsealing (READ_ONLY)", [str(parts_dir(path) / file)])
-            con.execute("INSERT INTO events BY NAME SELECT * FROM _unsealing.main.events")
-            con.execute("DETACH _unsealing")
+            with _attached(con, parts_dir(path) / file, "_unsealing"):
+                con.execute("INSERT INTO events BY NAME SELECT * FROM _unsealing.main.events")
         con.execute("DELETE FROM sealed_parts")
         con.execute("DELETE FROM sink_state WHERE name = 'sealed_through_ms'")
     except BaseException:
@@ -764,8 +755,24 @@ def _unseal(con: duckdb.DuckDBPyConnection, path: Path) -> None:
 
 def _day_of(moment: datetime) -> datetime:
     """The start (UTC) of the day `moment` falls in."""
-    utc = moment.astimezone(UTC)
-    return datetime(utc.year, utc.month, utc.day, tzinfo=UTC)
+    return _start_of(moment.astimezone(UTC).date())
+
+
+def _start_of(day: date) -> datetime:
+    """The start (UTC) of `day` (a UTC day, as the archive counts them)."""
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
+@contextmanager
+def _attached(
+    con: duckdb.DuckDBPyConnection, path: Path, alias: str, *, read_only: bool = True
+) -> Iterator[str]:
+    """`path` attached to `con` as `alias` for the block (read-only unless asked)."""
+    con.execute(f"ATTACH ? AS {alias}{' (READ_ONLY)' if read_only else ''}", [str(path)])
+    try:
+        yield alias
+    finally:
+        con.execute(f"DETACH {alias}")
 
 
 def _from_ms(ms: int) -> datetime:
