@@ -106,7 +106,7 @@ def _rate_trips(b: Breaker, now_ms: int, cfg: BreakerConfig) -> str | None:
     oldest = now_ms // 1000 - cfg.window_s
     calls = sum(c for s, c, _ in b.buckets if s > oldest)
     failures = sum(f for s, _, f in b.buckets if s > oldest)
-    if calls >= cfg.min_calls and failures / calls >= cfg.failure_rate:
+    if calls and calls >= cfg.min_calls and failures / calls >= cfg.failure_rate:
         return f"failure rate {failures}/{calls} over {cfg.window_s}s"
     return None
 

@@ -410,22 +410,24 @@ def _convert_section(
         return None
     fields = {f.name: f for f in msgspec.structs.fields(cls)}
     values: dict[str, Any] = {}
-    ok = True
     for key, value in table.items():
         field = fields.get(key)
         if field is None:
             problems.append(f"[{where}] unknown key {key!r}{_hint(key, list(fields))}")
-            ok = False
             continue
         try:
             values[key] = msgspec.convert(value, field.type, strict=False)
         except msgspec.ValidationError as err:
             problems.append(f"[{where}] {key} = {value!r}: {err}")
-            ok = False
-    if not ok:
-        return None
     if base is not None:
         return msgspec.structs.replace(base, **values)
+    missing = [f.name for f in fields.values() if f.required and f.name not in table]
+    for name in missing:
+        problems.append(f"[{where}] {name} is required")
+    if any(f.required and f.name not in values for f in fields.values()):
+        return None
+    # a key that failed keeps its default, so the rest of the section is still checked
+    # (every problem listed); the config is refused all the same
     return cls(**values)
 
 
@@ -494,6 +496,12 @@ def _check_semantics(cfg: Config, problems: list[str]) -> None:
         problems.append("[breaker] failure_rate must be within (0, 1]")
     if breaker.success_threshold < 1:
         problems.append("[breaker] success_threshold must be at least 1")
+    if breaker.failure_threshold is not None and breaker.failure_threshold < 1:
+        problems.append("[breaker] failure_threshold must be at least 1 (or unset)")
+    if breaker.failure_rate is not None and (breaker.window_s < 1 or breaker.min_calls < 1):
+        problems.append("[breaker] failure_rate needs window_s and min_calls of at least 1")
+    if breaker.call_timeout_s <= 0:
+        problems.append("[breaker] call_timeout_s must be positive")
     if not 0 <= cfg.retry.retry_budget_ratio <= 1:
         problems.append("[retry] retry_budget_ratio must be within 0..1")
     if cfg.retry.base_delay_ms > cfg.retry.max_delay_ms:

@@ -102,6 +102,42 @@ def test_semantic_problems_are_listed_too() -> None:
     assert any("base_delay_ms must not exceed" in p for p in problems)
 
 
+def test_a_key_that_fails_does_not_hide_the_rest_of_its_section() -> None:
+    """A route whose models are not a list still has its strategy checked; a provider
+    with no base_url is a listed problem (it was a TypeError out of the parser)."""
+    with pytest.raises(ConfigError) as info:
+        parse_config(
+            {
+                "routes": {"r": {"models": "notalist", "strategy": "bogus"}},
+                "providers": {"local": {"models": ["local/*"], "pool_size": 0}},
+            },
+            {},
+        )
+    assert info.value.problems == [
+        "[routes.r] models = 'notalist': Expected `array`, got `str`",
+        "[providers.local] base_url is required",
+        "[routes.r] strategy 'bogus' is not one of priority, weighted, lowest_latency, cheapest",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("breaker", "problem"),
+    [  # each accepted before: the first tripped every breaker on its first success, the
+        # second divided by zero in the router's breaker, the third could never trip
+        ({"failure_threshold": 0}, "failure_threshold must be at least 1"),
+        ({"failure_rate": 0.5, "min_calls": 0, "window_s": 0}, "needs window_s and min_calls"),
+        ({"failure_rate": 0.5, "window_s": 0}, "needs window_s and min_calls"),
+        ({"call_timeout_s": 0}, "call_timeout_s must be positive"),
+    ],
+)
+def test_breaker_settings_that_cannot_work_are_refused(
+    breaker: dict[str, float], problem: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"breaker": breaker}, {})
+    assert [p for p in info.value.problems if problem in p], info.value.problems
+
+
 def test_money_and_limits_must_be_finite_numbers() -> None:
     """TOML has `inf` and `nan`: as a default price, every budgeted request would fail."""
     with pytest.raises(ConfigError) as info:
