@@ -139,6 +139,16 @@ def whatif_main(args: argparse.Namespace) -> int:
     diffs.sort(key=lambda v: (v.time_ms, v.request_id))
     if stats.requests == 0:
         raise TurnoutError("no requests arrived in the window: check --from/--to (and --tenant)")
+    if args.trail and not run.trail and not run.trail_recorded:
+        who = f" of tenant {args.tenant}" if args.tenant else ""
+        raise TurnoutError(
+            f"request {args.trail} did not arrive in the window{who}: check the id and "
+            "--from/--to (`turnout replay trail ID` shows a request's recorded events)"
+        )
+    for model in sorted(set(assumptions) & run.outcomes.recorded_models):
+        print(f"turnout: warning: --assume {model}: the recording has calls of {model}; "
+              "what-if draws from them, and uses the assumption only where none is "
+              f"within {HORIZON_MS // 60_000} minutes", file=sys.stderr)  # fmt: skip
     if recorded_cfg is None:
         print("turnout: warning: the recording has no turnout.config.applied: the config in "
               "force is unknown", file=sys.stderr)  # fmt: skip

@@ -39,6 +39,7 @@ import msgspec
 
 from turnout.analytics.whatif.outcomes import OutcomeModel
 from turnout.analytics.whatif.recording import (
+    BREAKER_TYPES,
     TERMINAL_TYPES,
     Arrival,
     RecordedRequest,
@@ -64,6 +65,7 @@ from turnout.service.core.state import RouterState, Terminal, evolve
 __all__ = ["RunStats", "WhatIf"]
 
 HORIZON_MS: Final = 600_000  # the log is read this far ahead of the virtual clock
+LOOK_AHEAD_MS: Final = 3_600_000  # and this much further for a model not seen yet
 _PLACEHOLDER_BODY: Final = EncodedBody(encoding="none", body=bytes(512), size_bytes=512)
 
 # heap actions
@@ -93,6 +95,7 @@ class RunStats:
     events_read: int = 0
     first_ms: int | None = None
     last_ms: int | None = None
+    held_peak: int = 0  # the most requests held at once: what the run's memory follows
 
 
 class WhatIf:
@@ -119,6 +122,7 @@ class WhatIf:
         self.state = RouterState(answers=_dedupe_changed(cfg, recorded_cfg))
         self.outcomes = outcomes
         self.tenant = tenant
+        self.until_ms = until_ms
         self.recorded_cfg = recorded_cfg
         self.recorded = Summary()
         self.whatif = Summary()
@@ -159,6 +163,8 @@ class WhatIf:
         for rid in list(self._live):  # still in flight at the end, on one side or both
             self._settle(rid, final=True)
         end = max(self._now, self.stats.last_ms or 0)
+        if self.until_ms is not None:  # breakers count open within the window
+            end = min(end, self.until_ms)
         self.recorded.close(end)
         self.whatif.close(end)
         self.stats.events_read = rec.events
@@ -188,32 +194,49 @@ class WhatIf:
 
     def _arrival(self, arrival: Arrival) -> None:
         req = arrival.request
-        self._live[req.request_id] = _Live(rec=req)
-        self.stats.requests += 1
+        live = self._live
+        live[req.request_id] = _Live(rec=req)
+        if len(live) > self.stats.held_peak:
+            self.stats.held_peak = len(live)
         t = req.arrival_ms
-        self.stats.first_ms = t if self.stats.first_ms is None else min(self.stats.first_ms, t)
-        self.stats.last_ms = t if self.stats.last_ms is None else max(self.stats.last_ms, t)
-        if arrival.replayed:
-            self.stats.replayed += 1
+        if self._counted(req.tenant):
+            stats = self.stats
+            stats.requests += 1
+            stats.first_ms = t if stats.first_ms is None else min(stats.first_ms, t)
+            stats.last_ms = t if stats.last_ms is None else max(stats.last_ms, t)
+            if arrival.replayed:
+                stats.replayed += 1
         self._push(t, req.arrival_seq, _ARRIVE, (req, arrival.replayed))
+
+    def _counted(self, tenant: str) -> bool:
+        """Is a request of `tenant` in the report (`--tenant`: the others are decided, as
+        they share limits, breakers and the cache, and not reported)?"""
+        return self.tenant is None or tenant == self.tenant
+
+    def _in_window(self, time_ms: int) -> bool:
+        """Does a breaker transition at `time_ms` count (up to `--to`, on both sides:
+        the recording's later ones are other requests' doing)?"""
+        return self.until_ms is None or time_ms <= self.until_ms
 
     # -------------------------------------------------------------- reading
 
     def _fold_before(self, time_ms: int, event: object) -> None:
         evolve(self.state, event, time_ms, self.cfg)
+        if type(event) in BREAKER_TYPES:
+            self.outcomes.transition(time_ms, event)
 
     def _recorded_event(self, time_ms: int, event: object) -> None:
         rid = getattr(event, "request_id", None)
-        if (
-            rid is not None
-            and self.tenant is not None
-            and getattr(event, "tenant", "") != self.tenant
-        ):
+        if rid is None:  # a breaker transition
+            self.outcomes.transition(time_ms, event)
+            if self._in_window(time_ms):
+                self.recorded.add(time_ms, event)
             return
-        if rid is not None and rid == self.trail_id:
-            self.trail_recorded.append((time_ms, event))
-        self.recorded.add(time_ms, event)
-        if rid is not None and type(event) in TERMINAL_TYPES:
+        if self._counted(getattr(event, "tenant", "")):
+            if rid == self.trail_id:
+                self.trail_recorded.append((time_ms, event))
+            self.recorded.add(time_ms, event)
+        if type(event) in TERMINAL_TYPES:
             self._settle(rid)
 
     # --------------------------------------------------------------- acting
@@ -300,18 +323,18 @@ class WhatIf:
             evolve(state, event, now, cfg)
             erid = getattr(event, "request_id", None)
             if erid is None:  # a breaker transition
-                self.whatif.add(now, event)
+                if self._in_window(now):
+                    self.whatif.add(now, event)
                 continue
             live = self._live.get(erid)
             if live is None:
                 continue
-            if self.tenant is not None and live.rec.tenant != self.tenant:
-                continue
-            if erid == self.trail_id:
-                self.trail.append((now, event))
-            self.whatif.add(now, event)
-            if self._on_verdict is not None:  # only a verdict's explanation reads them
-                live.events.append(event)
+            if self._counted(live.rec.tenant):
+                if erid == self.trail_id:
+                    self.trail.append((now, event))
+                self.whatif.add(now, event)
+                if self._on_verdict is not None:  # only a verdict's explanation reads them
+                    live.events.append(event)
             if type(event) in TERMINAL_TYPES:
                 live.terminal = event
                 self._settle(erid)
@@ -356,6 +379,8 @@ class WhatIf:
                 first = (recorded.first_token_ms - recorded.start_ms, recorded.first_token_seq,
                          recorded.ttft_ms)  # fmt: skip
         else:
+            if call.model not in self.outcomes.recorded_models:
+                self._look_ahead(call.model, now)
             drawn = self.outcomes.draw(
                 req, call.model, flight.model_attempt, now, self.rec.prices.at(now), stream=stream
             )
@@ -380,6 +405,15 @@ class WhatIf:
             after, seq, ttft = first
             self._push(now + after, seq, _FIRST, (rid, call.model, call.attempt, ttft))
         self._push(now + max(duration, 0), end_seq, _RESULT, (rid, result, recorded is not None))
+
+    def _look_ahead(self, model: str, now: int) -> None:
+        """Read on past the horizon, up to `LOOK_AHEAD_MS`, for a model no recorded call of
+        which has been read yet: one the recording first called later in the window
+        (what-if draws from its calls, not from an assumption, nor refuses it)."""
+        rec, limit = self.rec, now + HORIZON_MS + LOOK_AHEAD_MS
+        while model not in self.outcomes.recorded_models and not rec.done and rec.read_ms < limit:
+            rec.read_until(min(rec.read_ms + 60_000, limit))
+            self._take_new()
 
     def _slow(self, latency_ms: float, recorded: bool | None) -> bool:
         """Slower than `[breaker] call_timeout_s`: as recorded under the same threshold."""
@@ -464,8 +498,7 @@ class WhatIf:
             return
         del self._live[rid]
         self.rec.forget(rid)
-        if self.tenant is not None and req.tenant != self.tenant:
-            self.stats.requests -= 1
+        if not self._counted(req.tenant):
             return
         if final:
             if recorded is None:

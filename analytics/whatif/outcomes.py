@@ -6,7 +6,11 @@ that attempt, the outcome is drawn from what that model did around that moment:
 - per model, the recorded calls in one-minute buckets; a draw takes one recorded
   call of the nearest bucket that has any (its status, error class, latency and,
   for a stream, when its first token came), so latency and error rate follow the
-  recording's, outage minutes included;
+  recording's;
+- while the recording had the model's breaker open (from `turnout.breaker.opened`
+  to `closed`), a draw takes one of the failed calls from the minute before it
+  opened on: the recording made few calls then (the breaker stopped them), so the
+  minute's other calls, successes from before the outage, say nothing of it;
 - usage: the request's own recorded tokens when any call of it succeeded, else its
   prompt estimate and the drawn call's completion tokens (capped at `max_tokens`);
 - cost: the recorded price table at that moment (`turnout.prices.updated`), else the
@@ -127,7 +131,57 @@ class OutcomeModel:
         self.assumptions = dict(assumptions or {})
         self._buckets: dict[str, dict[int, list[_Sample]]] = {}
         self._keys: dict[str, list[int]] = {}
+        # per model, the recording's breaker-open spans: [opened_ms, closed_ms or None]
+        self._opened: dict[str, list[int]] = {}
+        self._closed: dict[str, list[int | None]] = {}
+        self._failures: dict[tuple[str, int], list[_Sample]] = {}  # by (model, opened_ms)
         self.modelled = 0
+
+    def transition(self, time_ms: int, event: object) -> None:
+        """Learn from one recorded breaker transition."""
+        kind = type(event)
+        if kind is ev.BreakerOpened:
+            assert isinstance(event, ev.BreakerOpened)
+            closed = self._closed.setdefault(event.model, [])
+            if not closed or closed[-1] is not None:  # a new span (a reopen extends one)
+                self._opened.setdefault(event.model, []).append(time_ms)
+                closed.append(None)
+        elif kind is ev.BreakerClosed:
+            assert isinstance(event, ev.BreakerClosed)
+            spans = self._closed.get(event.model)
+            if spans and spans[-1] is None:
+                spans[-1] = time_ms
+
+    @property
+    def recorded_models(self) -> set[str]:
+        """The models with recorded calls read so far."""
+        return set(self._buckets)
+
+    def _outage(self, model: str, now_ms: int) -> int | None:
+        """When the recorded breaker-open span `now_ms` falls in opened (None: none)."""
+        opened = self._opened.get(model)
+        if not opened:
+            return None
+        i = bisect.bisect_right(opened, now_ms) - 1
+        if i < 0:
+            return None
+        closed = self._closed[model][i]
+        return opened[i] if closed is None or now_ms < closed else None
+
+    def _failed_since(self, model: str, opened_ms: int) -> list[_Sample]:
+        """The failed calls of `model` from the minute before `opened_ms` on (the ones that
+        tripped the breaker, and its failed probes), as read when first asked."""
+        cached = self._failures.get((model, opened_ms))
+        if cached is not None:
+            return cached
+        keys = self._keys.get(model, [])
+        buckets = self._buckets.get(model, {})
+        first = opened_ms // BUCKET_MS - 1
+        failed = [
+            s for k in keys[bisect.bisect_left(keys, first) :] for s in buckets[k] if not s.ok
+        ]
+        self._failures[(model, opened_ms)] = failed
+        return failed
 
     def observe(self, call: RecordedCall) -> None:
         """Learn from one recorded call that ended."""
@@ -176,6 +230,9 @@ class OutcomeModel:
         u1, u2 = _uniforms(req.request_id, model, model_attempt)
         prompt, completion = _request_tokens(req)
         samples = self._nearest(model, now_ms)
+        opened = self._outage(model, now_ms)
+        if opened is not None:
+            samples = self._failed_since(model, opened) or samples
         self.modelled += 1
         if samples is not None:
             s = samples[min(int(u1 * len(samples)), len(samples) - 1)]

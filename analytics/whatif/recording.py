@@ -40,13 +40,13 @@ from turnout.service.core.pricing import Price
 from turnout.service.core.state import Terminal
 
 __all__ = [
-    "TERMINALS", "TERMINAL_TYPES", "Arrival", "PriceTimeline", "RecordedCall", "RecordedRequest",
-    "Recording",
+    "BREAKER_TYPES", "TERMINALS", "TERMINAL_TYPES", "Arrival", "PriceTimeline", "RecordedCall",
+    "RecordedRequest", "Recording",
 ]  # fmt: skip
 
 TERMINALS: Final = (ev.RequestCompleted, ev.RequestFailed, ev.RequestRejected, ev.RequestCancelled)
 TERMINAL_TYPES: Final = frozenset(TERMINALS)  # for exact-type lookups on the hot path
-_BREAKER_TYPES: Final = frozenset([ev.BreakerOpened, ev.BreakerHalfOpened, ev.BreakerClosed])
+BREAKER_TYPES: Final = frozenset([ev.BreakerOpened, ev.BreakerHalfOpened, ev.BreakerClosed])
 
 
 @dataclass(slots=True)
@@ -237,7 +237,7 @@ class Recording:
             return
         rid = rec.subject
         if rid is None or rec.tenant == ev.SYSTEM_TENANT:
-            if kind in _BREAKER_TYPES and self._recorded is not None:
+            if kind in BREAKER_TYPES and self._recorded is not None:
                 self._recorded(t, data)
             return
         if rid in self._outside:  # in flight when the window opened: kept as recorded
@@ -285,6 +285,7 @@ class Recording:
         if not req.announced:
             if data.intake is not None:
                 req.intake = _intake(req.request_id, req.tenant, data.intake)
+                req.cache_key = data.intake.cache_key
             self._announce(req)
         self._end(req, t, data)
 

@@ -93,7 +93,13 @@ def admission_key(req: IntakeRequest, cfg: Config) -> str | None:
     )
 
 
-def rejected(req: IntakeRequest, code: str, message: str, retry_after_ms: int | None) -> Decision:
+def rejected(
+    req: IntakeRequest,
+    code: str,
+    message: str,
+    retry_after_ms: int | None,
+    cache_key: str | None = None,
+) -> Decision:
     terminal = ev.RequestRejected(
         request_id=req.request_id,
         tenant=req.tenant,
@@ -106,13 +112,15 @@ def rejected(req: IntakeRequest, code: str, message: str, retry_after_ms: int | 
         intake=ev.IntakeFacts(
             task_type=req.task_type, model=req.model, messages_hash=req.messages_hash,
             prompt_tokens_est=req.prompt_tokens_est, max_tokens=req.max_tokens,
-            params=req.params, cache_opt=req.cache, stream=req.stream,
+            params=req.params, cache_opt=req.cache, stream=req.stream, cache_key=cache_key,
         ),
     )  # fmt: skip
     return Decision(events=[terminal], effects=[Respond(terminal=terminal)])
 
 
-def over_limit(state: RouterState, req: IntakeRequest, ctx: Context, hit: bool) -> Decision | None:
+def over_limit(
+    state: RouterState, req: IntakeRequest, ctx: Context, hit: bool, key: str | None = None
+) -> Decision | None:
     """Rejected by a rate limit (a cache hit counts as a request, not as tokens)."""
     if not ctx.cfg.features.rate_limiting:
         return None
@@ -127,12 +135,12 @@ def over_limit(state: RouterState, req: IntakeRequest, ctx: Context, hit: bool) 
         f"{exceeded.limit} = {exceeded.limit_value} reached for tenant {req.tenant!r}; "
         f"retry after {exceeded.retry_after_ms} ms"
     )
-    refusal = rejected(req, "rate_limited", message, exceeded.retry_after_ms)
+    refusal = rejected(req, "rate_limited", message, exceeded.retry_after_ms, key)
     event = exceeded.event(request_id=req.request_id, tenant=req.tenant)
     return Decision(events=[event, *refusal.events], effects=refusal.effects)
 
 
-def over_budget(req: IntakeRequest, over: ev.BudgetExceeded) -> Decision:
+def over_budget(req: IntakeRequest, over: ev.BudgetExceeded, key: str | None = None) -> Decision:
     """Rejected because its reservation would pass a budget (`over` says which)."""
     message = (
         f"the {over.period} budget of tenant {req.tenant!r} would be exceeded: "
@@ -140,7 +148,7 @@ def over_budget(req: IntakeRequest, over: ev.BudgetExceeded) -> Decision:
         f"+ this request {over.requested_micros / 1e6:.6f} > "
         f"{over.limit_micros / 1e6:.6f} USD"
     )
-    refusal = rejected(req, "budget_exceeded", message, None)
+    refusal = rejected(req, "budget_exceeded", message, None, key)
     return Decision(events=[over, *refusal.events], effects=refusal.effects)
 
 

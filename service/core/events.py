@@ -159,6 +159,9 @@ class IntakeFacts(msgspec.Struct, frozen=True, kw_only=True):
     params: dict[str, Any] = {}
     cache_opt: bool | None = None
     stream: bool = False
+    # the cache key the router computed (when cacheable): what-if finds the answer a
+    # request refused here would have had from the cache, had it been admitted
+    cache_key: str | None = None
 
 
 class RequestRejected(_EventBase, frozen=True, kw_only=True):

@@ -209,7 +209,7 @@ def decide_intake(
             miss = ev.CacheMiss(request_id=req.request_id, tenant=req.tenant, cache_key=key)
             lookup = caching.Lookup(entry=None, events=[evicted, miss])
     hit = lookup is not None and lookup.entry is not None
-    refused = over_limit(state, req, ctx, hit)
+    refused = over_limit(state, req, ctx, hit, key)
     if refused is not None:
         return refused
     if hit:
@@ -303,7 +303,7 @@ def _route_and_start(
     if route.order:
         reserved = reserve(state, req, route.order, ctx)
         if reserved and isinstance(reserved[0], ev.BudgetExceeded):
-            return over_budget(req, reserved[0])
+            return over_budget(req, reserved[0], key)
     events: list[Any] = [accepted_event(req, ctx.cfg, key), *reserved, *looked, decided]
     flight = InFlight(
         request_id=req.request_id,

@@ -114,6 +114,12 @@ def test_a_model_the_recording_never_called_needs_an_assumption(
     assert doc["whatif"]["calls"]["delta/new"] > 100 and doc["outcomes_modelled_calls"] > 100
     bad = whatif(path, new, "--assume", "delta/new=fast")
     assert bad.returncode == 2 and "MODEL=latency_ms:P50,P99,ERROR_RATE" in bad.stderr
+    # an assumption for a model the recording called is not silently dropped
+    recorded = whatif(path, new, "--assume", "delta/new=latency_ms:300,900,0.05",
+                      "--assume", "beta/two=latency_ms:10,20,0")  # fmt: skip
+    assert recorded.returncode == 0, recorded.stderr
+    assert "--assume beta/two: the recording has calls of beta/two" in recorded.stderr
+    assert "delta/new:" not in recorded.stderr
 
 
 def test_the_trail_shows_a_requests_recorded_and_what_if_decisions(
@@ -129,6 +135,9 @@ def test_the_trail_shows_a_requests_recorded_and_what_if_decisions(
     whatif_lines = [line for line in lines if "what-if" in line and "attempt.started" in line]
     assert recorded, done.stdout
     assert whatif_lines and all("alpha/one" not in line for line in whatif_lines)
+    unknown = whatif(path, toml(tmp_path / "x.toml"), "--trail", "no-such-request")
+    assert unknown.returncode == 1  # as `turnout replay trail` for an unknown id
+    assert "request no-such-request did not arrive in the window" in unknown.stderr
 
 
 def test_a_window_with_no_requests_is_an_error_that_says_so(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from turnout.analytics.replay.source import Recorded
 from turnout.analytics.whatif.engine import WhatIf
 from turnout.analytics.whatif.outcomes import OutcomeModel, UnknownModel, parse_assume
-from turnout.analytics.whatif.report import Verdict, outcome_of
+from turnout.analytics.whatif.report import Summary, Verdict, outcome_of
 from turnout.analytics.whatif.virtual import Outcome, VirtualArrival, record
 from turnout.service.core import events as ev
 from turnout.service.core.config import Config, parse_config
@@ -364,8 +364,127 @@ def test_tenant_reports_only_that_tenant(recorded: tuple[Config, list[Recorded]]
     cfg, log = recorded
     run, _ = whatif(log, cfg, cfg, tenant="initech")
     expected = {rid for rid, t in terminals(log).items() if t.tenant == "initech"}
-    assert run.whatif.requests == len(expected) == run.recorded.requests
+    assert run.whatif.requests == len(expected) == run.recorded.requests == run.stats.requests
     assert set(run.whatif.spend_micros) <= {"initech"}
+    arrived = [r.time_ms for r in log if isinstance(r.data, ev.RequestAccepted | ev.RequestRejected)
+               and r.data.tenant == "initech"]  # fmt: skip
+    assert (run.stats.first_ms, run.stats.last_ms) == (min(arrived), max(arrived))
+
+
+def test_a_tenant_run_forgets_the_other_tenants_requests_as_they_end() -> None:
+    """The other tenants' requests are decided (they share limits, breakers and the
+    cache) and forgotten once settled, as a run of every tenant forgets them: memory
+    follows the requests in flight within the horizon, not the window (20 minutes here,
+    twice the horizon; before, a tenant run held every other tenant's request to the end)."""
+    w = Workload(n=20_000, gap_ms=60, outage=(0, 0), cancel_share=0)
+    cfg = parse_config(base_raw(acme={"requests_per_minute": None, "burst": None,
+                                      "budget_usd_per_day": None}), {})  # fmt: skip
+    log = recording(w, cfg)
+    every, _ = whatif(log, cfg, cfg)
+    one, _ = whatif(log, cfg, cfg, tenant="acme")
+    assert every.stats.requests == 20_000 and 6_000 < one.stats.requests < 7_500
+    assert every.stats.held_peak < 12_000  # a horizon's worth, not the window
+    assert one.stats.held_peak <= every.stats.held_peak
+
+
+# --- the counterfactual against the truth ---------------------------------------
+# The upstream of these workloads is a pure function of (request, model, attempt, time):
+# recording the same arrivals again under the new config gives what would truly have
+# happened, which what-if (from the old recording alone) must come close to.
+
+
+def summary(log: list[Recorded]) -> Summary:
+    out = Summary()
+    for r in log:
+        out.add(r.time_ms, r.data)
+    return out
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"features": {"circuit_breaker": False}},
+        {"breaker": {"failure_threshold": 3, "recovery_timeout_s": 1}},
+        {"breaker": {"failure_rate": 0.5, "min_calls": 5, "window_s": 10, "recovery_timeout_s": 5}},
+    ],
+    ids=["breaker off", "recovery 1 s", "failure rate"],
+)
+def test_an_outage_stays_an_outage_when_the_new_config_calls_the_model_through_it(
+    recorded: tuple[Config, list[Recorded]], change: dict[str, Any]
+) -> None:
+    """The recording's breaker kept alpha/one's outage (30-70 s) nearly free of calls, so
+    its minutes hold successes from before it. A config calling alpha/one through the
+    outage draws from the calls that failed when the breaker opened: the failures and
+    fallbacks come close to the truth (before: breaker off, 41 failed calls where the
+    truth has 581, and alpha/one serving ~1,100 requests)."""
+    cfg, log = recorded
+    new = parse_config({**base_raw(), **change}, {})
+    truth = summary(record(new, arrivals(Workload()), upstream(Workload()), prices=PRICES))
+    run, _ = whatif(log, new, cfg)
+    for counted in ("calls", "fallbacks"):
+        want = getattr(truth, counted)["alpha/one"]
+        got = getattr(run.whatif, counted)["alpha/one"]
+        assert abs(got - want) <= 0.1 * want + 5, (counted, got, want)
+
+
+def test_raising_a_rate_limit_finds_the_cache_hits_of_requests_the_recording_refused() -> None:
+    """A refused request's cache key is in its rejection now: admitted by a higher limit,
+    it finds the answer an earlier request of the same question left in the cache, as it
+    truly would (before: a stand-in key that matched nothing, 51 requests answered by a
+    modelled call, and billed, instead of from the cache)."""
+    w = Workload(cache_share=0.9, cancel_share=0, stream_share=0, outage=(0, 0),
+                 error_every=10**9)  # fmt: skip
+    strict = {"requests_per_minute": 60, "burst": None, "budget_usd_per_day": None}
+    cfg = parse_config(base_raw(acme=strict), {})
+    log = recording(w, cfg)
+    assert sum(isinstance(r.data, ev.RequestRejected) for r in log) > 300
+    new = parse_config(base_raw(acme={**strict, "requests_per_minute": 100_000}), {})
+    truth = terminals(record(new, arrivals(w), upstream(w), prices=PRICES))
+    run, changed = whatif(log, new, cfg)
+    assert len(changed) > 300
+    assert {v.request_id: v.side("whatif")["outcome"] for v in changed} == {
+        v.request_id: outcome_of(truth[v.request_id]) for v in changed
+    }
+    assert run.whatif.outcomes == Counter(outcome_of(t) for t in truth.values())
+
+
+def test_a_model_the_recording_calls_only_later_is_drawn_from_those_calls() -> None:
+    """beta/two is first called 15 minutes in (when alpha/one fails), beyond the ten
+    minutes what-if reads ahead: a config putting it first draws from its recorded
+    calls instead of refusing it as never called."""
+    w = Workload(n=600, gap_ms=2_000, cancel_share=0, cache_share=0, stream_share=0)
+
+    def up(rid: str, model: str, model_attempt: int, now: int) -> Outcome:
+        if model == "alpha/one" and T0 + 15 * 60_000 <= now < T0 + 16 * 60_000:
+            return Outcome(ok=False, duration_ms=50, status=503, error_class="unavailable")
+        return Outcome(ok=True, duration_ms=300, usage=USAGE, cost_micros=100)
+
+    raw = {**base_raw(), "tenants": {}, "routes": {"general": {"models": MODELS[:2]}}}
+    cfg = parse_config(raw, {})
+    log = record(cfg, arrivals(w), up, prices=PRICES)
+    started = [r for r in log if isinstance(r.data, ev.AttemptStarted)]
+    first = min(r.time_ms for r in started if r.data.model == "beta/two")
+    assert first - T0 > 15 * 60_000
+    raw["routes"]["general"]["models"] = list(reversed(MODELS[:2]))
+    run, _ = whatif(log, parse_config(raw, {}), cfg)
+    assert run.whatif.calls["beta/two"] >= 600 and run.stats.calls_modelled >= 570
+    assert run.whatif.outcomes["ok"] == 600
+
+
+def test_breakers_count_open_within_the_window_on_both_sides(
+    recorded: tuple[Config, list[Recorded]],
+) -> None:
+    """With --to inside alpha/one's outage, the recording's later transitions (its
+    breaker closing, caused by requests after the window) are not counted: under the
+    recorded config both columns agree, and neither exceeds the window (before: 40.4 s
+    recorded against 5.2 s re-decided, in a 35 s window)."""
+    cfg, log = recorded
+    until = T0 + 35_000
+    run, changed = whatif(log, cfg, cfg, until_ms=until)
+    assert changed == []
+    opened = run.recorded.breaker_open_ms["alpha/one"]
+    assert 0 < opened <= 35_000
+    assert run.whatif.breaker_open_ms == run.recorded.breaker_open_ms
 
 
 def test_records_the_codec_could_not_type_are_ignored_and_change_nothing(
