@@ -225,14 +225,15 @@ def from_archive(
 # --- the events topic -------------------------------------------------------
 
 
-def _wanted(queries: Sequence[Query], record: Any) -> list[int]:
-    """The indexes of the queries that may want `record`, judged on its headers."""
-    headers = dict(record.headers)
+def _wanted(queries: Sequence[Query], record: Any) -> list[int] | None:
+    """The indexes of the queries that may want `record`, judged on its headers (None:
+    its headers cannot be read, so no query can tell)."""
     try:
+        headers = dict(record.headers)
         type_ = headers["ce_type"].decode()
         subject = headers["ce_subject"].decode() if "ce_subject" in headers else None
-    except (KeyError, AttributeError, UnicodeDecodeError):
-        return []
+    except (KeyError, AttributeError, UnicodeDecodeError, TypeError, ValueError):
+        return None
     return [
         i
         for i, q in enumerate(queries)
@@ -242,6 +243,9 @@ def _wanted(queries: Sequence[Query], record: Any) -> list[int]:
 
 def _take(record: Any, queries: Sequence[Query], out: list[Loaded]) -> None:
     wanted = _wanted(queries, record)
+    if wanted is None:  # counted once: the warning sums the queries' counts
+        out[0].unreadable += 1
+        return
     if not wanted:
         return
     try:

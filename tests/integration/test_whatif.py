@@ -13,6 +13,8 @@ import random
 from pathlib import Path
 from typing import Any
 
+from aiokafka import AIOKafkaProducer
+
 from tests.integration.test_replay import sinking
 from tests.integration.test_router import UNLIMITED, config, produce, running
 from tests.integration.test_sink import archived, wait_for
@@ -85,6 +87,21 @@ def recorded_config(settings: KafkaSettings, sim: Any) -> Config:
     )  # fmt: skip
 
 
+async def send_hostile(bootstrap: str, topic: str) -> None:
+    """Three records no replay can read: not JSON, no headers at all, a type not UTF-8."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        for value, headers in [
+            (b"{not json", [("ce_type", b"turnout.request.completed")]),
+            (b"{}", None),
+            (b"{}", [("ce_type", b"\xff")]),
+        ]:
+            await producer.send_and_wait(topic, value, key=b"acme", headers=headers)
+    finally:
+        await producer.stop()
+
+
 def run(cfg: Config, records: Any) -> tuple[WhatIf, list[Verdict]]:
     changed: list[Verdict] = []
     engine = WhatIf(cfg, iter(records), OutcomeModel(), recorded_cfg=cfg, on_verdict=changed.append)
@@ -102,6 +119,7 @@ async def test_the_config_in_force_reproduces_a_real_routers_decisions_on_every_
             await produce(kafka_settings.bootstrap, kafka_topics.requests, workload())
             await wait_for(lambda: archived(path, ALL_TERMINALS) >= REQUESTS, 240,
                            f"{REQUESTS} terminals archived")  # fmt: skip
+        await send_hostile(kafka_settings.bootstrap, kafka_topics.events)
         (loaded,) = await from_kafka(
             kafka_settings, [Query()], instance="whatif-test", new_id=clock.new_id,
             now_ms=clock.now_ms, timeout_s=120,
@@ -126,6 +144,7 @@ async def test_the_config_in_force_reproduces_a_real_routers_decisions_on_every_
     assert from_archive.stats.calls_modelled == 0
     assert from_archive.recorded.as_json() == from_archive.whatif.as_json()
 
+    assert loaded.unreadable == 3  # each counted, none read: the headerless one too
     from_topic, changed_topic = run(cfg, loaded.events)  # the topic itself says the same
     assert changed_topic == [] and from_topic.stats.requests == REQUESTS
     assert from_topic.whatif.as_json() == from_archive.whatif.as_json()
