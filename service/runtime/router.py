@@ -1241,7 +1241,9 @@ class Router:
                 assemble=False,
             )  # fmt: skip
             result = streamed.result
-            if result.ok:  # the relay merged what the client saw: that is the answer
+            if result.ok:  # the answer is what the client saw: all of it, the last
+                # coalesced deltas and the usage chunk included, once they are published
+                await relay.finish()
                 result = upstream.assembled(
                     relay.merged or {}, latency_ms=result.latency_ms, slow=result.slow
                 )
@@ -1249,6 +1251,7 @@ class Router:
             await relay.close()
             return None
         except CutShort:  # at its allowance: the answer is what was relayed, "length"
+            await relay.finish()
             result = upstream.CallResult(
                 ok=True, status=200, response=streams.completion(relay.merged or {}),
                 latency_ms=(self.clock.monotonic() - started) * 1000,
@@ -1258,9 +1261,7 @@ class Router:
                 raise
             _uncancel()
             result = upstream.CallResult(ok=False, error_class="cancelled", message="cancelled")
-        if result.ok:
-            await relay.finish()
-        else:
+        if not result.ok:
             await relay.close()
         estimated = relay.opened and result.usage is None
         if estimated:  # cut short before the upstream said: count what was relayed

@@ -318,6 +318,32 @@ async def test_a_stream_over_kafka_alone_is_chunks_in_order_then_the_assembled_a
         assert failed.value.response["error"]["code"] == "upstream_stream_error"
 
 
+async def test_the_assembled_answer_is_all_of_what_was_streamed_with_its_end_and_usage(
+    kafka_settings: KafkaSettings, kafka_topics: Topics, simulator: RunningSimulator
+) -> None:
+    """With the default coalescing the last deltas, the finish reason and the usage-only
+    chunk are still waiting to be published when the upstream's stream ends: the answer
+    (the last record, what an Idempotency-Key resend and the cache give back) was built
+    before they were, so it lost its end, said `finish_reason: null` and charged an
+    estimate though the upstream had reported usage."""
+    expected = direct(simulator, "openai/gpt-4o-mini")
+    cfg = gateway_config(kafka_settings, simulator)
+    async with running(cfg), AsyncTurnout(kafka_settings) as turnout:
+        stream = await turnout.stream(PROMPT, tenant="acme", temperature=0, task_type="single")
+        chunks = [c async for c in stream]
+        text = "".join(
+            c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]
+        )
+        last = stream.response
+        assert last is not None and last["status"] == "ok", last
+        choice = last["response"]["choices"][0]
+        assert choice["message"]["content"] == text == expected["choices"][0]["message"]["content"]
+        assert choice["finish_reason"] == "stop"
+        assert last["usage"] == {k: expected["usage"][k] for k in last["usage"]}
+        assert last["response"]["usage"]["total_tokens"] == expected["usage"]["total_tokens"]
+        assert not last["stream"].get("usage_estimated")
+
+
 def sim_total(sim: RunningSimulator) -> int:
     return int(httpx.get(f"{sim.url}/_sim/stats").json()["total"])
 
