@@ -131,11 +131,21 @@ def over_limit(
     )
     if exceeded is None:
         return None
-    message = (
-        f"{exceeded.limit} = {exceeded.limit_value} reached for tenant {req.tenant!r}; "
-        f"retry after {exceeded.retry_after_ms} ms"
-    )
-    refusal = rejected(req, "rate_limited", message, exceeded.retry_after_ms, key)
+    if exceeded.limit == "tokens_per_minute" and tokens > exceeded.limit_value:
+        # never admitted, however long it waits: a bad request, not a busy tenant (a 429
+        # would have clients retry it)
+        message = (
+            f"this request counts {tokens} tokens (its prompt estimate and max_tokens), over "
+            f"tokens_per_minute = {exceeded.limit_value} for tenant {req.tenant!r}: it can "
+            "never be admitted; lower max_tokens"
+        )
+        refusal = rejected(req, "invalid_request", message, None, key)
+    else:
+        message = (
+            f"{exceeded.limit} = {exceeded.limit_value} reached for tenant {req.tenant!r}; "
+            f"retry after {exceeded.retry_after_ms} ms"
+        )
+        refusal = rejected(req, "rate_limited", message, exceeded.retry_after_ms, key)
     event = exceeded.event(request_id=req.request_id, tenant=req.tenant)
     return Decision(events=[event, *refusal.events], effects=refusal.effects)
 

@@ -288,8 +288,15 @@ class GatewayApp:
             doc = _decode(body)
         except ValueError as err:
             raise _Refused("invalid_request", f"the body is not JSON: {err}") from None
+        except RecursionError:
+            raise _Refused("invalid_request", "the body's JSON is nested too deep") from None
         if not isinstance(doc, dict):
             raise _Refused("invalid_request", "the body must be a JSON object")
+        if "cancel" in doc:  # an intake record with it is a cancel record, not a request
+            raise _Refused(
+                "invalid_request", "cancel is not a chat parameter: a client stops its "
+                "request by closing the connection", "cancel",
+            )  # fmt: skip
         named = sorted(_GATEWAY_FIELDS.intersection(doc))  # never a caller's to choose
         if named:
             raise _Refused(
@@ -386,7 +393,7 @@ class GatewayApp:
         if served is None or served[0] != tenant:
             raise _Refused("not_found", f"no stream {rid} was served here for this key")
         last = _header(scope, b"last-event-id") or "0"
-        if not last.isdigit():
+        if not (last.isascii() and last.isdigit()):
             raise _Refused("invalid_request", "Last-Event-ID must be a chunk's id (a number)")
         try:
             stream = await self.client.follow(

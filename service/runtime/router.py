@@ -1268,7 +1268,8 @@ class Router:
             usage = _estimated_usage(body.get("messages"), relay.chars)
             result = msgspec.structs.replace(result, usage=usage)
         stats = ev.StreamStats(chunks=relay.seq, ttft_ms=relay.ttft_ms, usage_estimated=estimated)
-        cut = ("max_tokens" if body.get("max_tokens") else "budget") if relay.cut else None
+        capped = body.get("max_tokens") or body.get("max_completion_tokens")
+        cut = ("max_tokens" if capped else "budget") if relay.cut else None
         self.telemetry.streamed(attempt, relay.ttft_ms, relay.intervals or ())
         return result, stats, cut, relay.published
 

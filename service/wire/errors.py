@@ -13,7 +13,7 @@ Rules:
 from __future__ import annotations
 
 import re
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 
@@ -54,6 +54,7 @@ class WireError(ValueError):
     request_id: str | None = None
     tenant: str | None = None
     reply_to: str | None = None
+    body: dict[str, Any] | None = None  # the JSON object that broke the schema, if it was one
 
     def __init__(self, code: str, detail: str, path: str | None = None) -> None:
         super().__init__(code, detail, path)

@@ -85,6 +85,8 @@ class Intake(msgspec.Struct, kw_only=True):
     messages: list[Message] = []
     # at least 1: the budget reserves its worst case, which a negative one would undercut
     max_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    # OpenAI's newer name for it (max_tokens is deprecated there): counted alike
+    max_completion_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None
     cache: bool | None = None
     reply_to: str | None = None
     metadata: dict[str, Any] | None = None
@@ -122,14 +124,30 @@ def _parse(value: bytes) -> tuple[dict[str, Any], Intake]:
         return body, msgspec.convert(body, Intake)
     except (msgspec.MsgspecError, UnicodeDecodeError, RecursionError) as err:
         wire = from_msgspec(err)
-        if isinstance(body, dict):  # JSON that breaks the schema: still answer its request
-            rid, tenant = body.get("request_id"), body.get("tenant")
-            if isinstance(rid, str) and rid:
-                wire.request_id = rid
-                wire.tenant = (
-                    tenant if isinstance(tenant, str) and TENANT_ID.fullmatch(tenant) else None
-                )
+        wire.body = body if isinstance(body, dict) else None
         raise wire from None
+
+
+def _addressed(
+    err: WireError, body: dict[str, Any], *, key: bytes | None, request_id: str | None,
+    internal_topics: frozenset[str],
+) -> WireError:  # fmt: skip
+    """A record whose JSON breaks the schema is still answered, where it asked to be
+    (a gateway waits on its own reply topic): its request id (the body's, else the
+    record's header; none: nothing to answer, the DLQ copy tells), tenant and reply_to
+    when those are themselves valid."""
+    rid, tenant, reply_to = body.get("request_id"), body.get("tenant"), body.get("reply_to")
+    err.request_id = rid if isinstance(rid, str) and rid else request_id
+    if tenant is None and key:
+        tenant = key.decode("utf-8", "replace")
+    err.tenant = tenant if isinstance(tenant, str) and TENANT_ID.fullmatch(tenant) else None
+    if err.tenant is not None and isinstance(reply_to, str) and _valid_topic(reply_to):
+        err.reply_to = reply_to if reply_to not in internal_topics else None
+    return err
+
+
+def _valid_topic(name: str) -> bool:
+    return _TOPIC.fullmatch(name) is not None and name not in (".", "..")
 
 
 class Cancel(msgspec.Struct, frozen=True, kw_only=True):
@@ -180,10 +198,16 @@ def decode_intake(
     """Validate one intake record; raise `WireError` (code, detail, JSON path) when bad."""
     if not value:
         raise WireError(MALFORMED_JSON, "the record has no value")
-    body, intake = _parse(value)
-    rid = intake.request_id or (
-        request_id.decode("utf-8", "replace") if request_id else f"{topic}-{partition}-{offset}"
-    )
+    named = request_id.decode("utf-8", "replace") if request_id else None
+    try:
+        body, intake = _parse(value)
+    except WireError as err:
+        if err.body is None:
+            raise
+        raise _addressed(
+            err, err.body, key=key, request_id=named, internal_topics=internal_topics
+        ) from None
+    rid = intake.request_id or named or f"{topic}-{partition}-{offset}"
     tenant = intake.tenant or (key.decode("utf-8", "replace") if key else None)
     try:
         _check(intake, body, tenant, internal_topics)
@@ -203,7 +227,7 @@ def decode_intake(
         model=intake.model,
         messages_hash=messages_hash(messages),
         prompt_tokens_est=estimate_tokens(messages),
-        max_tokens=intake.max_tokens,
+        max_tokens=_max_tokens(intake),
         params={k: v for k, v in body.items() if k not in _RESERVED},
         messages=messages,
         reply_to=intake.reply_to,
@@ -214,6 +238,14 @@ def decode_intake(
         intake_partition=partition,
         intake_offset=offset,
     )
+
+
+def _max_tokens(intake: Intake) -> int | None:
+    """The completion allowance budgets and token limits count: `max_tokens` or
+    `max_completion_tokens`, the larger when both are given (an upstream may honour
+    either: the reservation takes the worst case)."""
+    given = [t for t in (intake.max_tokens, intake.max_completion_tokens) if t is not None]
+    return max(given) if given else None
 
 
 def _check(
@@ -230,7 +262,7 @@ def _check(
         )
     reply_to = intake.reply_to
     if reply_to is not None:
-        if not _TOPIC.fullmatch(reply_to) or reply_to in (".", ".."):
+        if not _valid_topic(reply_to):
             raise WireError(
                 INVALID_REPLY_TO,
                 "reply_to must be a Kafka topic name: 1-249 letters, digits, '.', '_', '-'",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -471,6 +472,8 @@ async def test_last_event_id_resumes_exactly_after_that_chunk(
         ]
         other = await http.get(url, headers={"authorization": f"Bearer {POOR_KEY}"})
         assert other.status_code == 404  # another tenant's stream is not found
+        odd = await http.get(url, headers={"last-event-id": b"\xb2"})  # latin-1 "²"
+        assert odd.status_code == 400  # a digit to str.isdigit, not to int(): once a 503
 
 
 async def test_a_streamed_answer_is_cached_as_its_chunks_and_a_hit_replays_them(
@@ -798,6 +801,41 @@ async def test_a_body_too_large_for_a_kafka_record_is_413_and_never_retried_by_t
             )  # fmt: skip
         assert answer.status_code == 413  # a 503 once, which SDKs retry
         assert answer.json()["error"]["code"] == "request_too_large"
+
+
+async def test_bodies_the_router_refuses_are_a_400_at_once_not_a_504_after_the_timeout(
+    kafka_settings: KafkaSettings, kafka_topics: Topics, simulator: RunningSimulator
+) -> None:
+    """The router refused these, and answered on the default responses topic instead of
+    the gateway's, so each client waited the gateway's whole timeout (120 s by default,
+    three times over with the SDK's retries) for a 504 "is a router running?". A body
+    with a `cancel` key went on as a cancel record; one nested 5,000 deep was a 500."""
+    bodies: list[Any] = [
+        {"messages": [{"content": "no role"}]},
+        {"messages": [{"role": 7, "content": "x"}]},
+        {"messages": ["not an object"]},
+        {"messages": PROMPT, "max_tokens": 0},
+        {"messages": PROMPT, "max_tokens": "10"},
+        {"messages": PROMPT, "max_completion_tokens": -1},
+        {"messages": PROMPT, "cache": "yes"},
+        {"messages": PROMPT, "metadata": [1]},
+        {"messages": PROMPT, "cancel": "zzz"},
+    ]
+    deep = b'{"messages": [{"role": "user", "content": "x"}], "x": ' + b"[" * 5000 + b"]" * 5000
+    async with (
+        stack(kafka_settings, simulator) as (_, gateway),
+        httpx.AsyncClient(timeout=60, headers={"authorization": f"Bearer {KEY}"}) as http,
+    ):
+        url = f"{gateway.base_url}/chat/completions"
+        for body in [*bodies, deep]:
+            started = time.monotonic()
+            if isinstance(body, bytes):
+                answer = await http.post(url, content=body + b"}")
+            else:
+                answer = await http.post(url, json={"model": "turnout/general", **body})
+            assert answer.status_code == 400, (body, answer.status_code, answer.text)
+            assert answer.json()["error"]["type"] == "invalid_request_error"
+            assert time.monotonic() - started < 10, body  # the gateway waits 30 s here
 
 
 async def test_through_the_gateway_a_stream_sharing_anothers_says_coalesced(

@@ -134,6 +134,20 @@ def test_a_rejected_request_gets_its_reply_to_and_a_readable_message() -> None:
     assert "burst = 1" in rejected.message and "'acme'" in rejected.message
 
 
+def test_a_request_over_tokens_per_minute_by_itself_is_a_bad_request_not_a_busy_tenant() -> None:
+    """Its estimate alone passes the limit, so no wait ever admits it: a 429 told clients
+    (and the openai SDK, which retries those) to try again. It is refused as
+    `invalid_request` (400), saying why; one within the limit is still `rate_limited`."""
+    shell = Shell(cfg(tenants={"default": {"tokens_per_minute": 1_000}}))
+    huge = shell.run(request("r1", text="a", max_tokens=5_000))
+    assert isinstance(huge, ev.RequestRejected) and huge.code == "invalid_request"
+    assert huge.retry_after_ms is None
+    assert "can never be admitted" in huge.message and "tokens_per_minute = 1000" in huge.message
+    shell.submit(request("r2", text="b", max_tokens=900))  # in flight: counted its estimate
+    busy = shell.run(request("r3", text="c", max_tokens=900))
+    assert isinstance(busy, ev.RequestRejected) and busy.code == "rate_limited"
+
+
 def test_limits_are_per_tenant() -> None:
     shell = Shell(cfg(tenants={"default": {"burst": 1}}))
     assert isinstance(shell.run(request("r1", tenant="acme")), ev.RequestCompleted)

@@ -174,6 +174,35 @@ def test_an_object_that_breaks_the_schema_still_names_its_request_to_be_answered
     assert unnamed.request_id is None  # nothing to answer: the DLQ copy tells
 
 
+def test_max_completion_tokens_counts_for_budgets_and_limits_as_max_tokens_does() -> None:
+    """OpenAI's newer name for max_tokens was passed upstream but not counted: a budget
+    reserved for 4,108 micro-dollars where max_tokens would have reserved 400,009, and a
+    token limit let through what it refused as max_tokens."""
+    newer = decode({"messages": MSGS, "max_completion_tokens": 100_000})
+    assert newer.max_tokens == 100_000 and newer.params["max_completion_tokens"] == 100_000
+    both = decode({"messages": MSGS, "max_tokens": 50, "max_completion_tokens": 400})
+    assert both.max_tokens == 400  # the worst case an upstream may honour
+    err = reject({"request_id": "r-1", "tenant": "acme", "messages": MSGS,
+                  "max_completion_tokens": 0})  # fmt: skip
+    assert (err.code, err.path) == ("schema_violation", "$.max_completion_tokens")
+
+
+def test_a_schema_error_is_answered_on_the_reply_topic_the_record_named() -> None:
+    """A gateway waits on its own reply topic: the refusal of `max_tokens: 0` went to
+    the default responses topic, and the client waited for its timeout (a 504)."""
+    err = reject({"request_id": "r-1", "tenant": "acme", "messages": MSGS, "max_tokens": 0,
+                  "reply_to": "gw-1.replies"})  # fmt: skip
+    assert (err.request_id, err.tenant, err.reply_to) == ("r-1", "acme", "gw-1.replies")
+    keyed = reject({"request_id": "r-2", "messages": [{"content": "no role"}],
+                    "reply_to": "gw-1.replies"})  # fmt: skip
+    assert (keyed.tenant, keyed.reply_to) == ("acme", "gw-1.replies")  # tenant from the key
+    internal = reject({"request_id": "r-3", "tenant": "acme", "messages": 3,
+                       "reply_to": sorted(INTERNAL)[0]})  # fmt: skip
+    assert internal.reply_to is None  # never answered on Turnout's own topics
+    bad_topic = reject({"request_id": "r-4", "tenant": "acme", "messages": 3, "reply_to": "a b"})
+    assert bad_topic.reply_to is None
+
+
 @pytest.mark.parametrize("max_tokens", [0, -5])
 def test_max_tokens_below_one_is_refused_and_answered(max_tokens: int) -> None:
     """Found by the fault suite: a negative `max_tokens` was accepted, and the budget's
