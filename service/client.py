@@ -288,7 +288,9 @@ class AsyncTurnout:
         self._producer: Producer | None = None
         self._reader: Reader | None = None
         self._reader_task: asyncio.Task[None] | None = None
-        self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        # request id -> each caller's future (callers of one id never share one: a caller
+        # that gives up must not cancel another's wait)
+        self._waiting: dict[str, list[asyncio.Future[dict[str, Any]]]] = {}
         self._unclaimed: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._streams: dict[str, list[ReplyStream]] = {}  # request id -> its listeners
         self._failure: BaseException | None = None
@@ -441,7 +443,7 @@ class AsyncTurnout:
             if isinstance(waiter, ReplyStream):
                 waiter.close()
             else:
-                self._forget(rid, waiter)
+                self.forget(rid, waiter)
             raise
         return waiter
 
@@ -506,17 +508,21 @@ class AsyncTurnout:
             raise TurnoutError(f"the response reader stopped: {self._failure}")
 
     def _expect(self, rid: str) -> asyncio.Future[dict[str, Any]]:
-        future = self._waiting.get(rid)
-        if future is None:
-            future = asyncio.get_running_loop().create_future()
-            self._waiting[rid] = future
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         if (doc := self._unclaimed.pop(rid, None)) is not None:
             future.set_result(doc)
+        else:
+            self._waiting.setdefault(rid, []).append(future)
         return future
 
-    def _forget(self, rid: str, future: asyncio.Future[dict[str, Any]]) -> None:
-        if self._waiting.get(rid) is future:
-            del self._waiting[rid]
+    def forget(self, rid: str, future: asyncio.Future[dict[str, Any]]) -> None:
+        """Stop waiting on `future` (from `send`): a response that comes later is kept
+        as unclaimed, for the next caller of the same request id."""
+        waiting = self._waiting.get(rid)
+        if waiting is not None and future in waiting:
+            waiting.remove(future)
+            if not waiting:
+                del self._waiting[rid]
 
     async def _await(
         self, rid: str, future: asyncio.Future[dict[str, Any]], timeout_s: float
@@ -530,7 +536,7 @@ class AsyncTurnout:
                 f"on {self.settings.bootstrap} (topic prefix {self.settings.topic_prefix!r})?"
             ) from None
         finally:
-            self._forget(rid, future)  # a late response is kept as unclaimed
+            self.forget(rid, future)  # a late response is kept as unclaimed
 
     async def _send(self, body: dict[str, Any], headers: Sequence[tuple[str, bytes]] = ()) -> None:
         if self._producer is None:
@@ -572,14 +578,13 @@ class AsyncTurnout:
         if not isinstance(rid, str):
             return
         listeners = self._streams.get(rid)
-        if listeners:
-            for stream in listeners:
-                stream._put(doc)
-            return
-        future = self._waiting.pop(rid, None)
-        if future is not None:
+        for stream in listeners or ():
+            stream._put(doc)
+        waiting = self._waiting.pop(rid, None)
+        for future in waiting or ():  # also a plain call of a request another streams
             if not future.done():
                 future.set_result(doc)
+        if listeners or waiting:
             return
         self._unclaimed[rid] = doc
         while len(self._unclaimed) > _KEEP_UNCLAIMED:
@@ -591,10 +596,11 @@ class AsyncTurnout:
             for stream in listeners:
                 stream._put(err)
         waiting, self._waiting = self._waiting, {}
-        for future in waiting.values():
-            if not future.done():
-                future.set_exception(err)
-                future.exception()  # retrieved: a call may have stopped waiting already
+        for futures in waiting.values():
+            for future in futures:
+                if not future.done():
+                    future.set_exception(err)
+                    future.exception()  # retrieved: a call may have stopped waiting already
 
 
 def _item(

@@ -76,6 +76,7 @@ _KEEP_STREAMS: Final = 10_000  # streams this gateway remembers for resume
 _GATEWAY_FIELDS: Final = frozenset({"request_id", "tenant", "task_type", "reply_to", "redrive_of"})
 """Intake fields the gateway sets; a body naming one is refused (one tenant posing as
 another once read its answers)."""
+_IDEMPOTENT: Final = "idem:"  # request ids made from an Idempotency-Key
 _RECORD_ROOM: Final = 2_048  # the intake fields the gateway adds (ids, tenant, reply topic)
 
 #              code                       status  OpenAI error type
@@ -265,7 +266,7 @@ class GatewayApp:
                 self.served.popitem(last=False)
             await self._stream(scope, receive, send, intake, headers)
         else:
-            await self._plain(send, intake, headers)
+            await self._plain(receive, send, intake, headers)
 
     # ------------------------------------------------------------ requests
 
@@ -329,7 +330,7 @@ class GatewayApp:
         if idem is not None and not 0 < len(idem) <= 200:
             raise _Refused("invalid_request", "Idempotency-Key must be 1-200 characters")
         # "/" never occurs in a tenant id, so no two tenants' keys make the same request id
-        rid = f"idem:{tenant}/{idem}" if idem else clock.new_id()
+        rid = f"{_IDEMPOTENT}{tenant}/{idem}" if idem else clock.new_id()
         intake: dict[str, Any] = {
             **doc, "request_id": rid, "tenant": tenant, "task_type": task_type,
             "messages": messages,
@@ -341,17 +342,35 @@ class GatewayApp:
         return intake
 
     async def _plain(
-        self, send: Send, intake: dict[str, Any], headers: list[tuple[str, bytes]]
-    ) -> None:
+        self, receive: Receive, send: Send, intake: dict[str, Any],
+        headers: list[tuple[str, bytes]],
+    ) -> None:  # fmt: skip
         waiter = await self._send(intake, headers)
         assert isinstance(waiter, asyncio.Future)
+        watch: asyncio.Future[Any] = asyncio.ensure_future(_disconnected(receive))
+        done: set[asyncio.Future[Any]] = set()
+        racing: set[asyncio.Future[Any]] = {waiter, watch}
         try:
             async with asyncio.timeout(self.cfg.gateway.timeout_s):
-                doc = await asyncio.shield(waiter)
+                done, _ = await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
         except TimeoutError:
-            waiter.cancel()
-            await self._timeout(send, intake["request_id"])
+            pass
+        except asyncio.CancelledError:  # the gateway is stopping
+            await asyncio.shield(self._give_up(intake, "the gateway stopped"))
+            raise
+        finally:
+            watch.cancel()
+            if not waiter.done():  # a later answer is kept for a retry of the same key
+                self.client.forget(intake["request_id"], waiter)
+        if waiter not in done:
+            if watch in done:
+                self.disconnects += 1
+                await self._give_up(intake, "client disconnected")
+            else:
+                await self._give_up(intake, "no answer within the gateway's timeout")
+                await self._timeout(send, intake["request_id"])
             return
+        doc = waiter.result()
         if doc.get("status") != "ok":
             await self._failed(send, doc)
             return
@@ -378,9 +397,15 @@ class GatewayApp:
                 with suppress(asyncio.CancelledError):
                     await relay
                 if waiter.response is None:
-                    await self._cancel(intake)
+                    await self._cancel(intake, "client disconnected")
             else:
                 relay.result()
+                if waiter.response is None:  # it gave up waiting (a 504): no one will read it
+                    await self._cancel(intake, "no answer within the gateway's timeout")
+        except asyncio.CancelledError:  # the gateway is stopping
+            if waiter.response is None:
+                await asyncio.shield(self._cancel(intake, "the gateway stopped"))
+            raise
         finally:
             watch.cancel()
             waiter.close()
@@ -449,13 +474,18 @@ class GatewayApp:
             await out.write(encode_event(_encode(_as_chunk(doc)), id="1"))
         await out.end(_DONE)
 
-    async def _cancel(self, intake: dict[str, Any]) -> None:
+    async def _cancel(self, intake: dict[str, Any], reason: str) -> None:
         try:
-            await self.client.cancel(
-                intake["request_id"], tenant=intake["tenant"], reason="client disconnected"
-            )
+            await self.client.cancel(intake["request_id"], tenant=intake["tenant"], reason=reason)
         except Exception as err:  # the request runs to its end: it is still charged right
             log.warning("could not cancel %s: %s", intake["request_id"], err)
+
+    async def _give_up(self, intake: dict[str, Any], reason: str) -> None:
+        """A plain request no one waits for any more is cancelled (the openai SDK's retry
+        of a 504 is a new request: three answers were paid for, none read), unless it has
+        an Idempotency-Key: a retry with that key is answered by it."""
+        if not intake["request_id"].startswith(_IDEMPOTENT):
+            await self._cancel(intake, reason)
 
     async def _send(
         self, intake: dict[str, Any], headers: list[tuple[str, bytes]]

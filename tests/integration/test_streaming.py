@@ -115,9 +115,13 @@ _CLIENTS: list[openai.AsyncOpenAI] = []
 
 @asynccontextmanager
 async def stack(
-    settings: KafkaSettings, sim: RunningSimulator
+    settings: KafkaSettings, sim: RunningSimulator, *, timeout_s: float | None = None
 ) -> AsyncIterator[tuple[Config, RunningGateway]]:
     cfg = gateway_config(settings, sim)
+    if timeout_s is not None:
+        cfg = msgspec.structs.replace(
+            cfg, gateway=msgspec.structs.replace(cfg.gateway, timeout_s=timeout_s)
+        )
     async with running(cfg):
         gateway = await asyncio.to_thread(start_in_thread, cfg, port=0)
         try:
@@ -388,6 +392,79 @@ async def test_a_client_that_disconnects_mid_stream_cancels_the_request_and_the_
         assert sim_streams(simulator) | {"chunks": 0} == {
             "completed": 0, "errored": 0, "aborted": 1, "chunks": 0,
         }  # fmt: skip
+
+
+async def test_a_plain_request_no_one_waits_for_is_cancelled_unless_it_has_a_key(
+    kafka_settings: KafkaSettings, kafka_topics: Topics, simulator: RunningSimulator
+) -> None:
+    """The gateway gives up at its timeout (1 s here; the upstream takes 3): the openai
+    SDK retries a 504 as a new request, and each went on to its end upstream, three
+    answers paid for and none read. Now each is cancelled as its 504 goes out. With an
+    Idempotency-Key it runs on, and the retry with that key gets its answer (a 500 from
+    a cancelled shared wait once, for as long as the request ran)."""
+    async with stack(kafka_settings, simulator, timeout_s=1) as (_, gateway):
+        with pytest.raises(openai.InternalServerError) as timed_out:
+            await sdk(gateway, max_retries=2).chat.completions.create(
+                model="turnout/stalling", messages=PROMPT,  # type: ignore[arg-type]
+            )  # fmt: skip
+        assert timed_out.value.status_code == 504
+        envs = await read_events(
+            kafka_settings.bootstrap, kafka_settings.topics.events,
+            lambda es: len(of_type(es, "request.cancelled")) >= 3,
+        )  # fmt: skip
+        cancelled = of_type(envs, "request.cancelled")
+        assert len(cancelled) == 3 and not of_type(envs, "request.completed")
+        assert {c.data.reason for c in cancelled} == {"no answer within the gateway's timeout"}
+        assert sum(e.data.amount_micros for e in of_type(envs, "budget.charged")) == 0
+        with pytest.raises(openai.InternalServerError):  # a stream with no first token in time
+            await sdk(gateway, max_retries=0).chat.completions.create(
+                model="turnout/stalling", messages=PROMPT, stream=True,  # type: ignore[arg-type]
+            )  # fmt: skip
+        envs = await read_events(
+            kafka_settings.bootstrap, kafka_settings.topics.events,
+            lambda es: len(of_type(es, "request.cancelled")) >= 4,
+        )  # fmt: skip
+        assert not of_type(envs, "request.completed")
+
+        keyed = sdk(gateway, max_retries=0)
+        idem = {"Idempotency-Key": "slow-but-wanted"}
+        with pytest.raises(openai.InternalServerError):
+            await keyed.chat.completions.create(
+                model="turnout/stalling", messages=PROMPT, extra_headers=idem,  # type: ignore[arg-type]
+            )  # fmt: skip
+        await asyncio.sleep(3)  # the request runs on and ends
+        again = await keyed.chat.completions.with_raw_response.create(
+            model="turnout/stalling", messages=PROMPT, extra_headers=idem,  # type: ignore[arg-type]
+        )  # fmt: skip
+        assert again.status_code == 200 and again.parse().choices[0].message.content
+        assert again.headers["x-request-id"] == "idem:acme/slow-but-wanted"
+
+
+async def test_a_plain_call_with_the_key_of_a_running_stream_gets_its_whole_answer(
+    kafka_settings: KafkaSettings, kafka_topics: Topics, simulator: RunningSimulator
+) -> None:
+    """A plain call with the Idempotency-Key of a stream in flight waits for the same
+    request; its last record went to the stream's listener only, so the plain call got
+    a 504 after the gateway's whole timeout although the answer had come."""
+    async with (
+        stack(kafka_settings, simulator) as (_, gateway),
+        httpx.AsyncClient(timeout=60, headers={"authorization": f"Bearer {KEY}",
+                                               "idempotency-key": "shared-1"}) as http,
+    ):  # fmt: skip
+        url = f"{gateway.base_url}/chat/completions"
+        body = {"model": "turnout/slow", "messages": PROMPT}
+        streamed = asyncio.create_task(http.post(url, json={**body, "stream": True}))
+        await asyncio.sleep(0.5)
+        started = time.monotonic()
+        plain = await http.post(url, json=body)
+        assert plain.status_code == 200, plain.text
+        assert time.monotonic() - started < 15  # the gateway's timeout is 30 s
+        events = sse_events((await streamed).text)
+        text = "".join(
+            json.loads(data)["choices"][0]["delta"].get("content") or ""
+            for _, data in events[:-1] if json.loads(data)["choices"]
+        )  # fmt: skip
+        assert plain.json()["choices"][0]["message"]["content"] == text
 
 
 async def test_a_cancel_record_stops_a_stream_over_kafka_and_another_tenant_cannot(
