@@ -261,7 +261,14 @@ class GatewayApp:
         self.requests += 1
         if intake.get("stream"):
             self.streams += 1
-            self.served[intake["request_id"]] = (intake["tenant"], clock.now_ms())
+            rid = intake["request_id"]
+            earlier = self.served.get(rid)
+            if earlier is not None and earlier[0] == intake["tenant"]:
+                # the same Idempotency-Key streamed again (an SDK's retry): the same
+                # request, from its first chunk (sent again, it would join mid-stream)
+                await self._read_back(receive, send, rid, earlier[1], after=0)
+                return
+            self.served[rid] = (intake["tenant"], clock.now_ms())
             while len(self.served) > _KEEP_STREAMS:
                 self.served.popitem(last=False)
             await self._stream(scope, receive, send, intake, headers)
@@ -420,12 +427,17 @@ class GatewayApp:
         last = _header(scope, b"last-event-id") or "0"
         if not (last.isascii() and last.isdigit()):
             raise _Refused("invalid_request", "Last-Event-ID must be a chunk's id (a number)")
+        await self._read_back(receive, send, rid, served[1], after=int(last))
+
+    async def _read_back(
+        self, receive: Receive, send: Send, rid: str, served_ms: int, *, after: int
+    ) -> None:
+        """A stream this gateway served, relayed again from its reply topic: its chunks
+        after `after`, then the live ones to its end (resume, or the same Idempotency-Key
+        streamed again). A client that leaves stops only its own relay."""
         try:
             stream = await self.client.follow(
-                rid,
-                after=int(last),
-                since_ms=served[1] - 1000,
-                timeout_s=self.cfg.gateway.timeout_s,
+                rid, after=after, since_ms=served_ms - 1000, timeout_s=self.cfg.gateway.timeout_s
             )
         except Exception as err:
             raise _Refused("not_ready", f"could not read the stream back: {err}") from None

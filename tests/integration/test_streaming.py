@@ -440,17 +440,19 @@ async def test_a_plain_request_no_one_waits_for_is_cancelled_unless_it_has_a_key
         assert again.headers["x-request-id"] == "idem:acme/slow-but-wanted"
 
 
+def keyed(idempotency_key: str) -> httpx.AsyncClient:
+    """An HTTP client of tenant acme sending every call with one Idempotency-Key."""
+    headers = {"authorization": f"Bearer {KEY}", "idempotency-key": idempotency_key}
+    return httpx.AsyncClient(timeout=60, headers=headers)
+
+
 async def test_a_plain_call_with_the_key_of_a_running_stream_gets_its_whole_answer(
     kafka_settings: KafkaSettings, kafka_topics: Topics, simulator: RunningSimulator
 ) -> None:
     """A plain call with the Idempotency-Key of a stream in flight waits for the same
     request; its last record went to the stream's listener only, so the plain call got
     a 504 after the gateway's whole timeout although the answer had come."""
-    async with (
-        stack(kafka_settings, simulator) as (_, gateway),
-        httpx.AsyncClient(timeout=60, headers={"authorization": f"Bearer {KEY}",
-                                               "idempotency-key": "shared-1"}) as http,
-    ):  # fmt: skip
+    async with stack(kafka_settings, simulator) as (_, gateway), keyed("shared-1") as http:
         url = f"{gateway.base_url}/chat/completions"
         body = {"model": "turnout/slow", "messages": PROMPT}
         streamed = asyncio.create_task(http.post(url, json={**body, "stream": True}))
@@ -465,6 +467,24 @@ async def test_a_plain_call_with_the_key_of_a_running_stream_gets_its_whole_answ
             for _, data in events[:-1] if json.loads(data)["choices"]
         )  # fmt: skip
         assert plain.json()["choices"][0]["message"]["content"] == text
+
+
+async def test_a_stream_sent_again_with_its_idempotency_key_gets_it_from_the_first_chunk(
+    kafka_settings: KafkaSettings, kafka_topics: Topics, simulator: RunningSimulator
+) -> None:
+    """An SDK's retry of a stream still running joined it where it was (14 of its 16
+    chunks in the review that found it): no opening words, yet `stop` and `[DONE]` as
+    if whole. It is relayed from the first chunk now, while it runs and after it ended."""
+    async with stack(kafka_settings, simulator) as (_, gateway), keyed("again-1") as http:
+        url = f"{gateway.base_url}/chat/completions"
+        body = {"model": "turnout/slow", "messages": PROMPT, "stream": True}
+        first = asyncio.create_task(http.post(url, json=body))
+        await asyncio.sleep(0.4)  # a few of its ~11 chunks (one each 100 ms) are out
+        second = await http.post(url, json=body)
+        whole = sse_events((await first).text)
+        assert whole[-1] == (None, "[DONE]") and len(whole) > 8
+        assert sse_events(second.text) == whole
+        assert sse_events((await http.post(url, json=body)).text) == whole  # after its end
 
 
 async def test_a_cancel_record_stops_a_stream_over_kafka_and_another_tenant_cannot(
