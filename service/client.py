@@ -321,6 +321,13 @@ class AsyncTurnout:
             raise
         self._reader_task = asyncio.create_task(self._read_replies())
 
+    async def reachable(self, timeout_s: float = 1.0) -> bool:
+        """Is the client started, its reply reader alive, and Kafka answering now?"""
+        producer, task = self._producer, self._reader_task
+        if producer is None or (self.replies and (task is None or task.done())):
+            return False
+        return await producer.reachable(timeout_s)
+
     async def close(self, *, delete_reply_topic: bool = False) -> None:
         """Stop reading and producing; calls still waiting fail. Deletes nothing by default."""
         task, self._reader_task = self._reader_task, None

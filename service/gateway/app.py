@@ -77,6 +77,8 @@ _GATEWAY_FIELDS: Final = frozenset({"request_id", "tenant", "task_type", "reply_
 """Intake fields the gateway sets; a body naming one is refused (one tenant posing as
 another once read its answers)."""
 _IDEMPOTENT: Final = "idem:"  # request ids made from an Idempotency-Key
+_HAND_OVER_S: Final = 10.0  # at most this long to hand a request to Kafka (then a 503)
+_READY_PROBE_S: Final = 1.0  # /readyz: a broker answers metadata within this
 _RECORD_ROOM: Final = 2_048  # the intake fields the gateway adds (ids, tenant, reply topic)
 
 #              code                       status  OpenAI error type
@@ -141,6 +143,7 @@ class GatewayApp:
         self.requests = 0
         self.streams = 0
         self.disconnects = 0
+        self._background: set[asyncio.Task[None]] = set()  # cancels sent while Kafka is down
 
     # ------------------------------------------------------------ ASGI
 
@@ -195,8 +198,7 @@ class GatewayApp:
     # ------------------------------------------------------------ endpoints
 
     async def _ready(self, send: Send) -> None:
-        reader = self.client._reader_task
-        ok = self.started and reader is not None and not reader.done()
+        ok = self.started and await self.client.reachable(_READY_PROBE_S)
         body = {"status": "ready" if ok else "not_ready", "reply_topic": self.client.reply_topic,
                 "open": self.keys.open}  # fmt: skip
         await respond(send, 200 if ok else 503, _encode(body))
@@ -502,10 +504,21 @@ class GatewayApp:
     async def _send(
         self, intake: dict[str, Any], headers: list[tuple[str, bytes]]
     ) -> ReplyStream | asyncio.Future[dict[str, Any]]:
+        wait = min(_HAND_OVER_S, self.cfg.gateway.timeout_s)
         try:
-            return await self.client.send(intake, headers=headers)
+            async with asyncio.timeout(wait):
+                return await self.client.send(intake, headers=headers)
         except RecordTooLarge as err:  # a body that grew past the room once re-encoded
             raise _Refused("request_too_large", str(err)) from None
+        except TimeoutError:  # Kafka is down: the record may still go out once it is back,
+            # and a cancel record behind it (same key, same partition) stops it at once
+            log.warning("could not publish request %s within %g s", intake["request_id"], wait)
+            cancel = asyncio.create_task(self._cancel(intake, "Kafka did not take it in time"))
+            self._background.add(cancel)
+            cancel.add_done_callback(self._background.discard)
+            raise _Refused(
+                "not_ready", f"Kafka did not take the request within {wait:g} s: try again"
+            ) from None
         except Exception as err:
             log.warning("could not publish request %s: %s", intake["request_id"], err)
             raise _Refused("not_ready", f"Turnout could not take the request: {err}") from None

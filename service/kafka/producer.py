@@ -125,6 +125,14 @@ class Producer:
                 "TURNOUT_KAFKA_COMPRESSION to gzip or none"
             ) from err
 
+    async def reachable(self, timeout_s: float) -> bool:
+        """Does a broker answer a metadata request within `timeout_s` (a readiness probe)?"""
+        try:
+            async with asyncio.timeout(timeout_s):
+                return bool(await self._producer.client.force_metadata_update())
+        except (TimeoutError, KafkaError, OSError):
+            return False
+
     async def refresh_metadata(self) -> None:
         """Learn the topics' partitions again (after they were deleted and made anew)."""
         with kafka_errors(self.settings.bootstrap):
