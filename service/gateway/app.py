@@ -77,6 +77,7 @@ _GATEWAY_FIELDS: Final = frozenset({"request_id", "tenant", "task_type", "reply_
 """Intake fields the gateway sets; a body naming one is refused (one tenant posing as
 another once read its answers)."""
 _IDEMPOTENT: Final = "idem:"  # request ids made from an Idempotency-Key
+_BODY_S: Final = 30.0  # at most this long to read a request's body (then a 408)
 _HAND_OVER_S: Final = 10.0  # at most this long to hand a request to Kafka (then a 503)
 _READY_PROBE_S: Final = 1.0  # /readyz: a broker answers metadata within this
 _RECORD_ROOM: Final = 2_048  # the intake fields the gateway adds (ids, tenant, reply topic)
@@ -88,6 +89,7 @@ _STATUSES: Final[dict[str, tuple[int, str]]] = {
     "invalid_api_key": (401, "authentication_error"),
     "budget_exceeded": (402, "insufficient_quota"),
     "not_found": (404, "invalid_request_error"),
+    "request_timeout": (408, "invalid_request_error"),
     "duplicate_expired": (409, "invalid_request_error"),
     "request_too_large": (413, "invalid_request_error"),
     "rate_limited": (429, "rate_limit_error"),
@@ -245,8 +247,13 @@ class GatewayApp:
         tenant = self._tenant(scope)
         # the intake record must fit a Kafka record, with the room what the gateway adds takes
         limit = min(self.cfg.gateway.max_body_bytes, MAX_RECORD_BYTES - _RECORD_ROOM)
+        wait = min(_BODY_S, self.cfg.gateway.timeout_s)
         try:
-            body = await read_body(receive, limit)
+            async with asyncio.timeout(wait):  # a client trickling its body holds a slot
+                body = await read_body(receive, limit)
+        except TimeoutError:
+            message = f"the body did not arrive within {wait:g} s"
+            raise _Refused("request_timeout", message) from None
         except BodyTooLarge:
             raise _Refused(
                 "request_too_large",

@@ -469,6 +469,26 @@ async def test_a_plain_call_with_the_key_of_a_running_stream_gets_its_whole_answ
         assert plain.json()["choices"][0]["message"]["content"] == text
 
 
+async def test_a_body_that_never_arrives_whole_is_a_408_not_a_connection_held_open(
+    kafka_settings: KafkaSettings, kafka_topics: Topics, simulator: RunningSimulator
+) -> None:
+    """A client that sent fewer bytes than its Content-Length held its connection (and
+    the gateway's handler) for as long as it liked: over 90 s in the review."""
+    async with stack(kafka_settings, simulator, timeout_s=2) as (_, gateway):
+        host, port = gateway.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+            b"\r\nAuthorization: Bearer " + KEY.encode() + b"\r\nContent-Length: 100\r\n\r\n{"
+        )
+        await writer.drain()
+        started = time.monotonic()
+        head = await asyncio.wait_for(reader.readline(), 10)
+        writer.close()
+        assert head.startswith(b"HTTP/1.1 408"), head
+        assert time.monotonic() - started < 5
+
+
 async def test_a_stream_sent_again_with_its_idempotency_key_gets_it_from_the_first_chunk(
     kafka_settings: KafkaSettings, kafka_topics: Topics, simulator: RunningSimulator
 ) -> None:
