@@ -68,7 +68,6 @@ from turnout.service.core.decision import (
     Wait,
 )
 from turnout.service.core.outcomes import CLASSES
-from turnout.service.core.partitioning import home_partition
 from turnout.service.core.providers import provider_of
 from turnout.service.core.retry import retry_allowed, retry_delay_ms
 from turnout.service.core.routing import RouteDecision, decide_route
@@ -92,6 +91,7 @@ __all__ = [
     "decide_internal_error",
     "decide_result",
     "decide_retry_due",
+    "shares_its_answer",
 ]
 
 
@@ -648,10 +648,7 @@ def decide_cancel(
     reservation. Ignored (empty) when the request is not in flight, belongs to another
     tenant (no tenant stops another's request), or has followers waiting on its answer."""
     flight = state.inflight.get(request_id)
-    if flight is None or flight.tenant != tenant:
-        return Decision(events=[], effects=[])
-    index = state.cache.get(home_partition(tenant))
-    if index is not None and index.followers(request_id):
+    if flight is None or flight.tenant != tenant or shares_its_answer(state, flight):
         return Decision(events=[], effects=[])
     events: list[Any] = []
     usage, cost, model, stats = NO_USAGE, 0, flight.model, None
@@ -671,6 +668,12 @@ def decide_cancel(
     events += settle(state, flight, cost or None, ctx)
     events.append(terminal)
     return Decision(events=events, effects=[Respond(terminal=terminal)])
+
+
+def shares_its_answer(state: RouterState, flight: InFlight) -> bool:
+    """Do other requests wait on this one's answer (coalesced onto it)? A cancel of such a
+    leader is ignored: its call runs on for them (and the router must not stop it)."""
+    return bool(cache_index(state, flight.tenant).followers(flight.request_id))
 
 
 def decide_internal_error(

@@ -78,6 +78,7 @@ from turnout.service.core.request import (
     decide_internal_error,
     decide_result,
     decide_retry_due,
+    shares_its_answer,
 )
 from turnout.service.core.state import RouterState, Terminal, evolve, request_holder
 from turnout.service.errors import TurnoutError
@@ -927,6 +928,8 @@ class Router:
         task = self.calls.get(rid)
         if flight is None or flight.tenant != cancel.tenant:
             log.info("cancel of %s ignored: not in flight for tenant %s", rid, cancel.tenant)
+        elif shares_its_answer(self.state, flight):  # aborted, it would leave them waiting
+            log.info("cancel of %s ignored: coalesced requests wait on its answer", rid)
         elif task is not None and not task.done():
             self.cancelling[rid] = cancel.reason
             task.cancel()

@@ -507,6 +507,26 @@ async def test_a_stream_sent_again_with_its_idempotency_key_gets_it_from_the_fir
         assert sse_events((await http.post(url, json=body)).text) == whole  # after its end
 
 
+async def test_a_cancel_of_a_request_others_wait_on_is_ignored_and_all_are_answered(
+    kafka_settings: KafkaSettings, kafka_topics: Topics, simulator: RunningSimulator
+) -> None:
+    """B asks what A asks while A's call runs, so B waits on A's answer (coalesced). A's
+    cancel (its client went away, or the gateway gave up) aborted A's call, and the core
+    then ignored the cancel (A has a follower): A stayed in flight with no call, B and
+    every later copy of the question waited for ever. Now the call runs on for B."""
+    cfg = gateway_config(kafka_settings, simulator)
+    async with running(cfg), AsyncTurnout(kafka_settings) as turnout:
+        ask = {"tenant": "acme", "task_type": "stalling", "temperature": 0, "timeout_s": 20}
+        leader = asyncio.create_task(turnout.route(PROMPT, request_id="lead-1", **ask))
+        await asyncio.sleep(0.5)
+        follower = asyncio.create_task(turnout.route(PROMPT, request_id="follow-1", **ask))
+        await asyncio.sleep(0.5)
+        await turnout.cancel("lead-1", tenant="acme")
+        answers = await asyncio.gather(leader, follower)
+        assert [a["status"] for a in answers] == ["ok", "ok"], answers
+        assert answers[1]["coalesced"] is True
+
+
 async def test_a_cancel_record_stops_a_stream_over_kafka_and_another_tenant_cannot(
     kafka_settings: KafkaSettings, kafka_topics: Topics, simulator: RunningSimulator
 ) -> None:
