@@ -771,8 +771,11 @@ def _attached(
     con.execute(f"ATTACH ? AS {alias}{' (READ_ONLY)' if read_only else ''}", [str(path)])
     try:
         yield alias
-    finally:
-        con.execute(f"DETACH {alias}")
+    except BaseException:
+        with suppress(duckdb.Error):  # inside an aborted transaction DETACH fails too:
+            con.execute(f"DETACH {alias}")  # the error that aborted it is the one to see
+        raise
+    con.execute(f"DETACH {alias}")
 
 
 def _from_ms(ms: int) -> datetime:

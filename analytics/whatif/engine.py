@@ -136,6 +136,7 @@ class WhatIf:
         self._tie = 0
         self._modelled = 0
         self._live: dict[str, _Live] = {}
+        self._looked: set[str] = set()  # models read ahead for once (`_look_ahead`)
         self.rec = Recording(
             records, since_ms=since_ms, until_ms=until_ms,
             keep_events=frozenset([trail]) if trail else frozenset(),
@@ -379,7 +380,7 @@ class WhatIf:
                 first = (recorded.first_token_ms - recorded.start_ms, recorded.first_token_seq,
                          recorded.ttft_ms)  # fmt: skip
         else:
-            if call.model not in self.outcomes.recorded_models:
+            if not self.outcomes.knows(call.model) and call.model not in self._looked:
                 self._look_ahead(call.model, now)
             drawn = self.outcomes.draw(
                 req, call.model, flight.model_attempt, now, self.rec.prices.at(now), stream=stream
@@ -407,13 +408,16 @@ class WhatIf:
         self._push(now + max(duration, 0), end_seq, _RESULT, (rid, result, recorded is not None))
 
     def _look_ahead(self, model: str, now: int) -> None:
-        """Read on past the horizon, up to `LOOK_AHEAD_MS`, for a model no recorded call of
-        which has been read yet: one the recording first called later in the window
-        (what-if draws from its calls, not from an assumption, nor refuses it)."""
+        """Read on past the horizon, up to `LOOK_AHEAD_MS`, once, for a model with no
+        recorded call read yet and no assumption: one the recording first called later in
+        the window (what-if draws from its calls instead of refusing it). An assumed model
+        is not looked for: its assumption stands in until its calls come within reach."""
         rec, limit = self.rec, now + HORIZON_MS + LOOK_AHEAD_MS
         while model not in self.outcomes.recorded_models and not rec.done and rec.read_ms < limit:
             rec.read_until(min(rec.read_ms + 60_000, limit))
             self._take_new()
+        # once per model: the run holds the hour it read ahead until its clock catches up
+        self._looked.add(model)
 
     def _slow(self, latency_ms: float, recorded: bool | None) -> bool:
         """Slower than `[breaker] call_timeout_s`: as recorded under the same threshold."""

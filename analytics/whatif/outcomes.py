@@ -209,6 +209,7 @@ class OutcomeModel:
         samples.append(sample)
 
     def knows(self, model: str) -> bool:
+        """Can a call of `model` be drawn now (recorded calls read, or an assumption)?"""
         return model in self._buckets or model in self.assumptions
 
     def _nearest(self, model: str, now_ms: int) -> list[_Sample] | None:

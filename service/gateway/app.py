@@ -27,6 +27,11 @@ Rules:
   then follows it live to its end.
 - A client that goes away mid-stream stops the relay at once and cancels the request
   (a cancel record): the router aborts the upstream call and charges what was streamed.
+  So is a request no one waits for any more (a 504, a plain client gone, the gateway
+  stopping), unless it has an Idempotency-Key: a retry with the key is answered by it
+  (a stream sent again with its key is read back from its first chunk).
+- Kafka down: a request not taken within 10 s is a 503, with a cancel queued behind
+  it; `/readyz` asks a broker for metadata.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import asyncio
 import logging
 import math
 from collections import OrderedDict
+from collections.abc import Coroutine
 from contextlib import suppress
 from typing import Any, Final
 
@@ -79,6 +85,8 @@ another once read its answers)."""
 _IDEMPOTENT: Final = "idem:"  # request ids made from an Idempotency-Key
 _BODY_S: Final = 30.0  # at most this long to read a request's body (then a 408)
 _HAND_OVER_S: Final = 10.0  # at most this long to hand a request to Kafka (then a 503)
+_SHUTDOWN_CANCELS_S: Final = 3.0  # a stopping gateway waits this long for its cancels
+_CLOCK_SKEW_MS: Final = 10_000  # read back from this long before a stream was sent
 _READY_PROBE_S: Final = 1.0  # /readyz: a broker answers metadata within this
 _RECORD_ROOM: Final = 2_048  # the intake fields the gateway adds (ids, tenant, reply topic)
 
@@ -145,7 +153,7 @@ class GatewayApp:
         self.requests = 0
         self.streams = 0
         self.disconnects = 0
-        self._background: set[asyncio.Task[None]] = set()  # cancels sent while Kafka is down
+        self._background: set[asyncio.Task[None]] = set()  # cancels going out (`_later`)
 
     # ------------------------------------------------------------ ASGI
 
@@ -191,6 +199,8 @@ class GatewayApp:
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 self.started = False
+                if self._background:  # cancels of requests given up on, still going out
+                    await asyncio.wait(self._background, timeout=_SHUTDOWN_CANCELS_S)
                 await self.client.close(delete_reply_topic=True)
                 if self.tracer_provider is not None:
                     self.tracer_provider.force_flush()
@@ -277,9 +287,6 @@ class GatewayApp:
                 # request, from its first chunk (sent again, it would join mid-stream)
                 await self._read_back(receive, send, rid, earlier[1], after=0)
                 return
-            self.served[rid] = (intake["tenant"], clock.now_ms())
-            while len(self.served) > _KEEP_STREAMS:
-                self.served.popitem(last=False)
             await self._stream(scope, receive, send, intake, headers)
         else:
             await self._plain(receive, send, intake, headers)
@@ -372,7 +379,7 @@ class GatewayApp:
         except TimeoutError:
             pass
         except asyncio.CancelledError:  # the gateway is stopping
-            await asyncio.shield(self._give_up(intake, "the gateway stopped"))
+            self._give_up(intake, "the gateway stopped")
             raise
         finally:
             watch.cancel()
@@ -381,10 +388,10 @@ class GatewayApp:
         if waiter not in done:
             if watch in done:
                 self.disconnects += 1
-                await self._give_up(intake, "client disconnected")
+                self._give_up(intake, "client disconnected")
             else:
-                await self._give_up(intake, "no answer within the gateway's timeout")
                 await self._timeout(send, intake["request_id"])
+                self._give_up(intake, "no answer within the gateway's timeout")
             return
         doc = waiter.result()
         if doc.get("status") != "ok":
@@ -402,6 +409,10 @@ class GatewayApp:
     ) -> None:
         waiter = await self._send(intake, headers)
         assert isinstance(waiter, ReplyStream)
+        rid = intake["request_id"]
+        self.served[rid] = (intake["tenant"], clock.now_ms())  # for resume, and a resend
+        while len(self.served) > _KEEP_STREAMS:
+            self.served.popitem(last=False)
         waiter.timeout_s = self.cfg.gateway.timeout_s
         relay = asyncio.create_task(self._relay(send, waiter))
         watch = asyncio.create_task(_disconnected(receive))
@@ -413,18 +424,20 @@ class GatewayApp:
                 with suppress(asyncio.CancelledError):
                     await relay
                 if waiter.response is None:
-                    await self._cancel(intake, "client disconnected")
+                    self._later(self._cancel(intake, "client disconnected"))
             else:
                 relay.result()
-                if waiter.response is None:  # it gave up waiting (a 504): no one will read it
-                    await self._cancel(intake, "no answer within the gateway's timeout")
+                if waiter.response is None:  # it gave up waiting (a 504)
+                    self._give_up(intake, "no answer within the gateway's timeout")
         except asyncio.CancelledError:  # the gateway is stopping
             if waiter.response is None:
-                await asyncio.shield(self._cancel(intake, "the gateway stopped"))
+                self._later(self._cancel(intake, "the gateway stopped"))
             raise
         finally:
             watch.cancel()
             waiter.close()
+            if waiter.seq == 0 and (waiter.response or {}).get("status") != "ok":
+                self.served.pop(rid, None)  # refused before any chunk: a resend is sent
 
     async def _resume(self, scope: Scope, receive: Receive, send: Send, rid: str) -> None:
         """`GET /v1/chat/completions/{id}/stream`: a stream this gateway served, from the
@@ -446,11 +459,14 @@ class GatewayApp:
         streamed again). A client that leaves stops only its own relay."""
         try:
             stream = await self.client.follow(
-                rid, after=after, since_ms=served_ms - 1000, timeout_s=self.cfg.gateway.timeout_s
+                rid,
+                after=after,
+                since_ms=served_ms - _CLOCK_SKEW_MS,
+                timeout_s=self.cfg.gateway.timeout_s,
             )
         except Exception as err:
             raise _Refused("not_ready", f"could not read the stream back: {err}") from None
-        relay = asyncio.create_task(self._relay(send, stream, resumed=True))
+        relay = asyncio.create_task(self._relay(send, stream, resumed=after))
         watch = asyncio.create_task(_disconnected(receive))
         try:
             await asyncio.wait({relay, watch}, return_when=asyncio.FIRST_COMPLETED)
@@ -464,11 +480,17 @@ class GatewayApp:
             watch.cancel()
             stream.close()
 
-    async def _relay(self, send: Send, stream: ReplyStream, *, resumed: bool = False) -> None:
+    async def _relay(self, send: Send, stream: ReplyStream, *, resumed: int | None = None) -> None:
+        """Relay a stream's records (`resumed`: read back, after that chunk) to the client."""
         chunks = stream.raw()
         out: Stream | None = None
         try:
             async for seq, chunk in chunks:
+                if out is None and resumed is not None and seq != resumed + 1:
+                    raise _Refused(  # never a stream without its start, ending as if whole
+                        "not_ready", f"chunks {resumed + 1}-{seq - 1} of {stream.request_id} "
+                        "could not be read back: try again",
+                    )  # fmt: skip
                 if out is None:
                     out = await start_stream(send, _stream_headers(stream))
                 await out.write(encode_event(chunk, id=str(seq)))
@@ -488,7 +510,7 @@ class GatewayApp:
                 await out.end(encode_event(_error_chunk(stream, doc)))
             return
         doc = stream.response or {}
-        if out is None and resumed:  # nothing after Last-Event-ID
+        if out is None and resumed is not None:  # nothing after Last-Event-ID
             out = await start_stream(send, _answer_headers(doc))
         elif out is None:  # answered whole (a resend of a finished request): one chunk
             out = await start_stream(send, _answer_headers(doc))
@@ -501,12 +523,19 @@ class GatewayApp:
         except Exception as err:  # the request runs to its end: it is still charged right
             log.warning("could not cancel %s: %s", intake["request_id"], err)
 
-    async def _give_up(self, intake: dict[str, Any], reason: str) -> None:
-        """A plain request no one waits for any more is cancelled (the openai SDK's retry
-        of a 504 is a new request: three answers were paid for, none read), unless it has
-        an Idempotency-Key: a retry with that key is answered by it."""
+    def _give_up(self, intake: dict[str, Any], reason: str) -> None:
+        """A request no one waits for any more is cancelled (the openai SDK's retry of a
+        504 is a new request: three answers were paid for, none read), unless it has an
+        Idempotency-Key: a retry with that key is answered by it. In the background: an
+        answer (a 504) never waits for the cancel's ack."""
         if not intake["request_id"].startswith(_IDEMPOTENT):
-            await self._cancel(intake, reason)
+            self._later(self._cancel(intake, reason))
+
+    def _later(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` in the background; the lifespan's shutdown waits for it a moment."""
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _send(
         self, intake: dict[str, Any], headers: list[tuple[str, bytes]]
@@ -520,9 +549,7 @@ class GatewayApp:
         except TimeoutError:  # Kafka is down: the record may still go out once it is back,
             # and a cancel record behind it (same key, same partition) stops it at once
             log.warning("could not publish request %s within %g s", intake["request_id"], wait)
-            cancel = asyncio.create_task(self._cancel(intake, "Kafka did not take it in time"))
-            self._background.add(cancel)
-            cancel.add_done_callback(self._background.discard)
+            self._give_up(intake, "Kafka did not take it in time")
             raise _Refused(
                 "not_ready", f"Kafka did not take the request within {wait:g} s: try again"
             ) from None

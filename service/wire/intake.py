@@ -16,8 +16,9 @@ Rules:
 - A record that parsed but breaks a rule raises a `WireError` that names its
   request (`request_id`, and `tenant` / `reply_to` where those are valid), so
   the router answers it `rejected` / `invalid_request` besides the DLQ copy; a
-  JSON object that breaks the schema names its `request_id` (and a valid
-  `tenant`) too, answered on the responses topic.
+  JSON object that breaks the schema names its `request_id` (the body's, else the
+  record's header), and its `tenant` and `reply_to` where valid, so it is answered
+  where it asked (a gateway waits on its own reply topic).
 - The prompt is never kept unless `store_prompts`: events carry a hash of the
   messages and an estimated token count (characters / 4, rounded up).
 """

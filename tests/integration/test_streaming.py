@@ -439,6 +439,22 @@ async def test_a_plain_request_no_one_waits_for_is_cancelled_unless_it_has_a_key
         assert again.status_code == 200 and again.parse().choices[0].message.content
         assert again.headers["x-request-id"] == "idem:acme/slow-but-wanted"
 
+        # a keyed stream runs on past its 504 too, and its retry reads it from the start
+        # (cancelled, the retry read back a cancelled stream: a 502)
+        streamed = {"Idempotency-Key": "stream-wanted"}
+        with pytest.raises(openai.InternalServerError):
+            await keyed.chat.completions.create(
+                model="turnout/stalling", messages=PROMPT, stream=True,  # type: ignore[arg-type]
+                extra_headers=streamed,
+            )  # fmt: skip
+        await asyncio.sleep(3)
+        retry = await keyed.chat.completions.create(
+            model="turnout/stalling", messages=PROMPT, stream=True,  # type: ignore[arg-type]
+            extra_headers=streamed,
+        )  # fmt: skip
+        text = "".join([c.choices[0].delta.content or "" async for c in retry if c.choices])
+        assert text == again.parse().choices[0].message.content  # the same question's answer
+
 
 def keyed(idempotency_key: str) -> httpx.AsyncClient:
     """An HTTP client of tenant acme sending every call with one Idempotency-Key."""
@@ -973,6 +989,27 @@ async def test_bodies_the_router_refuses_are_a_400_at_once_not_a_504_after_the_t
             assert answer.status_code == 400, (body, answer.status_code, answer.text)
             assert answer.json()["error"]["type"] == "invalid_request_error"
             assert time.monotonic() - started < 10, body  # the gateway waits 30 s here
+
+
+async def test_a_stream_refused_before_it_was_sent_is_sent_when_its_key_comes_again(
+    kafka_settings: KafkaSettings, kafka_topics: Topics, simulator: RunningSimulator
+) -> None:
+    """A stream the gateway refused before handing it to Kafka (413 here; a 503 while
+    Kafka is down) was remembered as served: the retry with its key was read back from a
+    reply topic that never had it, and waited for the gateway's timeout."""
+    grows = (
+        b'{"model": "turnout/general", "stream": true, "messages": [{"role": "user", '
+        b'"content": "hi"}], "metadata": {"xs": [' + b",".join([b"1e9"] * 200_000) + b"]}}"
+    )
+    async with stack(kafka_settings, simulator) as (_, gateway), keyed("grown-1") as http:
+        url = f"{gateway.base_url}/chat/completions"
+        refused = await http.post(url, content=grows, headers={"content-type": "application/json"})
+        assert refused.status_code == 413
+        started = time.monotonic()
+        body = {"model": "turnout/general", "messages": PROMPT, "stream": True}
+        retry = await http.post(url, json=body)
+        assert retry.status_code == 200 and sse_events(retry.text)[-1] == (None, "[DONE]")
+        assert time.monotonic() - started < 15  # the gateway's timeout is 30 s
 
 
 async def test_through_the_gateway_a_stream_sharing_anothers_says_coalesced(

@@ -371,20 +371,44 @@ def test_tenant_reports_only_that_tenant(recorded: tuple[Config, list[Recorded]]
     assert (run.stats.first_ms, run.stats.last_ms) == (min(arrived), max(arrived))
 
 
-def test_a_tenant_run_forgets_the_other_tenants_requests_as_they_end() -> None:
+@pytest.fixture(scope="module")
+def twenty_minutes() -> tuple[Config, list[Recorded]]:
+    """20,000 requests over 20 minutes (twice what-if's horizon), no limits in the way."""
+    w = Workload(n=20_000, gap_ms=60, outage=(0, 0), cancel_share=0)
+    cfg = parse_config(base_raw(acme={"requests_per_minute": None, "burst": None,
+                                      "budget_usd_per_day": None}), {})  # fmt: skip
+    return cfg, recording(w, cfg)
+
+
+def test_a_tenant_run_forgets_the_other_tenants_requests_as_they_end(
+    twenty_minutes: tuple[Config, list[Recorded]],
+) -> None:
     """The other tenants' requests are decided (they share limits, breakers and the
     cache) and forgotten once settled, as a run of every tenant forgets them: memory
     follows the requests in flight within the horizon, not the window (20 minutes here,
     twice the horizon; before, a tenant run held every other tenant's request to the end)."""
-    w = Workload(n=20_000, gap_ms=60, outage=(0, 0), cancel_share=0)
-    cfg = parse_config(base_raw(acme={"requests_per_minute": None, "burst": None,
-                                      "budget_usd_per_day": None}), {})  # fmt: skip
-    log = recording(w, cfg)
+    cfg, log = twenty_minutes
     every, _ = whatif(log, cfg, cfg)
     one, _ = whatif(log, cfg, cfg, tenant="acme")
     assert every.stats.requests == 20_000 and 6_000 < one.stats.requests < 7_500
     assert every.stats.held_peak < 12_000  # a horizon's worth, not the window
     assert one.stats.held_peak <= every.stats.held_peak
+
+
+def test_an_assumed_model_is_read_ahead_for_once_not_at_every_call(
+    twenty_minutes: tuple[Config, list[Recorded]],
+) -> None:
+    """A model the recording never called is looked for an hour past the horizon (it may
+    be called later); with an assumption, every call looked again, keeping the run an
+    hour ahead of its clock: all 20,000 requests held at once, against ~10,000."""
+    cfg, log = twenty_minutes
+    every, _ = whatif(log, cfg, cfg)
+    raw = base_raw(acme={"requests_per_minute": None, "burst": None, "budget_usd_per_day": None})
+    raw["routes"]["general"]["models"] = ["delta/new", *MODELS]
+    assumed = OutcomeModel(parse_assume(["delta/new=latency_ms:300,900,0.01"]))
+    run, _ = whatif(log, parse_config(raw, {}), cfg, outcomes=assumed)
+    assert run.whatif.calls["delta/new"] > 10_000
+    assert run.stats.held_peak <= 1.2 * every.stats.held_peak
 
 
 # --- the counterfactual against the truth ---------------------------------------
