@@ -67,7 +67,10 @@ _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder().decode
 
 _KEEP_UNCLAIMED = 10_000
-"""Responses nobody waits for yet (e.g. after `submit`), kept for a later `wait`."""
+_KEEP_UNCLAIMED_BYTES = 64 * 1024 * 1024
+"""Responses nobody waits for yet (e.g. after `submit`, or a gateway's call that timed
+out), kept for a later `wait` or a retry: at most this many, and this many bytes (an
+answer may be a megabyte), the oldest dropped first."""
 
 
 def reply_topic(prefix: str, client_id: str) -> str:
@@ -291,7 +294,8 @@ class AsyncTurnout:
         # request id -> each caller's future (callers of one id never share one: a caller
         # that gives up must not cancel another's wait)
         self._waiting: dict[str, list[asyncio.Future[dict[str, Any]]]] = {}
-        self._unclaimed: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._unclaimed: OrderedDict[str, tuple[dict[str, Any], int]] = OrderedDict()
+        self._unclaimed_bytes = 0
         self._streams: dict[str, list[ReplyStream]] = {}  # request id -> its listeners
         self._failure: BaseException | None = None
 
@@ -516,8 +520,9 @@ class AsyncTurnout:
 
     def _expect(self, rid: str) -> asyncio.Future[dict[str, Any]]:
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        if (doc := self._unclaimed.pop(rid, None)) is not None:
-            future.set_result(doc)
+        if (kept := self._unclaimed.pop(rid, None)) is not None:
+            self._unclaimed_bytes -= kept[1]
+            future.set_result(kept[0])
         else:
             self._waiting.setdefault(rid, []).append(future)
         return future
@@ -593,9 +598,15 @@ class AsyncTurnout:
                 future.set_result(doc)
         if listeners or waiting:
             return
-        self._unclaimed[rid] = doc
-        while len(self._unclaimed) > _KEEP_UNCLAIMED:
-            self._unclaimed.popitem(last=False)
+        if (old := self._unclaimed.pop(rid, None)) is not None:
+            self._unclaimed_bytes -= old[1]
+        self._unclaimed[rid] = (doc, len(value or b""))
+        self._unclaimed_bytes += len(value or b"")
+        while self._unclaimed and (
+            len(self._unclaimed) > _KEEP_UNCLAIMED or self._unclaimed_bytes > _KEEP_UNCLAIMED_BYTES
+        ):
+            _, (_, size) = self._unclaimed.popitem(last=False)
+            self._unclaimed_bytes -= size
 
     def _fail_waiting(self, err: BaseException) -> None:
         streams, self._streams = self._streams, {}
