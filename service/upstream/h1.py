@@ -14,7 +14,8 @@ What it does, and no more:
 - `http` and `https` (the system's CA bundle, SNI and hostname checked);
 - one deadline over the whole exchange (waiting for a connection, connecting,
   sending, the complete answer); on expiry, cancellation or any error the connection is
-  closed, never reused, so a late answer cannot be read as the next request's;
+  closed, never reused, so a late answer cannot be read as the next request's; nor
+  is one whose upstream sent bytes past the answer (they are not the next answer);
 - bodies by `Content-Length`, chunked, or (when neither is given) up to the close;
   interim `1xx` heads (100 Continue, 103 Early Hints) are skipped, not taken as answers;
 - `request` reads the whole answer under its deadline; `open` returns once the head has
@@ -104,6 +105,11 @@ class _Connection(asyncio.Protocol):
         self._fail(ConnectionResetError(f"the upstream closed the connection mid-answer{reason}"))
 
     # httptools callbacks
+
+    def on_message_begin(self) -> None:
+        if self.waiter is None and self.stream is None:  # bytes past the answer asked for:
+            # the head of another would be read as the next request's answer (a desync)
+            raise H1ProtocolError("the upstream sent more than its answer")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")

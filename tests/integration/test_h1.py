@@ -609,3 +609,44 @@ def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+async def test_bytes_past_an_answer_are_never_read_as_the_next_requests_answer(
+    serve: Callable[..., Awaitable[str]],
+) -> None:
+    """An upstream that writes more than its Content-Length, the extra being the head of
+    another answer, left that head in the parser: when the body of it came while the
+    next request on the reused connection (another tenant's, maybe) was in flight, that
+    request got it as its own answer. The connection is thrown away instead."""
+    calls = 0
+    forged = b'{"forged":1}'
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal calls
+        here = 0  # requests on this connection
+        try:
+            while True:
+                await _read_request(reader)
+                calls, here = calls + 1, here + 1
+                if calls == 1:  # its answer, then the head of a forged one
+                    head = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(forged)
+                    writer.write(_ok(b'{"n": 1}') + head)
+                elif here == 2:  # on the same connection: the forged body, then the answer
+                    writer.write(forged + _ok(b'{"n": %d}' % calls))
+                else:
+                    writer.write(_ok(b'{"n": %d}' % calls))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    pool = H1Pool(await serve(handler), headers=HEADERS)
+    try:
+        assert (await chat(pool))[1] == b'{"n": 1}'
+        await asyncio.sleep(0.3)
+        status, body, _ = await chat(pool)
+        assert (status, body) == (200, b'{"n": 2}')
+    finally:
+        pool.close()
+    assert pool.connects == 2
