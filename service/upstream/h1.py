@@ -15,7 +15,9 @@ What it does, and no more:
 - one deadline over the whole exchange (waiting for a connection, connecting,
   sending, the complete answer); on expiry, cancellation or any error the connection is
   closed, never reused, so a late answer cannot be read as the next request's; nor
-  is one whose upstream sent bytes past the answer (they are not the next answer);
+  is one whose upstream sent bytes past the answer before it was reused (bytes a
+  server sends only after a request went out on it again cannot be told from that
+  request's answer: the race every HTTP/1.1 keep-alive client has);
 - bodies by `Content-Length`, chunked, or (when neither is given) up to the close;
   interim `1xx` heads (100 Continue, 103 Early Hints) are skipped, not taken as answers;
 - `request` reads the whole answer under its deadline; `open` returns once the head has
@@ -87,8 +89,9 @@ class _Connection(asyncio.Protocol):
             return
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError as err:
-            self._fail(H1ProtocolError(f"not an HTTP/1.1 response: {err}"))
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as err:
+            # (a 101 Switching Protocols raises the latter, which is no parser error)
+            self._fail(H1ProtocolError(f"not an HTTP/1.1 response: {err!r}"))
             self._spoil()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -97,7 +100,8 @@ class _Connection(asyncio.Protocol):
         waiting = self.waiter is not None and not self.waiter.done()
         if not waiting and (stream is None or stream.done):
             return
-        if self.headers_done and not self.sized:  # the body ends with the connection
+        if self.headers_done and not self.sized and exc is None:  # the body ends with the
+            # connection (a clean close; a reset cuts it short: an error, below)
             self.reusable = False
             self.on_message_complete()
             return

@@ -33,8 +33,12 @@ from turnout.service.core.outcomes import CLASSES, ErrorClass, classify_status
 from turnout.service.upstream.h1 import H1ConnectError, H1ProtocolError
 
 __all__ = [
-    "CallResult", "Reply", "classify_exception", "retry_after_ms", "translate", "usage_of",
+    "MAX_RETRY_AFTER_MS", "CallResult", "Reply", "classify_exception", "retry_after_ms",
+    "translate", "usage_of",
 ]  # fmt: skip
+
+MAX_RETRY_AFTER_MS = 3_600_000
+"""The longest wait an upstream's Retry-After is taken for (longer ones are cut to it)."""
 
 _MESSAGE_MAX = 300
 _decode_json = msgspec.json.Decoder().decode
@@ -302,7 +306,16 @@ def usage_of(doc: Any) -> Usage | None:
 def retry_after_ms(
     header: str | None, metadata: Mapping[str, Any] | None, now_ms: int
 ) -> int | None:
-    """Milliseconds to wait: Retry-After (seconds or HTTP-date), else OpenRouter metadata."""
+    """Milliseconds to wait: Retry-After (seconds or HTTP-date), else OpenRouter metadata;
+    at most `MAX_RETRY_AFTER_MS` (a breaker opened with an epoch time or 1e300 as its
+    wait would hold the model off for ever, and the log would keep it so)."""
+    ms = _retry_after_ms(header, metadata, now_ms)
+    return None if ms is None else min(ms, MAX_RETRY_AFTER_MS)
+
+
+def _retry_after_ms(
+    header: str | None, metadata: Mapping[str, Any] | None, now_ms: int
+) -> int | None:
     if header is not None and (ms := _parse_retry_after(header, now_ms)) is not None:
         return ms
     if not metadata:
@@ -340,4 +353,4 @@ def _milliseconds(value: object, scale: int) -> int | None:
         return None
     if not math.isfinite(number) or number < 0:
         return None
-    return round(number * scale)
+    return round(min(number * scale, MAX_RETRY_AFTER_MS))  # 1e306 s: no OverflowError

@@ -650,3 +650,37 @@ async def test_bytes_past_an_answer_are_never_read_as_the_next_requests_answer(
     finally:
         pool.close()
     assert pool.connects == 2
+
+
+async def test_a_101_answer_and_a_reset_mid_body_are_errors_not_answers(
+    serve: Callable[..., Awaitable[str]],
+) -> None:
+    """A 101 Switching Protocols escaped the parser's error handling (asyncio logged a
+    fatal error and the call ended as a connection reset); a body delimited by the close
+    and cut by a TCP reset was taken as the whole answer."""
+
+    async def switching(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: h2c\r\nconnection: upgrade\r\n\r\n"
+        )
+        await writer.drain()
+        await asyncio.sleep(1)
+        writer.close()
+
+    pool = H1Pool(await serve(switching), headers=HEADERS)
+    with pytest.raises(H1ProtocolError):
+        await chat(pool)
+
+    async def reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n" + b'{"partial"')
+        await writer.drain()
+        await asyncio.sleep(0.1)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        writer.transport.abort()  # linger 0: an RST, not a FIN
+
+    pool = H1Pool(await serve(reset), headers=HEADERS)
+    with pytest.raises(ConnectionResetError):
+        await chat(pool)

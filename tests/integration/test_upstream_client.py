@@ -34,7 +34,12 @@ from turnout.service.upstream.client import (
 from turnout.service.upstream.pricing import PriceCache, fetch_prices, parse_models
 from turnout.service.upstream.simulator import RunningSimulator, SimulatorOptions, start_in_thread
 from turnout.service.upstream.simulator.cli import load_scenario
-from turnout.service.upstream.translate import Reply, retry_after_ms, translate
+from turnout.service.upstream.translate import (
+    MAX_RETRY_AFTER_MS,
+    Reply,
+    retry_after_ms,
+    translate,
+)
 
 CHAT = {"messages": [{"role": "user", "content": "Say hello to the router."}], "max_tokens": 32}
 KEY_ENV = "TURNOUT_TEST_UPSTREAM_KEY"
@@ -470,6 +475,24 @@ def test_retry_after_forms() -> None:
     assert retry_after_ms(None, {"headers": {"Retry-After": "5"}}, now_ms) == 5000
     assert retry_after_ms("soon", {"provider_name": "x"}, now_ms) is None
     assert retry_after_ms("-1", None, now_ms) is None
+
+
+def test_a_retry_after_too_large_is_cut_to_an_hour_and_never_raises() -> None:
+    """`1e306` raised OverflowError out of the client (the request failed internal_error,
+    no retry, no fallback); a date in 2100 or an epoch time held a breaker open for
+    decades, and the log, which rebuilds breakers, kept it so across restarts."""
+    now_ms = 1_767_225_600_000
+    far = format_datetime(datetime(2100, 1, 1, tzinfo=UTC), usegmt=True)
+    for header, metadata in [
+        ("1e306", None),
+        (far, None),
+        ("99999999999999999999", None),
+        (None, {"retry_after": 1e306}),
+        (None, {"retry_after_ms": 1e300}),
+    ]:
+        assert retry_after_ms(header, metadata, now_ms) == MAX_RETRY_AFTER_MS == 3_600_000
+    body = b'{"error": {"code": 503, "message": "x", "metadata": {"retry_after": 1e306}}}'
+    assert _translate(Reply(status=503, content=body)).retry_after_ms == MAX_RETRY_AFTER_MS
 
 
 def test_retry_after_from_openrouter_metadata_in_an_error_body() -> None:
