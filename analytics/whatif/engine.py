@@ -413,7 +413,7 @@ class WhatIf:
         the window (what-if draws from its calls instead of refusing it). An assumed model
         is not looked for: its assumption stands in until its calls come within reach."""
         rec, limit = self.rec, now + HORIZON_MS + LOOK_AHEAD_MS
-        while model not in self.outcomes.recorded_models and not rec.done and rec.read_ms < limit:
+        while not self.outcomes.knows(model) and not rec.done and rec.read_ms < limit:
             rec.read_until(min(rec.read_ms + 60_000, limit))
             self._take_new()
         # once per model: the run holds the hour it read ahead until its clock catches up
