@@ -253,7 +253,9 @@ def state_view(f: Fetcher, assignment: Any, network: Network) -> dict[str, Any]:
     partitions = {}
     for tp in sorted(assignment.tps):
         s = assignment.state_value(tp)
-        fetched_at = None if s.timestamp is None else s.timestamp // 1000  # the second
+        # whether the fetch time was set, not its second: the two fetchers run one after
+        # the other, and a second's boundary between them failed the comparison
+        fetched_at = s.timestamp is not None
         partitions[tp] = (s._position, s.highwater, s.lso, s._reset_strategy, fetched_at)
     buffered: dict[TopicPartition, Any] = {}
     for tp, result in f._records.items():
